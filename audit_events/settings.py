@@ -1,0 +1,96 @@
+"""One frozen settings object for every auditstream service.
+
+Values come from ``AUDITSTREAM_*`` environment variables (or a ``.env`` file).
+Connection URLs default to ``None``: ``auditstream up`` then starts a local
+development server for that role, and a service started on its own refuses to
+start, naming the missing variable (see :meth:`AuditSettings.require`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "AUDITSTREAM_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one line naming it."""
+
+
+class AuditSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers, e.g. 'kafka:9092'."
+    )
+    kafka_idempotence: bool = Field(
+        False, description="Idempotent producer (Apache Kafka: on; Tansu: off)."
+    )
+    kafka_partitions: int = Field(8, ge=1, le=1024)
+    kafka_replication: int = Field(1, ge=1, le=16)
+    topic_events: str = "audit.events"
+    topic_dlq: str = "audit.events.dlq"
+    topic_checkpoints: str = "audit.checkpoints"
+
+    # --- MongoDB -----------------------------------------------------------
+    mongo_uri: str | None = Field(None, description="MongoDB connection URI.")
+    mongo_db: str = "auditstream"
+    mongo_write_concern: Literal["majority", "1"] = "majority"
+    mongo_journal: bool = True
+
+    # --- Redis -------------------------------------------------------------
+    redis_url: str | None = Field(None, description="Redis URL, e.g. redis://redis:6379/0.")
+    cache_ttl_seconds: int = Field(300, ge=1, le=86_400)
+
+    # --- Auth --------------------------------------------------------------
+    jwt_secret: SecretStr | None = Field(None, description="HS256 signing secret.")
+    jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] = ["HS256"]
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    token_ttl_seconds: int = Field(3600, ge=60, le=30 * 86_400)
+
+    # --- Processor ---------------------------------------------------------
+    processor_group: str = "auditstream-processor"
+    batch_max_events: int = Field(1000, ge=1, le=100_000)
+    batch_max_ms: int = Field(200, ge=1, le=60_000)
+    max_event_bytes: int = Field(256 * 1024, ge=1024, le=8 * 1024 * 1024)
+    max_metadata_bytes: int = Field(64 * 1024, ge=256)
+    max_metadata_depth: int = Field(8, ge=1, le=64)
+    write_retry_seconds: float = Field(
+        300.0, ge=1.0, description="How long a failing batch is retried before the worker exits."
+    )
+    processor_metrics_port: int = Field(9108, ge=0, le=65535)
+
+    # --- API ---------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=1, le=65535)
+    max_batch_events: int = Field(1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    # --- Local stack -------------------------------------------------------
+    data_dir: str = ".auditstream"
+
+    def require(self, *names: str) -> None:
+        """Raise :class:`SettingsError` naming the first unset required setting."""
+        for name in names:
+            if getattr(self, name) is None:
+                raise SettingsError(
+                    f"missing setting {ENV_PREFIX}{name.upper()}: "
+                    f"{type(self).model_fields[name].description or 'required'}"
+                )
+
+
+def load_settings(**overrides: object) -> AuditSettings:
+    """Build the settings, turning a validation error into one clear line."""
+    try:
+        return AuditSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+        raise SettingsError(f"invalid setting {name}: {err['msg']}") from None
