@@ -8,6 +8,7 @@ start, naming the missing variable (see :meth:`AuditSettings.require`).
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
@@ -84,6 +85,23 @@ class AuditSettings(BaseSettings):
                     f"missing setting {ENV_PREFIX}{name.upper()}: "
                     f"{type(self).model_fields[name].description or 'required'}"
                 )
+
+
+def settings_env(settings: AuditSettings) -> dict[str, str]:
+    """``AUDITSTREAM_*`` variables reproducing ``settings`` in a child process.
+
+    Secrets and unset values are left out; lists are JSON, as pydantic-settings reads them.
+    """
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude_none=True, exclude={"jwt_secret"}).items():
+        if isinstance(value, list):
+            text = json.dumps(value)
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = str(value)
+        env[f"{ENV_PREFIX}{name.upper()}"] = text
+    return env
 
 
 def load_settings(**overrides: object) -> AuditSettings:

@@ -1,0 +1,100 @@
+"""Canonical JSON and the translation between events and stored documents.
+
+``canonical_json`` follows RFC 8785 (JCS) where it matters for hashing our
+events: object keys sorted, no insignificant whitespace, UTF-8. Our schema only
+admits integers, strings, booleans, nulls and finite floats; orjson prints
+floats in the shortest round-trip form, which agrees with JCS for every value
+except exponent formatting of very large/small magnitudes (documented in
+docs/chain.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from audit_events.schema import AuditEvent
+
+_DUMP_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def canonical_json(value: Any) -> bytes:
+    """Serialise ``value`` canonically: sorted keys, compact, UTF-8."""
+    return orjson.dumps(value, option=_DUMP_OPTS)
+
+
+def event_wire_dict(event: AuditEvent) -> dict[str, Any]:
+    """The event as a JSON-ready dict, without unset optional fields."""
+    return event.model_dump(mode="json", exclude_none=True)
+
+
+def encode_event(event: AuditEvent) -> bytes:
+    """Bytes published to Kafka for ``event`` (canonical JSON)."""
+    return canonical_json(event_wire_dict(event))
+
+
+def content_hash(event: AuditEvent) -> str:
+    """SHA-256 (hex) of the event's canonical JSON as received."""
+    return hashlib.sha256(encode_event(event)).hexdigest()
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def search_terms(event: AuditEvent) -> list[str]:
+    """Normalised words for the ``q`` filter (no ``$text`` index needed)."""
+    parts: list[str] = [event.action, *event.action.split(".")]
+    if event.description:
+        parts.append(event.description)
+    if event.actor:
+        parts += [event.actor.id, event.actor.name or ""]
+    for t in event.targets:
+        parts += [t.id, t.name or ""]
+    terms: set[str] = set()
+    for part in parts:
+        for word in "".join(c if c.isalnum() else " " for c in part.lower()).split():
+            if len(word) <= 64:
+                terms.add(word)
+    return sorted(terms)
+
+
+def event_to_document(event: AuditEvent, received_at: datetime) -> dict[str, Any]:
+    """The MongoDB document for ``event``: ``_id`` = event id, BSON datetimes for ranges."""
+    doc = event_wire_dict(event)
+    doc["_id"] = doc.pop("id")
+    doc["occurred_at"] = event.occurred_at.astimezone(UTC)
+    doc["received_at"] = received_at.astimezone(UTC)
+    doc["search"] = search_terms(event)
+    return doc
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def document_to_api(doc: dict[str, Any]) -> dict[str, Any]:
+    """The public JSON view of a stored document."""
+    out = {k: v for k, v in doc.items() if k not in ("_id", "search")}
+    out = {"id": doc["_id"], **out}
+    for key in ("occurred_at", "received_at"):
+        if isinstance(out.get(key), datetime):
+            out[key] = _iso(out[key])
+    return out
+
+
+__all__ = [
+    "_parse_time",
+    "canonical_json",
+    "content_hash",
+    "document_to_api",
+    "encode_event",
+    "event_to_document",
+    "event_wire_dict",
+    "search_terms",
+]

@@ -1,0 +1,1 @@
+"""The ``auditstream`` command line: a thin layer over the core and the services."""

@@ -1,0 +1,113 @@
+"""``auditstream`` — run the pipeline and talk to it.
+
+Commands stay thin: each builds the settings once and hands them to the
+component that does the work.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from audit_events.settings import AuditSettings, SettingsError, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings(**overrides: object) -> AuditSettings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _clear_errors(fn: F) -> F:
+    """Turn a missing/invalid setting raised later into one clear line."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """auditstream: a tamper-evident audit trail on Kafka, MongoDB and Redis.
+
+    Settings come from AUDITSTREAM_* environment variables (or .env);
+    see README.md for the list.
+    """
+
+
+@main.command()
+@click.option("--host", default=None, help="API bind address (default AUDITSTREAM_API_HOST).")
+@click.option("--port", type=int, default=None, help="API port (default AUDITSTREAM_API_PORT).")
+@click.option("--timeout", type=float, default=180.0, show_default=True,
+              help="Seconds to wait for the stack to become ready.")
+@_clear_errors
+def up(host: str | None, port: int | None, timeout: float) -> None:
+    """Start the whole pipeline on this machine and wait for Ctrl-C.
+
+    For Kafka, MongoDB and Redis: use AUDITSTREAM_KAFKA_BOOTSTRAP /
+    AUDITSTREAM_MONGO_URI / AUDITSTREAM_REDIS_URL if set, otherwise start a
+    local development server (Tansu, SecantusDB with data under
+    ./.auditstream/, redis-server). Then start one processor worker and the API,
+    wait until /readyz answers 200 and print a development token.
+    Ctrl-C or SIGTERM stops everything it started, in reverse order.
+    """
+    from auditstream.up import run_up
+
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["api_host"] = host
+    if port:
+        overrides["api_port"] = port
+    sys.exit(run_up(_settings(**overrides), timeout))
+
+
+@main.command()
+@click.option("--loglevel", default="warn", type=click.Choice(["crit", "error", "warn", "info",
+                                                               "debug"]), show_default=True)
+@_clear_errors
+def processor(loglevel: str) -> None:
+    """Run one stream-processor worker (joins the consumer group)."""
+    from stream_processor.worker import run_worker
+
+    run_worker(_settings(), loglevel)
+
+
+@main.command()
+@_clear_errors
+def api() -> None:
+    """Serve the query API with Hypercorn on AUDITSTREAM_API_HOST:AUDITSTREAM_API_PORT."""
+    from auditstream.serve import serve_api
+
+    serve_api(_settings())
+
+
+@main.command()
+@click.option("--tenant", required=True, help="Tenant claim: one tenant, a,b,c, or '*'.")
+@click.option("--scopes", default="events:read events:write", show_default=True,
+              help="Space-separated scopes.")
+@click.option("--subject", default="dev", show_default=True, help="The token's sub claim.")
+@click.option("--ttl", type=int, default=None, help="Lifetime in seconds (default: settings).")
+@_clear_errors
+def token(tenant: str, scopes: str, subject: str, ttl: int | None) -> None:
+    """Mint a JWT with the configured AUDITSTREAM_JWT_SECRET (development, scripts)."""
+    from query_api.auth import mint_token
+
+    tenants: str | list[str] = tenant if tenant == "*" or "," not in tenant else tenant.split(",")
+    click.echo(mint_token(_settings(), subject=subject, tenant=tenants, scopes=scopes.split(),
+                          ttl_seconds=ttl))
+
+
+if __name__ == "__main__":
+    main()

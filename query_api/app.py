@@ -1,0 +1,87 @@
+"""The query API's app factory (Quart + quart-schema)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from quart import Quart, Response, g, request
+from quart_schema import Info, QuartSchema
+
+from audit_events.settings import AuditSettings
+from query_api import events, health
+from query_api.problems import register_problem_handlers
+from query_api.services import Services
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+
+
+@dataclass
+class ApiMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "auditstream_api_requests", "Requests by route and status",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "auditstream_api_request_seconds", "Request latency", ["route"],
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "auditstream_api_cache", "Read cache results", ["result"], registry=self.registry
+        )
+
+
+def create_app(settings: AuditSettings) -> Quart:
+    """Build the API. Clients open in ``before_serving`` and close in ``after_serving``."""
+    settings.require("kafka_bootstrap", "mongo_uri", "redis_url", "jwt_secret")
+    app = Quart(__name__)
+    app.config["AUDITSTREAM_SETTINGS"] = settings
+    app.config["AUDITSTREAM_METRICS"] = metrics = ApiMetrics()
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    QuartSchema(
+        app,
+        info=Info(title="auditstream", version="1"),
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
+        security=[{"bearer": []}],
+    )
+    register_problem_handlers(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(events.bp)
+
+    @app.before_serving
+    async def open_clients() -> None:
+        app.config["AUDITSTREAM_SERVICES"] = await Services.open(settings)
+
+    @app.after_serving
+    async def close_clients() -> None:
+        services: Services | None = app.config.pop("AUDITSTREAM_SERVICES", None)
+        if services is not None:
+            await services.close()
+
+    @app.before_request
+    async def start_request() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def finish_request(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - g.get("started", 0.0))
+        if "X-Cache" in response.headers:
+            metrics.cache.labels(response.headers["X-Cache"]).inc()
+        app.logger.info(
+            "%s %s %s request_id=%s", request.method, request.path, response.status_code,
+            g.get("request_id"),
+        )
+        return response
+
+    return app

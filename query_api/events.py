@@ -1,0 +1,194 @@
+"""``/v1/events``: ingestion (publish to Kafka) and cached, tenant-scoped reads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field, ValidationError
+from quart import Blueprint, Response, current_app, g, request
+from quart_schema import document_querystring, document_request, document_response
+
+from audit_events.cache_keys import tenant_generation
+from audit_events.codec import document_to_api, encode_event
+from audit_events.schema import AuditEvent, Limits
+from audit_events.settings import AuditSettings
+from audit_events.topics import partition_key
+from query_api.auth import Principal, read_tenant, require_scope
+from query_api.problems import Problem
+from query_api.publisher import PublishFailed
+from query_api.query import encode_cursor, mongo_filter, parse_list_query, single_values, sort_spec
+from query_api.services import Services
+
+bp = Blueprint("events", __name__)
+WAIT_SECONDS = 5.0
+
+
+class EventBatch(BaseModel):
+    events: list[AuditEvent]
+
+
+class Accepted(BaseModel):
+    ids: list[str]
+    status: str = Field(description="'accepted' (published) or 'stored' (with ?wait=true)")
+
+
+class EventPage(BaseModel):
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class ListFilters(BaseModel):
+    actor: str | None = None
+    actor_type: str | None = None
+    action: str | None = Field(None, description="Exact, or a prefix like 'invoice.*'")
+    target_type: str | None = None
+    target_id: str | None = None
+    outcome: str | None = None
+    crud: str | None = None
+    source: str | None = None
+    since: str | None = Field(None, description="RFC 3339, inclusive")
+    until: str | None = Field(None, description="RFC 3339, exclusive")
+    q: str | None = Field(None, description="Words in description, action and names")
+    order: str | None = Field(None, description="desc (default, newest first) or asc")
+    limit: int | None = Field(None, description="1..1000, default 100")
+    cursor: str | None = None
+    tenant: str | None = Field(None, description="Required for multi-tenant tokens")
+
+
+def _services() -> Services:
+    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
+    return services
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    resp = Response(raw, status=status, content_type="application/json")
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+
+
+def _parse_events(raw: bytes, settings: AuditSettings) -> list[AuditEvent]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, f"body is not valid JSON: {exc}") from None
+    items: Any
+    if isinstance(body, dict) and "events" in body:
+        items = body["events"]
+        if not isinstance(items, list):
+            raise Problem(422, "'events' must be a list", errors=[{"loc": ["events"]}])
+        if len(items) > settings.max_batch_events:
+            raise Problem(413, f"at most {settings.max_batch_events} events per request")
+    elif isinstance(body, dict):
+        items = [body]
+    else:
+        raise Problem(422, "body must be an event object or {\"events\": [...]}")
+    if not items:
+        raise Problem(422, "no events given")
+    limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
+    events, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            events.append(AuditEvent.model_validate(item, context={"limits": limits}))
+        except ValidationError as exc:
+            prefix = ["events", index] if len(items) > 1 or "events" in body else []
+            errors += [
+                {"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+    if errors:
+        raise Problem(422, "event validation failed", errors=errors)
+    return events
+
+
+@bp.post("/v1/events")
+@document_request(EventBatch)
+@document_response(Accepted, 202)
+@require_scope("events:write")
+async def create_events() -> Response:
+    """Publish one event or a batch; 202 once Kafka acknowledged, 201 with ?wait=true once stored."""
+    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    args = single_values(request.args, ("wait",))
+    wait = args.get("wait", "false").lower() in ("1", "true", "yes")
+    principal: Principal = g.principal
+    raw = await request.get_data(cache=False)
+    events = _parse_events(raw, settings)
+    for event in events:
+        if not principal.may_access(event.tenant):
+            raise Problem(403, f"token does not grant tenant {event.tenant}")
+        if len(encode_event(event)) > settings.max_event_bytes:
+            raise Problem(413, f"event {event.id} exceeds {settings.max_event_bytes} bytes")
+    messages = [(partition_key(e.tenant), encode_event(e)) for e in events]
+    try:
+        await _services().publisher.publish(messages)
+    except PublishFailed as exc:
+        raise Problem(
+            503, f"event log unavailable, nothing to lose: retry the request ({exc})",
+            headers={"Retry-After": "5"},
+        ) from None
+    ids = [e.id for e in events]
+    if wait and await _wait_stored(events[0].tenant if len({e.tenant for e in events}) == 1
+                                   else None, ids):
+        return _json({"ids": ids, "status": "stored"}, 201)
+    headers = {"Location": f"/v1/events/{ids[0]}"} if wait else None
+    return _json({"ids": ids, "status": "accepted"}, 202, headers)
+
+
+async def _wait_stored(tenant: str | None, ids: list[str]) -> bool:
+    coll = _services().events
+    query: dict[str, Any] = {"_id": {"$in": ids}}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_SECONDS
+    while loop.time() < deadline:
+        if await coll.count_documents(query) >= len(set(ids)):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@bp.get("/v1/events")
+@document_querystring(ListFilters)
+@document_response(EventPage)
+@require_scope("events:read")
+async def list_events() -> Response:
+    """List the tenant's events, newest first, with keyset cursor pagination."""
+    query = parse_list_query(request.args)
+    tenant = read_tenant(g.principal, request.args.get("tenant"))
+    services = _services()
+
+    async def load() -> bytes:
+        cursor = services.events.find(mongo_filter(tenant, query)).sort(sort_spec(query.order))
+        docs = await cursor.limit(query.limit + 1).to_list()
+        page = docs[: query.limit]
+        nxt = None
+        if len(docs) > query.limit:
+            nxt = encode_cursor(page[-1]["occurred_at"], page[-1]["_id"])
+        return orjson.dumps({"data": [document_to_api(d) for d in page], "next_cursor": nxt})
+
+    body, state = await services.cache.get_or_load(
+        "list", tenant, [tenant_generation(tenant)], query.normalized(), load
+    )
+    return _json(body, headers={"X-Cache": state})
+
+
+@bp.get("/v1/events/<event_id>")
+@require_scope("events:read")
+async def get_event(event_id: str) -> Response:
+    """One event of the token's tenant; 404 alike for unknown and other tenants' ids."""
+    single_values(request.args, ("tenant",))
+    tenant = read_tenant(g.principal, request.args.get("tenant"))
+    services = _services()
+
+    async def load() -> bytes:
+        doc = await services.events.find_one({"_id": {"$eq": event_id}, "tenant": tenant})
+        return b"" if doc is None else orjson.dumps(document_to_api(doc))
+
+    body, state = await services.cache.get_or_load(
+        "get", tenant, [tenant_generation(tenant)], event_id, load
+    )
+    if not body:
+        raise Problem(404, f"no event {event_id!r}")
+    return _json(body, headers={"X-Cache": state})

@@ -1,0 +1,86 @@
+"""Publishing accepted events to Kafka (acks=all), and topic bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from audit_events.settings import AuditSettings
+
+log = logging.getLogger("auditstream.api.publisher")
+
+
+class PublishFailed(Exception):
+    """Kafka did not acknowledge every message; the client should retry the request."""
+
+
+async def ensure_topics(settings: AuditSettings) -> None:
+    """Create the events and DLQ topics if missing (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.kafka_partitions, settings.kafka_replication)
+            for name in (settings.topic_events, settings.topic_dlq)
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class Publisher:
+    def __init__(self, settings: AuditSettings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=self._settings.kafka_idempotence,
+            linger_ms=2,
+            request_timeout_ms=10_000,
+            max_request_size=max(1_048_576, self._settings.max_event_bytes * 2),
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def publish(self, messages: list[tuple[bytes, bytes]], timeout: float = 10.0) -> None:
+        """Send ``(key, value)`` messages and wait until all are acknowledged.
+
+        Raises :class:`PublishFailed` if any was not; since event ids are
+        idempotency keys, the client retries the whole request safely.
+        """
+        if self._producer is None:
+            raise PublishFailed("producer not started")
+        try:
+            futures = [
+                await self._producer.send(self._settings.topic_events, value=v, key=k)
+                for k, v in messages
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("publish failed: %r", exc)
+            raise PublishFailed(str(exc) or type(exc).__name__) from exc
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        if self._producer is None:
+            return False
+        try:
+            fut = self._producer.client.force_metadata_update()
+            return bool(await asyncio.wait_for(fut, timeout))
+        except (KafkaError, TimeoutError, OSError):
+            return False

@@ -1,0 +1,161 @@
+"""Parse list filters into a MongoDB filter — pure, and literal-only.
+
+Every value becomes a string literal or a validated enum/time; parameter names
+are whitelisted, so operator injection (``actor[$ne]=x``, ``$where``, dotted
+keys) is rejected with 400 before anything reaches MongoDB.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from query_api.problems import Problem
+
+FILTERS = (
+    "actor", "actor_type", "action", "target_type", "target_id", "outcome",
+    "crud", "source", "since", "until", "q",
+)
+CONTROL = ("order", "limit", "cursor", "tenant")
+ENUMS = {"outcome": ("success", "failure", "denied"), "crud": ("c", "r", "u", "d")}
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+_PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.\*$")
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    filters: dict[str, str]
+    order: str  # "desc" (newest first) or "asc"
+    limit: int
+    cursor: tuple[datetime, str] | None
+
+    def normalized(self) -> str:
+        """A canonical string of the query, the cache key's input."""
+        cur = [self.cursor[0].isoformat(), self.cursor[1]] if self.cursor else None
+        body = {"f": self.filters, "o": self.order, "l": self.limit, "c": cur}
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def parse_time(name: str, value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(400, f"{name} must be an RFC 3339 time, got {value!r}") from None
+    if parsed.tzinfo is None:
+        raise Problem(400, f"{name} must include a UTC offset, e.g. 2026-01-01T00:00:00Z")
+    return parsed.astimezone(UTC)
+
+
+def single_values(args: Any, allowed: tuple[str, ...]) -> dict[str, str]:
+    """``args`` (a MultiDict) as ``{name: value}``; unknown or repeated names → 400."""
+    out: dict[str, str] = {}
+    for name in args:
+        values = args.getlist(name)
+        if name not in allowed:
+            raise Problem(400, f"unknown query parameter {name!r}", allowed=sorted(allowed))
+        if len(values) != 1:
+            raise Problem(400, f"query parameter {name!r} given {len(values)} times")
+        out[name] = values[0]
+    return out
+
+
+def encode_cursor(occurred_at: datetime, event_id: str) -> str:
+    raw = orjson.dumps([occurred_at.astimezone(UTC).isoformat(), event_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        when, event_id = orjson.loads(raw)
+        if not isinstance(when, str) or not isinstance(event_id, str):
+            raise ValueError
+        return datetime.fromisoformat(when).astimezone(UTC), event_id
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise Problem(400, "cursor is not valid; use next_cursor from a previous page") from None
+
+
+def parse_list_query(args: Any, extra_allowed: tuple[str, ...] = ()) -> ListQuery:
+    values = single_values(args, FILTERS + CONTROL + extra_allowed)
+    filters = {k: v for k, v in values.items() if k in FILTERS}
+    for name, allowed in ENUMS.items():
+        if name in filters and filters[name] not in allowed:
+            raise Problem(400, f"{name} must be one of {', '.join(allowed)}")
+    for name in ("since", "until"):
+        if name in filters:
+            filters[name] = parse_time(name, filters[name]).isoformat()
+    if "action" in filters and filters["action"].endswith("*") and not _PREFIX.match(
+        filters["action"]
+    ):
+        raise Problem(400, "action prefix must look like 'invoice.*'")
+    order = values.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise Problem(400, "order must be asc or desc")
+    try:
+        limit = int(values.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        raise Problem(400, "limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Problem(400, f"limit must be between 1 and {MAX_LIMIT}")
+    cursor = decode_cursor(values["cursor"]) if "cursor" in values else None
+    return ListQuery(filters, order, limit, cursor)
+
+
+def search_words(text: str) -> list[str]:
+    return "".join(c if c.isalnum() else " " for c in text.lower()).split()
+
+
+def mongo_filter(tenant: str, query: ListQuery) -> dict[str, Any]:
+    """The MongoDB filter for ``query`` within ``tenant``; every value a literal."""
+    f = query.filters
+    out: dict[str, Any] = {"tenant": tenant}
+    simple = {"actor": "actor.id", "actor_type": "actor.type", "outcome": "outcome",
+              "crud": "crud", "source": "source.service"}
+    for name, field in simple.items():
+        if name in f:
+            out[field] = {"$eq": f[name]}
+    if "action" in f:
+        action = f["action"]
+        if action.endswith(".*"):
+            out["action"] = {"$regex": "^" + re.escape(action[:-1])}
+        else:
+            out["action"] = {"$eq": action}
+    target: dict[str, Any] = {}
+    if "target_type" in f:
+        target["type"] = {"$eq": f["target_type"]}
+    if "target_id" in f:
+        target["id"] = {"$eq": f["target_id"]}
+    if target:
+        out["targets"] = {"$elemMatch": target}
+    time_range: dict[str, Any] = {}
+    if "since" in f:
+        time_range["$gte"] = datetime.fromisoformat(f["since"])
+    if "until" in f:
+        time_range["$lt"] = datetime.fromisoformat(f["until"])
+    if "q" in f:
+        words = search_words(f["q"])
+        if words:
+            out["search"] = {"$all": words}
+    clauses: list[dict[str, Any]] = []
+    if time_range:
+        clauses.append({"occurred_at": time_range})
+    if query.cursor:
+        when, last_id = query.cursor
+        op = "$lt" if query.order == "desc" else "$gt"
+        clauses.append(
+            {"$or": [{"occurred_at": {op: when}}, {"occurred_at": when, "_id": {op: last_id}}]}
+        )
+    if clauses:
+        out["$and"] = clauses
+    return out
+
+
+def sort_spec(order: str) -> list[tuple[str, int]]:
+    direction = -1 if order == "desc" else 1
+    return [("occurred_at", direction), ("_id", direction)]

@@ -1,0 +1,1 @@
+"""The stream processor: Kafka → validate → MongoDB → cache invalidation → commit."""

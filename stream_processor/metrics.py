@@ -1,0 +1,39 @@
+"""Prometheus metrics of one processor worker (its own registry, no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class ProcessorMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.stored = Counter("auditstream_events_stored", "Events newly stored", registry=r)
+        self.dead_lettered = Counter(
+            "auditstream_events_dead_lettered", "Events sent to the DLQ", registry=r
+        )
+        self.duplicates = Counter(
+            "auditstream_events_duplicate", "Redelivered events skipped as duplicates", registry=r
+        )
+        self.batch_size = Histogram(
+            "auditstream_batch_size",
+            "Events per flushed batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "auditstream_write_seconds", "MongoDB bulk-write latency", registry=r
+        )
+        self.retries = Counter("auditstream_batch_retries", "Failed batch attempts", registry=r)
+        self.invalidation_failures = Counter(
+            "auditstream_invalidation_failures", "Cache generation bumps that failed", registry=r
+        )
+        self.lag = Gauge(
+            "auditstream_consumer_lag", "Messages behind the high watermark",
+            ["topic", "partition"], registry=r,
+        )
