@@ -1,0 +1,548 @@
+"""Static checks of the deployment files: compose, Dockerfile, k8s, .env.example.
+
+No Docker engine or cluster is needed: the files are parsed and checked against
+each other and against :class:`audit_events.settings.AuditSettings`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from audit_events.settings import AuditSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+K8S_DIR = ROOT / "deploy" / "k8s"
+ENV_EXAMPLE = ROOT / ".env.example"
+PREFIX = "AUDITSTREAM_"
+VAR_RE = re.compile(r"\bAUDITSTREAM_[A-Z0-9_]+\b")
+APP_SERVICES = ("processor", "api")
+DATA_SERVICES = ("kafka", "mongo", "redis")
+
+
+def _load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    services = _load_compose()["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        pairs = (item.split("=", 1) for item in env)
+        return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _interpolate(value: str) -> str:
+    """Resolve compose ``${NAME:-default}`` to its default (no shell env here)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def _env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for raw in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f".env.example line without '=': {raw!r}"
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def _k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
+    docs: list[tuple[Path, dict[str, Any]]] = []
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc is not None:
+                assert isinstance(doc, dict), path
+                docs.append((path, doc))
+    return docs
+
+
+def _k8s(kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in _k8s_docs() if doc["kind"] == kind]
+
+
+def _deployment(component: str) -> dict[str, Any]:
+    (found,) = [
+        d
+        for d in _k8s("Deployment")
+        if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component")
+        == component
+    ]
+    return found
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with comments dropped and continuations joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        instruction, _, args = stripped.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+    return out
+
+
+def _project_version() -> str:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    version = data["project"]["version"]
+    assert isinstance(version, str)
+    return version
+
+
+def _unknown(names: set[str]) -> set[str]:
+    fields = set(AuditSettings.model_fields)
+    return {n for n in names if n.removeprefix(PREFIX).lower() not in fields}
+
+
+def _image_pinned(image: str) -> bool:
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and tag not in ("", "latest")
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> AuditSettings:
+    for key in list(os.environ):
+        if key.startswith(PREFIX):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith(PREFIX):
+            monkeypatch.setenv(key, _interpolate(value))
+    return AuditSettings(_env_file=None)
+
+
+def _with_real_secret(env: dict[str, str]) -> dict[str, str]:
+    """The files ship a placeholder secret; validate the rest with a real one."""
+    return {**env, "AUDITSTREAM_JWT_SECRET": "s" * 48}
+
+
+# --- docker-compose.yml ------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_compose_has_every_service() -> None:
+    services = _services()
+    for name in ("kafka", "kafka-init", "mongo", "mongo-init", "redis", *APP_SERVICES):
+        assert name in services, name
+    assert services["demo-producer"]["profiles"] == ["demo"]
+    for name, service in services.items():
+        if name != "demo-producer":
+            assert "profiles" not in service, name
+
+
+@pytest.mark.unit
+def test_compose_images_are_pinned() -> None:
+    images = {name: s["image"] for name, s in _services().items()}
+    assert images["kafka"].startswith("apache/kafka:")
+    assert images["kafka-init"] == images["kafka"]
+    assert images["mongo"].startswith("mongo:")
+    assert images["mongo-init"] == images["mongo"]
+    assert images["redis"].startswith("redis:")
+    for name, image in images.items():
+        assert _image_pinned(image), f"{name}: {image} is not pinned to a version tag"
+        assert re.search(r":\d+\.\d+", image), f"{name}: {image} has no version number"
+
+
+@pytest.mark.unit
+def test_compose_app_services_build_from_deploy_dockerfile() -> None:
+    services = _services()
+    version = _project_version()
+    for name in (*APP_SERVICES, "demo-producer"):
+        service = services[name]
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
+        assert service["build"]["context"] == ".", name
+        assert service["image"] == f"auditstream:{version}", name
+        assert service["env_file"] == ".env", name
+    assert services["processor"]["command"][:2] == ["auditstream", "processor"]
+    assert services["api"]["command"] == ["auditstream", "api"]
+    assert services["demo-producer"]["command"][:2] == ["auditstream", "loadgen"]
+    for flag in ("--rate", "--count", "--tenants"):
+        assert flag in services["demo-producer"]["command"]
+
+
+@pytest.mark.unit
+def test_compose_healthchecks() -> None:
+    services = _services()
+    for name in (*DATA_SERVICES, *APP_SERVICES):
+        check = services[name].get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert not check.get("disable", False), name
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert "9108/healthz" in " ".join(services["processor"]["healthcheck"]["test"])
+
+
+@pytest.mark.unit
+def test_compose_start_order() -> None:
+    services = _services()
+    expected = {
+        "kafka": "service_healthy",
+        "kafka-init": "service_completed_successfully",
+        "mongo": "service_healthy",
+        "mongo-init": "service_completed_successfully",
+        "redis": "service_healthy",
+    }
+    for name in (*APP_SERVICES, "demo-producer"):
+        depends = services[name]["depends_on"]
+        assert {k: v["condition"] for k, v in depends.items()} == expected, name
+    assert services["kafka-init"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert services["mongo-init"]["depends_on"] == {"mongo": {"condition": "service_healthy"}}
+    for name in ("kafka-init", "mongo-init", "demo-producer"):
+        assert services[name]["restart"] == "no", name
+    for name in (*DATA_SERVICES, *APP_SERVICES):
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+@pytest.mark.unit
+def test_compose_processor_runs_two_replicas_and_api_publishes_8080() -> None:
+    services = _services()
+    assert services["processor"]["deploy"]["replicas"] == 2
+    assert "container_name" not in services["processor"]
+    assert "ports" not in services["processor"]
+    assert services["api"]["ports"] == ["8080:8080"]
+    api_env = _environment(services["api"])
+    assert api_env["AUDITSTREAM_API_HOST"] == "0.0.0.0"
+    assert api_env["AUDITSTREAM_API_PORT"] == "8080"
+    for name in DATA_SERVICES:
+        assert "ports" not in services[name], f"{name} must not be published"
+
+
+@pytest.mark.unit
+def test_compose_kafka_is_kraft_with_idempotent_producers() -> None:
+    services = _services()
+    kafka = _environment(services["kafka"])
+    assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert kafka["CLUSTER_ID"]
+    assert not any("ZOOKEEPER" in k for k in kafka)
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    for name in APP_SERVICES:
+        env = _environment(services[name])
+        assert env["AUDITSTREAM_KAFKA_IDEMPOTENCE"] == "true", name
+        assert env["AUDITSTREAM_KAFKA_BOOTSTRAP"] == "kafka:9092", name
+
+
+@pytest.mark.unit
+def test_compose_kafka_init_creates_topics_with_retention() -> None:
+    init = _services()["kafka-init"]
+    script = " ".join(init["command"])
+    env = _environment(init)
+    assert env["AUDITSTREAM_TOPIC_EVENTS"] == "audit.events"
+    assert env["AUDITSTREAM_TOPIC_DLQ"] == "audit.events.dlq"
+    assert env["AUDITSTREAM_TOPIC_CHECKPOINTS"] == "audit.checkpoints"
+    by_topic: dict[str, str] = {}
+    for chunk in script.split("topics --create")[1:]:
+        found = re.search(r'--topic "\$\$(\w+)"', chunk)
+        assert found, chunk
+        by_topic[found.group(1)] = chunk
+    assert set(by_topic) == {
+        "AUDITSTREAM_TOPIC_EVENTS",
+        "AUDITSTREAM_TOPIC_DLQ",
+        "AUDITSTREAM_TOPIC_CHECKPOINTS",
+    }
+    for body in by_topic.values():
+        assert "--partitions" in body
+        assert "--replication-factor" in body
+    events = by_topic["AUDITSTREAM_TOPIC_EVENTS"]
+    assert "retention.ms=-1" in events
+    assert "retention.bytes=-1" in events
+    assert "cleanup.policy=compact" in by_topic["AUDITSTREAM_TOPIC_CHECKPOINTS"]
+    assert "retention.ms=" in by_topic["AUDITSTREAM_TOPIC_DLQ"]
+    assert 'P="$$AUDITSTREAM_KAFKA_PARTITIONS"' in script
+
+
+@pytest.mark.unit
+def test_compose_partitions_agree_between_kafka_init_and_services() -> None:
+    services = _services()
+    values = {
+        name: _interpolate(_environment(services[name])["AUDITSTREAM_KAFKA_PARTITIONS"])
+        for name in ("kafka-init", *APP_SERVICES)
+    }
+    assert set(values.values()) == {str(AuditSettings.model_fields["kafka_partitions"].default)}
+
+
+@pytest.mark.unit
+def test_compose_mongo_is_an_initiated_replica_set() -> None:
+    services = _services()
+    assert services["mongo"]["command"][:2] == ["--replSet", "rs0"]
+    init = services["mongo-init"]["command"]
+    assert init[0] == "mongosh"
+    script = init[-1]
+    assert "rs.initiate" in script
+    assert "NotYetInitialized" in script  # idempotent on restart
+    assert "isWritablePrimary" in script  # exits 0 only with a primary
+    assert "quit(1)" in script
+    for name in APP_SERVICES:
+        uri = _environment(services[name])["AUDITSTREAM_MONGO_URI"]
+        assert uri.startswith("mongodb://mongo:27017/"), name
+        assert "replicaSet=rs0" in uri, name
+        assert _environment(services[name])["AUDITSTREAM_MONGO_WRITE_CONCERN"] == "majority"
+
+
+@pytest.mark.unit
+def test_compose_named_volumes() -> None:
+    compose = _load_compose()
+    declared = set(compose["volumes"])
+    assert {"kafka-data", "mongo-data", "mongo-config"} <= declared
+    services = compose["services"]
+    used = {
+        volume.split(":", 1)[0]
+        for service in services.values()
+        for volume in service.get("volumes", [])
+    }
+    assert used <= declared, "only named volumes, no bind mounts"
+    assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
+    assert _environment(services["kafka"])["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert "mongo-data:/data/db" in services["mongo"]["volumes"]
+
+
+@pytest.mark.unit
+def test_compose_auditstream_variables_are_settings() -> None:
+    names: set[str] = set()
+    for service in _services().values():
+        names |= {k for k in _environment(service) if k.startswith(PREFIX)}
+    assert names, "no AUDITSTREAM_* variable found"
+    assert not _unknown(names)
+    assert not _unknown(set(VAR_RE.findall(COMPOSE.read_text(encoding="utf-8"))))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_compose_app_environment_validates(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {**_env_example(), **_environment(_services()[service])}
+    settings = _settings_from(_with_real_secret(env), monkeypatch)
+    assert settings.kafka_idempotence is True
+    assert settings.api_host == "0.0.0.0"
+
+
+# --- .env.example --------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_env_example_uses_only_settings_and_placeholders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = _env_example()
+    assert set(env) == {k for k in env if k.startswith(PREFIX)}
+    assert not _unknown(set(env))
+    assert "REPLACE-ME" in env["AUDITSTREAM_JWT_SECRET"]
+    settings = _settings_from(_with_real_secret(env), monkeypatch)
+    assert settings.jwt_algorithms == ["HS256"]
+    gitignore = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert ".env" in [line.strip() for line in gitignore]
+
+
+@pytest.mark.unit
+def test_placeholder_jwt_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forgotten placeholder must stop the services, not sign tokens."""
+    (secret,) = _k8s("Secret")
+    placeholders = {
+        _env_example()["AUDITSTREAM_JWT_SECRET"],
+        secret["stringData"]["AUDITSTREAM_JWT_SECRET"],
+    }
+    for placeholder in placeholders:
+        with pytest.raises(ValidationError, match="jwt_secret"):
+            _settings_from({"AUDITSTREAM_JWT_SECRET": placeholder}, monkeypatch)
+
+
+# --- deploy/Dockerfile ---------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_dockerfile_is_multistage_and_pinned() -> None:
+    instructions = _dockerfile_instructions()
+    froms = [args for ins, args in instructions if ins == "FROM"]
+    assert len(froms) >= 2
+    assert any(" AS builder" in f for f in froms)
+    args = {}
+    for ins, arg in instructions:
+        if ins == "ARG" and "=" in arg:
+            key, _, value = arg.partition("=")
+            args[key] = value
+    for line in froms:
+        image = line.split()[0]
+        if image.startswith("${"):
+            image = args[image.strip("${}")]
+        if image == "builder":
+            continue
+        assert _image_pinned(image), image
+        assert re.match(r"python:3\.1[12]\.\d+-slim", image), image
+    assert args["APP_VERSION"] == _project_version()
+
+
+@pytest.mark.unit
+def test_dockerfile_runs_as_non_root() -> None:
+    users = [args for ins, args in _dockerfile_instructions() if ins == "USER"]
+    assert users, "no USER instruction"
+    final = users[-1].split(":")[0]
+    assert final not in ("root", "0")
+    assert final.isdigit(), "numeric uid, so Kubernetes can verify runAsNonRoot"
+    uids = {
+        d["spec"]["template"]["spec"]["securityContext"]["runAsUser"] for d in _k8s("Deployment")
+    }
+    assert uids == {int(final)}
+
+
+@pytest.mark.unit
+def test_dockerfile_installs_runtime_only() -> None:
+    instructions = _dockerfile_instructions()
+    runs = " ".join(args for ins, args in instructions if ins == "RUN")
+    assert "pip install" in runs
+    assert "embedded" not in runs
+    assert "[dev" not in runs
+    assert not re.search(r"auditstream\[", runs), "no extras in the image"
+    for _, args in instructions:
+        assert "embedded" not in args
+    cmd = [args for ins, args in instructions if ins == "CMD"][-1]
+    assert cmd == '["auditstream", "api"]'
+    env_names = set(VAR_RE.findall(DOCKERFILE.read_text(encoding="utf-8")))
+    assert not _unknown(env_names)
+
+
+# --- deploy/k8s ------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_k8s_kinds_present_and_namespace_less() -> None:
+    docs = _k8s_docs()
+    kinds = Counter(doc["kind"] for _, doc in docs)
+    assert kinds["Deployment"] == 2
+    assert kinds["Service"] >= 1
+    assert kinds["HorizontalPodAutoscaler"] >= 1
+    assert kinds["PodDisruptionBudget"] >= 1
+    assert kinds["ConfigMap"] == 1
+    assert kinds["Secret"] == 1
+    for path, doc in docs:
+        assert "namespace" not in doc["metadata"], f"{path.name}: {doc['metadata']['name']}"
+    (hpa,) = _k8s("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == _deployment("api")["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2
+    for pdb in _k8s("PodDisruptionBudget"):
+        assert pdb["apiVersion"] == "policy/v1"
+
+
+@pytest.mark.unit
+def test_k8s_settings_are_real_and_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    (config,) = _k8s("ConfigMap")
+    (secret,) = _k8s("Secret")
+    assert "data" not in secret, "placeholders go in stringData"
+    names = set(config["data"]) | set(secret["stringData"])
+    assert all(n.startswith(PREFIX) for n in names)
+    assert not _unknown(names)
+    assert not set(config["data"]) & set(secret["stringData"])
+    assert "AUDITSTREAM_JWT_SECRET" in secret["stringData"]
+    assert "AUDITSTREAM_JWT_SECRET" not in config["data"]
+    for value in secret["stringData"].values():
+        assert "REPLACE-ME" in value
+    secret_text = (K8S_DIR / "secret.yaml").read_text(encoding="utf-8")
+    assert "replace" in secret_text.lower()
+    env = {**config["data"], **secret["stringData"]}
+    settings = _settings_from(_with_real_secret(env), monkeypatch)
+    assert settings.kafka_idempotence is True
+    assert settings.api_port == 8080
+    assert settings.processor_metrics_port == 9108
+    for deployment in _k8s("Deployment"):
+        refs = _container(deployment)["envFrom"]
+        assert {"configMapRef": {"name": config["metadata"]["name"]}} in refs
+        assert {"secretRef": {"name": secret["metadata"]["name"]}} in refs
+
+
+def _probe_port(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    (found,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    assert isinstance(found, int)
+    return found
+
+
+@pytest.mark.unit
+def test_k8s_api_deployment_probes_and_service() -> None:
+    api = _deployment("api")
+    container = _container(api)
+    assert container["command"] == ["auditstream", "api"]
+    ready = container["readinessProbe"]["httpGet"]
+    live = container["livenessProbe"]["httpGet"]
+    assert ready["path"] == "/readyz"
+    assert live["path"] == "/healthz"
+    assert _probe_port(container, ready["port"]) == 8080
+    assert _probe_port(container, live["port"]) == 8080
+    (service,) = _k8s("Service")
+    pod_labels = api["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (target,) = {p["targetPort"] for p in service["spec"]["ports"]}
+    assert _probe_port(container, target) == 8080
+
+
+@pytest.mark.unit
+def test_k8s_processor_deployment() -> None:
+    processor = _deployment("processor")
+    assert processor["spec"]["replicas"] == 2
+    container = _container(processor)
+    assert container["command"][:2] == ["auditstream", "processor"]
+    live = container["livenessProbe"]["httpGet"]
+    assert live["path"] == "/healthz"
+    assert _probe_port(container, live["port"]) == 9108
+    assert processor["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    (config,) = _k8s("ConfigMap")
+    partitions = int(config["data"]["AUDITSTREAM_KAFKA_PARTITIONS"])
+    assert processor["spec"]["replicas"] <= partitions, "workers <= partitions"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("component", ["api", "processor"])
+def test_k8s_pods_are_hardened_and_sized(component: str) -> None:
+    deployment = _deployment(component)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["enableServiceLinks"] is False, "service links inject AUDITSTREAM_API_PORT"
+    container = _container(deployment)
+    assert container["image"] == f"auditstream:{_project_version()}"
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    resources = container["resources"]
+    assert resources["requests"]["cpu"]
+    assert resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+    if container["securityContext"].get("readOnlyRootFilesystem"):
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        (config,) = _k8s("ConfigMap")
+        assert config["data"]["AUDITSTREAM_DATA_DIR"] in mounts
+        assert "/tmp" in mounts
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pdbs = [
+        p
+        for p in _k8s("PodDisruptionBudget")
+        if p["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert len(pdbs) == 1, f"one PodDisruptionBudget for {component}"
