@@ -50,7 +50,9 @@ class AuditSettings(BaseSettings):
     cache_ttl_seconds: int = Field(300, ge=1, le=86_400)
 
     # --- Auth --------------------------------------------------------------
-    jwt_secret: SecretStr | None = Field(None, description="HS256 signing secret.")
+    jwt_secret: SecretStr | None = Field(
+        None, min_length=32, description="HS256 signing secret, at least 32 bytes."
+    )
     jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] = ["HS256"]
     jwt_audience: str | None = None
     jwt_issuer: str | None = None

@@ -50,8 +50,13 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="API bind address (default AUDITSTREAM_API_HOST).")
 @click.option("--port", type=int, default=None, help="API port (default AUDITSTREAM_API_PORT).")
-@click.option("--timeout", type=float, default=180.0, show_default=True,
-              help="Seconds to wait for the stack to become ready.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for the stack to become ready.",
+)
 @_clear_errors
 def up(host: str | None, port: int | None, timeout: float) -> None:
     """Start the whole pipeline on this machine and wait for Ctrl-C.
@@ -74,8 +79,12 @@ def up(host: str | None, port: int | None, timeout: float) -> None:
 
 
 @main.command()
-@click.option("--loglevel", default="warn", type=click.Choice(["crit", "error", "warn", "info",
-                                                               "debug"]), show_default=True)
+@click.option(
+    "--loglevel",
+    default="warn",
+    type=click.Choice(["crit", "error", "warn", "info", "debug"]),
+    show_default=True,
+)
 @_clear_errors
 def processor(loglevel: str) -> None:
     """Run one stream-processor worker (joins the consumer group)."""
@@ -95,8 +104,12 @@ def api() -> None:
 
 @main.command()
 @click.option("--tenant", required=True, help="Tenant claim: one tenant, a,b,c, or '*'.")
-@click.option("--scopes", default="events:read events:write", show_default=True,
-              help="Space-separated scopes.")
+@click.option(
+    "--scopes",
+    default="events:read events:write",
+    show_default=True,
+    help="Space-separated scopes.",
+)
 @click.option("--subject", default="dev", show_default=True, help="The token's sub claim.")
 @click.option("--ttl", type=int, default=None, help="Lifetime in seconds (default: settings).")
 @_clear_errors
@@ -105,8 +118,11 @@ def token(tenant: str, scopes: str, subject: str, ttl: int | None) -> None:
     from query_api.auth import mint_token
 
     tenants: str | list[str] = tenant if tenant == "*" or "," not in tenant else tenant.split(",")
-    click.echo(mint_token(_settings(), subject=subject, tenant=tenants, scopes=scopes.split(),
-                          ttl_seconds=ttl))
+    click.echo(
+        mint_token(
+            _settings(), subject=subject, tenant=tenants, scopes=scopes.split(), ttl_seconds=ttl
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Used by ``auditstream up`` and by the test suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -59,7 +60,10 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log.close()
@@ -89,10 +93,8 @@ class Server:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _bin_dir() -> Path:
@@ -140,28 +142,68 @@ def redis_binary() -> str:
 def kafka_server(data_dir: Path, port: int | None = None) -> Server:
     port = port or free_port()
     listener = f"tcp://127.0.0.1:{port}"
-    argv = [tansu_binary(), "broker", "--listener-url", listener,
-            "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
-    return Server("kafka", "Kafka (Tansu, in memory)", port, f"127.0.0.1:{port}", argv,
-                  data_dir / "logs" / "kafka.log")
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        listener,
+        "--advertised-listener-url",
+        listener,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    return Server(
+        "kafka",
+        "Kafka (Tansu, in memory)",
+        port,
+        f"127.0.0.1:{port}",
+        argv,
+        data_dir / "logs" / "kafka.log",
+    )
 
 
 def mongo_server(data_dir: Path, port: int | None = None, storage: str | None = None) -> Server:
     port = port or free_port()
     path = storage or str(data_dir / "mongodb")
-    argv = [secantus_binary(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", path,
-            "--log-level", "WARNING"]
-    return Server("mongodb", f"MongoDB (SecantusDB, data in {path})", port,
-                  f"mongodb://127.0.0.1:{port}/?directConnection=true", argv,
-                  data_dir / "logs" / "mongodb.log")
+    argv = [
+        secantus_binary(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        path,
+        "--log-level",
+        "WARNING",
+    ]
+    return Server(
+        "mongodb",
+        f"MongoDB (SecantusDB, data in {path})",
+        port,
+        f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        argv,
+        data_dir / "logs" / "mongodb.log",
+    )
 
 
 def redis_server(data_dir: Path, port: int | None = None) -> Server:
     port = port or free_port()
-    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "no"]
-    return Server("redis", "Redis", port, f"redis://127.0.0.1:{port}/0", argv,
-                  data_dir / "logs" / "redis.log")
+    argv = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ]
+    return Server(
+        "redis", "Redis", port, f"redis://127.0.0.1:{port}/0", argv, data_dir / "logs" / "redis.log"
+    )
 
 
 def stop_all(servers: Sequence[Server]) -> None:

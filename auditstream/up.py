@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -41,7 +42,7 @@ class AlreadyRunning(Exception):
 
 
 @contextlib.contextmanager
-def _single_instance(data_dir: Path) -> object:
+def _single_instance(data_dir: Path) -> Iterator[IO[str]]:
     data_dir.mkdir(parents=True, exist_ok=True)
     lock_path = data_dir / "up.lock"
     handle: IO[str] = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
@@ -85,10 +86,11 @@ def _wait_ready(url: str, procs: list[Server], timeout: float) -> None:
     while time.monotonic() < deadline:
         for p in procs:
             if p.proc is not None and p.proc.poll() is not None:
-                raise EmbeddedError(f"{p.name} exited with status {p.proc.returncode}; "
-                                    f"see {p.log_path}")
+                raise EmbeddedError(
+                    f"{p.name} exited with status {p.proc.returncode}; see {p.log_path}"
+                )
         try:
-            with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - local URL
+            with urllib.request.urlopen(url, timeout=3) as resp:
                 if resp.status == 200:
                     return
         except urllib.error.HTTPError as exc:
@@ -105,8 +107,9 @@ def run_up(settings: AuditSettings, timeout: float) -> int:
         with _single_instance(data_dir):
             return _run(settings, data_dir, timeout)
     except AlreadyRunning as exc:
-        click.secho(f"auditstream up is already running (pid {exc}); stop it first.",
-                    fg="red", err=True)
+        click.secho(
+            f"auditstream up is already running (pid {exc}); stop it first.", fg="red", err=True
+        )
         return 1
 
 
@@ -124,8 +127,9 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env[f"{ENV_PREFIX}DATA_DIR"] = str(data_dir)
     env.update(settings_env(settings))
-    secret = (settings.jwt_secret.get_secret_value() if settings.jwt_secret
-              else _dev_secret(data_dir))
+    secret = (
+        settings.jwt_secret.get_secret_value() if settings.jwt_secret else _dev_secret(data_dir)
+    )
     env[f"{ENV_PREFIX}JWT_SECRET"] = secret
     click.secho("auditstream up — starting the pipeline", bold=True)
     try:
@@ -144,12 +148,22 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
             env[f"{ENV_PREFIX}{role}"] = server.url
             _done(t)
         python = sys.executable
-        worker = Server("processor", "processor worker", 0, "",
-                        [python, "-m", "auditstream", "processor"], data_dir / "logs" /
-                        "processor.log")
-        api = Server("api", "query API", settings.api_port,
-                     f"http://{settings.api_host}:{settings.api_port}",
-                     [python, "-m", "auditstream", "api"], data_dir / "logs" / "api.log")
+        worker = Server(
+            "processor",
+            "processor worker",
+            0,
+            "",
+            [python, "-m", "auditstream", "processor"],
+            data_dir / "logs" / "processor.log",
+        )
+        api = Server(
+            "api",
+            "query API",
+            settings.api_port,
+            f"http://{settings.api_host}:{settings.api_port}",
+            [python, "-m", "auditstream", "api"],
+            data_dir / "logs" / "api.log",
+        )
         for proc in (worker, api):
             t = _step(f"starting the {proc.name}")
             _spawn(proc, env)
@@ -162,14 +176,17 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
         from query_api.auth import mint_token
 
         dev = settings.model_copy(update={"jwt_secret": SecretStr(secret)})
-        token = mint_token(dev, subject="dev", tenant="demo", scopes=DEV_SCOPES,
-                           ttl_seconds=12 * 3600)
+        token = mint_token(
+            dev, subject="dev", tenant="demo", scopes=DEV_SCOPES, ttl_seconds=12 * 3600
+        )
         _banner(api.url, token, data_dir)
         while True:
             for proc in started:
                 if proc.proc is not None and proc.proc.poll() is not None:
-                    raise EmbeddedError(f"{proc.name} exited with status "
-                                        f"{proc.proc.returncode}; see {proc.log_path}")
+                    raise EmbeddedError(
+                        f"{proc.name} exited with status "
+                        f"{proc.proc.returncode}; see {proc.log_path}"
+                    )
             time.sleep(0.5)
     except KeyboardInterrupt:
         click.echo("\nstopping …")
@@ -184,8 +201,14 @@ def _spawn(proc: Server, env: dict[str, str]) -> None:
 
     proc.log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(proc.log_path, "ab") as log:
-        proc.proc = subprocess.Popen(proc.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        proc.proc = subprocess.Popen(
+            proc.argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _shutdown(started: list[Server], code: int) -> int:
@@ -209,10 +232,12 @@ def _banner(url: str, token: str, data_dir: Path) -> None:
     click.echo()
     click.echo("Try it:")
     click.echo(f"  export TOKEN={token}")
-    click.echo(f"  curl -s -X POST '{url}/v1/events?wait=true' -H \"Authorization: Bearer $TOKEN\" "
-               "-H 'Content-Type: application/json' \\\n"
-               "    -d '{\"tenant\":\"demo\",\"action\":\"invoice.update\","
-               "\"actor\":{\"id\":\"alice\"},\"targets\":[{\"type\":\"invoice\",\"id\":\"42\"}]}'")
+    click.echo(
+        f"  curl -s -X POST '{url}/v1/events?wait=true' -H \"Authorization: Bearer $TOKEN\" "
+        "-H 'Content-Type: application/json' \\\n"
+        '    -d \'{"tenant":"demo","action":"invoice.update",'
+        '"actor":{"id":"alice"},"targets":[{"type":"invoice","id":"42"}]}\''
+    )
     click.echo(f"  curl -s '{url}/v1/events' -H \"Authorization: Bearer $TOKEN\"")
     click.echo()
     click.echo("Press Ctrl-C to stop everything.")

@@ -25,11 +25,15 @@ class ApiMetrics:
 
     def __post_init__(self) -> None:
         self.requests = Counter(
-            "auditstream_api_requests", "Requests by route and status",
-            ["route", "method", "status"], registry=self.registry,
+            "auditstream_api_requests",
+            "Requests by route and status",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "auditstream_api_request_seconds", "Request latency", ["route"],
+            "auditstream_api_request_seconds",
+            "Request latency",
+            ["route"],
             registry=self.registry,
         )
         self.cache = Counter(
@@ -79,7 +83,10 @@ def create_app(settings: AuditSettings) -> Quart:
         if "X-Cache" in response.headers:
             metrics.cache.labels(response.headers["X-Cache"]).inc()
         app.logger.info(
-            "%s %s %s request_id=%s", request.method, request.path, response.status_code,
+            "%s %s %s request_id=%s",
+            request.method,
+            request.path,
+            response.status_code,
             g.get("request_id"),
         )
         return response

@@ -59,8 +59,9 @@ class ReadCache:
         """Return ``(value, "hit"|"miss"|"bypass")``."""
         if self._redis is None:
             self.bypasses += 1
-            return await self._load_once(f"nocache:{kind}:{tenant}:{normalized_query}", loader), \
-                "bypass"
+            return await self._load_once(
+                f"nocache:{kind}:{tenant}:{normalized_query}", loader
+            ), "bypass"
         try:
             gens = await self._redis.mget(generation_keys)
             key = query_key(kind, tenant, [int(g or 0) for g in gens], normalized_query)
@@ -68,11 +69,12 @@ class ReadCache:
         except (RedisError, OSError) as exc:
             log.warning("redis unavailable, reading from MongoDB: %s", exc)
             self.bypasses += 1
-            return await self._load_once(f"nocache:{kind}:{tenant}:{normalized_query}", loader), \
-                "bypass"
+            return await self._load_once(
+                f"nocache:{kind}:{tenant}:{normalized_query}", loader
+            ), "bypass"
         if cached is not None:
             self.hits += 1
-            return bytes(cached), "hit"
+            return cached if isinstance(cached, bytes) else cached.encode(), "hit"
         self.misses += 1
         leader = key not in self._inflight
         value = await self._load_once(key, loader)

@@ -85,7 +85,7 @@ def _parse_events(raw: bytes, settings: AuditSettings) -> list[AuditEvent]:
     elif isinstance(body, dict):
         items = [body]
     else:
-        raise Problem(422, "body must be an event object or {\"events\": [...]}")
+        raise Problem(422, 'body must be an event object or {"events": [...]}')
     if not items:
         raise Problem(422, "no events given")
     limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
@@ -109,12 +109,12 @@ def _parse_events(raw: bytes, settings: AuditSettings) -> list[AuditEvent]:
 @document_response(Accepted, 202)
 @require_scope("events:write")
 async def create_events() -> Response:
-    """Publish one event or a batch; 202 once Kafka acknowledged, 201 with ?wait=true once stored."""
+    """Publish one event or a batch: 202 once Kafka acknowledged, 201 (?wait=true) once stored."""
     settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
     args = single_values(request.args, ("wait",))
     wait = args.get("wait", "false").lower() in ("1", "true", "yes")
     principal: Principal = g.principal
-    raw = await request.get_data(cache=False)
+    raw: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
     events = _parse_events(raw, settings)
     for event in events:
         if not principal.may_access(event.tenant):
@@ -126,12 +126,14 @@ async def create_events() -> Response:
         await _services().publisher.publish(messages)
     except PublishFailed as exc:
         raise Problem(
-            503, f"event log unavailable, nothing to lose: retry the request ({exc})",
+            503,
+            f"event log unavailable, nothing to lose: retry the request ({exc})",
             headers={"Retry-After": "5"},
         ) from None
     ids = [e.id for e in events]
-    if wait and await _wait_stored(events[0].tenant if len({e.tenant for e in events}) == 1
-                                   else None, ids):
+    if wait and await _wait_stored(
+        events[0].tenant if len({e.tenant for e in events}) == 1 else None, ids
+    ):
         return _json({"ids": ids, "status": "stored"}, 201)
     headers = {"Location": f"/v1/events/{ids[0]}"} if wait else None
     return _json({"ids": ids, "status": "accepted"}, 202, headers)

@@ -32,8 +32,8 @@ async def readyz() -> Response:
     """200 when Kafka, MongoDB and Redis answer; 503 naming what is down."""
     services: Services | None = current_app.config.get("AUDITSTREAM_SERVICES")
     if services is None:
-        body = {"status": "starting", "down": ["kafka", "mongodb", "redis"]}
-        return Response(orjson.dumps(body), 503, content_type="application/json")
+        starting = {"status": "starting", "down": ["kafka", "mongodb", "redis"]}
+        return Response(orjson.dumps(starting), 503, content_type="application/json")
     kafka, mongo, redis = await asyncio.gather(
         services.publisher.ping(),
         _check(services.mongo.admin.command("ping")),
@@ -45,8 +45,11 @@ async def readyz() -> Response:
     # Redis down only degrades reads (served from MongoDB): still ready, but say so.
     if down == ["redis"]:
         status = 200
-    body = {"status": "ok" if not down else ("degraded" if status == 200 else "unavailable"),
-            "checks": checks, "down": down}
+    body: dict[str, object] = {
+        "status": "ok" if not down else ("degraded" if status == 200 else "unavailable"),
+        "checks": checks,
+        "down": down,
+    }
     return Response(orjson.dumps(body), status, content_type="application/json")
 
 

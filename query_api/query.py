@@ -18,8 +18,17 @@ import orjson
 from query_api.problems import Problem
 
 FILTERS = (
-    "actor", "actor_type", "action", "target_type", "target_id", "outcome",
-    "crud", "source", "since", "until", "q",
+    "actor",
+    "actor_type",
+    "action",
+    "target_type",
+    "target_id",
+    "outcome",
+    "crud",
+    "source",
+    "since",
+    "until",
+    "q",
 )
 CONTROL = ("order", "limit", "cursor", "tenant")
 ENUMS = {"outcome": ("success", "failure", "denied"), "crud": ("c", "r", "u", "d")}
@@ -90,8 +99,10 @@ def parse_list_query(args: Any, extra_allowed: tuple[str, ...] = ()) -> ListQuer
     for name in ("since", "until"):
         if name in filters:
             filters[name] = parse_time(name, filters[name]).isoformat()
-    if "action" in filters and filters["action"].endswith("*") and not _PREFIX.match(
-        filters["action"]
+    if (
+        "action" in filters
+        and filters["action"].endswith("*")
+        and not _PREFIX.match(filters["action"])
     ):
         raise Problem(400, "action prefix must look like 'invoice.*'")
     order = values.get("order", "desc")
@@ -115,8 +126,13 @@ def mongo_filter(tenant: str, query: ListQuery) -> dict[str, Any]:
     """The MongoDB filter for ``query`` within ``tenant``; every value a literal."""
     f = query.filters
     out: dict[str, Any] = {"tenant": tenant}
-    simple = {"actor": "actor.id", "actor_type": "actor.type", "outcome": "outcome",
-              "crud": "crud", "source": "source.service"}
+    simple = {
+        "actor": "actor.id",
+        "actor_type": "actor.type",
+        "outcome": "outcome",
+        "crud": "crud",
+        "source": "source.service",
+    }
     for name, field in simple.items():
         if name in f:
             out[field] = {"$eq": f[name]}

@@ -67,12 +67,18 @@ def create_app(settings: AuditSettings, metrics: ProcessorMetrics | None = None)
         stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
     )
     events = app.topic(
-        settings.topic_events, key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
+        settings.topic_events,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
     dlq = app.topic(
-        settings.topic_dlq, key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
+        settings.topic_dlq,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
     state: dict[str, Any] = {}
 

@@ -34,6 +34,8 @@ class ProcessorMetrics:
             "auditstream_invalidation_failures", "Cache generation bumps that failed", registry=r
         )
         self.lag = Gauge(
-            "auditstream_consumer_lag", "Messages behind the high watermark",
-            ["topic", "partition"], registry=r,
+            "auditstream_consumer_lag",
+            "Messages behind the high watermark",
+            ["topic", "partition"],
+            registry=r,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import start_http_server
 
 from audit_events.settings import AuditSettings
@@ -13,6 +15,7 @@ def run_worker(settings: AuditSettings, loglevel: str = "warn") -> None:
     """Block running the worker until SIGINT/SIGTERM. Metrics on ``/metrics`` (any path)."""
     import faust
 
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     metrics = ProcessorMetrics()
     app = create_app(settings, metrics)
     if settings.processor_metrics_port:

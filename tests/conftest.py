@@ -1,0 +1,150 @@
+"""Session-wide real servers for integration tests.
+
+Default backend: the embedded development servers (Tansu, SecantusDB,
+redis-server) on free ports, started once per session. With
+``AUDITSTREAM_TEST_BACKEND=containers`` and a Docker engine, real Apache Kafka,
+MongoDB and Redis containers are started through testcontainers instead (this
+path cannot run on machines without Docker, such as the one this was built on).
+Each test isolates itself with unique topic, database and group names.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from audit_events.settings import AuditSettings, settings_env
+from auditstream.embedded import Server, kafka_server, mongo_server, redis_server, stop_all
+
+
+@dataclass
+class Backends:
+    kafka: str
+    mongo: str
+    redis: str
+    servers: dict[str, Server]
+    workdir: Path
+
+
+def _containers() -> Iterator[Backends]:  # pragma: no cover - needs Docker
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.mongodb import MongoDbContainer
+    from testcontainers.redis import RedisContainer
+
+    with KafkaContainer() as kafka, MongoDbContainer() as mongo, RedisContainer() as redis:
+        host, port = redis.get_container_host_ip(), redis.get_exposed_port(6379)
+        yield Backends(
+            kafka.get_bootstrap_server(),
+            mongo.get_connection_url(),
+            f"redis://{host}:{port}/0",
+            {},
+            Path(tempfile.mkdtemp()),
+        )
+
+
+@pytest.fixture(scope="session")
+def backends() -> Iterator[Backends]:
+    if os.environ.get("AUDITSTREAM_TEST_BACKEND") == "containers":
+        yield from _containers()
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="auditstream-test-"))
+    servers = [kafka_server(workdir), mongo_server(workdir), redis_server(workdir)]
+    try:
+        for server in servers:
+            server.start()
+        yield Backends(
+            servers[0].url, servers[1].url, servers[2].url, {s.role: s for s in servers}, workdir
+        )
+    finally:
+        stop_all(servers)
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(backends: Backends, unique: str, tmp_path: Path) -> AuditSettings:
+    """Settings isolated to this test: own topics, database, group and data dir."""
+    return AuditSettings(
+        kafka_bootstrap=backends.kafka,
+        mongo_uri=backends.mongo,
+        redis_url=backends.redis,
+        topic_events=f"audit.events.{unique}",
+        topic_dlq=f"audit.events.dlq.{unique}",
+        topic_checkpoints=f"audit.checkpoints.{unique}",
+        mongo_db=f"t_{unique}",
+        processor_group=f"processor-{unique}",
+        jwt_secret=SecretStr("test-secret-0123456789abcdef-" + unique),
+        processor_metrics_port=0,
+        kafka_partitions=4,
+        data_dir=str(tmp_path / "data"),
+    )
+
+
+class ProcessorProcess:
+    """One ``auditstream processor`` worker as a real child process."""
+
+    def __init__(self, settings: AuditSettings, log_path: Path, **env: str) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
+            **settings_env(settings),
+            "AUDITSTREAM_JWT_SECRET": "unused-by-the-processor-0123456789abcdef",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ProcessorProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "auditstream", "processor", "--loglevel", "warn"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def processors(
+    settings: AuditSettings, tmp_path: Path
+) -> Iterator[Callable[..., ProcessorProcess]]:
+    """Factory of processor workers; every one is killed at teardown."""
+    started: list[ProcessorProcess] = []
+
+    def make(**env: str) -> ProcessorProcess:
+        proc = ProcessorProcess(settings, tmp_path / f"processor-{len(started)}.log", **env)
+        started.append(proc.start())
+        return proc
+
+    yield make
+    for proc in started:
+        proc.kill()
