@@ -110,7 +110,9 @@ class AuditEvent(_Strict):
     tenant: Tenant = Field(description="Isolation boundary and partition key.")
     action: Action = Field(description="Dotted verb, e.g. invoice.update.")
     crud: Literal["c", "r", "u", "d"] | None = None
-    occurred_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    occurred_at: AwareDatetime = Field(
+        default_factory=lambda: datetime.now(UTC), validate_default=True
+    )
     actor: Actor | None = None
     targets: Annotated[list[Target], Field(max_length=32)] = []
     outcome: Literal["success", "failure", "denied"] = "success"
