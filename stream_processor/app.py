@@ -1,20 +1,27 @@
 """Faust adapter: topic, agent, wiring. Everything else lives in the pipeline.
 
-Why ``noack_take``: Faust's ``take()`` acks the buffered events in a
-``finally:`` even when the body raised, and a crashed agent is restarted past
-them, so their offsets would be committed unstored. ``noack_take`` leaves
-acking to us: events are acked only after :meth:`BatchProcessor.process`
-returned, i.e. after the batch is durable in MongoDB and its cache generations
-were bumped. If a batch cannot be stored before the retry deadline the process
-exits hard (``os._exit``) so no ``finally`` anywhere can ack or commit it.
+Why Faust never acks or commits for us: Faust's ``take()`` acks the buffered
+events in a ``finally:`` even when the body raised, a crashed agent is
+restarted past them, and its stream also acks events it *skips* (those fetched
+before a rebalance, see ``Stream._py_aiter``). Any of these would let Faust's
+periodic commit advance past events that were never stored. So the events
+topic is declared with ``acks=False``: Faust's ack bookkeeping ignores it and
+its commit loop never commits it. The only commits of that topic are made by
+:class:`~stream_processor.batching.BatchLoop`, with the offsets a stored batch
+carries, after the batch is durable in MongoDB and its cache generations were
+bumped. If a batch cannot be stored before the retry deadline (or anything
+unexpected fails) the process exits hard (``os._exit``): no ``finally``
+anywhere can commit it, and the group redelivers it to the next worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import faust
 from pymongo import AsyncMongoClient
@@ -23,9 +30,11 @@ from redis.asyncio import Redis
 
 from audit_events.schema import Limits
 from audit_events.settings import AuditSettings
+from stream_processor.batching import BatchLoop
+from stream_processor.flush import FlushPolicy
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
-from stream_processor.records import Record
+from stream_processor.records import Batch, Record
 from stream_processor.retry import RetryPolicy
 from stream_processor.sinks import MongoStore, RedisInvalidator, dead_letter_value
 from stream_processor.store import ensure_indexes, events_collection
@@ -43,10 +52,29 @@ class FaustDeadLetters:
         await fut  # wait for the broker's acknowledgement (acks=all)
 
 
+class FaustCommitter:
+    """Commits explicit offsets through Faust's consumer, for assigned partitions only."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> bool:
+        consumer = cast(Any, self._app.consumer)
+        assigned = consumer.assignment()
+        tps = {faust.types.TP(t, p): o for (t, p), o in offsets.items()}
+        mine = {tp: o for tp, o in tps.items() if tp in assigned}
+        if not mine:
+            return True  # revoked: the new owner re-reads from the group's offset
+        # Faust's ``_commit`` takes explicit offsets (its public ``commit`` only
+        # commits what was acked, which is exactly what we must not rely on).
+        return bool(await consumer._commit(mine))
+
+
 def create_app(settings: AuditSettings, metrics: ProcessorMetrics | None = None) -> faust.App:
     """Build the Faust app. Clients are opened in the worker's start-up hook."""
     settings.require("kafka_bootstrap", "mongo_uri", "redis_url")
     metrics = metrics or ProcessorMetrics()
+    policy = FlushPolicy(settings.batch_max_events, settings.batch_max_ms)
     app = faust.App(
         settings.processor_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -72,6 +100,7 @@ def create_app(settings: AuditSettings, metrics: ProcessorMetrics | None = None)
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
+        acks=False,  # Faust must never commit this topic; BatchLoop does
     )
     dlq = app.topic(
         settings.topic_dlq,
@@ -104,32 +133,43 @@ def create_app(settings: AuditSettings, metrics: ProcessorMetrics | None = None)
 
     @app.agent(events)
     async def ingest(stream: Any) -> None:
-        # One actor (no concurrency>1): that would commit past in-flight events.
+        # One actor (no concurrency>1); parallelism comes from partitions/workers.
         if "processor" not in state:
             state["processor"] = await open_clients()
-        processor: BatchProcessor = state["processor"]
-        async for chunk in stream.noack_take(
-            settings.batch_max_events, within=settings.batch_max_ms / 1000
-        ):
-            records = [_record(ev) for ev in chunk]
-            try:
-                await processor.process(records)
-            except BatchFailed as exc:
-                _exit_without_commit(f"giving up on a batch: {exc}")
-            except Exception:
-                # A bug, not an outage. Faust would restart the agent *past* these
-                # unacked events; exiting makes the group redeliver them instead.
-                log.exception("unexpected error in a batch")
-                _exit_without_commit("unexpected error")
-            for ev in chunk:
-                await stream.ack(ev)
-            _observe_lag(app, metrics, records)
+        queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=settings.batch_max_events)
+        loop = BatchLoop(
+            queue,
+            policy,
+            state["processor"],
+            FaustCommitter(app),
+            on_batch=lambda batch: _observe_lag(app, metrics, batch),
+            on_commit_failed=metrics.commit_failures.inc,
+        )
+        task = asyncio.ensure_future(_run_or_exit(loop))
+        try:
+            async for event in stream.events():
+                await queue.put(_record(event))
+        finally:
+            task.cancel()
 
     return app
 
 
+async def _run_or_exit(loop: BatchLoop) -> None:
+    try:
+        await loop.run()
+    except asyncio.CancelledError:
+        raise  # worker stopping: the batch in flight stays uncommitted
+    except BatchFailed as exc:
+        _exit_without_commit(f"giving up on a batch: {exc}")
+    except BaseException:
+        # A bug, not an outage. Exiting makes the group redeliver the batch.
+        log.exception("unexpected error in a batch")
+        _exit_without_commit("unexpected error")
+
+
 def _exit_without_commit(why: str) -> None:
-    log.critical("%s; exiting without acking or committing the batch", why)
+    log.critical("%s; exiting without committing the batch", why)
     logging.shutdown()
     sys.stderr.flush()
     os._exit(EXIT_BATCH_FAILED)
@@ -147,14 +187,11 @@ def _record(event: Any) -> Record:
     )
 
 
-def _observe_lag(app: faust.App, metrics: ProcessorMetrics, records: list[Record]) -> None:
-    last: dict[tuple[str, int], int] = {}
-    for r in records:
-        last[(r.topic, r.partition)] = r.offset
-    for (topic, partition), offset in last.items():
+def _observe_lag(app: faust.App, metrics: ProcessorMetrics, batch: Batch) -> None:
+    for (topic, partition), next_offset in batch.committable().items():
         try:
             high = app.consumer.highwater(faust.types.TP(topic, partition))
         except Exception:
             continue
         if high is not None:
-            metrics.lag.labels(topic, str(partition)).set(max(0, high - offset - 1))
+            metrics.lag.labels(topic, str(partition)).set(max(0, high - next_offset))

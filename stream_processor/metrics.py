@@ -33,6 +33,11 @@ class ProcessorMetrics:
         self.invalidation_failures = Counter(
             "auditstream_invalidation_failures", "Cache generation bumps that failed", registry=r
         )
+        self.commit_failures = Counter(
+            "auditstream_commit_failures",
+            "Offset commits that did not happen (retried with the next batch)",
+            registry=r,
+        )
         self.lag = Gauge(
             "auditstream_consumer_lag",
             "Messages behind the high watermark",

@@ -59,11 +59,24 @@ class MongoStore:
             result = await self._collection.insert_many(documents, ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
-            others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            others = [e for e in errors if not is_duplicate_id(e)]
             if others or exc.details.get("writeConcernErrors"):
                 raise
             return WriteResult(exc.details.get("nInserted", 0), len(errors))
         return WriteResult(len(result.inserted_ids), 0)
+
+
+def is_duplicate_id(error: dict[str, Any]) -> bool:
+    """A write error that means "this event id is already stored" (a redelivery).
+
+    A duplicate key on any *other* unique index is a real conflict and fails the batch.
+    """
+    if error.get("code") != DUPLICATE_KEY:
+        return False
+    pattern = error.get("keyPattern")
+    if pattern is not None:
+        return dict(pattern) == {"_id": 1}
+    return " index: _id_ " in str(error.get("errmsg", ""))
 
 
 def generation_keys(documents: list[dict[str, Any]]) -> list[str]:

@@ -1,0 +1,138 @@
+"""The framework-free consume loop: batch → process → commit, in that order.
+
+The adapter feeds consumed records into an :class:`asyncio.Queue`; :class:`BatchLoop`
+collects them until the :class:`FlushPolicy` says the batch is due (N events or
+T ms after its first event, also when traffic stops), hands the batch to
+:meth:`BatchProcessor.process` (decode, validate, DLQ, write, invalidate) and
+only when that returned commits the offsets *the batch carries*
+(``Batch.committable()``). Nothing else ever commits, so an offset is committed
+only after its event is stored and its cache generations were bumped.
+
+If ``process`` raises (``BatchFailed`` after the retry deadline, or a bug) the
+exception propagates out of :meth:`BatchLoop.run` with the batch uncommitted;
+the adapter then exits the process so the group redelivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from stream_processor.flush import FlushPolicy
+from stream_processor.records import Batch, Record
+
+log = logging.getLogger("auditstream.processor")
+
+Offsets = dict[tuple[str, int], int]
+
+
+class Committer(Protocol):
+    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> bool:
+        """Commit ``{(topic, partition): next_offset}``.
+
+        Called only with offsets of stored batches. Returns False when the commit
+        did not happen (e.g. a rebalance is in progress); the loop then retries
+        with the next commit. Offsets of partitions no longer assigned may be
+        dropped (their new owner re-reads them; the sink is idempotent).
+        """
+
+
+class Processor(Protocol):
+    async def process(self, records: list[Record]) -> Batch:
+        """Store ``records``; return the batch once its offsets may be committed."""
+
+
+class BatchLoop:
+    # While offsets wait for a retried commit, wake up this often even when idle.
+    COMMIT_RETRY_SECONDS = 1.0
+
+    def __init__(
+        self,
+        queue: asyncio.Queue[Record],
+        policy: FlushPolicy,
+        processor: Processor,
+        committer: Committer,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[Batch], None] | None = None,
+        on_commit_failed: Callable[[], None] | None = None,
+    ) -> None:
+        self._queue = queue
+        self._policy = policy
+        self._processor = processor
+        self._committer = committer
+        self._clock = clock
+        self._on_batch = on_batch
+        self._on_commit_failed = on_commit_failed
+        self.pending: list[Record] = []
+        self.batch_started: float | None = None
+        self.uncommitted: Offsets = {}
+
+    async def run(self) -> None:
+        """Consume forever; raises what ``process`` raised, leaving its batch uncommitted."""
+        while True:
+            await self.step()
+
+    async def step(self) -> None:
+        """Flush if due, else wait (bounded by the policy) for one more record."""
+        if self._policy.should_flush(self._clock(), self.batch_started, len(self.pending)):
+            await self.flush()
+            return
+        if not self._take_ready():
+            await self._wait_for_record()
+
+    async def flush(self) -> None:
+        """Process the pending records, then commit what the stored batch carries."""
+        records, self.pending, self.batch_started = self.pending, [], None
+        batch = await self._processor.process(records)  # raises → nothing committed
+        for tp, offset in batch.committable().items():
+            self.uncommitted[tp] = max(offset, self.uncommitted.get(tp, 0))
+        if self._on_batch is not None:
+            self._on_batch(batch)
+        await self._commit()
+
+    async def _commit(self) -> None:
+        if not self.uncommitted:
+            return
+        offsets = dict(self.uncommitted)
+        if await self._committer.commit(offsets):
+            for tp, offset in offsets.items():
+                if self.uncommitted.get(tp) == offset:
+                    del self.uncommitted[tp]
+        elif self._on_commit_failed is not None:
+            self._on_commit_failed()
+
+    def _add(self, record: Record) -> None:
+        if self.batch_started is None:
+            self.batch_started = self._clock()
+        self.pending.append(record)
+
+    def _take_ready(self) -> bool:
+        """Move already-queued records into the batch without yielding; True if any."""
+        took = False
+        while len(self.pending) < self._policy.max_events and not self._queue.empty():
+            self._add(self._queue.get_nowait())
+            took = True
+        return took
+
+    async def _wait_for_record(self) -> None:
+        timeout = self._policy.wait_time(self._clock(), self.batch_started)
+        if self.uncommitted:
+            retry = self.COMMIT_RETRY_SECONDS
+            timeout = retry if timeout is None else min(timeout, retry)
+        try:
+            record = await _get(self._queue, timeout)
+        except TimeoutError:
+            if self.uncommitted and not self.pending:
+                await self._commit()
+            return
+        self._add(record)
+
+
+def _get(queue: asyncio.Queue[Record], timeout: float | None) -> Awaitable[Record]:
+    if timeout is None:
+        return queue.get()
+    return asyncio.wait_for(queue.get(), timeout)

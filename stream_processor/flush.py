@@ -1,0 +1,43 @@
+"""Step 3: when a batch is flushed — at N events or T ms, whichever comes first.
+
+Pure: the caller passes the time, so tests use a fixed clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """Flush a batch once it holds ``max_events`` or its oldest event waited ``max_ms``."""
+
+    max_events: int
+    max_ms: int
+
+    def __post_init__(self) -> None:
+        if self.max_events < 1 or self.max_ms < 1:
+            raise ValueError("max_events and max_ms must be positive")
+
+    def should_flush(self, now: float, batch_started: float | None, count: int) -> bool:
+        """True when a batch of ``count`` events, started at ``batch_started``, is due.
+
+        ``now`` and ``batch_started`` are seconds on one monotonic clock;
+        ``batch_started`` is ``None`` for an empty batch, which is never due.
+        """
+        if count <= 0 or batch_started is None:
+            return False
+        return count >= self.max_events or now >= self.deadline(batch_started)
+
+    def wait_time(self, now: float, batch_started: float | None) -> float | None:
+        """Seconds the caller may wait for more events before the batch is due.
+
+        ``None`` (wait as long as you like) for an empty batch; never negative.
+        """
+        if batch_started is None:
+            return None
+        return max(0.0, self.deadline(batch_started) - now)
+
+    def deadline(self, batch_started: float) -> float:
+        """The time at which a batch started at ``batch_started`` is due."""
+        return batch_started + self.max_ms / 1000

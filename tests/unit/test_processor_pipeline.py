@@ -1,0 +1,323 @@
+"""Batch → process → commit, driven without Faust or servers (fakes for the I/O).
+
+The commit-after-write rule is checked on the loop the Faust adapter runs:
+nothing is committed unless the batch's ``process`` returned, and a batch that
+cannot be stored propagates out of the loop uncommitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import pytest
+from pymongo.errors import BulkWriteError
+
+from audit_events.schema import Limits
+from stream_processor.batching import BatchLoop
+from stream_processor.flush import FlushPolicy
+from stream_processor.metrics import ProcessorMetrics
+from stream_processor.pipeline import BatchFailed, BatchProcessor
+from stream_processor.records import Record
+from stream_processor.retry import RetryPolicy
+from stream_processor.sinks import MongoStore, WriteResult, generation_keys
+
+pytestmark = pytest.mark.unit
+
+TOPIC = "audit.events"
+
+
+def rec(offset: int, value: bytes | None = None, partition: int = 0) -> Record:
+    if value is None:
+        value = orjson.dumps(
+            {
+                "id": f"e-{partition}-{offset}",
+                "tenant": "acme",
+                "action": "invoice.update",
+                "targets": [{"type": "invoice", "id": str(offset % 2)}],
+            }
+        )
+    return Record(TOPIC, partition, offset, 1_700_000_000_000, b"acme", value)
+
+
+class MemoryStore:
+    """Insert-only by ``_id``, like MongoStore; can be told to fail N times."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.failures = failures
+        self.calls = 0
+
+    async def insert(self, documents: list[dict[str, Any]]) -> WriteResult:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store down")
+        inserted = 0
+        for doc in documents:
+            if doc["_id"] not in self.docs:
+                self.docs[doc["_id"]] = dict(doc)
+                inserted += 1
+        return WriteResult(inserted, len(documents) - inserted)
+
+
+class Invalidator:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.bumped: list[list[str]] = []
+
+    async def bump(self, documents: list[dict[str, Any]]) -> None:
+        if self.fail:
+            raise ConnectionError("redis down")
+        self.bumped.append(generation_keys(documents))
+
+
+class DeadLetters:
+    def __init__(self, failures: int = 0) -> None:
+        self.sent: list[tuple[int, str]] = []
+        self.failures = failures
+
+    async def send(self, record: Record, reason: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker down")
+        self.sent.append((record.offset, reason))
+
+
+class Committer:
+    def __init__(self, accept: bool = True) -> None:
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.accept = accept
+
+    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> bool:
+        if self.accept:
+            self.commits.append(dict(offsets))
+        return self.accept
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def processor(
+    store: MemoryStore,
+    clock: Clock,
+    *,
+    invalidator: Invalidator | None = None,
+    dlq: DeadLetters | None = None,
+    metrics: ProcessorMetrics | None = None,
+    give_up_after: float = 10.0,
+) -> BatchProcessor:
+    return BatchProcessor(
+        store,
+        invalidator or Invalidator(),
+        dlq or DeadLetters(),
+        limits=Limits(),
+        max_event_bytes=4096,
+        retry=RetryPolicy(initial_delay=1.0, max_delay=4.0, give_up_after=give_up_after),
+        metrics=metrics or ProcessorMetrics(),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+def value(metrics: ProcessorMetrics, name: str) -> float:
+    got = metrics.registry.get_sample_value(name)
+    assert got is not None, name
+    return got
+
+
+async def test_the_store_raises_nothing_is_committed() -> None:
+    clock, store, committer = Clock(), MemoryStore(failures=10**6), Committer()
+    metrics = ProcessorMetrics()
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    for i in range(3):
+        queue.put_nowait(rec(i))
+    loop = BatchLoop(
+        queue,
+        FlushPolicy(3, 200),
+        processor(store, clock, metrics=metrics, give_up_after=10.0),
+        committer,
+        clock=clock,
+    )
+    with pytest.raises(BatchFailed, match="write failed for 5 attempts: store down"):
+        await loop.run()
+    assert committer.commits == []
+    assert loop.uncommitted == {}
+    assert store.docs == {}
+    assert clock.slept == [1.0, 2.0, 4.0, 4.0]  # backoff until the 10 s deadline
+    assert value(metrics, "auditstream_batch_retries_total") == 5
+    assert value(metrics, "auditstream_events_stored_total") == 0
+
+
+async def test_a_failing_store_is_retried_then_committed_once() -> None:
+    clock, store, committer = Clock(), MemoryStore(failures=2), Committer()
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    for i in range(5):
+        queue.put_nowait(rec(i))
+    loop = BatchLoop(queue, FlushPolicy(5, 200), processor(store, clock), committer, clock=clock)
+    await loop.step()  # takes the 5 queued records
+    await loop.step()  # due: process (2 failures, 3rd attempt stores) then commit
+    assert store.calls == 3
+    assert sorted(store.docs) == [f"e-0-{i}" for i in range(5)]
+    assert committer.commits == [{(TOPIC, 0): 5}]
+
+
+async def test_a_redelivered_batch_changes_nothing() -> None:
+    clock, store, invalidator = Clock(), MemoryStore(), Invalidator()
+    metrics = ProcessorMetrics()
+    proc = processor(store, clock, invalidator=invalidator, metrics=metrics)
+    records = [rec(i) for i in range(4)]
+    await proc.process(records)
+    before = {k: dict(v) for k, v in store.docs.items()}
+    clock.now += 60  # redelivered later: received_at comes from the Kafka timestamp
+    batch = await proc.process(records)
+    assert store.docs == before
+    assert batch.committable() == {(TOPIC, 0): 4}
+    assert value(metrics, "auditstream_events_stored_total") == 4
+    assert value(metrics, "auditstream_events_duplicate_total") == 4
+
+
+async def test_partial_batch_flushes_after_max_ms_without_more_traffic() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    loop = BatchLoop(queue, FlushPolicy(100, 200), processor(store, clock), committer, clock=clock)
+    queue.put_nowait(rec(0))
+    queue.put_nowait(rec(1))
+    await loop.step()
+    assert loop.pending == [rec(0), rec(1)] and loop.batch_started == 100.0
+    clock.now = 100.199
+    await asyncio.wait_for(loop.step(), 5)  # waits (really) for the remaining ~1 ms
+    assert committer.commits == [] and len(loop.pending) == 2
+    clock.now = 100.2
+    await loop.step()
+    assert committer.commits == [{(TOPIC, 0): 2}]
+    assert loop.pending == [] and loop.batch_started is None
+
+
+async def test_batch_never_exceeds_max_events_and_commits_per_partition() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    for i in range(5):
+        queue.put_nowait(rec(i, partition=i % 2))
+    loop = BatchLoop(queue, FlushPolicy(3, 200), processor(store, clock), committer, clock=clock)
+    await loop.step()
+    assert len(loop.pending) == 3
+    await loop.step()
+    assert committer.commits == [{(TOPIC, 0): 3, (TOPIC, 1): 2}]
+    await loop.step()
+    clock.now += 1
+    await loop.step()
+    assert committer.commits[-1] == {(TOPIC, 0): 5, (TOPIC, 1): 4}
+
+
+async def test_a_refused_commit_is_retried_with_the_next_one() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer(accept=False)
+    failures: list[int] = []
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    loop = BatchLoop(
+        queue,
+        FlushPolicy(1, 200),
+        processor(store, clock),
+        committer,
+        clock=clock,
+        on_commit_failed=lambda: failures.append(1),
+    )
+    queue.put_nowait(rec(0))
+    await loop.step()
+    await loop.step()
+    assert loop.uncommitted == {(TOPIC, 0): 1} and failures == [1]
+    committer.accept = True
+    queue.put_nowait(rec(1))
+    await loop.step()
+    await loop.step()
+    assert committer.commits == [{(TOPIC, 0): 2}] and loop.uncommitted == {}
+
+
+async def test_redis_down_still_stores_and_commits_and_counts_the_failure() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    metrics = ProcessorMetrics()
+    proc = processor(store, clock, invalidator=Invalidator(fail=True), metrics=metrics)
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    queue.put_nowait(rec(0))
+    loop = BatchLoop(queue, FlushPolicy(1, 200), proc, committer, clock=clock)
+    await loop.step()
+    await loop.step()
+    assert list(store.docs) == ["e-0-0"] and committer.commits == [{(TOPIC, 0): 1}]
+    assert value(metrics, "auditstream_invalidation_failures_total") == 1
+
+
+async def test_invalidation_bumps_tenant_and_target_scopes_of_the_batch() -> None:
+    clock, invalidator = Clock(), Invalidator()
+    await processor(MemoryStore(), clock, invalidator=invalidator).process([rec(0), rec(1)])
+    assert len(invalidator.bumped) == 1
+    keys = invalidator.bumped[0]
+    assert len(keys) == 3 and sum(":gen:t:acme" in k for k in keys) == 1
+
+
+async def test_poison_goes_to_the_dlq_and_its_offset_is_committed() -> None:
+    clock, store, committer, dlq = Clock(), MemoryStore(), Committer(), DeadLetters(failures=1)
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    for r in (rec(0), rec(1, b"\xff\xfe"), rec(2, b"{nope"), rec(3)):
+        queue.put_nowait(r)
+    loop = BatchLoop(
+        queue, FlushPolicy(4, 200), processor(store, clock, dlq=dlq), committer, clock=clock
+    )
+    await loop.step()
+    await loop.step()
+    assert [o for o, _ in dlq.sent] == [1, 2]  # the failed send was retried, not duplicated
+    assert dlq.sent[0][1].startswith("not UTF-8") and dlq.sent[1][1].startswith("not JSON")
+    assert sorted(store.docs) == ["e-0-0", "e-0-3"]
+    assert committer.commits == [{(TOPIC, 0): 4}]
+
+
+class FakeCollection:
+    def __init__(self, details: dict[str, Any]) -> None:
+        self.details = details
+
+    async def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> Any:
+        assert ordered is False
+        raise BulkWriteError(self.details)
+
+
+def dup(index: str, key: dict[str, int]) -> dict[str, Any]:
+    return {"code": 11000, "errmsg": f"E11000 ... index: {index} dup key", "keyPattern": key}
+
+
+async def test_mongo_store_counts_id_duplicates_as_success() -> None:
+    details = {"writeErrors": [dup("_id_", {"_id": 1})] * 2, "nInserted": 3}
+    store = MongoStore(FakeCollection(details))  # type: ignore[arg-type]
+    assert await store.insert([{"_id": "a"}] * 5) == WriteResult(3, 2)
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        [dup("tenant_1", {"tenant": 1})],  # another unique index: a real conflict
+        [dup("_id_", {"_id": 1}), {"code": 121, "errmsg": "Document failed validation"}],
+    ],
+)
+async def test_mongo_store_fails_the_batch_on_any_other_write_error(
+    errors: list[dict[str, Any]],
+) -> None:
+    store = MongoStore(FakeCollection({"writeErrors": errors, "nInserted": 0}))  # type: ignore[arg-type]
+    with pytest.raises(BulkWriteError):
+        await store.insert([{"_id": "a"}, {"_id": "b"}])
+
+
+async def test_mongo_store_fails_the_batch_on_write_concern_errors() -> None:
+    details = {"writeErrors": [], "writeConcernErrors": [{"code": 64}], "nInserted": 2}
+    store = MongoStore(FakeCollection(details))  # type: ignore[arg-type]
+    with pytest.raises(BulkWriteError):
+        await store.insert([{"_id": "a"}])
