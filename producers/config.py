@@ -1,0 +1,70 @@
+"""Producer configuration: explicit arguments, or :meth:`ProducerConfig.from_settings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from audit_events import topics
+from audit_events.settings import AuditSettings
+
+Compression = Literal["gzip", "lz4", "zstd", "snappy"] | None
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    """Everything an :class:`~producers.AuditProducer` needs.
+
+    ``spool_path=None`` disables the on-disk spool: ``emit`` then raises
+    :class:`~producers.errors.DeliveryFailed` when Kafka does not acknowledge, and
+    ``start`` raises when Kafka is unreachable. With a spool, nothing is lost while
+    Kafka is down: events are kept on disk (bounded) and drained in order later.
+    """
+
+    bootstrap: str
+    topic: str = topics.EVENTS
+    #: Fills ``source.service`` of events that carry no ``source``.
+    service: str | None = None
+    # --- Kafka producer ---
+    idempotence: bool = False  # Apache Kafka: True; Tansu rejects InitProducerId
+    #: gzip needs nothing extra; lz4/zstd/snappy need their Python libraries.
+    compression: Compression = "gzip"
+    linger_ms: int = 5
+    max_batch_bytes: int = 256 * 1024
+    max_request_bytes: int = 1024 * 1024
+    request_timeout_ms: int = 10_000
+    #: How long one chunk may wait for acknowledgements before Kafka counts as down.
+    delivery_timeout: float = 15.0
+    #: Create the topic (with these partitions) when missing, also after a broker restart.
+    create_topic: bool = True
+    partitions: int = 8
+    replication: int = 1
+    # --- buffering ---
+    #: Events ``emit_nowait`` may hold in memory before overflowing to the spool.
+    buffer_size: int = 10_000
+    #: Events sent per chunk (the unit that is acknowledged or spooled together).
+    chunk_size: int = 2_000
+    # --- spool ---
+    spool_path: Path | None = None
+    spool_max_events: int = 1_000_000
+    spool_max_bytes: int = 512 * 1024 * 1024
+    # --- reconnecting ---
+    reconnect_initial: float = 0.2
+    reconnect_max: float = 5.0
+    #: Extra keyword arguments for ``AIOKafkaProducer`` (security settings, client_id…).
+    kafka_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: AuditSettings, **overrides: Any) -> ProducerConfig:
+        """Bootstrap, topic, idempotence and partitions from the shared settings."""
+        settings.require("kafka_bootstrap")
+        base = cls(
+            bootstrap=settings.kafka_bootstrap or "",
+            topic=settings.topic_events,
+            idempotence=settings.kafka_idempotence,
+            partitions=settings.kafka_partitions,
+            replication=settings.kafka_replication,
+            max_request_bytes=max(1024 * 1024, settings.max_event_bytes * 2),
+        )
+        return replace(base, **overrides)

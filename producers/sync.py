@@ -1,0 +1,161 @@
+"""A blocking facade for code without an event loop (Django, Flask, scripts).
+
+The async :class:`~producers.AuditProducer` runs on a private event loop in a daemon
+thread. Every method is thread-safe. At interpreter exit the producer is closed
+(flushed: events are acknowledged or spooled) unless ``close_at_exit=False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import TracebackType
+from typing import Any, TypeVar
+
+from audit_events.schema import AuditEvent
+from producers.config import ProducerConfig
+from producers.errors import ProducerClosed
+from producers.producer import AuditProducer, ProducerStats, Receipt
+from producers.transport import Transport
+
+log = logging.getLogger("auditstream.producer")
+T = TypeVar("T")
+
+
+class SyncAuditProducer:
+    def __init__(
+        self,
+        config: ProducerConfig,
+        *,
+        transport: Transport | None = None,
+        close_at_exit: bool = True,
+        exit_timeout: float = 10.0,
+    ) -> None:
+        self.config = config
+        self._producer = AuditProducer(config, transport)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._close_at_exit = close_at_exit
+        self._exit_timeout = exit_timeout
+        self._lock = threading.Lock()
+
+    def start(self, *, wait_connected: bool = True, timeout: float = 60.0) -> SyncAuditProducer:
+        """Start the loop thread and the producer (see :meth:`AuditProducer.start`)."""
+        with self._lock:
+            if self._thread is not None:
+                return self
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            thread = threading.Thread(target=run, name="auditstream-producer", daemon=True)
+            thread.start()
+            ready.wait()
+            self._loop, self._thread = loop, thread
+        try:
+            self._call(self._producer.start(wait_connected=wait_connected), timeout)
+        except BaseException:
+            self._stop_loop()
+            raise
+        if self._close_at_exit:
+            atexit.register(self._close_at_interpreter_exit)
+        return self
+
+    def emit(
+        self,
+        event: AuditEvent | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> Receipt:
+        """Validate, send and block until acknowledged or spooled (see ``AuditProducer.emit``)."""
+        ev = self._producer.prepare(event, **fields)  # InvalidEvent raised in the caller
+        return self._call(self._producer.emit(ev, timeout=timeout), None)
+
+    def emit_batch(
+        self, events: Iterable[AuditEvent | Mapping[str, Any]], *, timeout: float | None = None
+    ) -> list[Receipt]:
+        prepared = [self._producer.prepare(e) for e in events]
+        return self._call(self._producer.emit_batch(prepared, timeout=timeout), None)
+
+    def emit_nowait(
+        self, event: AuditEvent | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> str:
+        """Validate and queue; returns the id at once (see ``AuditProducer.emit_nowait``)."""
+        return self._producer.emit_nowait(event, **fields)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._call(self._producer.flush(timeout), None)
+
+    def wait_spool_empty(self, timeout: float) -> None:
+        self._call(self._producer.wait_spool_empty(timeout), None)
+
+    @property
+    def spool_size(self) -> int:
+        return self._producer.spool_size
+
+    def stats(self) -> ProducerStats:
+        return self._producer.stats()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, stop the producer and its thread. Idempotent."""
+        with self._lock:
+            if self._loop is None:
+                return
+        if self._close_at_exit:
+            atexit.unregister(self._close_at_interpreter_exit)
+        try:
+            self._call(self._producer.close(timeout), timeout + 10)
+        finally:
+            self._stop_loop()
+
+    def __enter__(self) -> SyncAuditProducer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _close_at_interpreter_exit(self) -> None:
+        try:
+            self.close(self._exit_timeout)
+        except Exception:
+            log.exception("closing the audit producer at exit")
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            raise ProducerClosed("the producer is not running; call start() first")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError(f"no answer from the producer thread within {timeout}s") from None
+
+    def _stop_loop(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(10)
+        with contextlib.suppress(RuntimeError):
+            loop.close()
