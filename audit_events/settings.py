@@ -57,6 +57,27 @@ class AuditSettings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     token_ttl_seconds: int = Field(3600, ge=60, le=30 * 86_400)
+    jwks_path: str | None = Field(
+        None, description="JWKS file with the RS256/ES256 verification keys (chosen by kid)."
+    )
+    jwks_url: str | None = Field(
+        None, description="JWKS URL with the RS256/ES256 verification keys (chosen by kid)."
+    )
+    jwks_refresh_seconds: int = Field(
+        300, ge=5, le=86_400, description="Re-read the JWKS this often (key rotation)."
+    )
+    jwt_leeway_seconds: int = Field(
+        30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat."
+    )
+    login_max_failures_per_user: int = Field(
+        5, ge=1, le=10_000, description="Failed logins per username per window before 429."
+    )
+    login_max_failures_per_ip: int = Field(
+        20, ge=1, le=100_000, description="Failed logins per client IP per window before 429."
+    )
+    login_window_seconds: int = Field(
+        900, ge=1, le=86_400, description="Window of the failed-login rate limits."
+    )
 
     # --- Processor ---------------------------------------------------------
     processor_group: str = "auditstream-processor"

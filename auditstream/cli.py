@@ -125,5 +125,9 @@ def token(tenant: str, scopes: str, subject: str, ttl: int | None) -> None:
     )
 
 
+from auditstream.users_cli import users  # noqa: E402
+
+main.add_command(users)
+
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from quart import Quart, Response, g, request
 from quart_schema import Info, QuartSchema
 
 from audit_events.settings import AuditSettings
-from query_api import events, health
+from query_api import events, export, health, history, ui
 from query_api.problems import register_problem_handlers
 from query_api.services import Services
 
@@ -56,7 +56,10 @@ def create_app(settings: AuditSettings) -> Quart:
     )
     register_problem_handlers(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(export.bp)  # before events: /v1/events/export is no event id
     app.register_blueprint(events.bp)
+    app.register_blueprint(history.bp)
+    app.register_blueprint(ui.bp)
 
     @app.before_serving
     async def open_clients() -> None:

@@ -4,13 +4,22 @@ A read's key embeds the current generation of its scope, read from Redis first;
 the processor bumps generations after every stored batch. A reader that was
 paused between its MongoDB read and its cache set writes under the *old*
 generation, which no later reader asks for: no stale hit, no key scans.
-When Redis is unavailable reads go straight to MongoDB (``X-Cache: bypass``).
+
+Single-flight: concurrent misses of one key share one load, run as its own task
+(a disconnecting client cannot cancel it for the others). The finished load
+stays joinable for :attr:`ReadCache.grace_seconds` after its value was stored,
+so a request whose Redis GET raced the SET still does not query MongoDB again;
+that is safe because the key names the generation it was read under.
+
+When Redis is unavailable reads go straight to MongoDB (``X-Cache: bypass``),
+and Redis is skipped for :attr:`ReadCache.retry_seconds` before the next try.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
@@ -20,33 +29,23 @@ from audit_events.cache_keys import query_key
 
 log = logging.getLogger("auditstream.api.cache")
 
+Loader = Callable[[], Awaitable[bytes]]
+
 
 class ReadCache:
+    grace_seconds = 1.0
+    retry_seconds = 1.0
+
     def __init__(self, redis: Redis | None, ttl_seconds: int) -> None:
         self._redis = redis
         self._ttl = ttl_seconds
-        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._inflight: dict[str, asyncio.Task[bytes]] = {}
+        self._redis_down_until = 0.0
         self.hits = 0
         self.misses = 0
         self.bypasses = 0
-
-    async def _load_once(self, key: str, loader: Callable[[], Awaitable[bytes]]) -> bytes:
-        """Run ``loader`` once per key at a time; concurrent callers share its result."""
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            value = await loader()
-            fut.set_result(value)
-            return value
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: callers without waiters must not warn
-            raise
-        finally:
-            del self._inflight[key]
+        # Test seam: awaited between a miss's MongoDB read and its cache set.
+        self.after_load: Callable[[str], Awaitable[None]] | None = None
 
     async def get_or_load(
         self,
@@ -54,33 +53,63 @@ class ReadCache:
         tenant: str,
         generation_keys: list[str],
         normalized_query: str,
-        loader: Callable[[], Awaitable[bytes]],
+        loader: Loader,
     ) -> tuple[bytes, str]:
-        """Return ``(value, "hit"|"miss"|"bypass")``."""
-        if self._redis is None:
-            self.bypasses += 1
-            return await self._load_once(
-                f"nocache:{kind}:{tenant}:{normalized_query}", loader
-            ), "bypass"
+        """Return ``(value, "hit"|"miss"|"bypass")``; never raises for Redis errors.
+
+        ``loader`` (the MongoDB read) may raise; its error reaches every caller
+        that shared the load.
+        """
+        if self._redis is None or time.monotonic() < self._redis_down_until:
+            return await self._bypass(kind, tenant, normalized_query, loader)
         try:
             gens = await self._redis.mget(generation_keys)
             key = query_key(kind, tenant, [int(g or 0) for g in gens], normalized_query)
             cached = await self._redis.get(key)
         except (RedisError, OSError) as exc:
             log.warning("redis unavailable, reading from MongoDB: %s", exc)
-            self.bypasses += 1
-            return await self._load_once(
-                f"nocache:{kind}:{tenant}:{normalized_query}", loader
-            ), "bypass"
+            self._redis_down_until = time.monotonic() + self.retry_seconds
+            return await self._bypass(kind, tenant, normalized_query, loader)
         if cached is not None:
             self.hits += 1
             return cached if isinstance(cached, bytes) else cached.encode(), "hit"
         self.misses += 1
-        leader = key not in self._inflight
-        value = await self._load_once(key, loader)
-        if leader:
+        return await asyncio.shield(self._flight(key, loader, store=True)), "miss"
+
+    async def _bypass(
+        self, kind: str, tenant: str, normalized_query: str, loader: Loader
+    ) -> tuple[bytes, str]:
+        self.bypasses += 1
+        key = f"nocache:{kind}:{tenant}:{normalized_query}"
+        return await asyncio.shield(self._flight(key, loader, store=False)), "bypass"
+
+    def _flight(self, key: str, loader: Loader, store: bool) -> asyncio.Task[bytes]:
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._load(key, loader, store))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._landed(key, t, store))
+        return task
+
+    async def _load(self, key: str, loader: Loader, store: bool) -> bytes:
+        value = await loader()
+        if store:
+            if self.after_load is not None:
+                await self.after_load(key)
+            assert self._redis is not None
             try:
                 await self._redis.set(key, value, ex=self._ttl)
             except (RedisError, OSError) as exc:
                 log.warning("cache set failed: %s", exc)
-        return value, "miss"
+        return value
+
+    def _landed(self, key: str, task: asyncio.Task[bytes], store: bool) -> None:
+        failed = task.cancelled() or task.exception() is not None  # marks it retrieved
+        if store and not failed:
+            asyncio.get_running_loop().call_later(self.grace_seconds, self._forget, key, task)
+        else:
+            self._forget(key, task)
+
+    def _forget(self, key: str, task: asyncio.Task[bytes]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response, current_app, g, request
 from quart_schema import document_querystring, document_request, document_response
 
@@ -34,8 +34,18 @@ class Accepted(BaseModel):
     status: str = Field(description="'accepted' (published) or 'stored' (with ?wait=true)")
 
 
+class StoredEvent(BaseModel):
+    """An event as stored: the schema's fields plus received_at, seq and hashes."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    tenant: str
+    action: str
+    occurred_at: str
+
+
 class EventPage(BaseModel):
-    data: list[dict[str, Any]]
+    data: list[StoredEvent]
     next_cursor: str | None
 
 
@@ -131,17 +141,16 @@ async def create_events() -> Response:
             headers={"Retry-After": "5"},
         ) from None
     ids = [e.id for e in events]
-    if wait and await _wait_stored(
-        events[0].tenant if len({e.tenant for e in events}) == 1 else None, ids
-    ):
+    if wait and await _wait_stored({e.tenant for e in events}, ids):
         return _json({"ids": ids, "status": "stored"}, 201)
     headers = {"Location": f"/v1/events/{ids[0]}"} if wait else None
     return _json({"ids": ids, "status": "accepted"}, 202, headers)
 
 
-async def _wait_stored(tenant: str | None, ids: list[str]) -> bool:
+async def _wait_stored(tenants: set[str], ids: list[str]) -> bool:
+    """True once every id is stored (in its tenant), False after ``WAIT_SECONDS``."""
     coll = _services().events
-    query: dict[str, Any] = {"_id": {"$in": ids}}
+    query: dict[str, Any] = {"_id": {"$in": ids}, "tenant": {"$in": sorted(tenants)}}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_SECONDS
     while loop.time() < deadline:
@@ -177,6 +186,7 @@ async def list_events() -> Response:
 
 
 @bp.get("/v1/events/<event_id>")
+@document_response(StoredEvent)
 @require_scope("events:read")
 async def get_event(event_id: str) -> Response:
     """One event of the token's tenant; 404 alike for unknown and other tenants' ids."""

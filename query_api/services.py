@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from redis.asyncio import Redis
+from pymongo.monitoring import CommandListener
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from audit_events.settings import AuditSettings
-from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION
+from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION, USERS_COLLECTION
 from query_api.cache import ReadCache
 from query_api.publisher import Publisher, ensure_topics
+from query_api.throttle import LoginThrottle
+from query_api.users import UserStore
+
+REDIS_POOL_SIZE = 64
+
+# Read paths the shared EVENT_INDEXES do not lead with; the API creates these
+# itself (idempotently) so every list filter is served by an index.
+READ_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
+    ("api_actor_type_time", [("tenant", 1), ("actor.type", 1), ("occurred_at", -1), ("_id", -1)]),
+    ("api_outcome_time", [("tenant", 1), ("outcome", 1), ("occurred_at", -1), ("_id", -1)]),
+    ("api_crud_time", [("tenant", 1), ("crud", 1), ("occurred_at", -1), ("_id", -1)]),
+    (
+        "api_source_time",
+        [("tenant", 1), ("source.service", 1), ("occurred_at", -1), ("_id", -1)],
+    ),
+    ("api_target_id_time", [("tenant", 1), ("targets.id", 1), ("occurred_at", -1), ("_id", -1)]),
+]
 
 
 @dataclass
@@ -22,21 +41,53 @@ class Services:
     redis: Redis
     cache: ReadCache
     publisher: Publisher
+    users: UserStore
+    throttle: LoginThrottle
 
     @classmethod
-    async def open(cls, settings: AuditSettings) -> Services:
+    async def open(
+        cls, settings: AuditSettings, mongo_listeners: Sequence[CommandListener] = ()
+    ) -> Services:
+        """Connect, create indexes and topics (idempotent), start the producer."""
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            settings.mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True
+            settings.mongo_uri,
+            serverSelectionTimeoutMS=5000,
+            tz_aware=True,
+            event_listeners=list(mongo_listeners),
         )
-        events = mongo[settings.mongo_db][EVENTS_COLLECTION]
-        await events.create_indexes([IndexModel(keys, name=name) for name, keys in EVENT_INDEXES])
-        redis = Redis.from_url(
-            settings.redis_url or "", socket_timeout=1.0, socket_connect_timeout=1.0
+        db = mongo[settings.mongo_db]
+        events = db[EVENTS_COLLECTION]
+        await events.create_indexes(
+            [IndexModel(keys, name=name) for name, keys in EVENT_INDEXES + READ_INDEXES]
         )
+        # A bounded, blocking pool: a burst waits briefly for a connection instead
+        # of failing with "too many connections" (and needlessly bypassing the cache).
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url or "",
+            max_connections=REDIS_POOL_SIZE,
+            timeout=2.0,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
+        redis = Redis.from_pool(pool)  # owns the pool: aclose() closes it
         await ensure_topics(settings)
         publisher = Publisher(settings)
         await publisher.start()
-        return cls(mongo, events, redis, ReadCache(redis, settings.cache_ttl_seconds), publisher)
+        throttle = LoginThrottle(
+            redis,
+            max_per_user=settings.login_max_failures_per_user,
+            max_per_ip=settings.login_max_failures_per_ip,
+            window_seconds=settings.login_window_seconds,
+        )
+        return cls(
+            mongo,
+            events,
+            redis,
+            ReadCache(redis, settings.cache_ttl_seconds),
+            publisher,
+            UserStore(db[USERS_COLLECTION]),
+            throttle,
+        )
 
     async def close(self) -> None:
         await self.publisher.stop()

@@ -1,0 +1,229 @@
+"""``/v1/events/export``: a filtered query streamed as CSV or NDJSON in constant memory.
+
+The response body is an async generator over a MongoDB cursor read in batches:
+at most one cursor batch and one output chunk are held at a time, however many
+events match. Nothing is cached. Validation and authorisation happen before the
+first byte, so errors are still ``application/problem+json``; a failure after
+streaming began aborts the connection (the chunked body never terminates), so a
+truncated export cannot be mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field
+from pymongo.asynchronous.cursor import AsyncCursor
+from quart import Blueprint, Response, current_app, g, request
+from quart_schema import document_querystring
+
+from audit_events.codec import document_to_api
+from query_api.auth import read_tenant, require_scope
+from query_api.problems import Problem
+from query_api.query import FILTERS, mongo_filter, parse_list_query, single_values, sort_spec
+from query_api.services import Services
+
+bp = Blueprint("export", __name__)
+
+EXPORT_PARAMS = (*FILTERS, "order", "tenant", "format")
+CURSOR_BATCH = 1000
+CHUNK_ROWS = 500
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+
+# Cells starting with these are formulas (or become one) in Excel, LibreOffice and
+# Google Sheets; OWASP's advice is to prefix them with a single quote.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "id",
+    "seq",
+    "occurred_at",
+    "received_at",
+    "tenant",
+    "action",
+    "crud",
+    "outcome",
+    "actor_id",
+    "actor_type",
+    "actor_name",
+    "target_type",
+    "target_id",
+    "target_name",
+    "targets",
+    "description",
+    "changes",
+    "source_service",
+    "source_component",
+    "source_version",
+    "ip",
+    "user_agent",
+    "request_id",
+    "trace_id",
+    "metadata",
+    "content_hash",
+    "hash",
+)
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """``cell`` with a leading ``'`` when a spreadsheet would read it as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_TRIGGERS) else cell
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def csv_row(event: dict[str, Any]) -> list[str]:
+    """One API-form event as CSV cells in :data:`CSV_COLUMNS` order, spreadsheet-safe.
+
+    Nested values (``targets``, ``changes``, ``metadata``) are compact JSON with
+    sorted keys; the first target also gets its own three columns for filtering.
+    """
+    actor = event.get("actor") or {}
+    targets = event.get("targets") or []
+    first = targets[0] if targets else {}
+    source = event.get("source") or {}
+    context = event.get("context") or {}
+    values: dict[str, Any] = {
+        "id": event.get("id"),
+        "seq": event.get("seq"),
+        "occurred_at": event.get("occurred_at"),
+        "received_at": event.get("received_at"),
+        "tenant": event.get("tenant"),
+        "action": event.get("action"),
+        "crud": event.get("crud"),
+        "outcome": event.get("outcome"),
+        "actor_id": actor.get("id"),
+        "actor_type": actor.get("type"),
+        "actor_name": actor.get("name"),
+        "target_type": first.get("type"),
+        "target_id": first.get("id"),
+        "target_name": first.get("name"),
+        "targets": targets or None,
+        "description": event.get("description"),
+        "changes": event.get("changes") or None,
+        "source_service": source.get("service"),
+        "source_component": source.get("component"),
+        "source_version": source.get("version"),
+        "ip": context.get("ip"),
+        "user_agent": context.get("user_agent"),
+        "request_id": context.get("request_id"),
+        "trace_id": context.get("trace_id"),
+        "metadata": event.get("metadata") or None,
+        "content_hash": event.get("content_hash"),
+        "hash": event.get("hash"),
+    }
+    return [spreadsheet_safe(_cell(values[name])) for name in CSV_COLUMNS]
+
+
+class CsvChunker:
+    """Accumulates CSV rows and hands them out as byte chunks (RFC 4180, CRLF)."""
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+
+    def header(self) -> None:
+        self._writer.writerow(CSV_COLUMNS)
+
+    def add(self, event: dict[str, Any]) -> None:
+        self._writer.writerow(csv_row(event))
+
+    def take(self) -> bytes:
+        data = self._buffer.getvalue().encode()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return data
+
+
+def ndjson_line(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event) + b"\n"
+
+
+async def stream_export(
+    cursor: AsyncCursor[dict[str, Any]],
+    fmt: str,
+    to_api: Callable[[dict[str, Any]], dict[str, Any]] = document_to_api,
+    chunk_rows: int = CHUNK_ROWS,
+) -> AsyncIterator[bytes]:
+    """Yield the export of ``cursor`` in chunks of ``chunk_rows`` events; closes the cursor."""
+    rows = 0
+    try:
+        if fmt == "csv":
+            chunker = CsvChunker()
+            chunker.header()
+            async for doc in cursor:
+                chunker.add(to_api(doc))
+                rows += 1
+                if rows % chunk_rows == 0:
+                    yield chunker.take()
+            yield chunker.take()
+        else:
+            parts: list[bytes] = []
+            async for doc in cursor:
+                parts.append(ndjson_line(to_api(doc)))
+                if len(parts) == chunk_rows:
+                    yield b"".join(parts)
+                    parts.clear()
+            if parts:
+                yield b"".join(parts)
+    finally:
+        await cursor.close()
+
+
+class ExportArgs(BaseModel):
+    format: str = Field("csv", description="csv (default) or ndjson")
+    actor: str | None = None
+    actor_type: str | None = None
+    action: str | None = Field(None, description="Exact, or a prefix like 'invoice.*'")
+    target_type: str | None = None
+    target_id: str | None = None
+    outcome: str | None = None
+    crud: str | None = None
+    source: str | None = None
+    since: str | None = Field(None, description="RFC 3339, inclusive")
+    until: str | None = Field(None, description="RFC 3339, exclusive")
+    q: str | None = None
+    order: str | None = Field(None, description="desc (default, newest first) or asc")
+    tenant: str | None = Field(None, description="Required for multi-tenant tokens")
+
+
+@bp.get("/v1/events/export")
+@document_querystring(ExportArgs)
+@require_scope("events:read")
+async def export_events() -> Response:
+    """Every event matching the list filters, streamed as CSV or NDJSON."""
+    values = single_values(request.args, EXPORT_PARAMS)
+    fmt = values.pop("format", "csv")
+    if fmt not in MEDIA_TYPES:
+        raise Problem(400, "format must be csv or ndjson")
+    query = parse_list_query(request.args, extra_allowed=("format",))
+    tenant = read_tenant(g.principal, values.get("tenant"))
+    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
+    cursor = (
+        services.events.find(mongo_filter(tenant, query), {"search": 0})
+        .sort(sort_spec(query.order))
+        .batch_size(CURSOR_BATCH)
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    resp = Response(stream_export(cursor, fmt), content_type=MEDIA_TYPES[fmt])
+    resp.headers["Content-Disposition"] = (
+        f'attachment; filename="auditstream-{tenant}-{stamp}.{fmt}"'
+    )
+    resp.headers["Cache-Control"] = "no-store"
+    resp.timeout = None  # an export of millions of events takes longer than RESPONSE_TIMEOUT
+    return resp

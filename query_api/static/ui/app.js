@@ -1,0 +1,886 @@
+// auditstream viewer: plain JavaScript, no build step, no dependencies.
+// Every value from the API is rendered with textContent (never innerHTML), and the
+// page's Content-Security-Policy allows scripts from this origin only.
+
+const TOKEN_KEY = "auditstream.token";
+const TENANT_KEY = "auditstream.tenant";
+const UTC_KEY = "auditstream.utc";
+const PAGE_SIZE = 50;
+const FILTERS = ["q", "action", "actor", "actor_type", "target_type", "target_id", "source", "outcome", "crud"];
+const RANGES = { "15m": 15 * 60e3, "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+const CRUD = { c: "create", r: "read", u: "update", d: "delete" };
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: null,
+  claims: null,
+  tenants: null, // null: a single tenant fixed by the token; [] any tenant ("*"); else the list
+  tenant: null,
+  utc: localStorage.getItem(UTC_KEY) === "1",
+  search: { key: null, params: null, events: [], next: null, loading: false, generation: 0 },
+  history: { key: null, type: null, id: null, order: "asc", events: [], next: null, loading: false, generation: 0 },
+};
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+class SignedOut extends Error {}
+
+// ---------------------------------------------------------------- DOM helpers
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "text") el.textContent = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function showAlert(id, message) {
+  const el = $(id);
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+let toastTimer = null;
+function toast(message, sticky = false) {
+  const el = $("toast");
+  el.textContent = message;
+  el.hidden = false;
+  clearTimeout(toastTimer);
+  if (!sticky) toastTimer = setTimeout(() => { el.hidden = true; }, 4000);
+}
+
+// ---------------------------------------------------------------- time
+
+function pad(n, w = 2) { return String(n).padStart(w, "0"); }
+
+function fmtTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  if (state.utc) return `${iso.slice(0, 10)} ${iso.slice(11, 19)}`;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+function timeEl(iso) {
+  return h("time", { datetime: iso, title: iso }, fmtTime(iso));
+}
+
+// datetime-local value <-> RFC 3339, in local time or UTC as the toggle says.
+function inputToIso(value) {
+  if (!value) return "";
+  const d = new Date(state.utc ? `${value}Z` : value);
+  return Number.isNaN(d.getTime()) ? "" : d.toISOString();
+}
+
+function isoToInput(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return "";
+  if (state.utc) return d.toISOString().slice(0, 19);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+function tzLabel() { return state.utc ? "(UTC)" : "(local time)"; }
+
+function fmtBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function fmtValue(value) {
+  if (value === undefined) return "—";
+  if (typeof value === "string") return value;
+  return JSON.stringify(value);
+}
+
+// ---------------------------------------------------------------- API
+
+function tenantParams() {
+  return state.tenants !== null && state.tenant ? { tenant: state.tenant } : {};
+}
+
+async function problemDetail(resp) {
+  try {
+    const body = await resp.json();
+    return body.detail || body.error_description || body.error || `${resp.status} ${resp.statusText}`;
+  } catch {
+    return `${resp.status} ${resp.statusText}`;
+  }
+}
+
+async function api(path, params = {}, { accept = "application/json" } = {}) {
+  if (!state.token) throw new SignedOut();
+  if (state.tenants !== null && !state.tenant) throw new ApiError(400, "Choose a tenant first (top right).");
+  const url = new URL(path, window.location.origin);
+  for (const [key, value] of Object.entries({ ...params, ...tenantParams() })) {
+    if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
+  }
+  const resp = await fetch(url, { headers: { Authorization: `Bearer ${state.token}`, Accept: accept } });
+  if (resp.status === 401) {
+    const detail = await problemDetail(resp);
+    signOut(`You were signed out: ${detail}. Sign in again.`);
+    throw new SignedOut();
+  }
+  if (!resp.ok) throw new ApiError(resp.status, await problemDetail(resp));
+  return resp;
+}
+
+function errorText(err) {
+  if (err instanceof ApiError) return err.message;
+  return `Could not reach the server (${err.message || err}).`;
+}
+
+// ---------------------------------------------------------------- session
+
+function decodeClaims(token) {
+  const parts = token.split(".");
+  if (parts.length !== 3) throw new Error("This is not a JWT (expected three dot-separated parts).");
+  try {
+    const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = decodeURIComponent(Array.from(atob(b64), (c) => `%${c.charCodeAt(0).toString(16).padStart(2, "0")}`).join(""));
+    return JSON.parse(json);
+  } catch {
+    throw new Error("The token's payload could not be read.");
+  }
+}
+
+function useToken(token, { persist = true } = {}) {
+  const claims = decodeClaims(token);
+  if (typeof claims.exp === "number" && claims.exp * 1000 < Date.now()) {
+    throw new Error("This token has expired.");
+  }
+  state.token = token;
+  state.claims = claims;
+  if (persist) sessionStorage.setItem(TOKEN_KEY, token);
+  const tenant = claims.tenant;
+  if (typeof tenant === "string" && tenant !== "*") {
+    state.tenants = null;
+    state.tenant = tenant;
+  } else {
+    state.tenants = Array.isArray(tenant) ? tenant.map(String) : [];
+    const saved = localStorage.getItem(TENANT_KEY);
+    state.tenant = state.tenants.length
+      ? (state.tenants.includes(saved) ? saved : state.tenants[0])
+      : (saved || "");
+  }
+  renderSession();
+  checkChain();
+}
+
+function renderSession() {
+  $("session").hidden = false;
+  const c = state.claims || {};
+  const who = $("who");
+  who.replaceChildren("Signed in as ", h("strong", { text: c.sub || "?" }));
+  if (state.tenants === null) who.append(" · tenant ", h("strong", { text: state.tenant }));
+  const scopes = typeof c.scope === "string" ? c.scope : "";
+  who.title = `scopes: ${scopes || "none"}` + (c.exp ? ` · expires ${new Date(c.exp * 1000).toISOString()}` : "");
+  const pick = $("tenant-pick");
+  const select = $("tenant-select");
+  const input = $("tenant-input");
+  pick.hidden = state.tenants === null;
+  if (state.tenants && state.tenants.length) {
+    select.hidden = false;
+    input.hidden = true;
+    select.replaceChildren(...state.tenants.map((t) => h("option", { value: t, selected: t === state.tenant }, t)));
+  } else if (state.tenants) {
+    select.hidden = true;
+    input.hidden = false;
+    input.value = state.tenant || "";
+    input.placeholder = "tenant id";
+  }
+}
+
+function setTenant(tenant) {
+  state.tenant = tenant.trim();
+  localStorage.setItem(TENANT_KEY, state.tenant);
+  state.search.key = null;
+  state.history.key = null;
+  checkChain();
+  route();
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  state.claims = null;
+  state.search.key = null;
+  state.history.key = null;
+  $("session").hidden = true;
+  showAlert("signin-error", message || "");
+  showView("signin");
+}
+
+async function signInWithPassword(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const username = form.username.value.trim();
+  const password = form.password.value;
+  if (!username || !password) {
+    showAlert("signin-error", "Enter your username and password.");
+    (username ? form.password : form.username).focus();
+    return;
+  }
+  const button = form.querySelector("button");
+  button.disabled = true;
+  try {
+    const resp = await fetch("/v1/token", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded", Accept: "application/json" },
+      body: new URLSearchParams({ grant_type: "password", username, password }),
+    });
+    if (resp.status === 404 || resp.status === 405) {
+      throw new Error("Password sign-in is not available on this server. Paste an access token instead.");
+    }
+    if (!resp.ok) {
+      const detail = await problemDetail(resp);
+      throw new Error(resp.status === 400 || resp.status === 401 ? `Sign-in failed: ${detail}` : detail);
+    }
+    const body = await resp.json();
+    if (!body.access_token) throw new Error("The server answered without an access token.");
+    form.password.value = "";
+    useToken(body.access_token);
+    showAlert("signin-error", "");
+    route();
+  } catch (err) {
+    showAlert("signin-error", err.message || String(err));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function signInWithToken(event) {
+  event.preventDefault();
+  const field = event.currentTarget.token;
+  const token = field.value.trim().replace(/^Bearer\s+/i, "");
+  if (!token) {
+    showAlert("signin-error", "Paste a token first.");
+    field.focus();
+    return;
+  }
+  try {
+    useToken(token);
+    field.value = "";
+    showAlert("signin-error", "");
+    route();
+  } catch (err) {
+    showAlert("signin-error", err.message || String(err));
+    field.focus();
+  }
+}
+
+// ---------------------------------------------------------------- chain status
+
+async function checkChain() {
+  const badge = $("chain");
+  const text = $("chain-text");
+  badge.className = "chain";
+  text.textContent = "Chain: checking…";
+  badge.title = "Tenant chain verification";
+  try {
+    const resp = await api("/v1/verify");
+    const body = await resp.json();
+    const ok = body.ok ?? body.valid ?? body.verified ?? ["ok", "verified", "valid"].includes(body.status);
+    const count = body.events ?? body.checked ?? body.count ?? body.head?.seq;
+    badge.classList.add(ok ? "ok" : "bad");
+    text.textContent = ok
+      ? `Chain verified${count !== undefined ? ` · ${count} events` : ""}`
+      : "Chain: verification FAILED";
+    badge.title = JSON.stringify(body).slice(0, 500);
+  } catch (err) {
+    if (err instanceof SignedOut) return;
+    if (err instanceof ApiError && (err.status === 404 || err.status === 405 || err.status === 501)) {
+      text.textContent = "Chain: not available";
+      badge.title = "This server does not offer chain verification (GET /v1/verify).";
+    } else {
+      text.textContent = "Chain: unknown";
+      badge.title = errorText(err);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- routing
+
+function showView(name) {
+  for (const view of ["signin", "search", "history"]) $(`view-${view}`).hidden = view !== name;
+  document.body.dataset.view = name;
+}
+
+function parseHash() {
+  const raw = window.location.hash.replace(/^#/, "") || "/search";
+  const q = raw.indexOf("?");
+  const path = q < 0 ? raw : raw.slice(0, q);
+  const params = new URLSearchParams(q < 0 ? "" : raw.slice(q + 1));
+  const parts = path.split("/").filter(Boolean).map((p) => decodeURIComponent(p));
+  return { parts, params };
+}
+
+function route() {
+  if (!state.token) {
+    showView("signin");
+    return;
+  }
+  const { parts, params } = parseHash();
+  if (parts[0] === "history" && parts.length === 3) showHistory(parts[1], parts[2], params);
+  else showSearch(params);
+}
+
+function historyHref(type, id, params) {
+  const base = `#/history/${encodeURIComponent(type)}/${encodeURIComponent(id)}`;
+  const qs = params ? params.toString() : "";
+  return qs ? `${base}?${qs}` : base;
+}
+
+// ---------------------------------------------------------------- search
+
+function formToParams() {
+  const form = $("search-form");
+  const params = new URLSearchParams();
+  for (const name of FILTERS) {
+    const value = form.elements[name].value.trim();
+    if (value) params.set(name, value);
+  }
+  const range = form.elements.range.value;
+  if (range === "custom") {
+    params.set("range", "custom");
+    const since = inputToIso(form.elements.since.value);
+    const until = inputToIso(form.elements.until.value);
+    if (since) params.set("since", since);
+    if (until) params.set("until", until);
+  } else if (range) {
+    params.set("range", range);
+  }
+  if (form.elements.order.value === "asc") params.set("order", "asc");
+  return params;
+}
+
+function paramsToForm(params) {
+  const form = $("search-form");
+  for (const name of FILTERS) form.elements[name].value = params.get(name) || "";
+  form.elements.range.value = params.get("range") || "";
+  form.elements.since.value = isoToInput(params.get("since"));
+  form.elements.until.value = isoToInput(params.get("until"));
+  form.elements.order.value = params.get("order") === "asc" ? "asc" : "desc";
+  syncRange();
+  const active = [...FILTERS.filter((n) => n !== "q" && params.get(n)), params.get("range") ? "range" : null].filter(Boolean);
+  $("filter-count").textContent = active.length ? `(${active.length} active)` : "";
+}
+
+function syncRange() {
+  const custom = $("f-range").value === "custom";
+  for (const el of document.querySelectorAll(".range-custom")) el.hidden = !custom;
+}
+
+// The API query of the hash's parameters: relative ranges resolve now.
+function apiFilters(params) {
+  const out = {};
+  for (const name of FILTERS) if (params.get(name)) out[name] = params.get(name);
+  const range = params.get("range");
+  if (range && RANGES[range]) out.since = new Date(Date.now() - RANGES[range]).toISOString();
+  if (range === "custom") {
+    if (params.get("since")) out.since = params.get("since");
+    if (params.get("until")) out.until = params.get("until");
+  }
+  if (params.get("order") === "asc") out.order = "asc";
+  return out;
+}
+
+function showSearch(params) {
+  showView("search");
+  for (const el of document.querySelectorAll(".tz-hint")) el.textContent = tzLabel();
+  const key = `${params.toString()}|${state.tenant}|${state.utc}`;
+  if (key === state.search.key) return; // back from a history: keep results and scroll
+  paramsToForm(params);
+  state.search = { key, params, filters: apiFilters(params), events: [], next: null, loading: false, generation: state.search.generation + 1, done: false };
+  $("results-body").replaceChildren();
+  $("load-more").hidden = true;
+  showAlert("search-error", "");
+  loadResults();
+}
+
+async function loadResults() {
+  const s = state.search;
+  if (s.loading || s.done) return;
+  s.loading = true;
+  const generation = s.generation;
+  $("load-more").disabled = true;
+  $("results-status").textContent = s.events.length ? `Showing ${s.events.length} events · loading more…` : "Searching…";
+  try {
+    const resp = await api("/v1/events", { ...s.filters, limit: PAGE_SIZE, cursor: s.next });
+    const body = await resp.json();
+    if (generation !== state.search.generation) return; // a newer search replaced this one
+    const start = s.events.length;
+    s.events.push(...body.data);
+    s.next = body.next_cursor;
+    s.done = !body.next_cursor;
+    appendRows(body.data, start);
+    const n = s.events.length;
+    $("results-status").textContent = n === 0
+      ? "No events match these filters."
+      : s.done ? `${n} matching event${n === 1 ? "" : "s"}, all shown.` : `Showing ${n} events · scroll for more.`;
+    $("load-more").hidden = s.done;
+  } catch (err) {
+    if (err instanceof SignedOut) return;
+    if (generation === state.search.generation) {
+      showAlert("search-error", errorText(err));
+      $("results-status").textContent = "";
+    }
+  } finally {
+    if (generation === state.search.generation) {
+      s.loading = false;
+      $("load-more").disabled = false;
+      if (!s.done && s.events.length && nearViewport($("sentinel"))) loadResults();
+    }
+  }
+}
+
+function nearViewport(el) {
+  const rect = el.getBoundingClientRect();
+  return rect.top < window.innerHeight + 400 && !el.closest("[hidden]");
+}
+
+function targetLinks(targets) {
+  return (targets || []).map((t) => h(
+    "a",
+    { class: "target-link", href: historyHref(t.type, t.id), title: `History of ${t.type} ${t.id}${t.name ? ` (${t.name})` : ""}` },
+    h("span", { class: "t-type" }, `${t.type} `),
+    t.name || t.id,
+  ));
+}
+
+function outcomeBadge(outcome) {
+  const o = outcome || "success";
+  return h("span", { class: `badge ${o}` }, o);
+}
+
+function appendRows(events, start) {
+  const body = $("results-body");
+  const rows = events.map((e, i) => {
+    const actor = e.actor || {};
+    return h(
+      "tr",
+      { tabindex: 0, dataset: { index: start + i }, "aria-label": `${e.action} by ${actor.name || actor.id || "unknown"} at ${e.occurred_at}` },
+      h("td", { class: "col-time", "data-label": "Time" }, timeEl(e.occurred_at)),
+      h("td", { class: "col-action", "data-label": "Action" }, e.action),
+      h("td", { class: "col-actor", "data-label": "Actor" },
+        actor.id ? [actor.name || actor.id, " ", h("span", { class: "actor-type" }, actor.type || "")] : "—"),
+      h("td", { class: "col-targets", "data-label": "Targets" }, targetLinks(e.targets)),
+      h("td", { class: "col-outcome", "data-label": "Outcome" }, outcomeBadge(e.outcome)),
+      h("td", { class: "col-desc", "data-label": "Description" }, e.description || ""),
+    );
+  });
+  if (start === 0 && rows.length === 0) {
+    body.replaceChildren(h("tr", {}, h("td", { class: "empty", colspan: 6 }, "No events match these filters.")));
+    return;
+  }
+  body.append(...rows);
+}
+
+function onResultsKey(event) {
+  const row = event.target.closest("tr[data-index]");
+  if (!row || event.target !== row) return;
+  if (event.key === "Enter" || event.key === " ") {
+    event.preventDefault();
+    openEvent(state.search.events[Number(row.dataset.index)]);
+  } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+    event.preventDefault();
+    const next = event.key === "ArrowDown" ? row.nextElementSibling : row.previousElementSibling;
+    if (next) next.focus();
+    else if (event.key === "ArrowDown" && !state.search.done) loadResults();
+  }
+}
+
+function onResultsClick(event) {
+  if (event.target.closest("a, button")) return;
+  const row = event.target.closest("tr[data-index]");
+  if (row) openEvent(state.search.events[Number(row.dataset.index)]);
+}
+
+// ---------------------------------------------------------------- export
+
+async function exportAs(format, button) {
+  const label = format.toUpperCase();
+  button.disabled = true;
+  toast(`Exporting ${label}…`, true);
+  try {
+    const resp = await api("/v1/events/export", { ...state.search.filters, format }, { accept: "*/*" });
+    const reader = resp.body.getReader();
+    const chunks = [];
+    let received = 0;
+    let shown = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      received += value.length;
+      if (received - shown > 256 * 1024) {
+        shown = received;
+        toast(`Exporting ${label}… ${fmtBytes(received)}`, true);
+      }
+    }
+    const disposition = resp.headers.get("Content-Disposition") || "";
+    const match = /filename="([^"]+)"/.exec(disposition);
+    const filename = match ? match[1] : `auditstream-export.${format}`;
+    const blob = new Blob(chunks, { type: resp.headers.get("Content-Type") || "application/octet-stream" });
+    const url = URL.createObjectURL(blob);
+    const link = h("a", { href: url, download: filename, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    toast(`Exported ${fmtBytes(received)} as ${filename}`);
+  } catch (err) {
+    if (!(err instanceof SignedOut)) toast(`Export failed: ${errorText(err)}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- JSON and event dialog
+
+function jsonNodes(value, indent = 0, out = []) {
+  const padding = "  ".repeat(indent);
+  if (Array.isArray(value)) {
+    if (!value.length) { out.push("[]"); return out; }
+    out.push("[\n");
+    value.forEach((item, i) => {
+      out.push(`${padding}  `);
+      jsonNodes(item, indent + 1, out);
+      out.push(i < value.length - 1 ? ",\n" : "\n");
+    });
+    out.push(`${padding}]`);
+  } else if (value !== null && typeof value === "object") {
+    const keys = Object.keys(value);
+    if (!keys.length) { out.push("{}"); return out; }
+    out.push("{\n");
+    keys.forEach((key, i) => {
+      out.push(`${padding}  `, h("span", { class: "k" }, JSON.stringify(key)), ": ");
+      jsonNodes(value[key], indent + 1, out);
+      out.push(i < keys.length - 1 ? ",\n" : "\n");
+    });
+    out.push(`${padding}}`);
+  } else if (typeof value === "string") {
+    out.push(h("span", { class: "s" }, JSON.stringify(value)));
+  } else if (typeof value === "number") {
+    out.push(h("span", { class: "n" }, String(value)));
+  } else {
+    out.push(h("span", { class: "l" }, String(value)));
+  }
+  return out;
+}
+
+function changesTable(changes, tableEl) {
+  const rows = Object.entries(changes || {}).map(([field, change]) => h(
+    "tr",
+    {},
+    h("th", { scope: "row" }, h("mark", { class: "field-name" }, field)),
+    h("td", {}, "old" in change && change.old !== null ? h("del", { class: "old" }, fmtValue(change.old)) : h("span", { class: "help" }, fmtValue(change.old ?? undefined))),
+    h("td", {}, "new" in change && change.new !== null ? h("ins", { class: "new" }, fmtValue(change.new)) : h("span", { class: "help" }, change.new === null ? "null" : "—")),
+  ));
+  const table = tableEl || h("table", { class: "changes" },
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Field"), h("th", { scope: "col" }, "Before"), h("th", { scope: "col" }, "After"))),
+    h("tbody"));
+  table.tBodies[0].replaceChildren(...rows);
+  return table;
+}
+
+function renderEvent(e) {
+  $("event-title").textContent = `${e.action} · ${fmtTime(e.occurred_at)}`;
+  const actor = e.actor || {};
+  const src = e.source || {};
+  const ctx = e.context || {};
+  const items = [
+    ["Event id", h("code", {}, e.id)],
+    ["When", [timeEl(e.occurred_at), e.received_at ? h("span", { class: "help" }, ` · received ${fmtTime(e.received_at)}`) : null]],
+    ["Actor", actor.id ? `${actor.name ? `${actor.name} (${actor.id})` : actor.id} · ${actor.type || "user"}` : "—"],
+    ["Targets", e.targets && e.targets.length ? targetLinks(e.targets) : "—"],
+    ["Outcome", [outcomeBadge(e.outcome), e.crud ? [" ", h("span", { class: "badge crud" }, CRUD[e.crud] || e.crud)] : null]],
+    ["Description", e.description || "—"],
+    ["Source", src.service ? [src.service, src.component, src.version].filter(Boolean).join(" · ") : "—"],
+    ["Context", Object.keys(ctx).length ? Object.entries(ctx).map(([k, v]) => `${k}=${v}`).join("  ") : "—"],
+  ];
+  if (e.seq !== undefined) items.push(["Chain", `seq ${e.seq}${e.hash ? ` · ${e.hash.slice(0, 16)}…` : ""}`]);
+  $("event-summary").replaceChildren(...items.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  const hasChanges = e.changes && Object.keys(e.changes).length;
+  $("event-changes-wrap").hidden = !hasChanges;
+  if (hasChanges) changesTable(e.changes, $("event-changes"));
+  $("event-json").replaceChildren(...jsonNodes(e));
+  $("event-dialog").dataset.json = JSON.stringify(e, null, 2);
+}
+
+async function openEvent(e) {
+  if (!e) return;
+  renderEvent(e);
+  const dialog = $("event-dialog");
+  if (!dialog.open) dialog.showModal();
+  $("event-close").focus();
+  try {
+    // The stored event may have changed since the list was read (a redaction, a correction).
+    const fresh = await (await api(`/v1/events/${encodeURIComponent(e.id)}`)).json();
+    if (dialog.open && fresh.id === e.id) renderEvent(fresh);
+  } catch (err) {
+    if (!(err instanceof SignedOut) && err.status === 404) toast("This event is no longer available.");
+  }
+}
+
+// ---------------------------------------------------------------- history
+
+function ceilToMinute(date) {
+  return new Date(Math.ceil(date.getTime() / 60e3) * 60e3);
+}
+
+function showHistory(type, id, params) {
+  showView("history");
+  for (const el of document.querySelectorAll(".tz-hint")) el.textContent = tzLabel();
+  const order = params.get("order") === "desc" ? "desc" : "asc";
+  const asOf = params.get("as_of") || "";
+  const key = `${type}\u0000${id}\u0000${order}\u0000${state.tenant}\u0000${state.utc}`;
+  $("history-title").replaceChildren("History of ", h("span", { class: "mono" }, `${type} ${id}`));
+  document.title = `${type} ${id} · history · auditstream`;
+  $("history-order").value = order;
+  $("asof").value = isoToInput(asOf);
+  if (key !== state.history.key) {
+    state.history = { key, type, id, order, events: [], next: null, loading: false, done: false, generation: state.history.generation + 1 };
+    $("timeline").replaceChildren();
+    showAlert("history-error", "");
+    loadHistory();
+    $("history-title").focus(); // a new page for screen readers: start at its heading
+  }
+  loadState(type, id, asOf);
+}
+
+async function loadHistory() {
+  const s = state.history;
+  if (s.loading || s.done) return;
+  s.loading = true;
+  const generation = s.generation;
+  $("history-status").textContent = "Loading…";
+  try {
+    const path = `/v1/targets/${encodeURIComponent(s.type)}/${encodeURIComponent(s.id)}/history`;
+    const resp = await api(path, { order: s.order, limit: PAGE_SIZE, cursor: s.next });
+    const body = await resp.json();
+    if (generation !== state.history.generation) return;
+    s.events.push(...body.data);
+    s.next = body.next_cursor;
+    s.done = !body.next_cursor;
+    $("timeline").append(...body.data.map(timelineItem));
+    const n = s.events.length;
+    $("history-status").textContent = n === 0
+      ? "No events recorded for this object."
+      : `${n} event${n === 1 ? "" : "s"}${s.done ? "" : " so far · scroll for more"}.`;
+    $("history-more").hidden = s.done;
+    const named = s.events.flatMap((e) => e.targets || []).find((t) => t.type === s.type && t.id === s.id && t.name);
+    if (named) $("history-title").replaceChildren("History of ", h("span", { class: "mono" }, `${s.type} ${s.id}`), ` · ${named.name}`);
+  } catch (err) {
+    if (err instanceof SignedOut) return;
+    if (generation === state.history.generation) {
+      showAlert("history-error", errorText(err));
+      $("history-status").textContent = "";
+    }
+  } finally {
+    if (generation === state.history.generation) {
+      s.loading = false;
+      if (!s.done && s.events.length && nearViewport($("history-sentinel"))) loadHistory();
+    }
+  }
+}
+
+function timelineItem(e) {
+  const actor = e.actor || {};
+  const changes = e.changes && Object.keys(e.changes).length ? changesTable(e.changes) : h("p", { class: "nochange" }, "No field changes recorded.");
+  const index = state.history.events.indexOf(e);
+  return h(
+    "li",
+    { class: `outcome-${e.outcome || "success"}`, dataset: { id: e.id } },
+    h("div", { class: "tl-head" },
+      timeEl(e.occurred_at),
+      h("span", { class: "tl-action" }, e.action),
+      outcomeBadge(e.outcome),
+      e.crud ? h("span", { class: "badge crud" }, CRUD[e.crud] || e.crud) : null,
+      h("span", {}, "by ", h("strong", {}, actor.name || actor.id || "unknown")),
+      h("span", { class: "tl-open" },
+        h("button", { type: "button", class: "btn btn-quiet", dataset: { asof: e.occurred_at }, "aria-label": `State after ${e.action} at ${e.occurred_at}` }, "State after"),
+        h("button", { type: "button", class: "btn btn-quiet", dataset: { open: index }, "aria-label": `Open event ${e.id}` }, "Open event")),
+    ),
+    e.description ? h("p", { class: "tl-desc" }, e.description) : null,
+    changes,
+  );
+}
+
+async function loadState(type, id, asOfIso) {
+  const when = asOfIso || ceilToMinute(new Date()).toISOString();
+  $("state-summary").textContent = "Loading…";
+  try {
+    const path = `/v1/targets/${encodeURIComponent(type)}/${encodeURIComponent(id)}/history`;
+    const body = await (await api(path, { as_of: when })).json();
+    const fields = Object.entries(body.fields || {});
+    const rows = fields.map(([name, f]) => h(
+      "tr",
+      { class: f.event_id === body.last_event_id && !f.inferred ? "recent" : "" },
+      h("th", { scope: "row" }, name),
+      h("td", { class: "value" }, fmtValue(f.value)),
+      h("td", {},
+        h("a", { href: "#", dataset: { event: f.event_id }, title: f.event_id }, fmtTime(f.occurred_at)),
+        f.inferred ? h("div", { class: "inferred" }, "inferred from the next change") : null),
+    ));
+    $("state-body").replaceChildren(...rows);
+    $("state-table").hidden = rows.length === 0;
+    const label = asOfIso ? `As of ${fmtTime(body.as_of)}` : "Current state";
+    const parts = [`${label}: ${body.events_applied} event${body.events_applied === 1 ? "" : "s"} applied`];
+    if (body.events_skipped) parts.push(`${body.events_skipped} failed/denied ignored`);
+    if (body.deleted) parts.push("the object was deleted");
+    if (!rows.length) parts.push("no field values known");
+    $("state-summary").textContent = `${parts.join(" · ")}.` + (rows.length ? " Highlighted: set by the latest event." : "");
+  } catch (err) {
+    if (!(err instanceof SignedOut)) $("state-summary").textContent = errorText(err);
+  }
+}
+
+function setHistoryParams(changes) {
+  const { params } = parseHash();
+  for (const [k, v] of Object.entries(changes)) {
+    if (v) params.set(k, v);
+    else params.delete(k);
+  }
+  window.location.hash = historyHref(state.history.type, state.history.id, params);
+}
+
+async function openEventById(id) {
+  const known = [...state.history.events, ...state.search.events].find((e) => e.id === id);
+  if (known) return openEvent(known);
+  try {
+    openEvent(await (await api(`/v1/events/${encodeURIComponent(id)}`)).json());
+  } catch (err) {
+    if (!(err instanceof SignedOut)) toast(errorText(err));
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+function observe(sentinelId, load) {
+  if (!("IntersectionObserver" in window)) return;
+  new IntersectionObserver((entries) => {
+    if (entries.some((entry) => entry.isIntersecting)) load();
+  }, { rootMargin: "400px 0px" }).observe($(sentinelId));
+}
+
+function init() {
+  $("password-form").addEventListener("submit", signInWithPassword);
+  $("token-form").addEventListener("submit", signInWithToken);
+  $("sign-out").addEventListener("click", () => { signOut("You signed out."); window.location.hash = ""; });
+  $("tenant-select").addEventListener("change", (e) => setTenant(e.target.value));
+  $("tenant-input").addEventListener("change", (e) => setTenant(e.target.value));
+  const utc = $("utc");
+  utc.checked = state.utc;
+  utc.addEventListener("change", () => {
+    state.utc = utc.checked;
+    localStorage.setItem(UTC_KEY, state.utc ? "1" : "0");
+    state.search.key = null;
+    state.history.key = null;
+    route();
+  });
+
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const params = formToParams();
+    const hash = `#/search${params.toString() ? `?${params}` : ""}`;
+    if (window.location.hash === hash) {
+      state.search.key = null;
+      route();
+    } else {
+      window.location.hash = hash;
+    }
+  });
+  $("f-range").addEventListener("change", syncRange);
+  $("reset").addEventListener("click", () => { window.location.hash = "#/search"; });
+  $("results-body").addEventListener("keydown", onResultsKey);
+  $("results-body").addEventListener("click", onResultsClick);
+  $("load-more").addEventListener("click", loadResults);
+  for (const id of ["export-csv", "export-ndjson"]) {
+    const button = $(id);
+    button.addEventListener("click", () => exportAs(button.dataset.format, button));
+  }
+
+  $("back-to-search").addEventListener("click", (event) => {
+    event.preventDefault();
+    const p = state.search.params;
+    window.location.hash = `#/search${p && p.toString() ? `?${p}` : ""}`;
+  });
+  $("history-order").addEventListener("change", (e) => setHistoryParams({ order: e.target.value === "desc" ? "desc" : "" }));
+  $("asof-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    setHistoryParams({ as_of: inputToIso($("asof").value) });
+  });
+  $("asof-now").addEventListener("click", () => setHistoryParams({ as_of: "" }));
+  $("history-more").addEventListener("click", loadHistory);
+  $("timeline").addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button) return;
+    if (button.dataset.open !== undefined) openEvent(state.history.events[Number(button.dataset.open)]);
+    if (button.dataset.asof) setHistoryParams({ as_of: button.dataset.asof });
+  });
+  $("state-body").addEventListener("click", (event) => {
+    const link = event.target.closest("a[data-event]");
+    if (!link) return;
+    event.preventDefault();
+    openEventById(link.dataset.event);
+  });
+
+  const dialog = $("event-dialog");
+  $("event-close").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("click", (event) => { if (event.target === dialog) dialog.close(); });
+  dialog.addEventListener("click", (event) => {
+    if (event.target.closest("a.target-link")) dialog.close();
+  });
+  $("event-copy").addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(dialog.dataset.json || "");
+      toast("Event JSON copied.");
+    } catch {
+      toast("Copying is not allowed here; select the JSON and copy it.");
+    }
+  });
+
+  document.addEventListener("keydown", (event) => {
+    const typing = event.target.closest("input, textarea, select, [contenteditable]");
+    if (event.key === "/" && !typing && !dialog.open && document.body.dataset.view === "search") {
+      event.preventDefault();
+      $("f-q").focus();
+    }
+  });
+
+  if (window.matchMedia("(max-width: 820px)").matches) $("filters").open = false;
+  observe("sentinel", () => { if (document.body.dataset.view === "search" && state.search.events.length) loadResults(); });
+  observe("history-sentinel", () => { if (document.body.dataset.view === "history" && state.history.events.length) loadHistory(); });
+  window.addEventListener("hashchange", route);
+
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) {
+    try {
+      useToken(saved, { persist: false });
+    } catch (err) {
+      signOut(err.message);
+    }
+  }
+  route();
+}
+
+init();
