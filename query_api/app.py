@@ -5,14 +5,18 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pymongo.monitoring import CommandListener
 from quart import Quart, Response, g, request
 from quart_schema import Info, QuartSchema
 
-from audit_events.settings import AuditSettings
-from query_api import events, export, health, history, ui
+from audit_events.settings import AuditSettings, SettingsError
+from query_api import events, export, health, history, token, ui
+from query_api.auth import TokenVerifier
+from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
 from query_api.services import Services
 
@@ -41,11 +45,24 @@ class ApiMetrics:
         )
 
 
-def create_app(settings: AuditSettings) -> Quart:
-    """Build the API. Clients open in ``before_serving`` and close in ``after_serving``."""
-    settings.require("kafka_bootstrap", "mongo_uri", "redis_url", "jwt_secret")
+def create_app(
+    settings: AuditSettings, *, mongo_listeners: Sequence[CommandListener] = ()
+) -> Quart:
+    """Build the API. Clients open in ``before_serving`` and close in ``after_serving``.
+
+    ``mongo_listeners`` are PyMongo command listeners for the API's client
+    (tests count queries with them). Raises :class:`SettingsError` when a
+    connection URL or every token verification key is missing.
+    """
+    settings.require("kafka_bootstrap", "mongo_uri", "redis_url")
+    if settings.jwt_secret is None and not (settings.jwks_path or settings.jwks_url):
+        raise SettingsError(
+            "missing setting AUDITSTREAM_JWT_SECRET (or AUDITSTREAM_JWKS_PATH / "
+            "AUDITSTREAM_JWKS_URL): no key to verify tokens with"
+        )
     app = Quart(__name__)
     app.config["AUDITSTREAM_SETTINGS"] = settings
+    app.config["AUDITSTREAM_VERIFIER"] = verifier = TokenVerifier(settings)
     app.config["AUDITSTREAM_METRICS"] = metrics = ApiMetrics()
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     QuartSchema(
@@ -53,17 +70,20 @@ def create_app(settings: AuditSettings) -> Quart:
         info=Info(title="auditstream", version="1"),
         security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
         security=[{"bearer": []}],
+        openapi_provider_class=ProblemAwareOpenAPI,
     )
     register_problem_handlers(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(export.bp)  # before events: /v1/events/export is no event id
     app.register_blueprint(events.bp)
+    app.register_blueprint(token.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(ui.bp)
 
     @app.before_serving
     async def open_clients() -> None:
-        app.config["AUDITSTREAM_SERVICES"] = await Services.open(settings)
+        await verifier.start()
+        app.config["AUDITSTREAM_SERVICES"] = await Services.open(settings, mongo_listeners)
 
     @app.after_serving
     async def close_clients() -> None:
