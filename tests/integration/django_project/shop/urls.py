@@ -1,0 +1,8 @@
+from django.urls import path
+
+from tests.integration.django_project.shop import views
+
+urlpatterns = [
+    path("invoices/", views.create_invoice),
+    path("invoices/<int:pk>/", views.update_invoice),
+]

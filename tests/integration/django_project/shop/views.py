@@ -1,0 +1,19 @@
+from django.http import HttpRequest, JsonResponse
+
+from tests.integration.django_project.shop.models import Invoice
+
+
+def create_invoice(request: HttpRequest) -> JsonResponse:
+    invoice = Invoice.objects.create(
+        number=request.POST["number"],
+        customer=request.POST["customer"],
+        total=int(request.POST["total"]),
+    )
+    return JsonResponse({"id": invoice.pk}, status=201)
+
+
+def update_invoice(request: HttpRequest, pk: int) -> JsonResponse:
+    invoice = Invoice.objects.get(pk=pk)
+    invoice.total = int(request.POST["total"])
+    invoice.save()
+    return JsonResponse({"id": invoice.pk})
