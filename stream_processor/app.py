@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import faust
@@ -70,8 +71,35 @@ class FaustCommitter:
         return bool(await consumer._commit(mine))
 
 
-def create_app(settings: AuditSettings, metrics: ProcessorMetrics | None = None) -> faust.App:
-    """Build the Faust app. Clients are opened in the worker's start-up hook."""
+def kill_before_commit(after_batches: int) -> Callable[[Batch], None]:
+    """Fault injection for tests: SIGKILL this process between a batch's write and commit.
+
+    Fires on the ``after_batches``-th batch that stored at least one document.
+    """
+    stored = 0
+
+    def hook(batch: Batch) -> None:
+        nonlocal stored
+        if batch.documents:
+            stored += 1
+        if stored >= after_batches:
+            log.warning("fault injection: SIGKILL between write and commit")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def create_app(
+    settings: AuditSettings,
+    metrics: ProcessorMetrics | None = None,
+    *,
+    before_commit: Callable[[Batch], None] | None = None,
+) -> faust.App:
+    """Build the Faust app. Clients are opened in the worker's start-up hook.
+
+    ``before_commit`` runs after each batch is stored and before its offsets are
+    committed; only fault-injection tests pass one.
+    """
     settings.require("kafka_bootstrap", "mongo_uri", "redis_url")
     metrics = metrics or ProcessorMetrics()
     policy = FlushPolicy(settings.batch_max_events, settings.batch_max_ms)
@@ -143,6 +171,7 @@ def create_app(settings: AuditSettings, metrics: ProcessorMetrics | None = None)
             state["processor"],
             FaustCommitter(app),
             on_batch=lambda batch: _observe_lag(app, metrics, batch),
+            before_commit=before_commit,
             on_commit_failed=metrics.commit_failures.inc,
         )
         task = asyncio.ensure_future(_run_or_exit(loop))

@@ -58,6 +58,7 @@ class BatchLoop:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[Batch], None] | None = None,
+        before_commit: Callable[[Batch], None] | None = None,
         on_commit_failed: Callable[[], None] | None = None,
     ) -> None:
         self._queue = queue
@@ -66,6 +67,7 @@ class BatchLoop:
         self._committer = committer
         self._clock = clock
         self._on_batch = on_batch
+        self._before_commit = before_commit
         self._on_commit_failed = on_commit_failed
         self.pending: list[Record] = []
         self.batch_started: float | None = None
@@ -92,6 +94,8 @@ class BatchLoop:
             self.uncommitted[tp] = max(offset, self.uncommitted.get(tp, 0))
         if self._on_batch is not None:
             self._on_batch(batch)
+        if self._before_commit is not None:
+            self._before_commit(batch)  # fault injection in tests: the crash window
         await self._commit()
 
     async def _commit(self) -> None:
