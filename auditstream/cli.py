@@ -129,5 +129,10 @@ from auditstream.users_cli import users  # noqa: E402
 
 main.add_command(users)
 
+from auditstream.emit_cli import emit, loadgen  # noqa: E402
+
+main.add_command(emit)
+main.add_command(loadgen)
+
 if __name__ == "__main__":
     main()
