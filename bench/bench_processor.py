@@ -106,6 +106,11 @@ async def produce(settings: AuditSettings, values: list[bytes]) -> None:
         await producer.stop()
 
 
+def start(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 async def worker_rate(settings: AuditSettings, total: int, profile: bool) -> dict[str, Any]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
@@ -117,8 +122,7 @@ async def worker_rate(settings: AuditSettings, total: int, profile: bool) -> dic
         RESULTS.mkdir(exist_ok=True)
         argv = [sys.executable, "-m", "pyinstrument", "-o", str(report), "-m", "auditstream"]
         argv += ["processor", "--loglevel", "warn"]
-    log = open(Path(settings.data_dir) / "worker.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = start(argv, env, Path(settings.data_dir) / "worker.log")
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
     coll = client[settings.mongo_db][EVENTS_COLLECTION]
     marks: dict[str, tuple[float, int]] = {}
@@ -169,7 +173,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             batch_max_events=args.batch,
             data_dir=str(workdir / "data"),
         )
-        Path(settings.data_dir).mkdir(parents=True)
+        await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True)
         values = make_events(args.events)
         store = await ceiling(servers[1].url, values, args.batch)
         await produce(settings, values)
