@@ -78,20 +78,44 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def corrected_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """The stored fields with every correction's ``set`` applied, oldest first."""
+    out = dict(doc)
+    for record in doc.get("corrections") or ():
+        out.update(record.get("set") or {})
+    return out
+
+
 def document_to_api(doc: dict[str, Any]) -> dict[str, Any]:
-    """The public JSON view of a stored document."""
-    out = {k: v for k, v in doc.items() if k not in ("_id", "search")}
+    """The public JSON view of a stored document.
+
+    A corrected event reads as its corrected view plus ``corrections`` (who,
+    when, why, what); an erased one is a tombstone with ``erased`` (who, when,
+    why) — readers answer 410 for it (docs/chain.md).
+    """
+    view = corrected_view(doc) if doc.get("corrections") else doc
+    out = {k: v for k, v in view.items() if k not in ("_id", "search")}
     out = {"id": doc["_id"], **out}
     for key in ("occurred_at", "received_at"):
         if isinstance(out.get(key), datetime):
             out[key] = _iso(out[key])
+    if out.get("corrections"):
+        out["corrections"] = [_with_iso_at(r) for r in out["corrections"]]
+    if out.get("erased"):
+        out["erased"] = _with_iso_at(out["erased"])
     return out
+
+
+def _with_iso_at(record: dict[str, Any]) -> dict[str, Any]:
+    at = record.get("at")
+    return {**record, "at": _iso(at)} if isinstance(at, datetime) else record
 
 
 __all__ = [
     "_parse_time",
     "canonical_json",
     "content_hash",
+    "corrected_view",
     "document_to_api",
     "encode_event",
     "event_to_document",

@@ -91,6 +91,16 @@ class AuditSettings(BaseSettings):
     )
     processor_metrics_port: int = Field(9108, ge=0, le=65535)
 
+    # --- Tenant chain checkpoints (docs/chain.md) ------------------------
+    checkpoint_signing_key: SecretStr | None = Field(
+        None, description="Ed25519 private key, base64 of the raw 32 bytes (keys generate)."
+    )
+    checkpoint_public_key: str | None = Field(
+        None, description="Ed25519 public key (base64, raw 32 bytes) that verifiers trust."
+    )
+    checkpoint_every_events: int = Field(1000, ge=1, le=10_000_000)
+    checkpoint_every_seconds: float = Field(60.0, ge=0.1, le=86_400)
+
     # --- API ---------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)
@@ -116,7 +126,8 @@ def settings_env(settings: AuditSettings) -> dict[str, str]:
     Secrets and unset values are left out; lists are JSON, as pydantic-settings reads them.
     """
     env: dict[str, str] = {}
-    for name, value in settings.model_dump(exclude_none=True, exclude={"jwt_secret"}).items():
+    secrets = {"jwt_secret", "checkpoint_signing_key"}
+    for name, value in settings.model_dump(exclude_none=True, exclude=secrets).items():
         if isinstance(value, list):
             text = json.dumps(value)
         elif isinstance(value, bool):

@@ -20,3 +20,13 @@ EVENT_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
     ),
     ("tenant_search_time", [("tenant", 1), ("search", 1), ("occurred_at", -1), ("_id", -1)]),
 ]
+
+# The tenant chain's UNIQUE index: one event per (tenant, seq), so two writers can
+# never fork a chain. Created by the chain writers (processor, replay) only: it is
+# not partial (SecantusDB ignores partial indexes when planning queries), so
+# documents without a seq — e.g. seeded directly by tests — would collide on it.
+CHAIN_INDEX: tuple[str, list[tuple[str, int]]] = ("tenant_seq", [("tenant", 1), ("seq", 1)])
+
+CHECKPOINTS_COLLECTION = "checkpoints"
+REPLAY_STATE_COLLECTION = "replay_state"
+REPLAY_COLLECTION = "events_replay"

@@ -134,5 +134,10 @@ from auditstream.emit_cli import emit, loadgen  # noqa: E402
 main.add_command(emit)
 main.add_command(loadgen)
 
+from auditstream import trust_cli  # noqa: E402
+
+main.add_command(trust_cli.keys)
+main.add_command(trust_cli.verify)
+
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ from quart import Quart, Response, g, request
 from quart_schema import Info, QuartSchema
 
 from audit_events.settings import AuditSettings, SettingsError
-from query_api import events, export, health, history, token, ui
+from query_api import admin, events, export, health, history, token, ui, verify
 from query_api.auth import TokenVerifier
 from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
@@ -79,6 +79,8 @@ def create_app(
     app.register_blueprint(token.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(verify.bp)
+    app.register_blueprint(admin.bp)
 
     @app.before_serving
     async def open_clients() -> None:

@@ -11,6 +11,7 @@ from quart import Blueprint, Response, current_app, g, request
 from quart_schema import document_querystring, document_request, document_response
 
 from audit_events.cache_keys import tenant_generation
+from audit_events.chain import RESERVED_ACTION_PREFIX
 from audit_events.codec import document_to_api, encode_event
 from audit_events.schema import AuditEvent, Limits
 from audit_events.settings import AuditSettings
@@ -127,6 +128,8 @@ async def create_events() -> Response:
     raw: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
     events = _parse_events(raw, settings)
     for event in events:
+        if event.action.startswith(RESERVED_ACTION_PREFIX):  # control events: admin API only
+            raise Problem(422, f"actions starting with {RESERVED_ACTION_PREFIX!r} are reserved")
         if not principal.may_access(event.tenant):
             raise Problem(403, f"token does not grant tenant {event.tenant}")
         if len(encode_event(event)) > settings.max_event_bytes:
@@ -203,4 +206,7 @@ async def get_event(event_id: str) -> Response:
     )
     if not body:
         raise Problem(404, f"no event {event_id!r}")
+    erased = orjson.loads(body).get("erased")
+    if erased:  # kept in the chain, payload gone (docs/chain.md)
+        raise Problem(410, f"event {event_id!r} was erased", erased=erased)
     return _json(body, headers={"X-Cache": state})

@@ -105,6 +105,8 @@ def parse_list_query(args: Any, extra_allowed: tuple[str, ...] = ()) -> ListQuer
         and not _PREFIX.match(filters["action"])
     ):
         raise Problem(400, "action prefix must look like 'invoice.*'")
+    if "q" in filters and not search_words(filters["q"]):
+        raise Problem(400, "q must contain at least one letter or digit")
     order = values.get("order", "desc")
     if order not in ("asc", "desc"):
         raise Problem(400, "order must be asc or desc")
@@ -125,7 +127,8 @@ def search_words(text: str) -> list[str]:
 def mongo_filter(tenant: str, query: ListQuery) -> dict[str, Any]:
     """The MongoDB filter for ``query`` within ``tenant``; every value a literal."""
     f = query.filters
-    out: dict[str, Any] = {"tenant": tenant}
+    # Erased events drop out of lists, history and exports (they read as 410).
+    out: dict[str, Any] = {"tenant": tenant, "erased": {"$exists": False}}
     simple = {
         "actor": "actor.id",
         "actor_type": "actor.type",

@@ -32,12 +32,13 @@ from redis.asyncio import Redis
 from audit_events.schema import Limits
 from audit_events.settings import AuditSettings
 from stream_processor.batching import BatchLoop
+from stream_processor.chain import open_chain_store, topic_publisher
 from stream_processor.flush import FlushPolicy
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
 from stream_processor.records import Batch, Record
 from stream_processor.retry import RetryPolicy
-from stream_processor.sinks import MongoStore, RedisInvalidator, dead_letter_value
+from stream_processor.sinks import RedisInvalidator, dead_letter_value
 from stream_processor.store import ensure_indexes, events_collection
 
 log = logging.getLogger("auditstream.processor")
@@ -137,6 +138,13 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
     )
+    checkpoints = app.topic(  # compacted, key = tenant (created by open_chain_store)
+        settings.topic_checkpoints,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     state: dict[str, Any] = {}
 
     async def open_clients() -> BatchProcessor:
@@ -149,8 +157,11 @@ def create_app(
         await ensure_indexes(collection)
         redis = Redis.from_url(settings.redis_url or "", socket_timeout=2.0)
         state["mongo"], state["redis"] = mongo, redis
+        store = await open_chain_store(
+            settings, collection, topic_publisher(checkpoints), RedisInvalidator(redis)
+        )
         return BatchProcessor(
-            MongoStore(collection),
+            store,
             RedisInvalidator(redis),
             FaustDeadLetters(dlq),
             limits=Limits(settings.max_metadata_bytes, settings.max_metadata_depth),

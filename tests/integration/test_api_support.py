@@ -8,12 +8,13 @@ and async clients (httpx) both talk to it over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -36,6 +37,7 @@ from query_api.auth import mint_token
 from query_api.services import Services
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 
 class QueryCounter(CommandListener):
@@ -74,6 +76,12 @@ class LiveApi:
     def services(self) -> Services:
         services: Services = self.app.config["AUDITSTREAM_SERVICES"]
         return services
+
+    async def call(self, fn: Callable[[Services], Awaitable[T]]) -> T:
+        """Run ``fn(services)`` in the server's event loop (its clients live there)."""
+        assert self.loop is not None
+        future = asyncio.run_coroutine_threadsafe(fn(self.services), self.loop)  # type: ignore[arg-type]
+        return await asyncio.wrap_future(future)
 
     def start(self, timeout: float = 90.0) -> LiveApi:
         started = threading.Event()
@@ -117,6 +125,16 @@ class LiveApi:
 
 
 def serve_api(settings: AuditSettings) -> LiveApi:
+    """Serve the API on a free port. Redis keys are not namespaced per test
+    (cache generations, login counters), so this session's Redis starts empty."""
+    if settings.redis_url and "127.0.0.1" in settings.redis_url:
+        import redis
+
+        with (
+            contextlib.suppress(redis.RedisError),
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1) as client,
+        ):
+            client.flushdb()
     counter = QueryCounter()
     app = create_app(settings, mongo_listeners=[counter])
     return LiveApi(app, f"http://127.0.0.1:{free_port()}", counter, settings).start()

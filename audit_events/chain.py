@@ -1,0 +1,377 @@
+"""The tenant chain: content hashes, links, signed checkpoints and verification.
+
+Pure logic shared by the processor (which builds the chain), the API and the
+CLI (which verify it) and the offline verifier. No database client here: the
+verifier walks any async iterator of stored documents sorted by ``(seq, _id)``.
+
+- ``content_hash`` = SHA-256 of the canonical JSON of the event as received,
+  recomputed from a stored document by re-validating its event fields.
+- ``hash`` = SHA-256(previous hash bytes ‖ content hash bytes); the genesis
+  "previous hash" is 32 zero bytes.
+- A checkpoint signs ``{tenant, seq, hash, time}`` (canonical JSON) with Ed25519.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
+
+from audit_events.codec import canonical_json, encode_event
+from audit_events.schema import AuditEvent, Limits
+from audit_events.settings import AuditSettings
+
+GENESIS = "0" * 64
+CORRECTED_ACTION = "auditstream.event.corrected"
+ERASED_ACTION = "auditstream.event.erased"
+CONTROL_ACTIONS = (CORRECTED_ACTION, ERASED_ACTION)
+RESERVED_ACTION_PREFIX = "auditstream."
+# Payload fields an erasure removes; id, tenant, times, action, seq and hashes stay.
+ERASED_FIELDS = ("actor", "targets", "description", "changes", "metadata", "context", "search")
+# Fields a correction may set (everything but the identity of the event).
+CORRECTABLE_FIELDS = frozenset(AuditEvent.model_fields) - {"id", "tenant"}
+# Stored documents were validated on the way in; re-validation must not reject
+# them because a deployment later lowered its limits.
+_NO_LIMITS = Limits(max_metadata_bytes=2**62, max_metadata_depth=2**30)
+_EVENT_FIELDS = frozenset(AuditEvent.model_fields)
+
+REASONS = ("edited", "deleted", "reordered", "inserted", "truncated", "rewritten", "bad_checkpoint")
+
+
+# --- hashing -----------------------------------------------------------------
+
+
+def link(prev_hash: str, content_hash: str) -> str:
+    """``SHA-256(prev ‖ content)`` over the raw 32-byte digests, as hex."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + bytes.fromhex(content_hash)).hexdigest()
+
+
+def event_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """The event as received, from a stored document or an API view.
+
+    Keeps only schema fields (``_id`` becomes ``id``); stored-only fields such
+    as ``seq``, ``hash``, ``search``, ``corrections`` are dropped.
+    """
+    out = {k: v for k, v in doc.items() if k in _EVENT_FIELDS}
+    if "_id" in doc:
+        out["id"] = doc["_id"]
+    when = out.get("occurred_at")
+    if isinstance(when, datetime) and when.tzinfo is None:
+        out["occurred_at"] = when.replace(tzinfo=UTC)  # a client without tz_aware=True
+    return out
+
+
+def document_content_hash(doc: dict[str, Any]) -> str:
+    """Recompute the content hash of a stored document's original event.
+
+    Raises ``ValueError`` when the stored fields no longer form a valid event.
+    """
+    try:
+        event = AuditEvent.model_validate(event_fields(doc), context={"limits": _NO_LIMITS})
+    except ValidationError as exc:
+        raise ValueError(f"stored fields are not a valid event: {exc.errors()[0]['msg']}") from None
+    return hashlib.sha256(encode_event(event)).hexdigest()
+
+
+def seal(doc: dict[str, Any], seq: int, prev_hash: str) -> str:
+    """Give a new stored document its place in the chain; returns its ``hash``."""
+    content = document_content_hash(doc)
+    doc["seq"], doc["content_hash"], doc["hash"] = seq, content, link(prev_hash, content)
+    return str(doc["hash"])
+
+
+def original_view(view: dict[str, Any]) -> dict[str, Any]:
+    """Undo the correction overlay of an API view (offline verification).
+
+    Each correction record carries ``previous``: the values the fields had
+    before it (``None`` = absent); applying them newest first restores the
+    event as received.
+    """
+    out = dict(view)
+    for record in reversed(view.get("corrections") or []):
+        for name, value in (record.get("previous") or {}).items():
+            if value is None:
+                out.pop(name, None)
+            else:
+                out[name] = value
+    return out
+
+
+# --- keys and checkpoints ----------------------------------------------------
+
+
+def generate_keypair() -> tuple[str, str]:
+    """A new Ed25519 key pair as (private, public), each base64 of the raw 32 bytes."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return base64.b64encode(private).decode(), public_key_b64(key)
+
+
+def load_private_key(b64: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(b64))
+
+
+def load_public_key(b64: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64))
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def key_id(public_b64: str) -> str:
+    """Short fingerprint of a public key, stored beside each signature."""
+    return hashlib.sha256(base64.b64decode(public_b64)).hexdigest()[:16]
+
+
+def _checkpoint_payload(tenant: str, seq: int, hash_: str, time: str) -> bytes:
+    return canonical_json({"tenant": tenant, "seq": seq, "hash": hash_, "time": time})
+
+
+def sign_checkpoint(
+    key: Ed25519PrivateKey, tenant: str, seq: int, hash_: str, now: datetime
+) -> dict[str, Any]:
+    """A signed checkpoint of ``tenant``'s chain head (JSON-ready dict)."""
+    time = now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    signature = key.sign(_checkpoint_payload(tenant, seq, hash_, time))
+    return {
+        "tenant": tenant,
+        "seq": seq,
+        "hash": hash_,
+        "time": time,
+        "signature": base64.b64encode(signature).decode(),
+        "key_id": key_id(public_key_b64(key)),
+    }
+
+
+def checkpoint_valid(key: Ed25519PublicKey, checkpoint: dict[str, Any]) -> bool:
+    """True when ``checkpoint``'s signature covers its tenant, seq, hash and time."""
+    try:
+        payload = _checkpoint_payload(
+            str(checkpoint["tenant"]),
+            int(checkpoint["seq"]),
+            str(checkpoint["hash"]),
+            str(checkpoint["time"]),
+        )
+        key.verify(base64.b64decode(checkpoint["signature"]), payload)
+    except (KeyError, TypeError, ValueError, InvalidSignature):
+        return False
+    return True
+
+
+# --- verification ------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """Outcome of walking one tenant's chain; ``ok`` is False at the first defect."""
+
+    tenant: str
+    ok: bool = True
+    checked: int = 0
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+    head_seq: int = 0
+    head_hash: str = GENESIS
+    erased: int = 0
+    corrected: int = 0
+    checkpoints: int = 0
+    latest_checkpoint_seq: int = 0
+    unsigned_tail: int = 0
+
+    def fail(self, seq: int, reason: str, detail: str) -> Report:
+        self.ok, self.first_bad_seq, self.reason, self.detail = False, seq, reason, detail
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Checkpoints:
+    by_seq: dict[int, str] = field(default_factory=dict)
+    latest: int = 0
+
+
+def _check_checkpoints(
+    report: Report, tenant: str, checkpoints: Iterable[dict[str, Any]], key: Ed25519PublicKey | None
+) -> _Checkpoints | None:
+    out = _Checkpoints()
+    for cp in checkpoints:
+        if cp.get("tenant") != tenant:
+            continue
+        seq = int(cp.get("seq", 0))
+        if key is None or not checkpoint_valid(key, cp):
+            why = "no public key to check it" if key is None else "its signature is invalid"
+            report.fail(seq, "bad_checkpoint", f"checkpoint at seq {seq}: {why}")
+            return None
+        if out.by_seq.get(seq, cp["hash"]) != cp["hash"]:
+            report.fail(seq, "bad_checkpoint", f"two signed checkpoints disagree at seq {seq}")
+            return None
+        out.by_seq[seq] = cp["hash"]
+        out.latest = max(out.latest, seq)
+    report.checkpoints = len(out.by_seq)
+    report.latest_checkpoint_seq = out.latest
+    return out
+
+
+def _content_of(doc: dict[str, Any]) -> tuple[str | None, str]:
+    """(recomputed content hash, why not); erased documents keep the stored one."""
+    if doc.get("erased"):
+        stored = doc.get("content_hash")
+        return (stored, "") if isinstance(stored, str) else (None, "erased without content_hash")
+    try:
+        return document_content_hash(doc), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+async def verify_chain(
+    tenant: str,
+    docs: AsyncIterator[dict[str, Any]],
+    checkpoints: Iterable[dict[str, Any]],
+    public_key: Ed25519PublicKey | None,
+    *,
+    start_seq: int = 1,
+    prev_hash: str = GENESIS,
+    to_end: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> Report:
+    """Walk ``docs`` (one tenant, sorted by ``(seq, _id)``) in constant memory.
+
+    Recomputes every content hash (erased documents: the stored one is
+    trusted), checks every link and every checkpoint signature, that the store
+    agrees with each signed checkpoint and — when ``to_end`` — that it reaches
+    the latest one. Stops at the first defect, naming its seq and reason.
+    ``start_seq``/``prev_hash`` verify a slice that starts mid-chain.
+    """
+    report = Report(tenant)
+    cps = _check_checkpoints(report, tenant, checkpoints, public_key)
+    if cps is None:
+        return report
+    expected, prev = start_seq, prev_hash
+    it = aiter(docs)
+    cur = await anext(it, None)
+    while cur is not None:
+        nxt = await anext(it, None)
+        seq = cur.get("seq")
+        if not isinstance(seq, int):
+            return report.fail(expected, "edited", f"event {cur.get('_id')} has no seq")
+        if seq < expected:
+            return report.fail(seq, "inserted", f"a second event ({cur.get('_id')}) claims seq")
+        if seq > expected:
+            gap = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
+            return report.fail(expected, "deleted", f"seq {gap} missing")
+        if nxt is not None and nxt.get("seq") == seq:
+            return report.fail(seq, "inserted", f"events {cur.get('_id')} and {nxt.get('_id')}")
+        content, why = _content_of(cur)
+        if content is None:
+            return report.fail(seq, "edited", why)
+        if content != cur.get("content_hash"):
+            return report.fail(seq, "edited", "content differs from its content_hash")
+        if link(prev, content) != cur.get("hash"):
+            if nxt is not None and _links_from(prev, nxt):
+                return report.fail(seq, "reordered", f"seq {seq + 1} chains from seq {seq - 1}")
+            return report.fail(seq, "edited", f"hash does not chain from seq {seq - 1}")
+        signed = cps.by_seq.get(seq)
+        if signed is not None and signed != cur["hash"]:
+            return report.fail(seq, "rewritten", f"chain differs from the signed checkpoint {seq}")
+        report.erased += bool(cur.get("erased"))
+        report.corrected += bool(cur.get("corrections"))
+        prev, expected = cur["hash"], seq + 1
+        report.checked += 1
+        report.head_seq, report.head_hash = seq, prev
+        if on_progress is not None and report.checked % 1000 == 0:
+            on_progress(report.checked)
+        cur = nxt
+    if on_progress is not None:
+        on_progress(report.checked)
+    last = expected - 1
+    if to_end and cps.latest > last:
+        return report.fail(
+            last + 1, "truncated", f"store ends at seq {last}; a checkpoint signs seq {cps.latest}"
+        )
+    report.unsigned_tail = max(0, last - cps.latest) if to_end else 0
+    return report
+
+
+def _links_from(prev: str, doc: dict[str, Any]) -> bool:
+    content, _ = _content_of(doc)
+    return (
+        content is not None
+        and content == doc.get("content_hash")
+        and (link(prev, content) == doc.get("hash"))
+    )
+
+
+Probe = Callable[[int], Awaitable[dict[str, Any] | None]]
+
+
+async def find_head(first_from: Probe) -> dict[str, Any] | None:
+    """The stored event with the highest seq, by galloping and bisecting.
+
+    ``first_from(k)`` returns the event with the smallest seq ``>= k`` (an
+    ascending index probe; SecantusDB does not walk indexes backwards, so
+    ``sort(seq, -1)`` would scan). O(log n) probes.
+    """
+    lo = await first_from(1)
+    if lo is None:
+        return None
+    step = 1
+    while (nxt := await first_from(int(lo["seq"]) + step)) is not None:
+        lo, step = nxt, step * 2
+    hi = int(lo["seq"]) + step  # nothing at or after hi
+    while int(lo["seq"]) + 1 < hi:
+        mid = (int(lo["seq"]) + 1 + hi) // 2
+        found = await first_from(mid)
+        if found is None:
+            hi = mid
+        else:
+            lo = found
+    return lo
+
+
+async def first_seq_where(
+    probe: Probe, head_seq: int, pred: Callable[[dict[str, Any]], bool]
+) -> int:
+    """Smallest seq in ``1..head_seq`` whose event satisfies the monotone ``pred``.
+
+    Returns ``head_seq + 1`` when none does. Used to map ``--since/--until``
+    times to seqs (``received_at`` grows with seq within a partition).
+    """
+    lo, hi = 1, head_seq + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        doc = await probe(mid)
+        if doc is not None and pred(doc):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def public_key_of(settings: AuditSettings) -> str | None:
+    """The configured public key, or the one derived from the signing key."""
+    if settings.checkpoint_public_key:
+        return settings.checkpoint_public_key
+    if settings.checkpoint_signing_key is not None:
+        return public_key_b64(load_private_key(settings.checkpoint_signing_key.get_secret_value()))
+    return None
+
+
+async def aiter_list(items: Iterable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Adapt a plain iterable (an NDJSON file, a test list) to :func:`verify_chain`."""
+    for item in items:
+        yield item

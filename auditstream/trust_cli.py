@@ -1,0 +1,149 @@
+"""``auditstream keys generate | verify | replay`` — the trust commands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audit_events.chain import find_head, generate_keypair, public_key_of
+from audit_events.codec import _parse_time
+from audit_events.settings import AuditSettings, SettingsError, load_settings
+from audit_events.storage import EVENTS_COLLECTION
+
+
+def _settings() -> AuditSettings:
+    try:
+        settings = load_settings()
+        settings.require("mongo_uri")
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return _parse_time(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an RFC 3339 time") from None
+
+
+@click.group("keys")
+def keys() -> None:
+    """Checkpoint signing keys (Ed25519)."""
+
+
+@keys.command("generate")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write checkpoint_signing_key / checkpoint_public_key files (0600) here.",
+)
+def keys_generate(out: Path | None) -> None:
+    """Print a new key pair as AUDITSTREAM_* settings (or write it under --out)."""
+    private, public = generate_keypair()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, value in (("checkpoint_signing_key", private), ("checkpoint_public_key", public)):
+            path = out / name
+            path.write_text(value + "\n")
+            path.chmod(0o600)
+        click.echo(f"wrote {out / 'checkpoint_signing_key'} and {out / 'checkpoint_public_key'}")
+        return
+    click.echo(f"AUDITSTREAM_CHECKPOINT_SIGNING_KEY={private}")
+    click.echo(f"AUDITSTREAM_CHECKPOINT_PUBLIC_KEY={public}")
+
+
+@click.command("verify")
+@click.option("--tenant", default=None, help="One tenant (default: every tenant in the store).")
+@click.option("--since", default=None, help="Verify events received at or after (RFC 3339).")
+@click.option("--until", default=None, help="... and before this time (RFC 3339).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify(tenant: str | None, since: str | None, until: str | None, quiet: bool) -> None:
+    """Walk the tenant chains: content hashes, links, signed checkpoints, truncation.
+
+    Exit status 0 when every chain verifies, 1 otherwise.
+    """
+    settings = _settings()
+    ok = asyncio.run(_verify(settings, tenant, _time(since), _time(until), quiet))
+    sys.exit(0 if ok else 1)
+
+
+async def _verify(
+    settings: AuditSettings,
+    tenant: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    quiet: bool,
+) -> bool:
+    from pymongo import AsyncMongoClient
+
+    from query_api.verify import gather_checkpoints, verify_tenant
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
+    events = client[settings.mongo_db][EVENTS_COLLECTION]
+    key = public_key_of(settings)
+    if key is None:
+        click.secho("warning: no checkpoint public key configured", fg="yellow", err=True)
+    all_ok = True
+    try:
+        tenants = [tenant] if tenant else sorted(await events.distinct("tenant"))
+        for name in tenants:
+            checkpoints, sources = await gather_checkpoints(settings, events, name)
+            head = await find_head(_probe(events, name))
+            total = int(head["seq"]) if head else 0
+            started = time.perf_counter()
+            out = open(os.devnull, "w") if quiet else None  # noqa: SIM115, ASYNC230
+            with click.progressbar(length=total, label=name, file=out) as bar:
+                done = 0
+
+                def progress(n: int) -> None:
+                    nonlocal done
+                    bar.update(n - done)
+                    done = n
+
+                report = await verify_tenant(
+                    events, name, checkpoints, key, since=since, until=until, on_progress=progress
+                )
+            if out is not None:
+                out.close()
+            rate = report.checked / max(time.perf_counter() - started, 1e-9)
+            kafka = "unreachable" if sources["kafka"] is None else sources["kafka"]
+            line = (
+                f"{name}: {report.checked} events checked ({rate:,.0f}/s), head seq "
+                f"{report.head_seq}, checkpoints {report.checkpoints} "
+                f"(mongodb {sources['mongodb']}, kafka {kafka}), "
+                f"unsigned tail {report.unsigned_tail}, erased {report.erased}, "
+                f"corrected {report.corrected}"
+            )
+            if report.ok:
+                click.secho(f"ok  {line}", fg="green")
+            else:
+                all_ok = False
+                click.secho(
+                    f"BAD {name}: first bad seq {report.first_bad_seq}: {report.reason} "
+                    f"({report.detail}); {report.checked} events verified before it",
+                    fg="red",
+                )
+    finally:
+        await client.close()
+    return all_ok
+
+
+def _probe(events: Any, tenant: str) -> Any:
+    async def first_from(k: int) -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = await events.find_one(
+            {"tenant": tenant, "seq": {"$gte": k}}, projection={"seq": 1}, sort=[("seq", 1)]
+        )
+        return doc
+
+    return first_from

@@ -1,0 +1,212 @@
+"""Chain verification over MongoDB: ``GET /v1/verify``, the public key, checkpoints.
+
+The walk itself is the core's :func:`audit_events.chain.verify_chain`; this
+module feeds it a cursor sorted by ``(seq, _id)`` and the signed checkpoints
+from both copies: the ``checkpoints`` collection and the compacted Kafka topic,
+which is the authoritative outside copy (a truncated store with truncated
+checkpoints is still caught by the topic). The CLI reuses these helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from pymongo.asynchronous.collection import AsyncCollection
+from quart import Blueprint, Response, current_app, g, request
+
+from audit_events.chain import (
+    GENESIS,
+    Report,
+    find_head,
+    first_seq_where,
+    key_id,
+    load_public_key,
+    public_key_of,
+    verify_chain,
+)
+from audit_events.codec import _parse_time
+from audit_events.settings import AuditSettings
+from audit_events.storage import CHECKPOINTS_COLLECTION
+from query_api.auth import read_tenant, require_scope
+from query_api.problems import Problem
+
+log = logging.getLogger("auditstream.api.verify")
+bp = Blueprint("verify", __name__)
+
+
+async def kafka_checkpoints(
+    settings: AuditSettings, timeout: float = 10.0
+) -> list[dict[str, Any]] | None:
+    """Every checkpoint on the checkpoints topic, or None when Kafka is unreachable."""
+    if not settings.kafka_bootstrap:
+        return None
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        request_timeout_ms=int(timeout * 1000),
+    )
+    out: list[dict[str, Any]] = []
+    try:
+        await asyncio.wait_for(consumer.start(), timeout)
+        topics = await consumer.topics()
+        if settings.topic_checkpoints not in topics:
+            return out
+        parts = consumer.partitions_for_topic(settings.topic_checkpoints) or set()
+        tps = [TopicPartition(settings.topic_checkpoints, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            if loop.time() > deadline:
+                return None
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                        out.append(orjson.loads(message.value))
+        return out
+    except (KafkaError, OSError, TimeoutError) as exc:
+        log.warning("checkpoints topic unreachable: %s", exc)
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+async def mongo_checkpoints(
+    events: AsyncCollection[dict[str, Any]], tenant: str
+) -> list[dict[str, Any]]:
+    coll = events.database[CHECKPOINTS_COLLECTION]
+    return [
+        {k: v for k, v in cp.items() if k != "_id"}
+        async for cp in coll.find({"tenant": tenant}).sort([("seq", 1)])
+    ]
+
+
+def _probe(events: AsyncCollection[dict[str, Any]], tenant: str) -> Any:
+    async def first_from(k: int) -> dict[str, Any] | None:
+        return await events.find_one(
+            {"tenant": tenant, "seq": {"$gte": k}},
+            projection={"seq": 1, "hash": 1, "received_at": 1},
+            sort=[("seq", 1)],
+        )
+
+    return first_from
+
+
+def _after(when: datetime) -> Callable[[dict[str, Any]], bool]:
+    def pred(doc: dict[str, Any]) -> bool:
+        at = doc.get("received_at")
+        if not isinstance(at, datetime):
+            return False
+        return (at if at.tzinfo else at.replace(tzinfo=when.tzinfo)) >= when
+
+    return pred
+
+
+async def verify_tenant(
+    events: AsyncCollection[dict[str, Any]],
+    tenant: str,
+    checkpoints: list[dict[str, Any]],
+    public_key: str | None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Report:
+    """Walk ``tenant``'s stored chain (optionally the slice received in [since, until))."""
+    start_seq, prev, end_seq = 1, GENESIS, None
+    if since is not None or until is not None:
+        probe = _probe(events, tenant)
+        head = await find_head(probe)
+        head_seq = int(head["seq"]) if head else 0
+        if since is not None:
+            start_seq = await first_seq_where(probe, head_seq, _after(since))
+            if start_seq > 1:
+                before = await probe(start_seq - 1)
+                prev = str(before["hash"]) if before else GENESIS
+        if until is not None:
+            end_seq = await first_seq_where(probe, head_seq, _after(until)) - 1
+    query: dict[str, Any] = {"tenant": tenant, "seq": {"$gte": start_seq}}
+    if end_seq is not None:
+        query["seq"]["$lte"] = end_seq
+    cursor = events.find(query).sort([("seq", 1), ("_id", 1)]).batch_size(1000)
+    key = load_public_key(public_key) if public_key else None
+    return await verify_chain(
+        tenant,
+        aiter(cursor),
+        checkpoints,
+        key,
+        start_seq=start_seq,
+        prev_hash=prev,
+        to_end=end_seq is None,
+        on_progress=on_progress,
+    )
+
+
+async def gather_checkpoints(
+    settings: AuditSettings, events: AsyncCollection[dict[str, Any]], tenant: str
+) -> tuple[list[dict[str, Any]], dict[str, int | None]]:
+    """Checkpoints of ``tenant`` from MongoDB and Kafka, with a count per source."""
+    stored = await mongo_checkpoints(events, tenant)
+    from_kafka = await kafka_checkpoints(settings)
+    mine = None if from_kafka is None else [c for c in from_kafka if c.get("tenant") == tenant]
+    sources = {"mongodb": len(stored), "kafka": None if mine is None else len(mine)}
+    return stored + (mine or []), sources
+
+
+def _time_arg(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return _parse_time(raw)
+    except ValueError:
+        raise Problem(400, f"{name} must be an RFC 3339 time") from None
+
+
+@bp.get("/v1/verify")
+@require_scope("events:read")
+async def verify() -> Response:
+    """Walk the tenant's chain: content hashes, links, signed checkpoints, truncation."""
+    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    tenant = read_tenant(g.principal, request.args.get("tenant"))
+    since, until = _time_arg("since"), _time_arg("until")
+    events = current_app.config["AUDITSTREAM_SERVICES"].events
+    checkpoints, sources = await gather_checkpoints(settings, events, tenant)
+    report = await verify_tenant(
+        events, tenant, checkpoints, public_key_of(settings), since=since, until=until
+    )
+    body = {**report.as_dict(), "checkpoint_sources": sources}
+    return Response(orjson.dumps(body), content_type="application/json")
+
+
+@bp.get("/v1/verify/public-key")
+async def public_key() -> Response:
+    """The Ed25519 public key that signs checkpoints (no token needed: it is public)."""
+    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    key = public_key_of(settings)
+    if key is None:
+        raise Problem(404, "no checkpoint key is configured")
+    body = {"algorithm": "Ed25519", "public_key": key, "key_id": key_id(key)}
+    return Response(orjson.dumps(body), content_type="application/json")
+
+
+@bp.get("/v1/checkpoints")
+@require_scope("events:read")
+async def checkpoints() -> Response:
+    """The tenant's signed checkpoints (for offline verification of an export)."""
+    tenant = read_tenant(g.principal, request.args.get("tenant"))
+    events = current_app.config["AUDITSTREAM_SERVICES"].events
+    body = {"data": await mongo_checkpoints(events, tenant)}
+    return Response(orjson.dumps(body), content_type="application/json")

@@ -1,0 +1,124 @@
+"""Applying control events (corrections, erasures) to the events they target.
+
+A control event is an ordinary audit event in the reserved ``auditstream.``
+namespace; it is chained like any other and then applied here, after its batch
+is stored. Applying is idempotent (keyed by the control event's id), so a
+redelivered or replayed control event changes nothing the second time.
+
+- correction: appends ``{event_id, by, at, reason, set, previous}`` to the
+  target's ``corrections``; the original fields stay (they are what the chain
+  hashes); readers apply the overlay. ``previous`` lets an offline verifier
+  undo the overlay of an exported view.
+- erasure: unsets the payload fields (and the corrections, which carry payload
+  too) and sets ``erased {event_id, by, at, reason}``; ``seq``, ``content_hash``
+  and ``hash`` stay, so the chain still verifies. Correction events that
+  targeted the erased event are erased with it: they carry its payload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from audit_events.chain import (
+    CONTROL_ACTIONS,
+    CORRECTABLE_FIELDS,
+    CORRECTED_ACTION,
+    ERASED_ACTION,
+    ERASED_FIELDS,
+)
+from audit_events.codec import corrected_view
+
+TARGET_TYPE = "audit_event"
+
+
+def control_target(doc: dict[str, Any]) -> str | None:
+    """The id of the event a control event acts on, or None if it is not one."""
+    if doc.get("action") not in CONTROL_ACTIONS:
+        return None
+    for target in doc.get("targets") or ():
+        if target.get("type") == TARGET_TYPE:
+            return str(target["id"])
+    return None
+
+
+def _record(control: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": control["_id"],
+        "by": (control.get("actor") or {}).get("id"),
+        "at": control.get("occurred_at"),
+        "reason": control.get("description"),
+    }
+
+
+def _erase_update(record: dict[str, Any]) -> dict[str, Any]:
+    return {"$unset": {f: "" for f in (*ERASED_FIELDS, "corrections")}, "$set": {"erased": record}}
+
+
+class ControlApplier:
+    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
+        self._coll = collection
+
+    async def apply(self, control: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply one stored control event; returns the target as it was, if changed."""
+        target_id = control_target(control)
+        if target_id is None:
+            return None
+        tenant = control["tenant"]
+        target = await self._coll.find_one({"_id": target_id, "tenant": tenant})
+        if target is None or target.get("erased") or target.get("action") in CONTROL_ACTIONS:
+            return None  # unknown, already erased, or itself a control event: a no-op
+        if control["action"] == CORRECTED_ACTION:
+            return await self._correct(control, target)
+        if control["action"] == ERASED_ACTION:
+            return await self._erase(control, target)
+        return None
+
+    async def _correct(
+        self, control: dict[str, Any], target: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        if any(c.get("event_id") == control["_id"] for c in target.get("corrections") or ()):
+            return None
+        wanted = ((control.get("metadata") or {}).get("set")) or {}
+        changes = {k: v for k, v in wanted.items() if k in CORRECTABLE_FIELDS}
+        if not changes:
+            return None
+        view = corrected_view(target)
+        record = {
+            **_record(control),
+            "set": changes,
+            "previous": {k: view.get(k) for k in changes},
+        }
+        result = await self._coll.update_one(
+            {
+                "_id": target["_id"],
+                "tenant": target["tenant"],
+                "erased": {"$exists": False},
+                "corrections.event_id": {"$ne": control["_id"]},
+            },
+            {"$push": {"corrections": record}},
+        )
+        return target if result.modified_count else None
+
+    async def _erase(
+        self, control: dict[str, Any], target: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        update = _erase_update(_record(control))
+        result = await self._coll.update_one(
+            {"_id": target["_id"], "tenant": target["tenant"], "erased": {"$exists": False}},
+            update,
+        )
+        # Corrections of the erased event carry its payload: erase them too
+        # (filter on the tenant_target_time index prefix).
+        await self._coll.update_many(
+            {
+                "tenant": target["tenant"],
+                "targets.type": TARGET_TYPE,
+                "targets.id": target["_id"],
+                "action": CORRECTED_ACTION,
+                "erased": {"$exists": False},
+            },
+            update,
+        )
+        return target if result.modified_count else None
