@@ -1,0 +1,595 @@
+"""One command, every headline number: ``python bench/run.py`` (or ``make bench``).
+
+Runs on the embedded stack (Tansu, SecantusDB, redis-server started here, on free
+ports) and writes ``bench/results/results.json``, ``results.md`` and PNG plots.
+
+Measured side by side in one run:
+1. ingestion — the processor's steady-state rate on N pre-produced events, beside
+   (a) the store's ceiling (``insert_many``, same documents, same batch size, same
+   MongoDB) and (b) the seeds' approach (one ``insert_one`` per event);
+   end-to-end latency (produce → visible in ``GET /v1/events/{id}``) at a steady rate;
+2. reads at 1/16/64 concurrent clients — cached list, uncached list, get-by-id,
+   object history — beside a no-cache baseline that queries MongoDB per request;
+3. scaling — 1 vs 2 processor workers; read latency as the store grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+from pymongo import AsyncMongoClient
+from pymongo.write_concern import WriteConcern
+
+from audit_events.codec import encode_event, event_to_document
+from audit_events.schema import AuditEvent
+from audit_events.settings import AuditSettings, settings_env
+from audit_events.storage import EVENTS_COLLECTION
+from audit_events.topics import partition_key
+from auditstream.embedded import Server, free_port, kafka_server, mongo_server, redis_server
+from producers.loadgen import generate_events
+from query_api.auth import mint_token
+
+RESULTS = Path(__file__).parent / "results"
+SECRET = "bench-secret-0123456789abcdef0123456789"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Stack:
+    """Servers for the whole run, plus per-scenario settings and child processes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.servers: list[Server] = [
+            kafka_server(workdir),
+            mongo_server(workdir),
+            redis_server(workdir),
+        ]
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+
+    def settings(self, name: str, **extra: Any) -> AuditSettings:
+        kafka, mongo, redis = (s.url for s in self.servers)
+        return AuditSettings(
+            kafka_bootstrap=kafka,
+            mongo_uri=mongo,
+            redis_url=redis,
+            topic_events=f"bench.{name}",
+            topic_dlq=f"bench.{name}.dlq",
+            topic_checkpoints=f"bench.{name}.ckpt",
+            mongo_db=f"bench_{name}",
+            processor_group=f"bench-{name}",
+            jwt_secret=SecretStr(SECRET),
+            processor_metrics_port=0,
+            kafka_partitions=8,
+            data_dir=str(self.workdir / name),
+            **extra,
+        )
+
+    def spawn(self, settings: AuditSettings, *args: str) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")}
+        env |= settings_env(settings) | {"AUDITSTREAM_JWT_SECRET": SECRET}
+        log = open(self.workdir / f"{args[0]}-{len(self.children)}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "auditstream", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.children.append(proc)
+        return proc
+
+    def stop_children(self) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.children:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.children.clear()
+
+    def stop(self) -> None:
+        self.stop_children()
+        for server in reversed(self.servers):
+            server.stop()
+
+
+async def produce(settings: AuditSettings, events: list[AuditEvent]) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = [
+            await producer.send(settings.topic_events, encode_event(e), key=partition_key(e.tenant))
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(events) / (time.perf_counter() - started)
+
+
+async def wait_count(settings: AuditSettings, expected: int, timeout: float) -> tuple[float, float]:
+    """Seconds from the first stored event to ``expected`` stored; and the time to first."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
+    coll = client[settings.mongo_db][EVENTS_COLLECTION]
+    t0 = time.perf_counter()
+    first = None
+    try:
+        while time.perf_counter() - t0 < timeout:
+            n = await coll.estimated_document_count()
+            if n and first is None:
+                first = time.perf_counter()
+            if n >= expected:
+                assert first is not None
+                return time.perf_counter() - first, first - t0
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"only {n} of {expected} stored after {timeout}s")
+    finally:
+        await client.close()
+
+
+async def store_ceiling(settings: AuditSettings, docs: list[dict[str, Any]], batch: int) -> float:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
+    coll = client[settings.mongo_db]["ceiling"].with_options(
+        write_concern=WriteConcern(w="majority", j=True)
+    )
+    await coll.drop()
+    started = time.perf_counter()
+    for i in range(0, len(docs), batch):
+        await coll.insert_many(docs[i : i + batch], ordered=False)
+    rate = len(docs) / (time.perf_counter() - started)
+    await coll.drop()
+    await client.close()
+    return rate
+
+
+async def per_event_inserts(settings: AuditSettings, docs: list[dict[str, Any]]) -> float:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
+    coll = client[settings.mongo_db]["per_event"].with_options(
+        write_concern=WriteConcern(w="majority", j=True)
+    )
+    await coll.drop()
+    started = time.perf_counter()
+    for doc in docs:
+        await coll.insert_one(doc)
+    rate = len(docs) / (time.perf_counter() - started)
+    await coll.drop()
+    await client.close()
+    return rate
+
+
+async def ingestion(
+    stack: Stack, name: str, events: list[AuditEvent], workers: int, timeout: float
+) -> dict[str, float]:
+    settings = stack.settings(name)
+    produced_rate = await produce(settings, events)
+    for _ in range(workers):
+        stack.spawn(settings, "processor")
+    seconds, to_first = await wait_count(settings, len(events), timeout)
+    stack.stop_children()
+    return {
+        "events": len(events),
+        "seconds": seconds,
+        "events_per_s": len(events) / seconds,
+        "startup_s": to_first,
+        "producer_events_per_s": produced_rate,
+    }
+
+
+async def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(f"{url}/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.3)
+    raise TimeoutError(f"{url} not ready")
+
+
+async def end_to_end_latency(
+    stack: Stack, url: str, settings: AuditSettings, token: str, rate: int, seconds: float
+) -> dict[str, float]:
+    """Produce at ``rate``/s; sample events and time until ``GET /v1/events/{id}`` finds them."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    events = list(generate_events(int(rate * seconds), tenants=1, seed=7))
+    events = [e.model_copy(update={"tenant": "bench"}) for e in events]
+
+    async def probe(client: httpx.AsyncClient, event_id: str, sent: float) -> None:
+        while time.perf_counter() - sent < 30:
+            r = await client.get(f"{url}/v1/events/{event_id}", headers=headers)
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - sent)
+                return
+            await asyncio.sleep(0.01)
+
+    probes = []
+    async with httpx.AsyncClient(timeout=10) as client:
+        started = time.perf_counter()
+        for i, event in enumerate(events):
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            fut = await producer.send(
+                settings.topic_events, encode_event(event), key=partition_key(event.tenant)
+            )
+            if i % 20 == 0:
+                await fut
+                probes.append(asyncio.create_task(probe(client, event.id, time.perf_counter())))
+        await asyncio.gather(*probes)
+    await producer.stop()
+    return {
+        "rate": rate,
+        "samples": len(latencies),
+        "p50_ms": pct(latencies, 0.5) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+        "max_ms": max(latencies) * 1000,
+    }
+
+
+async def load(
+    concurrency: int, total: int, request: Callable[[int], Awaitable[str]]
+) -> dict[str, float]:
+    latencies: list[float] = []
+    states: dict[str, int] = {}
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for i in counter:
+            t = time.perf_counter()
+            state = await request(i)
+            latencies.append(time.perf_counter() - t)
+            states[state] = states.get(state, 0) + 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    hits = states.get("hit", 0)
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "req_per_s": total / elapsed,
+        "p50_ms": pct(latencies, 0.5) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+        "hit_ratio": hits / total,
+    }
+
+
+async def reads(
+    url: str,
+    settings: AuditSettings,
+    token: str,
+    ids: list[str],
+    target: tuple[str, str],
+    per_level: int,
+) -> list[dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"}
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, maxPoolSize=64)
+    coll = mongo[settings.mongo_db][EVENTS_COLLECTION]
+    out: list[dict[str, Any]] = []
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=60
+    ) as client:
+
+        async def get(path: str, params: dict[str, Any] | None = None) -> str:
+            r = await client.get(path, params=params)
+            r.raise_for_status()
+            return r.headers.get("X-Cache", "none")
+
+        history_ok = (
+            await client.get(f"/v1/targets/{target[0]}/{target[1]}/history")
+        ).status_code == 200
+        scenarios: dict[str, Callable[[int], Awaitable[str]]] = {
+            "cached list": lambda i: get("/v1/events", {"limit": 50}),
+            "uncached list": lambda i: get(
+                "/v1/events",
+                {
+                    "limit": 50,
+                    "until": (base + timedelta(milliseconds=random.randrange(10**9))).isoformat(),
+                },
+            ),
+            "get by id": lambda i: get(f"/v1/events/{ids[i % len(ids)]}"),
+            "baseline list (MongoDB per request)": lambda i: _mongo_list(coll),
+        }
+        if history_ok:
+            scenarios["object history"] = lambda i: get(
+                f"/v1/targets/{target[0]}/{target[1]}/history", {"limit": 50}
+            )
+        for name, fn in scenarios.items():
+            for concurrency in (1, 16, 64):
+                await fn(0)  # warm
+                result = await load(concurrency, per_level, fn)
+                out.append({"scenario": name, **result})
+                print(
+                    f"  {name:38s} c={concurrency:<3d} {result['req_per_s']:8.0f} req/s "
+                    f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms "
+                    f"hit {result['hit_ratio']:.2f}",
+                    flush=True,
+                )
+    await mongo.close()
+    return out
+
+
+async def _mongo_list(coll: Any) -> str:
+    await (
+        coll.find({"tenant": "bench"}).sort([("occurred_at", -1), ("_id", -1)]).limit(50).to_list()
+    )
+    return "none"
+
+
+async def seed_store(settings: AuditSettings, count: int, seed: int) -> list[str]:
+    """Insert ``count`` generated events straight into the store (tenant ``bench``)."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
+    coll = client[settings.mongo_db][EVENTS_COLLECTION]
+    now = datetime.now(UTC)
+    ids: list[str] = []
+    batch: list[dict[str, Any]] = []
+    for event in generate_events(count, tenants=1, seed=seed):
+        event = event.model_copy(update={"tenant": "bench"})
+        batch.append(event_to_document(event, now))
+        ids.append(event.id)
+        if len(batch) == 1000:
+            await coll.insert_many(batch, ordered=False)
+            batch = []
+    if batch:
+        await coll.insert_many(batch, ordered=False)
+    await client.close()
+    return ids
+
+
+def machine() -> dict[str, Any]:
+    mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(int(mem) / 2**20, 1),
+        "servers": "Tansu (Kafka), SecantusDB (MongoDB), redis-server — all on this machine",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="auditstream-bench-"))
+    stack = Stack(workdir)
+    stack.start()
+    results: dict[str, Any] = {"machine": machine(), "config": vars(args)}
+    try:
+        print(f"generating {args.events} events …", flush=True)
+        events = list(generate_events(args.events, tenants=args.tenants, seed=1))
+        docs = [event_to_document(e, datetime.now(UTC)) for e in events]
+        s = stack.settings("ceiling")
+        print("1a. store ceiling (insert_many, batch 1000) …", flush=True)
+        ceiling = await store_ceiling(s, docs, 1000)
+        print(f"    {ceiling:.0f} events/s", flush=True)
+        print(f"1b. per-event insert_one ({args.per_event} events) …", flush=True)
+        per_event = await per_event_inserts(s, docs[: args.per_event])
+        print(f"    {per_event:.0f} events/s", flush=True)
+        del docs
+        ingest: dict[str, Any] = {}
+        for workers in args.workers:
+            print(f"1c. pipeline with {workers} worker(s) …", flush=True)
+            ingest[str(workers)] = await ingestion(
+                stack, f"ingest{workers}", events, workers, args.timeout
+            )
+            print(f"    {ingest[str(workers)]['events_per_s']:.0f} events/s", flush=True)
+        one = ingest[str(args.workers[0])]["events_per_s"]
+        results["ingestion"] = {
+            "ceiling_events_per_s": ceiling,
+            "per_event_insert_events_per_s": per_event,
+            "pipeline": ingest,
+            "ratio_to_ceiling": one / ceiling,
+            "ratio_to_per_event": one / per_event,
+        }
+
+        print("2. API reads and end-to-end latency …", flush=True)
+        s = stack.settings("reads", api_port=free_port())
+        url = f"http://127.0.0.1:{s.api_port}"
+        growth: list[dict[str, Any]] = []
+        ids: list[str] = []
+        stored = 0
+        for size in args.store_sizes:
+            ids += await seed_store(s, size - stored, seed=size)
+            stored = size
+            if not stack.children:
+                stack.spawn(s, "processor")
+                stack.spawn(s, "api")
+                await wait_ready(url)
+            token = mint_token(s, subject="bench", tenant="bench", scopes=["events:read"])
+            target = ("invoice", "1")
+            print(f"  store size {size}", flush=True)
+            level = await reads(url, s, token, ids, target, args.requests)
+            growth.append({"store_size": size, "reads": level})
+        results["reads"] = growth
+        token = mint_token(s, subject="bench", tenant="bench", scopes=["events:read"])
+        results["end_to_end"] = await end_to_end_latency(
+            stack, url, s, token, args.rate, args.latency_seconds
+        )
+        print(f"  end to end at {args.rate}/s: {results['end_to_end']}", flush=True)
+    finally:
+        stack.stop()
+    return results
+
+
+def write_reports(results: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    ing = results["ingestion"]
+    lines = [
+        "# auditstream benchmark",
+        "",
+        f"Machine: {results['machine']}",
+        "",
+        "## Ingestion",
+        "",
+        "| path | events/s | vs ceiling |",
+        "|---|---:|---:|",
+        f"| store ceiling (insert_many x1000) | {ing['ceiling_events_per_s']:.0f} | 1.00 |",
+        f"| per-event insert_one (seeds) | {ing['per_event_insert_events_per_s']:.0f} | "
+        f"{ing['per_event_insert_events_per_s'] / ing['ceiling_events_per_s']:.2f} |",
+    ]
+    for workers, row in ing["pipeline"].items():
+        lines.append(
+            f"| auditstream, {workers} worker(s) | {row['events_per_s']:.0f} | "
+            f"{row['events_per_s'] / ing['ceiling_events_per_s']:.2f} |"
+        )
+    e2e = results["end_to_end"]
+    lines += [
+        "",
+        f"Pipeline vs per-event approach: x{ing['ratio_to_per_event']:.1f}.",
+        "",
+        f"End-to-end (produce → visible via GET /v1/events/{{id}}) at {e2e['rate']}/s: "
+        f"p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms "
+        f"({e2e['samples']} samples).",
+        "",
+        "## Reads",
+        "",
+    ]
+    for level in results["reads"]:
+        lines += [
+            f"Store size {level['store_size']}:",
+            "",
+            "| scenario | clients | req/s | p50 ms | p99 ms | cache hit |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['scenario']} | {r['concurrency']} | {r['req_per_s']:.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['hit_ratio']:.2f} |"
+            for r in level["reads"]
+        ]
+        lines.append("")
+    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    plot(results)
+
+
+def plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ing = results["ingestion"]
+    names = ["ceiling", "per-event"] + [f"pipeline x{w}" for w in ing["pipeline"]]
+    values = [ing["ceiling_events_per_s"], ing["per_event_insert_events_per_s"]] + [
+        r["events_per_s"] for r in ing["pipeline"].values()
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(names, values, color=["#555", "#bbb"] + ["#2a7"] * len(ing["pipeline"]))
+    ax.set_ylabel("events/s")
+    ax.set_title("Ingestion into MongoDB (same documents, same server)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "ingestion.png", dpi=110)
+    plt.close(fig)
+
+    last = results["reads"][-1]["reads"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for scenario in sorted({r["scenario"] for r in last}):
+        rows = [r for r in last if r["scenario"] == scenario]
+        ax.plot(
+            [r["concurrency"] for r in rows],
+            [r["p50_ms"] for r in rows],
+            marker="o",
+            label=scenario,
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("p50 latency (ms)")
+    ax.set_title(f"Reads, store of {results['reads'][-1]['store_size']} events")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "reads.png", dpi=110)
+    plt.close(fig)
+
+    if len(results["reads"]) > 1:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for scenario in ("cached list", "uncached list", "get by id"):
+            xs, ys = [], []
+            for level in results["reads"]:
+                row = next(
+                    (
+                        r
+                        for r in level["reads"]
+                        if r["scenario"] == scenario and r["concurrency"] == 16
+                    ),
+                    None,
+                )
+                if row:
+                    xs.append(level["store_size"])
+                    ys.append(row["p50_ms"])
+            ax.plot(xs, ys, marker="o", label=scenario)
+        ax.set_xlabel("events in store")
+        ax.set_ylabel("p50 ms at 16 clients")
+        ax.set_title("Read latency as the store grows")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "growth.png", dpi=110)
+        plt.close(fig)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=200_000, help="events ingested (default 200k)")
+    p.add_argument("--tenants", type=int, default=50)
+    p.add_argument(
+        "--per-event",
+        type=int,
+        default=20_000,
+        help="events for the insert_one baseline (its rate is steady; default 20k)",
+    )
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--store-sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--requests", type=int, default=2000, help="requests per read scenario/level")
+    p.add_argument("--rate", type=int, default=1000, help="events/s for the latency test")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--timeout", type=float, default=900.0)
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    outcome = asyncio.run(main(arguments))
+    write_reports(outcome)
+    print((RESULTS / "results.md").read_text())
