@@ -294,17 +294,23 @@ async function checkChain() {
   const text = $("chain-text");
   badge.className = "chain";
   text.textContent = "Chain: checking…";
-  badge.title = "Tenant chain verification";
+  badge.title = "Tenant chain verification: click to check again";
   try {
-    const resp = await api("/v1/verify");
-    const body = await resp.json();
-    const ok = body.ok ?? body.valid ?? body.verified ?? ["ok", "verified", "valid"].includes(body.status);
-    const count = body.events ?? body.checked ?? body.count ?? body.head?.seq;
+    const body = await (await api("/v1/verify")).json();
+    const ok = body.ok === true;
     badge.classList.add(ok ? "ok" : "bad");
-    text.textContent = ok
-      ? `Chain verified${count !== undefined ? ` · ${count} events` : ""}`
-      : "Chain: verification FAILED";
-    badge.title = JSON.stringify(body).slice(0, 500);
+    if (ok) {
+      const checked = Number(body.checked ?? 0);
+      text.textContent = `Chain verified · ${checked} event${checked === 1 ? "" : "s"}`;
+      const notes = [`head seq ${body.head_seq ?? "?"}`, `${body.checkpoints ?? 0} signed checkpoints`];
+      if (body.unsigned_tail) notes.push(`${body.unsigned_tail} events after the latest checkpoint`);
+      if (body.erased) notes.push(`${body.erased} redacted`);
+      if (body.corrected) notes.push(`${body.corrected} corrected`);
+      badge.title = `Verified: ${notes.join(", ")}. Click to check again.`;
+    } else {
+      text.textContent = body.first_bad_seq ? `Chain broken at seq ${body.first_bad_seq}` : "Chain: verification failed";
+      badge.title = [body.reason, body.detail].filter(Boolean).join(": ") || "Verification failed.";
+    }
   } catch (err) {
     if (err instanceof SignedOut) return;
     if (err instanceof ApiError && (err.status === 404 || err.status === 405 || err.status === 501)) {
@@ -588,7 +594,7 @@ function jsonNodes(value, indent = 0, out = []) {
 }
 
 function changesTable(changes, tableEl) {
-  const rows = Object.entries(changes || {}).map(([field, change]) => h(
+  const rows = Object.entries(changes || {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([field, change]) => h(
     "tr",
     {},
     h("th", { scope: "row" }, h("mark", { class: "field-name" }, field)),
@@ -717,8 +723,8 @@ function timelineItem(e) {
       e.crud ? h("span", { class: "badge crud" }, CRUD[e.crud] || e.crud) : null,
       h("span", {}, "by ", h("strong", {}, actor.name || actor.id || "unknown")),
       h("span", { class: "tl-open" },
-        h("button", { type: "button", class: "btn btn-quiet", dataset: { asof: e.occurred_at }, "aria-label": `State after ${e.action} at ${e.occurred_at}` }, "State after"),
-        h("button", { type: "button", class: "btn btn-quiet", dataset: { open: index }, "aria-label": `Open event ${e.id}` }, "Open event")),
+        h("button", { type: "button", class: "btn btn-quiet btn-small", dataset: { asof: e.occurred_at }, "aria-label": `State after ${e.action} at ${e.occurred_at}` }, "State after"),
+        h("button", { type: "button", class: "btn btn-quiet btn-small", dataset: { open: index }, "aria-label": `Open event ${e.id}` }, "Open event")),
     ),
     e.description ? h("p", { class: "tl-desc" }, e.description) : null,
     changes,
@@ -786,6 +792,7 @@ function init() {
   $("password-form").addEventListener("submit", signInWithPassword);
   $("token-form").addEventListener("submit", signInWithToken);
   $("sign-out").addEventListener("click", () => { signOut("You signed out."); window.location.hash = ""; });
+  $("chain").addEventListener("click", checkChain);
   $("tenant-select").addEventListener("change", (e) => setTenant(e.target.value));
   $("tenant-input").addEventListener("change", (e) => setTenant(e.target.value));
   const utc = $("utc");
