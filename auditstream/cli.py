@@ -138,6 +138,7 @@ from auditstream import trust_cli  # noqa: E402
 
 main.add_command(trust_cli.keys)
 main.add_command(trust_cli.verify)
+main.add_command(trust_cli.replay)
 
 if __name__ == "__main__":
     main()

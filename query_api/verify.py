@@ -67,14 +67,19 @@ async def kafka_checkpoints(
         end = await consumer.end_offsets(tps)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+        # Read past the reported end until a fetch comes back empty: Tansu reports
+        # the last batch's base offset + 1 as the end, hiding the rest of that batch.
+        while True:
             if loop.time() > deadline:
                 return None
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
+            fetched = await consumer.getmany(timeout_ms=300)
+            for messages in fetched.values():
                 for message in messages:
                     with contextlib.suppress(orjson.JSONDecodeError, TypeError):
                         out.append(orjson.loads(message.value))
-        return out
+            behind = [tp for tp in tps if await consumer.position(tp) < end[tp]]
+            if not fetched and not behind:
+                return out
     except (KafkaError, OSError, TimeoutError) as exc:
         log.warning("checkpoints topic unreachable: %s", exc)
         return None

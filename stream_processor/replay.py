@@ -1,0 +1,324 @@
+"""``auditstream replay``: rebuild the store from the events topic, then swap it in.
+
+1. Into a fresh ``events_replay`` collection (same indexes, unique chain index),
+   from the beginning of the topic — or, with ``since``, from the offsets of that
+   time (``offsets_for_times``) after copying the live events received before it.
+   Records go through the processor's own steps (decode → :class:`ChainedStore`,
+   which seals, writes and applies corrections/erasures), so documents, seqs,
+   hashes, corrections and erasures come out identical. Live ingestion goes on.
+2. Resumable: the next offset per partition is saved in ``replay_state`` after
+   every batch; a crashed replay continues from there (a batch replayed twice is
+   harmless: ids already stored are skipped).
+3. Swap: set the *fence* (``replay_state/fence``, with a deadline) so live
+   writers pause — :class:`ChainedStore` checks it before every batch and backs
+   off while it is up — wait a grace period for batches already in flight, catch
+   up to the topic's end offsets *taken after the grace period* (they cover every
+   event a live writer could have consumed), compare counts, then
+   ``renameCollection(events_replay → events, dropTarget)`` and lift the fence
+   (bumping its generation, so writers forget their cached chain heads). A live
+   write that was still in flight lands either in the old collection (dropped;
+   the replay already holds its events) or in the new one, where its ids already
+   exist (skipped) — the unique (tenant, seq) index makes a fork impossible.
+   If the replay dies with the fence up, live writers resume at its deadline.
+4. Verify every tenant's chain in the swapped-in store (stored checkpoints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pymongo import AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.write_concern import WriteConcern
+
+from audit_events.chain import Report, load_public_key, public_key_of, verify_chain
+from audit_events.codec import canonical_json
+from audit_events.schema import Limits
+from audit_events.settings import AuditSettings
+from audit_events.storage import (
+    CHECKPOINTS_COLLECTION,
+    EVENT_INDEXES,
+    EVENTS_COLLECTION,
+    REPLAY_COLLECTION,
+    REPLAY_STATE_COLLECTION,
+)
+from stream_processor.chain import FENCE_ID, ChainedStore, ensure_chain_index
+from stream_processor.decode import decode_batch
+from stream_processor.records import Record
+
+STATE_ID = "replay"
+Progress = Callable[[int, int], None]  # (records replayed, records to replay)
+
+
+@dataclass
+class ReplayResult:
+    records: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    resumed: bool = False
+    swapped: bool = False
+    live_count: int | None = None
+    replay_count: int | None = None
+    reports: list[Report] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+    @property
+    def ok(self) -> bool:
+        counts = self.live_count is None or self.live_count == self.replay_count
+        return counts and all(r.ok for r in self.reports)
+
+
+async def store_digest(collection: AsyncCollection[dict[str, Any]]) -> tuple[int, str]:
+    """(count, SHA-256 of every document's canonical JSON, sorted by id)."""
+    digest = hashlib.sha256()
+    count = 0
+    async for doc in collection.find({}).sort([("_id", 1)]).batch_size(1000):
+        digest.update(canonical_json(doc) + b"\n")
+        count += 1
+    return count, digest.hexdigest()
+
+
+class Replayer:
+    def __init__(
+        self,
+        settings: AuditSettings,
+        *,
+        batch_size: int = 1000,
+        grace_seconds: float = 3.0,
+        fence_seconds: float = 120.0,
+        on_progress: Progress | None = None,
+    ) -> None:
+        settings.require("kafka_bootstrap", "mongo_uri")
+        self._settings = settings
+        self._batch_size = batch_size
+        self._grace = grace_seconds
+        self._fence_seconds = fence_seconds
+        self._on_progress = on_progress
+        self._limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
+
+    async def run(
+        self, *, since: datetime | None = None, fresh: bool = False, swap: bool = True
+    ) -> ReplayResult:
+        s = self._settings
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(s.mongo_uri, tz_aware=True)
+        wc = WriteConcern(
+            w="majority" if s.mongo_write_concern == "majority" else 1, j=s.mongo_journal
+        )
+        db = client[s.mongo_db]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False, group_id=None
+        )
+        await consumer.start()
+        result = ReplayResult()
+        started = time.perf_counter()
+        try:
+            state = db[REPLAY_STATE_COLLECTION].with_options(write_concern=wc)
+            target = db[REPLAY_COLLECTION].with_options(write_concern=wc)
+            tps = await self._partitions(consumer)
+            positions = await self._start(db, state, target, consumer, tps, since, fresh, result)
+            store = ChainedStore(target)  # no fence, no checkpoints: the live ones stand
+            await self._catch_up(consumer, tps, positions, store, state, result)
+            if swap:
+                await self._fence(state, up=True)
+                await _sleep(self._grace)
+                await self._catch_up(consumer, tps, positions, store, state, result)
+                result.live_count = await db[EVENTS_COLLECTION].count_documents({})
+                result.replay_count = await target.count_documents({})
+                await client.admin.command(
+                    "renameCollection",
+                    f"{s.mongo_db}.{REPLAY_COLLECTION}",
+                    to=f"{s.mongo_db}.{EVENTS_COLLECTION}",
+                    dropTarget=True,
+                )
+                await state.update_one({"_id": STATE_ID}, {"$set": {"phase": "done"}})
+                await self._fence(state, up=False)
+                result.swapped = True
+                result.reports = await self._verify(db[EVENTS_COLLECTION])
+            else:
+                await state.update_one({"_id": STATE_ID}, {"$set": {"phase": "caught-up"}})
+        finally:
+            result.seconds = time.perf_counter() - started
+            await consumer.stop()
+            await client.close()
+        return result
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        topic = self._settings.topic_events
+        await consumer.topics()
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        return tps
+
+    async def _start(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        state: AsyncCollection[dict[str, Any]],
+        target: AsyncCollection[dict[str, Any]],
+        consumer: AIOKafkaConsumer,
+        tps: list[TopicPartition],
+        since: datetime | None,
+        fresh: bool,
+        result: ReplayResult,
+    ) -> dict[int, int]:
+        saved = await state.find_one({"_id": STATE_ID})
+        if saved and saved.get("phase") == "running" and not fresh:
+            result.resumed = True
+            return {int(p): int(o) for p, o in saved["positions"].items()}
+        await target.drop()
+        await target.create_indexes([IndexModel(keys, name=name) for name, keys in EVENT_INDEXES])
+        await ensure_chain_index(target)
+        if since is None:
+            starts = await consumer.beginning_offsets(tps)
+        else:
+            await self._copy_before(db[EVENTS_COLLECTION], target, since)
+            found = await consumer.offsets_for_times(
+                {tp: int(since.timestamp() * 1000) for tp in tps}
+            )
+            ends = await consumer.end_offsets(tps)
+            starts = {tp: (found[tp].offset if found.get(tp) else ends[tp]) for tp in tps}
+        positions = {tp.partition: int(starts[tp]) for tp in tps}
+        await state.replace_one(
+            {"_id": STATE_ID},
+            {
+                "phase": "running",
+                "since": since,
+                "started_at": datetime.now(UTC),
+                "positions": {str(p): o for p, o in positions.items()},
+            },
+            upsert=True,
+        )
+        return positions
+
+    async def _copy_before(
+        self,
+        live: AsyncCollection[dict[str, Any]],
+        target: AsyncCollection[dict[str, Any]],
+        since: datetime,
+    ) -> None:
+        chunk: list[dict[str, Any]] = []
+        async for doc in live.find({"received_at": {"$lt": since}}).batch_size(1000):
+            chunk.append(doc)
+            if len(chunk) >= self._batch_size:
+                await target.insert_many(chunk, ordered=True)
+                chunk = []
+        if chunk:
+            await target.insert_many(chunk, ordered=True)
+
+    async def _catch_up(
+        self,
+        consumer: AIOKafkaConsumer,
+        tps: list[TopicPartition],
+        positions: dict[int, int],
+        store: ChainedStore,
+        state: AsyncCollection[dict[str, Any]],
+        result: ReplayResult,
+    ) -> None:
+        """Replay until every partition reaches the end offsets taken now."""
+        ends = await true_end_offsets(consumer, tps)
+        total = result.records + sum(max(0, ends[p] - positions[p]) for p in ends)
+        for tp in tps:
+            consumer.seek(tp, positions[tp.partition])
+        while any(positions[p] < ends[p] for p in ends):
+            records = await self._fetch(consumer, ends)
+            if not records:  # offset gaps (compaction, transactions) below the end
+                for tp in tps:
+                    if await consumer.position(tp) >= ends[tp.partition]:
+                        positions[tp.partition] = max(positions[tp.partition], ends[tp.partition])
+                continue
+            batch = decode_batch(records, self._limits, self._settings.max_event_bytes)
+            written = await store.insert(batch.documents)
+            result.records += len(records)
+            result.inserted += written.inserted
+            result.duplicates += written.duplicates
+            result.rejected += len(batch.rejects)  # already dead-lettered by the live run
+            for (_, partition), next_offset in batch.committable().items():
+                positions[partition] = max(positions[partition], next_offset)
+            await state.update_one(
+                {"_id": STATE_ID},
+                {"$set": {"positions": {str(p): o for p, o in positions.items()}}},
+            )
+            if self._on_progress is not None:
+                self._on_progress(result.records, total)
+        for tp in tps:  # records fetched past ``ends`` were dropped: re-read them later
+            consumer.seek(tp, positions[tp.partition])
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, ends: dict[int, int]) -> list[Record]:
+        """Up to ``batch_size`` records below ``ends`` (fetches are often small)."""
+        records: list[Record] = []
+        timeout = 1000
+        while len(records) < self._batch_size:
+            fetched = await consumer.getmany(
+                timeout_ms=timeout, max_records=self._batch_size - len(records)
+            )
+            if not fetched:
+                break
+            for tp, messages in fetched.items():
+                for m in messages:
+                    if m.offset >= ends[tp.partition]:
+                        continue  # beyond this catch-up's end: the next one takes it
+                    records.append(
+                        Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value or b"")
+                    )
+            timeout = 20  # something arrived: top up only with what is ready
+        return records
+
+    async def _fence(self, state: AsyncCollection[dict[str, Any]], *, up: bool) -> None:
+        until = datetime.now(UTC) + timedelta(seconds=self._fence_seconds) if up else None
+        await state.update_one(
+            {"_id": FENCE_ID}, {"$set": {"until": until}, "$inc": {"generation": 1}}, upsert=True
+        )
+
+    async def _verify(self, events: AsyncCollection[dict[str, Any]]) -> list[Report]:
+        key_b64 = public_key_of(self._settings)
+        key = load_public_key(key_b64) if key_b64 else None
+        checkpoints = events.database[CHECKPOINTS_COLLECTION]
+        reports = []
+        for tenant in sorted(await events.distinct("tenant")):
+            cps = [c async for c in checkpoints.find({"tenant": tenant})]
+            cursor = events.find({"tenant": tenant, "seq": {"$gte": 1}}).sort(
+                [("seq", 1), ("_id", 1)]
+            )
+            reports.append(await verify_chain(tenant, aiter(cursor.batch_size(1000)), cps, key))
+        return reports
+
+
+async def true_end_offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[int, int]:
+    """Next offset after the last record of each partition, now.
+
+    Tansu answers ListOffsets(latest) with the last *batch's* base offset + 1,
+    so the tail of a multi-record batch would be missed. Fetching from that
+    offset - 1 returns the whole last batch; its last offset + 1 is the end.
+    On Apache Kafka this reads one record per partition and changes nothing.
+    """
+    reported = await consumer.end_offsets(tps)
+    ends = {tp.partition: int(reported[tp]) for tp in tps}
+    for tp in tps:
+        if ends[tp.partition] == 0:
+            continue
+        consumer.seek(tp, ends[tp.partition] - 1)
+        for _ in range(20):
+            fetched = await consumer.getmany(tp, timeout_ms=500)
+            if fetched.get(tp):
+                last = max(m.offset for m in fetched[tp])
+                ends[tp.partition] = max(ends[tp.partition], last + 1)
+                break
+    return ends
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
