@@ -192,3 +192,28 @@ def replay(since: str | None, fresh: bool, no_swap: bool, batch: int) -> None:
                 + ("" if report.ok else f"; seq {report.first_bad_seq} {report.reason}")
             )
     sys.exit(0 if result.ok else 1)
+
+
+def dev_checkpoint_env(settings: AuditSettings, data_dir: Path) -> dict[str, str]:
+    """Checkpoint key settings for child processes of ``auditstream up``.
+
+    Uses the configured key; otherwise a development key pair kept under the
+    data dir (``checkpoint_signing_key`` 0600, ``checkpoint_public_key``).
+    """
+    prefix = "AUDITSTREAM_CHECKPOINT_"
+    if settings.checkpoint_signing_key is not None:
+        env = {f"{prefix}SIGNING_KEY": settings.checkpoint_signing_key.get_secret_value()}
+        if settings.checkpoint_public_key:
+            env[f"{prefix}PUBLIC_KEY"] = settings.checkpoint_public_key
+        return env
+    private_path = data_dir / "checkpoint_signing_key"
+    public_path = data_dir / "checkpoint_public_key"
+    if not private_path.exists():
+        private, public = generate_keypair()
+        private_path.write_text(private + "\n")
+        private_path.chmod(0o600)
+        public_path.write_text(public + "\n")
+    return {
+        f"{prefix}SIGNING_KEY": private_path.read_text().strip(),
+        f"{prefix}PUBLIC_KEY": public_path.read_text().strip(),
+    }

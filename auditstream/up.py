@@ -33,6 +33,7 @@ from auditstream.embedded import (
     redis_server,
     wait_for_port,
 )
+from auditstream.trust_cli import dev_checkpoint_env
 
 DEV_SCOPES = ["events:read", "events:write", "events:admin"]
 
@@ -131,6 +132,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
         settings.jwt_secret.get_secret_value() if settings.jwt_secret else _dev_secret(data_dir)
     )
     env[f"{ENV_PREFIX}JWT_SECRET"] = secret
+    env.update(dev_checkpoint_env(settings, data_dir))  # signed chain checkpoints
     click.secho("auditstream up — starting the pipeline", bold=True)
     try:
         for role, url, factory in (

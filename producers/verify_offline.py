@@ -1,0 +1,128 @@
+"""Verify an exported NDJSON slice of a tenant chain — no database, no network.
+
+Input: events as NDJSON (the API's JSON view, e.g. from ``GET /v1/events/export``
+with tombstones, or raw stored documents), the tenant's signed checkpoints
+(``GET /v1/checkpoints``: a JSON ``{"data": [...]}``, a JSON list, or NDJSON) and
+the Ed25519 public key (``GET /v1/verify/public-key``). Corrections are undone
+with each record's ``previous`` values, so content hashes are recomputed from the
+event as received; erased events (tombstones) keep their stored content hash.
+
+A slice that starts after seq 1 is anchored on its first event's stored hash
+(that event's content is still checked). Gaps are reported as deletions —
+erased events must be exported as tombstones for a slice to verify. With
+``--complete`` the slice must also reach the latest checkpoint.
+
+    python -m producers.verify_offline --events slice.ndjson \\
+        --checkpoints checkpoints.json --public-key KEY_OR_FILE [--complete]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from audit_events.chain import (
+    GENESIS,
+    Report,
+    aiter_list,
+    document_content_hash,
+    load_public_key,
+    original_view,
+    verify_chain,
+)
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """NDJSON, a JSON list, or ``{"data": [...]}``."""
+    raw = path.read_bytes().strip()
+    if raw.startswith((b"[", b"{")):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None  # NDJSON whose first line is an object
+        if isinstance(value, list):
+            return value
+        if isinstance(value, dict) and isinstance(value.get("data"), list):
+            return list(value["data"])
+    return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+async def verify_slice(
+    events: Iterable[dict[str, Any]],
+    checkpoints: list[dict[str, Any]],
+    public_key: str,
+    *,
+    complete: bool = False,
+) -> list[Report]:
+    """One report per tenant in ``events``."""
+    by_tenant: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_tenant.setdefault(str(event.get("tenant")), []).append(original_view(event))
+    key = load_public_key(public_key)
+    reports = []
+    for tenant, docs in sorted(by_tenant.items()):
+        docs.sort(key=lambda d: (int(d.get("seq") or 0), str(d.get("id"))))
+        reports.append(await _verify_tenant(tenant, docs, checkpoints, key, complete))
+    return reports
+
+
+async def _verify_tenant(
+    tenant: str,
+    docs: list[dict[str, Any]],
+    checkpoints: list[dict[str, Any]],
+    key: Any,
+    complete: bool,
+) -> Report:
+    first = docs[0]
+    start_seq, prev = int(first.get("seq") or 0), GENESIS
+    if start_seq > 1:  # anchor on the first event: check its content, trust its hash
+        anchor = Report(tenant)
+        try:
+            content = (
+                first.get("content_hash") if first.get("erased") else document_content_hash(first)
+            )
+        except ValueError as exc:
+            return anchor.fail(start_seq, "edited", str(exc))
+        if content != first.get("content_hash"):
+            return anchor.fail(start_seq, "edited", "content differs from its content_hash")
+        start_seq, prev, docs = start_seq + 1, str(first["hash"]), docs[1:]
+    cps = [c for c in checkpoints if c.get("tenant") == tenant]
+    return await verify_chain(
+        tenant, aiter_list(docs), cps, key, start_seq=start_seq, prev_hash=prev, to_end=complete
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, required=True)
+    parser.add_argument("--public-key", required=True, help="base64 key, or a file holding it")
+    parser.add_argument("--complete", action="store_true", help="must reach the last checkpoint")
+    args = parser.parse_args(argv)
+    key = args.public_key
+    if Path(key).is_file():
+        key = Path(key).read_text().strip()
+    reports = asyncio.run(
+        verify_slice(
+            read_json_lines(args.events),
+            read_json_lines(args.checkpoints),
+            key,
+            complete=args.complete,
+        )
+    )
+    for r in reports:
+        if r.ok:
+            print(f"ok  {r.tenant}: {r.checked} events, {r.checkpoints} checkpoints matched")
+        else:
+            print(f"BAD {r.tenant}: first bad seq {r.first_bad_seq}: {r.reason} ({r.detail})")
+    return 0 if reports and all(r.ok for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
