@@ -32,6 +32,7 @@ _DESCRIPTIONS = {
     403: "The token lacks the scope or the tenant",
     404: "No such resource in the token's tenants",
     405: "Method not allowed",
+    410: "The event was erased (it stays in the chain, its payload is gone)",
     413: "Too many events or too large a body",
     422: "Validation failed; `errors` lists field paths",
     503: "A dependency is unavailable; retry after Retry-After",
@@ -39,7 +40,7 @@ _DESCRIPTIONS = {
 _SECURED_ERRORS = (400, 401, 403, 405)
 _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/events"): (413, 422, 503),
-    ("get", "/v1/events/{event_id}"): (404,),
+    ("get", "/v1/events/{event_id}"): (404, 410),
 }
 _CACHED = {("get", "/v1/events"), ("get", "/v1/events/{event_id}")}
 
@@ -99,7 +100,12 @@ class ProblemAwareOpenAPI(OpenAPIProvider):
                     continue
                 if (method, path) == ("post", "/v1/events"):
                     _one_or_many(op, responses)
-                for status in (*_SECURED_ERRORS, *_EXTRA.get((method, path), ())):
+                statuses = [*_SECURED_ERRORS, *_EXTRA.get((method, path), ())]
+                if "{" in path:
+                    statuses.append(404)
+                if method in ("post", "put", "patch", "delete"):
+                    statuses += [413, 422]
+                for status in statuses:
                     responses.setdefault(str(status), _problem(status))
                 if (method, path) in _CACHED:
                     ok = responses.get("200", {})

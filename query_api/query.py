@@ -167,6 +167,8 @@ def mongo_filter(tenant: str, query: ListQuery) -> dict[str, Any]:
     if query.cursor:
         when, last_id = query.cursor
         op = "$lt" if query.order == "desc" else "$gt"
+        # The plain bound is implied by the $or; it gives the planner an index range.
+        clauses.append({"occurred_at": {op[:3] + "e": when}})
         clauses.append(
             {"$or": [{"occurred_at": {op: when}}, {"occurred_at": when, "_id": {op: last_id}}]}
         )
