@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -61,6 +62,8 @@ def create_app(
             "AUDITSTREAM_JWKS_URL): no key to verify tokens with"
         )
     app = Quart(__name__)
+    # One access line per request (method, path, status, request id) on Quart's handler.
+    app.logger.setLevel(logging.INFO)
     app.config["AUDITSTREAM_SETTINGS"] = settings
     app.config["AUDITSTREAM_VERIFIER"] = verifier = TokenVerifier(settings)
     app.config["AUDITSTREAM_METRICS"] = metrics = ApiMetrics()

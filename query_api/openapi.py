@@ -22,6 +22,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": ["string", "null"]},
+        "request_id": {"type": ["string", "null"], "description": "also in X-Request-ID"},
         "errors": {"type": "array", "items": {"type": "object"}},
     },
 }

@@ -6,7 +6,7 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -39,6 +39,7 @@ def problem_response(
         "status": status,
         "detail": detail,
         "instance": request.path if request else None,
+        "request_id": g.get("request_id") if g else None,
         **extra,
     }
     resp = Response(orjson.dumps(body), status=status, content_type=PROBLEM_JSON)
