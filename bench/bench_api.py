@@ -174,13 +174,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             timeout=120,
             limits=limits,
         ) as client:
-            warm = await client.get("/v1/events?limit=100")
-            assert warm.status_code == 200 and len(warm.json()["data"]) == min(100, args.events)
+            warm = await client.get(f"/v1/events?limit={args.limit}")
+            assert warm.status_code == 200 and len(warm.json()["data"]) == min(
+                args.limit, args.events
+            )
             results = [
                 await scenario(
                     client,
                     "cached list",
-                    lambda i: "/v1/events?limit=100",
+                    lambda i: f"/v1/events?limit={args.limit}",
                     args.clients,
                     args.seconds,
                     {"hit"},
@@ -188,7 +190,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await scenario(
                     client,
                     "uncached list",
-                    lambda i: f"/v1/events?limit=100&until=2100-01-01T00:00:00.{i:06d}Z",
+                    lambda i: f"/v1/events?limit={args.limit}&until=2100-01-01T00:00:00.{i:06d}Z",
                     args.clients,
                     args.seconds,
                     {"miss"},
@@ -239,6 +241,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--limit", type=int, default=100, help="page size of the list scenarios")
     args = parser.parse_args()
     report = asyncio.run(run(args))
     print(json.dumps(report, indent=2))
