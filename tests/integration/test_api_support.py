@@ -94,6 +94,7 @@ class LiveApi:
             config.bind = [self.url.removeprefix("http://")]
             config.accesslog = None
             config.graceful_timeout = 2.0
+            config.keep_alive_timeout = 120.0  # slow machines: never drop an idle test client
             await serve(self.app, config, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
 
         def run() -> None:
