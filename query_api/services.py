@@ -65,7 +65,7 @@ class Services:
         pool = BlockingConnectionPool.from_url(
             settings.redis_url or "",
             max_connections=REDIS_POOL_SIZE,
-            timeout=2.0,
+            timeout=5.0,  # waiting for a pooled connection, not for Redis itself
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
         )
