@@ -487,7 +487,7 @@ function appendRows(events, start) {
       h("td", { class: "col-time", "data-label": "Time" }, timeEl(e.occurred_at)),
       h("td", { class: "col-action", "data-label": "Action" }, e.action),
       h("td", { class: "col-actor", "data-label": "Actor" },
-        actor.id ? [actor.name || actor.id, " ", h("span", { class: "actor-type" }, actor.type || "")] : "—"),
+        actor.id ? [h("span", { class: "actor-name" }, actor.name || actor.id), " ", h("span", { class: "actor-type" }, actor.type || "")] : "—"),
       h("td", { class: "col-targets", "data-label": "Targets" }, targetLinks(e.targets)),
       h("td", { class: "col-outcome", "data-label": "Outcome" }, outcomeBadge(e.outcome)),
       h("td", { class: "col-desc", "data-label": "Description" }, e.description || ""),
