@@ -66,9 +66,32 @@ class Target(_Strict):
     name: Name | None = None
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what BSON can store; larger ints would poison the store
+
+
+def _check_ints(value: Any, path: str) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            raise ValueError(f"integer at {path or 'top level'} does not fit in 64 bits")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_ints(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_ints(item, f"{path}[{i}]")
+
+
 class Change(_Strict):
     old: JsonValue = None
     new: JsonValue = None
+
+    @field_validator("old", "new")
+    @classmethod
+    def _storable(cls, value: JsonValue) -> JsonValue:
+        _check_ints(value, "")
+        return value
 
 
 class Context(_Strict):
@@ -135,6 +158,7 @@ class AuditEvent(_Strict):
         limits = (info.context or {}).get("limits", DEFAULT_LIMITS)
         if _depth(value) > limits.max_metadata_depth:
             raise ValueError(f"metadata nested deeper than {limits.max_metadata_depth} levels")
+        _check_ints(value, "")  # before orjson, which raises TypeError beyond 64 bits
         size = len(orjson.dumps(value))
         if size > limits.max_metadata_bytes:
             raise ValueError(f"metadata is {size} bytes, limit {limits.max_metadata_bytes}")

@@ -53,10 +53,10 @@ async def test_minted_token_round_trips() -> None:
     ("overrides", "expected"),
     [
         ({}, "s"),
-        ({"exp": int(time.time()) - 31}, 401),
-        ({"exp": int(time.time()) - 10}, "s"),  # inside the 30 s leeway
-        ({"nbf": int(time.time()) + 120}, 401),
-        ({"iat": int(time.time()) + 120}, 401),
+        ({"exp": -31}, 401),  # times are seconds relative to now, resolved at run time
+        ({"exp": -10}, "s"),  # inside the 30 s leeway
+        ({"nbf": 120}, 401),
+        ({"iat": 120}, 401),
         ({"tenant": ""}, 401),
         ({"tenant": ["a", 3]}, 401),
         ({"tenant": {"$ne": None}}, 401),
@@ -64,7 +64,9 @@ async def test_minted_token_round_trips() -> None:
     ],
 )
 async def test_claim_rules(overrides: dict[str, Any], expected: int | str) -> None:
-    token = jwt.encode(claims(**overrides), SECRET, algorithm="HS256")
+    now = int(time.time())
+    relative = {k: now + v for k, v in overrides.items() if k in ("exp", "nbf", "iat")}
+    token = jwt.encode(claims(**{**overrides, **relative}), SECRET, algorithm="HS256")
     assert await verify(TokenVerifier(settings()), token) == expected
 
 

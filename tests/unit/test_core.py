@@ -81,12 +81,23 @@ def test_stored_document_round_trips_to_the_same_public_view() -> None:
         ({"tenant": "t", "action": "a", "metadata": {"a.b": 1}}, "metadata"),
         ({"tenant": "t", "action": "a", "changes": {"$set": {"new": 1}}}, "changes"),
         ({"tenant": "t", "action": "a", "targets": [{"id": "1"}]}, "targets"),
+        # Integers BSON cannot hold would be accepted and then fail every write (a poison pill).
+        ({"tenant": "t", "action": "a", "metadata": {"n": 2**63}}, "metadata"),
+        ({"tenant": "t", "action": "a", "metadata": {"n": [1, 2**64]}}, "metadata"),
+        ({"tenant": "t", "action": "a", "changes": {"f": {"new": -(2**63) - 1}}}, "changes"),
     ],
 )
 def test_invalid_events_name_the_field(payload: dict[str, object], where: str) -> None:
     with pytest.raises(ValidationError) as info:
         AuditEvent.model_validate(payload)
     assert where in {str(e["loc"][0]) for e in info.value.errors()}
+
+
+def test_int64_bounds_are_accepted_and_json_beyond_them_is_a_validation_error() -> None:
+    edge = {"tenant": "t", "action": "a", "metadata": {"max": 2**63 - 1, "min": -(2**63)}}
+    assert AuditEvent.model_validate(edge).metadata == edge["metadata"]
+    with pytest.raises(ValidationError, match="does not fit in 64 bits"):
+        AuditEvent.model_validate_json(b'{"tenant":"t","action":"a","metadata":{"n":%d}}' % 10**30)
 
 
 def test_metadata_depth_and_size_limits_come_from_context() -> None:
