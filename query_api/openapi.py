@@ -26,7 +26,16 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "errors": {"type": "array", "items": {"type": "object"}},
     },
 }
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/v1/token", "/openapi.json", "/docs", "/redocs"}
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/token",
+    "/v1/verify/public-key",
+    "/openapi.json",
+    "/docs",
+    "/redocs",
+}
 _DESCRIPTIONS = {
     400: "Bad request: unknown or malformed parameter, invalid JSON or cursor",
     401: "Missing, invalid or expired bearer token",
@@ -42,6 +51,7 @@ _SECURED_ERRORS = (400, 401, 403, 405)
 _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/events"): (413, 422, 503),
     ("get", "/v1/events/{event_id}"): (404, 410),
+    ("get", "/v1/verify/public-key"): (404,),  # when no checkpoint key is configured
 }
 _CACHED = {("get", "/v1/events"), ("get", "/v1/events/{event_id}")}
 
@@ -98,6 +108,8 @@ class ProblemAwareOpenAPI(OpenAPIProvider):
                     op["security"] = []
                     if path == "/readyz":
                         responses["200"] = responses["503"] = _READY
+                    for status in _EXTRA.get((method, path), ()):
+                        responses.setdefault(str(status), _problem(status))
                     continue
                 if (method, path) == ("post", "/v1/events"):
                     _one_or_many(op, responses)
