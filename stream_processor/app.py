@@ -21,8 +21,9 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import faust
 from pymongo import AsyncMongoClient
@@ -170,11 +171,30 @@ def create_app(
             metrics=metrics,
         )
 
+    async def open_or_exit() -> BatchProcessor:
+        """Open the clients, retrying like a failing batch; then exit non-zero.
+
+        A crashed agent would leave a live worker holding its partitions and
+        processing nothing; exiting lets the supervisor restart it (nothing was
+        consumed-and-committed, so nothing is lost).
+        """
+        retry = RetryPolicy(give_up_after=settings.write_retry_seconds)
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return await open_clients()
+            except Exception as exc:
+                attempt += 1
+                if retry.should_give_up(started, time.monotonic()):
+                    _exit_without_commit(f"cannot open the store: {exc}")
+                log.warning("opening MongoDB/Redis failed (%s); retrying", exc)
+                await asyncio.sleep(retry.delay(attempt))
+
     @app.agent(events)
     async def ingest(stream: Any) -> None:
         # One actor (no concurrency>1); parallelism comes from partitions/workers.
         if "processor" not in state:
-            state["processor"] = await open_clients()
+            state["processor"] = await open_or_exit()
         queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=settings.batch_max_events)
         loop = BatchLoop(
             queue,
@@ -208,7 +228,7 @@ async def _run_or_exit(loop: BatchLoop) -> None:
         _exit_without_commit("unexpected error")
 
 
-def _exit_without_commit(why: str) -> None:
+def _exit_without_commit(why: str) -> NoReturn:
     log.critical("%s; exiting without committing the batch", why)
     logging.shutdown()
     sys.stderr.flush()

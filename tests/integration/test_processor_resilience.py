@@ -464,3 +464,14 @@ async def test_two_workers_one_sigkilled_mid_stream_exact_id_set(
         duplicates=dups,
         dlq=0,
     )
+
+
+async def test_worker_that_cannot_open_the_store_exits_non_zero_instead_of_idling(
+    processors: Spawn,
+) -> None:
+    # A crashed agent would keep a live worker holding partitions and doing nothing.
+    worker = processors(
+        AUDITSTREAM_MONGO_URI="mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1000",
+        AUDITSTREAM_WRITE_RETRY_SECONDS="3",
+    )
+    assert await wait_exit(worker, 120) == 75
