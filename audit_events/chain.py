@@ -319,14 +319,39 @@ def _links_from(prev: str, doc: dict[str, Any]) -> bool:
 Probe = Callable[[int], Awaitable[dict[str, Any] | None]]
 
 
-async def find_head(first_from: Probe) -> dict[str, Any] | None:
+async def find_head(first_from: Probe, exact: Probe | None = None) -> dict[str, Any] | None:
     """The stored event with the highest seq, by galloping and bisecting.
 
     ``first_from(k)`` returns the event with the smallest seq ``>= k`` (an
     ascending index probe; SecantusDB does not walk indexes backwards, so
     ``sort(seq, -1)`` would scan). O(log n) probes.
+
+    ``exact(k)``, if given, returns the event with seq ``k``: a point lookup, cheap
+    on every server, where ``first_from(k)`` for a small ``k`` makes SecantusDB
+    fetch and sort every later event (30 s for a 20,000-event tenant). An intact
+    chain has no gaps, so galloping on point lookups finds the head; one
+    ``first_from`` past it confirms nothing lies beyond. A damaged chain (a gap)
+    falls through to range probes from the first event past the gap.
     """
-    lo = await first_from(1)
+    lo = None
+    if exact is not None and (lo := await exact(1)) is not None:
+        step = 1
+        while (nxt := await exact(int(lo["seq"]) + step)) is not None:
+            lo, step = nxt, step * 2
+        hi = int(lo["seq"]) + step  # missing
+        while int(lo["seq"]) + 1 < hi:
+            mid = (int(lo["seq"]) + 1 + hi) // 2
+            found = await exact(mid)
+            if found is None:
+                hi = mid
+            else:
+                lo = found
+        beyond = await first_from(int(lo["seq"]) + 1)
+        if beyond is None:
+            return lo
+        lo = beyond  # a gap: go on with range probes from there
+    if lo is None:
+        lo = await first_from(1)
     if lo is None:
         return None
     step = 1

@@ -55,16 +55,20 @@ async def ensure_chain_index(collection: AsyncCollection[dict[str, Any]]) -> Non
 
 
 async def derive_head(collection: AsyncCollection[dict[str, Any]], tenant: str) -> tuple[int, str]:
-    """Highest stored seq of ``tenant`` and its hash (O(log n) ascending index probes)."""
+    """Highest stored seq of ``tenant`` and its hash (O(log n) index probes)."""
+    projection = {"seq": 1, "hash": 1}
 
     async def first_from(k: int) -> dict[str, Any] | None:
         return await collection.find_one(
             {"tenant": tenant, "seq": {"$gte": k}},
-            projection={"seq": 1, "hash": 1},
+            projection=projection,
             sort=[("seq", 1)],
         )
 
-    head = await find_head(first_from)
+    async def exactly(k: int) -> dict[str, Any] | None:
+        return await collection.find_one({"tenant": tenant, "seq": k}, projection=projection)
+
+    head = await find_head(first_from, exactly)
     return (0, GENESIS) if head is None else (int(head["seq"]), str(head["hash"]))
 
 

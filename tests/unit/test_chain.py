@@ -149,3 +149,35 @@ def test_original_view_undoes_corrections() -> None:
     }
     original = chain.original_view(view)
     assert "description" not in original and original["actor"] == {"id": "alice"}
+
+
+@pytest.mark.parametrize(
+    "seqs",
+    [
+        [],
+        [1],
+        [1, 2],
+        list(range(1, 18)),
+        list(range(1, 1001)),
+        [*range(1, 11), *range(15, 41)],  # a gap: a damaged chain
+        list(range(2, 10)),  # seq 1 deleted
+    ],
+)
+async def test_find_head_with_point_lookups_finds_the_highest_seq(seqs: list[int]) -> None:
+    from audit_events.chain import find_head
+
+    stored = set(seqs)
+    ranges: list[int] = []
+
+    async def first_from(k: int) -> dict[str, int] | None:
+        ranges.append(k)
+        return next(({"seq": s} for s in sorted(stored) if s >= k), None)
+
+    async def exact(k: int) -> dict[str, int] | None:
+        return {"seq": k} if k in stored else None
+
+    head = await find_head(first_from, exact)
+    assert (head["seq"] if head else 0) == max(seqs, default=0)
+    if seqs and seqs == list(range(1, len(seqs) + 1)):
+        # intact chain: one range probe, just past the head (cheap on SecantusDB)
+        assert ranges == [len(seqs) + 1]
