@@ -296,11 +296,21 @@ async def end_to_end_latency(
             if r.status_code == 200:
                 latencies.append(time.perf_counter() - sent)
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
 
     probes = []
     every = max(1, rate // 10)  # ~10 probes/s, so probing does not load the API itself
     async with httpx.AsyncClient(timeout=10) as client:
+        # Warm up: the processor must have joined the group and derived its heads,
+        # or the first seconds measure its start-up, not the pipeline.
+        warm = events.pop(0)
+        await producer.send_and_wait(
+            settings.topic_events, encode_event(warm), key=partition_key(warm.tenant)
+        )
+        for _ in range(1200):
+            if (await client.get(f"{url}/v1/events/{warm.id}", headers=headers)).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
         started = time.perf_counter()
         for i, event in enumerate(events):
             due = started + i / rate
@@ -318,9 +328,10 @@ async def end_to_end_latency(
     return {
         "rate": rate,
         "samples": len(latencies),
+        "not_visible_within_30s": len(probes) - len(latencies),
         "p50_ms": pct(latencies, 0.5) * 1000,
         "p99_ms": pct(latencies, 0.99) * 1000,
-        "max_ms": max(latencies) * 1000,
+        "max_ms": max(latencies, default=float("nan")) * 1000,  # nan: none seen in 30 s
     }
 
 
@@ -360,6 +371,18 @@ async def load(
         "hit_ratio": states.get("hit", 0) / max(done, 1),
         "errors": states.get("error", 0),
     }
+
+
+async def drain(probe: Callable[[], Awaitable[Any]], budget: float = 180.0) -> None:
+    """Wait until a cheap request answers fast again (the server's backlog is gone)."""
+    deadline = time.perf_counter() + budget
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        with contextlib.suppress(httpx.HTTPError):
+            await probe()
+            if time.perf_counter() - t < 0.2:
+                return
+        await asyncio.sleep(1.0)
 
 
 async def reads(
@@ -415,6 +438,8 @@ async def reads(
                     await fn(0)  # warm
                 result = await load(concurrency, per_level, fn, max_seconds)
                 out.append({"scenario": name, **result})
+                if result["errors"]:  # timed-out queries still run in the server: let them end
+                    await drain(lambda: coll.find_one({"_id": ids[0]}))  # uncached probe
                 print(
                     f"  {name:38s} c={concurrency:<3d} {result['req_per_s']:8.0f} req/s "
                     f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms "
@@ -469,7 +494,32 @@ def machine() -> dict[str, Any]:
     }
 
 
+async def latency_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Re-measure only end-to-end latency; the other results come from results.json."""
+    results: dict[str, Any] = json.loads((RESULTS / "results.json").read_text())
+    workdir = Path(tempfile.mkdtemp(prefix="auditstream-bench-"))
+    stack = Stack(workdir)
+    stack.start()
+    try:
+        s = stack.settings("latency", api_port=free_port())
+        url = f"http://127.0.0.1:{s.api_port}"
+        stack.spawn(s, "processor")
+        stack.spawn(s, "api")
+        await wait_ready(url)
+        token = mint_token(s, subject="bench", tenant="bench", scopes=["events:read"])
+        results["end_to_end"] = []
+        for rate in sorted(args.rate):
+            e2e = await end_to_end_latency(stack, url, s, token, rate, args.latency_seconds)
+            results["end_to_end"].append({**e2e, "measured": datetime.now(UTC).isoformat()})
+            print(f"  end to end at {rate}/s: {e2e}", flush=True)
+    finally:
+        stack.stop()
+    return results
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.latency_only:
+        return await latency_only(args)
     workdir = Path(tempfile.mkdtemp(prefix="auditstream-bench-"))
     stack = Stack(workdir)
     stack.start()
@@ -566,12 +616,12 @@ def write_reports(results: dict[str, Any]) -> None:
         "",
         "End-to-end (produce → visible via GET /v1/events/{id}), steady rate:",
         "",
-        "| events/s offered | samples | p50 ms | p99 ms | max ms |",
-        "|---:|---:|---:|---:|---:|",
+        "| events/s offered | samples | not visible in 30 s | p50 ms | p99 ms | max ms |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {e['rate']} | {e['samples']} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | "
-        f"{e['max_ms']:.0f} |"
+        f"| {e['rate']} | {e['samples']} | {e.get('not_visible_within_30s', 0)} | "
+        f"{e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['max_ms']:.0f} |"
         for e in results["end_to_end"]
     ]
     lines += [
@@ -689,6 +739,11 @@ def parse() -> argparse.Namespace:
         help="events/s for the latency test (one run per rate; 1000 exceeds SecantusDB's ceiling)",
     )
     p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="re-measure end-to-end latency on a fresh stack; merge into results.json",
+    )
     p.add_argument("--timeout", type=float, default=900.0)
     return p.parse_args()
 
