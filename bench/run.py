@@ -287,12 +287,15 @@ async def end_to_end_latency(
     await producer.start()
     latencies: list[float] = []
     headers = {"Authorization": f"Bearer {token}"}
-    events = list(generate_events(int(rate * seconds), tenants=1, seed=7))
+    events = list(generate_events(int(rate * seconds), tenants=1, seed=rate))  # new ids per rate
     events = [e.model_copy(update={"tenant": "bench"}) for e in events]
 
     async def probe(client: httpx.AsyncClient, event_id: str, sent: float) -> None:
         while time.perf_counter() - sent < 30:
-            r = await client.get(f"{url}/v1/events/{event_id}", headers=headers)
+            try:
+                r = await client.get(f"{url}/v1/events/{event_id}", headers=headers)
+            except httpx.HTTPError:  # e.g. an idle keep-alive connection closed: retry
+                continue
             if r.status_code == 200:
                 latencies.append(time.perf_counter() - sent)
                 return
