@@ -99,7 +99,7 @@ async def _verify(
         tenants = [tenant] if tenant else sorted(await events.distinct("tenant"))
         for name in tenants:
             checkpoints, sources = await gather_checkpoints(settings, events, name)
-            head = await find_head(_probe(events, name))
+            head = await find_head(_probe(events, name), _exact(events, name))
             total = int(head["seq"]) if head else 0
             started = time.perf_counter()
             out = open(os.devnull, "w") if quiet else None  # noqa: SIM115, ASYNC230
@@ -137,6 +137,16 @@ async def _verify(
     finally:
         await client.close()
     return all_ok
+
+
+def _exact(events: Any, tenant: str) -> Any:
+    async def at(k: int) -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = await events.find_one(
+            {"tenant": tenant, "seq": k}, projection={"seq": 1}
+        )
+        return doc
+
+    return at
 
 
 def _probe(events: Any, tenant: str) -> Any:

@@ -109,6 +109,15 @@ def _probe(events: AsyncCollection[dict[str, Any]], tenant: str) -> Any:
     return first_from
 
 
+def _exact(events: AsyncCollection[dict[str, Any]], tenant: str) -> Any:
+    async def at(k: int) -> dict[str, Any] | None:
+        return await events.find_one(
+            {"tenant": tenant, "seq": k}, projection={"seq": 1, "hash": 1, "received_at": 1}
+        )
+
+    return at
+
+
 def _after(when: datetime) -> Callable[[dict[str, Any]], bool]:
     def pred(doc: dict[str, Any]) -> bool:
         at = doc.get("received_at")
@@ -133,7 +142,7 @@ async def verify_tenant(
     start_seq, prev, end_seq = 1, GENESIS, None
     if since is not None or until is not None:
         probe = _probe(events, tenant)
-        head = await find_head(probe)
+        head = await find_head(probe, _exact(events, tenant))
         head_seq = int(head["seq"]) if head else 0
         if since is not None:
             start_seq = await first_seq_where(probe, head_seq, _after(since))
