@@ -333,34 +333,26 @@ async def find_head(first_from: Probe, exact: Probe | None = None) -> dict[str, 
     ``first_from`` past it confirms nothing lies beyond. A damaged chain (a gap)
     falls through to range probes from the first event past the gap.
     """
-    lo = None
-    if exact is not None and (lo := await exact(1)) is not None:
-        step = 1
-        while (nxt := await exact(int(lo["seq"]) + step)) is not None:
-            lo, step = nxt, step * 2
-        hi = int(lo["seq"]) + step  # missing
-        while int(lo["seq"]) + 1 < hi:
-            mid = (int(lo["seq"]) + 1 + hi) // 2
-            found = await exact(mid)
-            if found is None:
-                hi = mid
-            else:
-                lo = found
+    if exact is not None and (start := await exact(1)) is not None:
+        lo = await _gallop(exact, start)
         beyond = await first_from(int(lo["seq"]) + 1)
         if beyond is None:
             return lo
-        lo = beyond  # a gap: go on with range probes from there
-    if lo is None:
-        lo = await first_from(1)
-    if lo is None:
+        start = beyond  # a gap: go on with range probes from there
+    elif (start := await first_from(1)) is None:
         return None
+    return await _gallop(first_from, start)
+
+
+async def _gallop(probe: Probe, lo: dict[str, Any]) -> dict[str, Any]:
+    """From the stored ``lo``, the highest event ``probe`` reaches: gallop, then bisect."""
     step = 1
-    while (nxt := await first_from(int(lo["seq"]) + step)) is not None:
+    while (nxt := await probe(int(lo["seq"]) + step)) is not None:
         lo, step = nxt, step * 2
     hi = int(lo["seq"]) + step  # nothing at or after hi
     while int(lo["seq"]) + 1 < hi:
         mid = (int(lo["seq"]) + 1 + hi) // 2
-        found = await first_from(mid)
+        found = await probe(mid)
         if found is None:
             hi = mid
         else:
