@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import wait_ready
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 
@@ -122,19 +123,6 @@ async def seed(settings: AuditSettings, count: int) -> None:
         docs = [event_to_document(event(i), now) for i in range(start, min(count, start + 1000))]
         await coll.insert_many(docs)
     await client.close()
-
-
-async def wait_ready(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=5) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError("API not ready")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

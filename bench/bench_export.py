@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import wait_ready
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from pydantic import SecretStr
@@ -161,14 +162,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         stop = asyncio.Event()
         server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
         url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as http:
-            while True:
-                try:
-                    if (await http.get(f"{url}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+        await wait_ready(url)
         say(f"API ready; inserting {args.events} events …")
         insert_seconds = await insert(settings, args.events)
         say(f"inserted in {insert_seconds:.1f} s; exporting")

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from common import wait_ready
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.write_concern import WriteConcern
@@ -264,19 +265,6 @@ async def ingestion(
         "startup_s": to_first,
         "producer_events_per_s": produced_rate,
     }
-
-
-async def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.3)
-    raise TimeoutError(f"{url} not ready")
 
 
 async def end_to_end_latency(
