@@ -29,6 +29,12 @@ class ProcessorMetrics:
         self.write_seconds = Histogram(
             "auditstream_write_seconds", "MongoDB bulk-write latency", registry=r
         )
+        self.store_delay = Histogram(
+            "auditstream_store_delay_seconds",
+            "Seconds from an event's Kafka timestamp until its batch was stored",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
         self.retries = Counter("auditstream_batch_retries", "Failed batch attempts", registry=r)
         self.invalidation_failures = Counter(
             "auditstream_invalidation_failures", "Cache generation bumps that failed", registry=r

@@ -65,6 +65,9 @@ class BatchProcessor:
         m.batch_size.observe(len(records))
         await self._with_retry("dead-letter", self._send_rejects, batch)
         await self._with_retry("write", self._write, batch)
+        stored_at = time.time()  # wall clock, like the records' Kafka timestamps
+        for record in records:
+            m.store_delay.observe(max(0.0, stored_at - record.timestamp_ms / 1000))
         try:
             await self._invalidator.bump(batch.documents)
         except Exception as exc:  # Redis down: keep ingesting, TTL bounds staleness
