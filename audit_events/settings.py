@@ -83,6 +83,12 @@ class AuditSettings(BaseSettings):
     processor_group: str = "auditstream-processor"
     batch_max_events: int = Field(1000, ge=1, le=100_000)
     batch_max_ms: int = Field(200, ge=1, le=60_000)
+    kafka_fetch_max_wait_ms: int = Field(
+        100,
+        ge=1,
+        le=30_000,
+        description="Longest a processor fetch waits for new events (Faust's own is 1500).",
+    )
     max_event_bytes: int = Field(256 * 1024, ge=1024, le=8 * 1024 * 1024)
     max_metadata_bytes: int = Field(64 * 1024, ge=256)
     max_metadata_depth: int = Field(8, ge=1, le=64)

@@ -35,6 +35,7 @@ from audit_events.settings import AuditSettings
 from stream_processor.batching import BatchLoop
 from stream_processor.chain import open_chain_store, topic_publisher
 from stream_processor.flush import FlushPolicy
+from stream_processor.kafka import app_class
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
 from stream_processor.records import Batch, Record
@@ -105,7 +106,7 @@ def create_app(
     settings.require("kafka_bootstrap", "mongo_uri", "redis_url")
     metrics = metrics or ProcessorMetrics()
     policy = FlushPolicy(settings.batch_max_events, settings.batch_max_ms)
-    app = faust.App(
+    app = app_class(settings.kafka_fetch_max_wait_ms)(
         settings.processor_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
