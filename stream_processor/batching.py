@@ -2,7 +2,9 @@
 
 The adapter feeds consumed records into an :class:`asyncio.Queue`; :class:`BatchLoop`
 collects them until the :class:`FlushPolicy` says the batch is due (N events or
-T ms after its first event, also when traffic stops), hands the batch to
+T ms after its first event, also when traffic stops; events that queued up while
+the previous batch was being written count from that write's start, so they do
+not wait another T ms), hands the batch to
 :meth:`BatchProcessor.process` (decode, validate, DLQ, write, invalidate) and
 only when that returned commits the offsets *the batch carries*
 (``Batch.committable()``). Nothing else ever commits, so an offset is committed
@@ -72,6 +74,8 @@ class BatchLoop:
         self.pending: list[Record] = []
         self.batch_started: float | None = None
         self.uncommitted: Offsets = {}
+        # Set by a flush: whatever is queued when it returns arrived after this.
+        self._queued_since: float | None = None
 
     async def run(self) -> None:
         """Consume forever; raises what ``process`` raised, leaving its batch uncommitted."""
@@ -89,6 +93,7 @@ class BatchLoop:
     async def flush(self) -> None:
         """Process the pending records, then commit what the stored batch carries."""
         records, self.pending, self.batch_started = self.pending, [], None
+        self._queued_since = self._clock()
         batch = await self._processor.process(records)  # raises → nothing committed
         for tp, offset in batch.committable().items():
             self.uncommitted[tp] = max(offset, self.uncommitted.get(tp, 0))
@@ -111,7 +116,8 @@ class BatchLoop:
 
     def _add(self, record: Record) -> None:
         if self.batch_started is None:
-            self.batch_started = self._clock()
+            since = self._queued_since
+            self.batch_started = self._clock() if since is None else since
         self.pending.append(record)
 
     def _take_ready(self) -> bool:
@@ -123,6 +129,7 @@ class BatchLoop:
         return took
 
     async def _wait_for_record(self) -> None:
+        self._queued_since = None  # the queue ran dry: the next record arrives now
         timeout = self._policy.wait_time(self._clock(), self.batch_started)
         if self.uncommitted:
             retry = self.COMMIT_RETRY_SECONDS

@@ -206,6 +206,31 @@ async def test_partial_batch_flushes_after_max_ms_without_more_traffic() -> None
     assert loop.pending == [] and loop.batch_started is None
 
 
+async def test_events_queued_during_a_slow_write_do_not_wait_another_max_ms() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    inner = processor(store, clock)
+
+    class SlowWrite:  # each write takes 300 ms; record 1 arrives during the first
+        async def process(self, records: list[Record]) -> Any:
+            clock.now += 0.3
+            if not store.docs:
+                queue.put_nowait(rec(1))
+            return await inner.process(records)
+
+    loop = BatchLoop(queue, FlushPolicy(100, 200), SlowWrite(), committer, clock=clock)
+    queue.put_nowait(rec(0))
+    await loop.step()  # takes record 0 at t=100.0
+    clock.now = 100.2
+    await loop.step()  # due: the write runs 100.2 → 100.5, record 1 queues up
+    assert committer.commits == [{(TOPIC, 0): 1}]
+    await loop.step()  # takes record 1: it has waited since the write began
+    assert loop.batch_started == 100.2
+    await loop.step()  # 300 ms ≥ max_ms: flushed at once, no further wait
+    assert committer.commits[-1] == {(TOPIC, 0): 2}
+    assert clock.now == 100.8  # two writes of 300 ms, no max_ms wait in between
+
+
 async def test_batch_never_exceeds_max_events_and_commits_per_partition() -> None:
     clock, store, committer = Clock(), MemoryStore(), Committer()
     queue: asyncio.Queue[Record] = asyncio.Queue()
