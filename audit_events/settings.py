@@ -84,7 +84,7 @@ class AuditSettings(BaseSettings):
     batch_max_events: int = Field(1000, ge=1, le=100_000)
     batch_max_ms: int = Field(200, ge=1, le=60_000)
     kafka_fetch_max_wait_ms: int = Field(
-        100,
+        250,
         ge=1,
         le=30_000,
         description="Longest a processor fetch waits for new events (Faust's own is 1500).",

@@ -30,5 +30,5 @@ async def test_worker_consumer_waits_at_most_the_configured_fetch_wait() -> None
         thread.thread_loop.close()  # the consumer thread's own loop, never started here
 
 
-def test_fetch_wait_defaults_to_100_ms() -> None:
-    assert AuditSettings().kafka_fetch_max_wait_ms == 100
+def test_fetch_wait_defaults_to_250_ms() -> None:
+    assert AuditSettings().kafka_fetch_max_wait_ms == 250
