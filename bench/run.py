@@ -778,6 +778,7 @@ def plot(results: dict[str, Any]) -> None:
                     xs.append(level["store_size"])
                     ys.append(row["p50_ms"])
             ax.plot(xs, ys, marker="o", label=scenario)
+        ax.set_yscale("log")
         ax.set_xlabel("events in store")
         ax.set_ylabel("p50 ms at 16 clients")
         ax.set_title("Read latency as the store grows")
