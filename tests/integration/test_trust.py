@@ -181,6 +181,27 @@ def _cli(settings: AuditSettings, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
+async def test_verify_walks_only_the_slice_received_in_since_until(
+    client: Client,
+    auth: Callable[..., dict[str, str]],
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+) -> None:
+    start_processor(processors)
+    for part in ("a", "b", "c"):  # three requests: three receive times
+        await ingest(client, auth, store, make_events(4, part))
+    docs = [d async for d in store.find({}, {"seq": 1, "received_at": 1}).sort("seq", 1)]
+    b = [d for d in docs if d["_id"].startswith("b-")]
+    c = [d for d in docs if d["_id"].startswith("c-")]
+    since, until = b[0]["received_at"], c[0]["received_at"]
+    assert since < until and [d["seq"] for d in b] == [5, 6, 7, 8]
+    params = {"since": since.isoformat(), "until": until.isoformat()}
+    resp = await client.get("/v1/verify", query_string=params, headers=auth())
+    report = await resp.get_json()
+    assert resp.status_code == 200, report
+    assert (report["ok"], report["checked"]) == (True, 4)
+
+
 async def test_corrections_and_erasure_go_through_the_log(
     client: Client,
     auth: Callable[..., dict[str, str]],
