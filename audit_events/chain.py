@@ -319,6 +319,28 @@ def _links_from(prev: str, doc: dict[str, Any]) -> bool:
 Probe = Callable[[int], Awaitable[dict[str, Any] | None]]
 
 
+def seq_probes(events: Any, tenant: str, projection: dict[str, int]) -> tuple[Probe, Probe]:
+    """``(first_from, exact)`` probes of ``tenant``'s chain in the collection ``events``.
+
+    For :func:`find_head` and :func:`first_seq_where`; both are index lookups on
+    the unique ``(tenant, seq)`` index, returning only ``projection``'s fields.
+    """
+
+    async def first_from(k: int) -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = await events.find_one(
+            {"tenant": tenant, "seq": {"$gte": k}}, projection=projection, sort=[("seq", 1)]
+        )
+        return doc
+
+    async def exact(k: int) -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = await events.find_one(
+            {"tenant": tenant, "seq": k}, projection=projection
+        )
+        return doc
+
+    return first_from, exact
+
+
 async def find_head(first_from: Probe, exact: Probe | None = None) -> dict[str, Any] | None:
     """The stored event with the highest seq, by galloping and bisecting.
 

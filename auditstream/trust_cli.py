@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from audit_events.chain import find_head, generate_keypair, public_key_of
+from audit_events.chain import find_head, generate_keypair, public_key_of, seq_probes
 from audit_events.codec import _parse_time
 from audit_events.settings import AuditSettings, SettingsError, load_settings
 from audit_events.storage import EVENTS_COLLECTION
@@ -99,7 +99,7 @@ async def _verify(
         tenants = [tenant] if tenant else sorted(await events.distinct("tenant"))
         for name in tenants:
             checkpoints, sources = await gather_checkpoints(settings, events, name)
-            head = await find_head(_probe(events, name), _exact(events, name))
+            head = await find_head(*seq_probes(events, name, {"seq": 1}))
             total = int(head["seq"]) if head else 0
             started = time.perf_counter()
             out = open(os.devnull, "w") if quiet else None  # noqa: SIM115, ASYNC230
@@ -137,26 +137,6 @@ async def _verify(
     finally:
         await client.close()
     return all_ok
-
-
-def _exact(events: Any, tenant: str) -> Any:
-    async def at(k: int) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = await events.find_one(
-            {"tenant": tenant, "seq": k}, projection={"seq": 1}
-        )
-        return doc
-
-    return at
-
-
-def _probe(events: Any, tenant: str) -> Any:
-    async def first_from(k: int) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = await events.find_one(
-            {"tenant": tenant, "seq": {"$gte": k}}, projection={"seq": 1}, sort=[("seq", 1)]
-        )
-        return doc
-
-    return first_from
 
 
 @click.command("replay")

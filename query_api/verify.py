@@ -30,6 +30,7 @@ from audit_events.chain import (
     key_id,
     load_public_key,
     public_key_of,
+    seq_probes,
     verify_chain,
 )
 from audit_events.codec import _parse_time
@@ -98,26 +99,6 @@ async def mongo_checkpoints(
     ]
 
 
-def _probe(events: AsyncCollection[dict[str, Any]], tenant: str) -> Any:
-    async def first_from(k: int) -> dict[str, Any] | None:
-        return await events.find_one(
-            {"tenant": tenant, "seq": {"$gte": k}},
-            projection={"seq": 1, "hash": 1, "received_at": 1},
-            sort=[("seq", 1)],
-        )
-
-    return first_from
-
-
-def _exact(events: AsyncCollection[dict[str, Any]], tenant: str) -> Any:
-    async def at(k: int) -> dict[str, Any] | None:
-        return await events.find_one(
-            {"tenant": tenant, "seq": k}, projection={"seq": 1, "hash": 1, "received_at": 1}
-        )
-
-    return at
-
-
 def _after(when: datetime) -> Callable[[dict[str, Any]], bool]:
     def pred(doc: dict[str, Any]) -> bool:
         at = doc.get("received_at")
@@ -141,8 +122,8 @@ async def verify_tenant(
     """Walk ``tenant``'s stored chain (optionally the slice received in [since, until))."""
     start_seq, prev, end_seq = 1, GENESIS, None
     if since is not None or until is not None:
-        probe = _probe(events, tenant)
-        head = await find_head(probe, _exact(events, tenant))
+        probe, exact = seq_probes(events, tenant, {"seq": 1, "hash": 1, "received_at": 1})
+        head = await find_head(probe, exact)
         head_seq = int(head["seq"]) if head else 0
         if since is not None:
             start_seq = await first_seq_where(probe, head_seq, _after(since))

@@ -34,7 +34,7 @@ from pymongo import IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from audit_events.chain import GENESIS, find_head, load_private_key, seal
+from audit_events.chain import GENESIS, find_head, load_private_key, seal, seq_probes
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHAIN_INDEX, CHECKPOINTS_COLLECTION, REPLAY_STATE_COLLECTION
 from stream_processor.checkpoints import Checkpointer, Publish, ensure_checkpoint_topic
@@ -56,19 +56,7 @@ async def ensure_chain_index(collection: AsyncCollection[dict[str, Any]]) -> Non
 
 async def derive_head(collection: AsyncCollection[dict[str, Any]], tenant: str) -> tuple[int, str]:
     """Highest stored seq of ``tenant`` and its hash (O(log n) index probes)."""
-    projection = {"seq": 1, "hash": 1}
-
-    async def first_from(k: int) -> dict[str, Any] | None:
-        return await collection.find_one(
-            {"tenant": tenant, "seq": {"$gte": k}},
-            projection=projection,
-            sort=[("seq", 1)],
-        )
-
-    async def exactly(k: int) -> dict[str, Any] | None:
-        return await collection.find_one({"tenant": tenant, "seq": k}, projection=projection)
-
-    head = await find_head(first_from, exactly)
+    head = await find_head(*seq_probes(collection, tenant, {"seq": 1, "hash": 1}))
     return (0, GENESIS) if head is None else (int(head["seq"]), str(head["hash"]))
 
 
