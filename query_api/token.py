@@ -3,8 +3,9 @@
 ``grant_type=password`` for users, ``grant_type=client_credentials`` for service
 accounts (client authentication by HTTP Basic or ``client_id``/``client_secret``
 in the form). Errors are the JSON of RFC 6749 §5.2, not problem documents, so
-OAuth2 client libraries understand them. Failed attempts are rate-limited per
-name and per client IP (429 with ``Retry-After``).
+OAuth2 client libraries understand them. Attempts are rate-limited per name and
+per client IP (429 with ``Retry-After``): each is reserved in Redis before the
+secret is checked, and a login is refused with 503 while Redis cannot reserve.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from quart_schema import DataSource, document_request, document_response
 from audit_events.settings import AuditSettings
 from query_api.auth import mint_token
 from query_api.services import Services
+from query_api.throttle import ThrottleUnavailable
 from query_api.users import Kind, Login
 
 bp = Blueprint("token", __name__)
 FORM = "application/x-www-form-urlencoded"
+UNAVAILABLE_RETRY_SECONDS = 5
 
 
 class TokenForm(BaseModel):
@@ -89,6 +92,7 @@ def _single(form: Any, name: str) -> str | None:
 @document_response(OAuthError, 400)
 @document_response(OAuthError, 401)
 @document_response(OAuthError, 429)
+@document_response(OAuthError, 503)
 async def issue_token() -> Response:
     """Exchange a user's password or a service account's secret for an access token."""
     settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
@@ -124,12 +128,30 @@ async def issue_token() -> Response:
         )
 
     ip = request.remote_addr or "unknown"
-    wait = await services.throttle.blocked(name, ip)
-    if wait is not None:
-        return oauth_error(429, "slow_down", "too many failed attempts", {"Retry-After": str(wait)})
-    outcome, account = await services.users.login(name, secret, kind)
+    # Reserve the attempt before checking anything (one atomic Redis call), so
+    # concurrent guesses cannot all pass the limit; a success gives it back.
+    try:
+        slot = await services.throttle.reserve(name, ip)
+    except ThrottleUnavailable as exc:
+        current_app.logger.error("login refused, rate limiter unavailable: %s", exc)
+        return oauth_error(
+            503,
+            "temporarily_unavailable",
+            "the login rate limiter is unavailable; try again shortly",
+            {"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
+        )
+    if slot.retry_after is not None:
+        return oauth_error(
+            429, "slow_down", "too many failed attempts", {"Retry-After": str(slot.retry_after)}
+        )
+    try:
+        outcome, account = await services.users.login(name, secret, kind)
+    except BaseException:
+        await services.throttle.release(slot)  # not checked: do not count it
+        raise
+    if outcome is Login.OK:
+        await services.throttle.release(slot)
     if outcome is not Login.OK or account is None:
-        await services.throttle.failed(name, ip)
         current_app.logger.warning("failed %s login for %r from %s", grant, name, ip)
         if kind == "service":
             return oauth_error(

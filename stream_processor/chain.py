@@ -13,11 +13,16 @@ Per batch, in partition order (a tenant lives on one partition):
    chain: the UNIQUE ``(tenant, seq)`` index rejects the insert and the head is
    derived again;
 3. seal each document (seq, content_hash, hash) and ``insert_many(ordered=True)``.
-   A duplicate ``_id`` means the event is already stored: it keeps its original
-   seq and hash, is skipped, and the rest is re-sealed from the head. A duplicate
-   ``(tenant, seq)`` means another writer moved the head: derive, re-seal, go on.
-   Any other error drops the cached heads and fails the batch (retried whole);
-4. apply control events (corrections/erasures), idempotently;
+   A duplicate ``_id`` (= ``event_key(tenant, id)``) means the tenant already
+   stored an event with that id: with the same content hash it is a redelivery
+   (a duplicate: it keeps its original seq and hash); with another content it is
+   a conflict, returned in ``WriteResult.conflicts`` for the pipeline to
+   dead-letter. Either way it is skipped and the rest is re-sealed from the
+   head. A duplicate ``(tenant, seq)`` means another writer moved the head:
+   derive, re-seal, go on. Any other error drops the cached heads and fails the
+   batch (retried whole);
+4. apply control events (corrections/erasures), idempotently — not the
+   conflicting ones, which were not stored;
 5. checkpoint the tenants that are due.
 
 Why no ``$in`` pre-check of the batch ids: SecantusDB answers ``_id $in`` for
@@ -82,16 +87,17 @@ class ChainedStore:
             return WriteResult(0, 0)
         await self._check_fence()
         try:
-            inserted, duplicates = await self._chain_and_insert(documents)
+            result = await self._chain_and_insert(documents)
         except Exception:
             self._heads.clear()  # derive again on the retry
             raise
-        await self._apply_controls(documents)
+        conflicting = {id(d) for d in result.conflicts}
+        await self._apply_controls([d for d in documents if id(d) not in conflicting])
         if self._checkpointer is not None:
             touched = {d["tenant"] for d in documents}
             heads = {t: h for t, h in self._heads.items() if t in touched}
             await self._checkpointer.after_batch(heads)
-        return WriteResult(inserted, duplicates)
+        return result
 
     async def _check_fence(self) -> None:
         if self._state is None:
@@ -108,9 +114,10 @@ class ChainedStore:
             if until > datetime.now(UTC):
                 raise SwapInProgress("replay is swapping collections; retrying")
 
-    async def _chain_and_insert(self, documents: list[dict[str, Any]]) -> tuple[int, int]:
+    async def _chain_and_insert(self, documents: list[dict[str, Any]]) -> WriteResult:
         todo = list(documents)
         inserted = duplicates = 0
+        conflicts: list[dict[str, Any]] = []
         while todo:
             for tenant in {d["tenant"] for d in todo} - self._heads.keys():
                 self._heads[tenant] = await derive_head(self._coll, tenant)
@@ -130,8 +137,11 @@ class ChainedStore:
                 if exc.details.get("writeConcernErrors") or first.get("code") != DUPLICATE_KEY:
                     raise
                 index = int(first["index"])
-                if is_duplicate_id(first):  # stored before: keeps its original seq
-                    duplicates += 1
+                if is_duplicate_id(first):  # (tenant, id) stored before: keeps its seq
+                    if await self._same_content(todo[index]):
+                        duplicates += 1
+                    else:
+                        conflicts.append(todo[index])
                     todo = todo[index + 1 :]
                 else:  # another writer took this seq: our head is stale
                     self._heads.pop(todo[index]["tenant"], None)
@@ -140,7 +150,19 @@ class ChainedStore:
             inserted += len(todo)
             self._heads.update({d["tenant"]: (d["seq"], d["hash"]) for d in todo})
             todo = []
-        return inserted, duplicates
+        return WriteResult(inserted, duplicates, tuple(conflicts))
+
+    async def _same_content(self, doc: dict[str, Any]) -> bool:
+        """Whether the stored event with ``doc``'s ``_id`` has ``doc``'s content hash.
+
+        Yes: a redelivery or replay (a duplicate). No: the tenant reused an id
+        for another event (a conflict, dead-lettered by the pipeline). An
+        erased event keeps its content hash, so its redelivery is a duplicate too.
+        """
+        stored = await self._coll.find_one({"_id": doc["_id"]}, projection={"content_hash": 1})
+        if stored is None:  # gone since the insert failed: retry the batch
+            raise RuntimeError(f"event {doc['_id']} was a duplicate key but is not stored")
+        return bool(stored.get("content_hash") == doc["content_hash"])
 
     async def _apply_controls(self, documents: list[dict[str, Any]]) -> None:
         # Redelivered control events are applied again: a no-op if they were.
@@ -167,13 +189,37 @@ def topic_publisher(topic: Any) -> Publish:
     return publish
 
 
+class OldLayout(Exception):
+    """The store holds documents written before event ids were per tenant."""
+
+
+async def check_layout(collection: AsyncCollection[dict[str, Any]]) -> None:
+    """Refuse a store that ``auditstream migrate-ids`` has not migrated yet.
+
+    Old documents have ``_id`` = the client id and no ``id`` field; writing next
+    to them would store a redelivered old event a second time (its new ``_id``
+    differs). One point read: the collection's first document in natural order
+    (the migration rewrites old documents, which moves them to the end).
+    """
+    first = await collection.find_one({}, projection={"id": 1})
+    if first is not None and "id" not in first:
+        raise OldLayout(
+            "the events collection holds documents of the layout before ids were per"
+            " tenant: run `auditstream migrate-ids` first"
+        )
+
+
 async def open_chain_store(
     settings: AuditSettings,
     collection: AsyncCollection[dict[str, Any]],
     publish: Publish | None,
     invalidator: Invalidator | None = None,
 ) -> ChainedStore:
-    """The live processor's store: unique chain index, fence, checkpoints if keyed."""
+    """The live processor's store: unique chain index, fence, checkpoints if keyed.
+
+    Raises :class:`OldLayout` when the store still needs ``auditstream migrate-ids``.
+    """
+    await check_layout(collection)
     await ensure_chain_index(collection)
     database = collection.database
     checkpointer = None

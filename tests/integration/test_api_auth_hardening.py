@@ -1,0 +1,123 @@
+"""Login rate limits under concurrency, token revocation, strict claims and args.
+
+The real API app (its clients open) through Quart's test client, real Redis and
+MongoDB. Each test logs in from its own client address (``scope_base``), so the
+per-IP counters of one test never touch another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
+from redis.asyncio import Redis
+
+from audit_events.settings import AuditSettings
+from auditstream.embedded import free_port
+from query_api.app import create_app
+from query_api.services import Services
+from query_api.throttle import MARKER, LoginThrottle
+
+pytestmark = pytest.mark.integration
+
+
+def services(app: Quart) -> Services:
+    found: Services = app.config["AUDITSTREAM_SERVICES"]
+    return found
+
+
+def new_ip() -> str:
+    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+async def login(client: Client, ip: str, username: str, password: str) -> Any:
+    return await client.post(
+        "/v1/token",
+        form={"grant_type": "password", "username": username, "password": password},
+        scope_base={"client": (ip, 40000)},
+    )
+
+
+async def test_concurrent_guesses_for_one_user_check_at_most_the_limit(
+    api: Quart, client: Client
+) -> None:
+    limit = api.config["AUDITSTREAM_SETTINGS"].login_max_failures_per_user
+    users = services(api).users
+    ip = new_ip()
+    # 40 wrong guesses at once: at most `limit` are checked, then the right one is refused.
+    name = f"victim-{uuid.uuid4().hex[:8]}"
+    await users.add(name, "user", "right-password", "acme", ["events:read"])
+    guesses = [f"guess-{i}" for i in range(40)]
+    answers = await asyncio.gather(*(login(client, ip, name, pw) for pw in guesses))
+    statuses = [a.status_code for a in answers]
+    assert len([s for s in statuses if s != 429]) <= limit, statuses
+    after = await login(client, ip, name, "right-password")
+    assert after.status_code == 429 and int(after.headers["Retry-After"]) > 0
+    # 39 wrong and the right one at once: still at most `limit` checked in all.
+    other = f"victim-{uuid.uuid4().hex[:8]}"
+    await users.add(other, "user", "right-password", "acme", ["events:read"])
+    passwords = [f"guess-{i}" for i in range(39)] + ["right-password"]
+    answers = await asyncio.gather(*(login(client, new_ip(), other, pw) for pw in passwords))
+    statuses = [a.status_code for a in answers]
+    assert len([s for s in statuses if s != 429]) <= limit, statuses
+    assert statuses[-1] in (200, 429) and statuses[:-1].count(200) == 0
+
+
+async def test_concurrent_attempts_from_one_ip_check_at_most_the_limit(
+    api: Quart, client: Client
+) -> None:
+    limit = api.config["AUDITSTREAM_SETTINGS"].login_max_failures_per_ip
+    ip = new_ip()
+    names = [f"nobody-{uuid.uuid4().hex[:8]}" for _ in range(60)]
+    answers = await asyncio.gather(*(login(client, ip, n, "wrong-password") for n in names))
+    statuses = [a.status_code for a in answers]
+    assert len([s for s in statuses if s != 429]) <= limit, statuses
+    assert set(statuses) <= {400, 429}
+
+
+async def test_throttle_counts_per_window_and_successes_give_their_slot_back(
+    settings: AuditSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = Redis.from_url(settings.redis_url or "")
+    now = [float(random.randrange(10**6, 10**7)) * 60]
+    t = LoginThrottle(redis, max_per_user=2, max_per_ip=3, window_seconds=60, clock=lambda: now[0])
+    user, other, ip = f"u-{uuid.uuid4().hex}", f"o-{uuid.uuid4().hex}", new_ip()
+    try:
+        first = await t.reserve(user, ip)
+        assert first.retry_after is None
+        await t.release(first)  # a success: not counted
+        assert (await t.reserve(user, ip)).retry_after is None
+        assert (await t.reserve(user, "10.9.9.9")).retry_after is None
+        refused = await t.reserve(user, ip)  # the name is spent, from any address
+        assert refused.retry_after is not None and 0 < refused.retry_after <= 60
+        await t.release(refused)  # releasing a refusal changes nothing
+        assert (await t.reserve(user, "10.8.8.8")).retry_after is not None
+        assert (await t.reserve(other, ip)).retry_after is None  # refusals are not counted
+        assert (await t.reserve(other, ip)).retry_after is None  # 3rd from this IP
+        assert (await t.reserve(f"x-{other}", ip)).retry_after is not None
+        now[0] += 60  # the next window
+        assert (await t.reserve(user, ip)).retry_after is None
+        # Redis lost its data (restart without persistence): said loudly, not silently.
+        await redis.delete(MARKER)
+        with caplog.at_level(logging.ERROR, logger="auditstream.api.throttle"):
+            await t.reserve(user, ip)
+        assert "counters were lost" in caplog.text
+    finally:
+        await redis.aclose()
+
+
+async def test_logins_fail_closed_while_redis_cannot_reserve(settings: AuditSettings) -> None:
+    down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    app = create_app(down)
+    async with app.test_app():
+        await services(app).users.add("dora", "user", "right-password", "acme", ["events:read"])
+        resp = await login(app.test_client(), new_ip(), "dora", "right-password")
+        assert resp.status_code == 503
+        assert (await resp.get_json())["error"] == "temporarily_unavailable"
+        assert int(resp.headers["Retry-After"]) > 0
