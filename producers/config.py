@@ -16,12 +16,21 @@ Compression = Literal["gzip", "lz4", "zstd", "snappy"] | None
 class ProducerConfig:
     """Everything an :class:`~producers.AuditProducer` needs.
 
-    ``spool_path=None`` disables the on-disk spool: ``emit`` then raises
+    Without a spool (``spool_dir`` and ``spool_path`` both None) ``emit`` raises
     :class:`~producers.errors.DeliveryFailed` when Kafka does not acknowledge, and
     ``start`` raises when Kafka is unreachable. With a spool, nothing is lost while
     Kafka is down: events are kept on disk (bounded) and drained in order later.
+    ``spool_dir`` is safe for any number of processes (one file each; files of dead
+    processes are drained by live ones); ``spool_path`` is one file for one process.
+
+    ``durable=True`` (needs a spool) writes every event to the spool before ``emit`` /
+    ``emit_nowait`` return, and the sender drains the spool into Kafka in the
+    background: a process killed at any moment loses nothing it was handed.
+
+    An empty ``bootstrap`` means "no Kafka configured": events are only spooled.
     """
 
+    #: ``host:port[,host:port]``; empty: spool only, never connect.
     bootstrap: str
     topic: str = topics.EVENTS
     #: Fills ``source.service`` of events that carry no ``source``.
@@ -47,6 +56,15 @@ class ProducerConfig:
     chunk_size: int = 2_000
     # --- spool ---
     spool_path: Path | None = None
+    #: A directory of per-process spool files (takes precedence over ``spool_path``).
+    spool_dir: Path | None = None
+    #: Write-ahead to the spool before returning from emit/emit_nowait (see above).
+    durable: bool = False
+    #: How often an idle sender looks in ``spool_dir`` for files of dead processes.
+    claim_interval: float = 5.0
+    #: On close, how long to let an in-flight send finish when the events are on disk
+    #: anyway (durable mode); it is resent by the next drainer otherwise.
+    close_grace: float = 2.0
     spool_max_events: int = 1_000_000
     spool_max_bytes: int = 512 * 1024 * 1024
     # --- reconnecting ---
@@ -54,6 +72,14 @@ class ProducerConfig:
     reconnect_max: float = 5.0
     #: Extra keyword arguments for ``AIOKafkaProducer`` (security settings, client_id…).
     kafka_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.durable and self.spool_dir is None and self.spool_path is None:
+            raise ValueError("durable=True needs a spool (spool_dir or spool_path)")
+
+    @property
+    def has_spool(self) -> bool:
+        return self.spool_dir is not None or self.spool_path is not None
 
     @classmethod
     def from_settings(cls, settings: AuditSettings, **overrides: Any) -> ProducerConfig:

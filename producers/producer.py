@@ -16,6 +16,12 @@ Backpressure policy of ``emit_nowait``: the buffer holds ``buffer_size`` events.
 When it is full, the buffer and the new event are written to the spool (one
 transaction, in order); without a spool :class:`BufferFull` is raised. A full spool
 raises :class:`SpoolFull`. Nothing is dropped silently.
+
+Durable mode (``config.durable``): there is no memory buffer. ``emit``/``emit_nowait``
+append the event to the spool (a committed SQLite transaction) before they return,
+and the sender drains the spool into Kafka in the background, so a process killed at
+any moment has lost nothing it was handed. With ``config.spool_dir`` the idle sender
+also claims and drains the spool files of dead processes (see :mod:`producers.spool`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from audit_events.topics import partition_key
 from producers.config import ProducerConfig
 from producers.errors import BufferFull, DeliveryFailed, ProducerClosed, SpoolFull
 from producers.events import build_event
-from producers.spool import Spool
+from producers.spool import Spool, SpoolDirectory
 from producers.transport import KafkaTransport, Message, Transport
 
 log = logging.getLogger("auditstream.producer")
@@ -67,6 +73,7 @@ class ProducerStats:
     buffered: int  # events waiting in memory (including the chunk in flight)
     spool_events: int  # events in the spool now
     spool_bytes: int
+    claimed: int = 0  # events drained from spool files of other (dead) processes
 
 
 class _Item:
@@ -96,6 +103,10 @@ class AuditProducer:
         self._lock = threading.Lock()
         self._inflight = 0
         self._spool: Spool | None = None
+        self._spool_dir: SpoolDirectory | None = None
+        self._claimed_spool: Spool | None = None
+        self._next_claim = 0.0
+        self._claimed = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._wakeup: asyncio.Event | None = None
@@ -125,7 +136,12 @@ class AuditProducer:
         self._loop_thread = threading.get_ident()
         self._wakeup = asyncio.Event()
         self._first_attempt = self._loop.create_future()
-        if cfg.spool_path is not None:
+        if cfg.spool_dir is not None:
+            self._spool_dir = SpoolDirectory(
+                cfg.spool_dir, cfg.spool_max_events, cfg.spool_max_bytes
+            )
+            self._spool = self._spool_dir.create()
+        elif cfg.spool_path is not None:
             self._spool = Spool(cfg.spool_path, cfg.spool_max_events, cfg.spool_max_bytes)
         self._task = asyncio.create_task(self._run(), name="auditstream-producer")
         if wait_connected:
@@ -151,7 +167,12 @@ class AuditProducer:
     async def wait_spool_empty(self, timeout: float) -> None:
         """Wait until the spool is drained into Kafka; :class:`TimeoutError` otherwise."""
         deadline = time.monotonic() + timeout
-        while self._buffer or self._inflight or (self._spool is not None and self._spool.events):
+        while (
+            self._buffer
+            or self._inflight
+            or (self._spool is not None and self._spool.events)
+            or self._claimed_spool is not None
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"spool still holds {self.stats().spool_events} events")
             await asyncio.sleep(0.02)
@@ -170,15 +191,24 @@ class AuditProducer:
         self._closed = True
         self._wake()
         if self._task is not None:
-            # The sender may be mid-way through a connection attempt or a send.
-            await asyncio.wait({self._task}, timeout=self.config.delivery_timeout)
+            # The sender may be mid-way through a connection attempt or a send. In
+            # durable mode everything is on disk already: do not hold the exit up.
+            grace = min(timeout, self.config.delivery_timeout)
+            if self.config.durable:
+                grace = min(grace, self.config.close_grace)
+            await asyncio.wait({self._task}, timeout=grace)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._transport.close()
         lost = self._spool_buffer() if self._spool is not None else len(self._buffer)
+        if self._claimed_spool is not None:
+            self._claimed_spool.close(delete_if_empty=True)
+            self._claimed_spool = None
         if self._spool is not None:
-            self._spool.close()
+            # An emptied per-process file is removed; one that still holds events stays
+            # for the next producer (or, in a spool directory, any live process).
+            self._spool.close(delete_if_empty=self._spool_dir is not None)
         if lost:
             raise DeliveryFailed(f"{lost} events were not delivered before close")
 
@@ -226,6 +256,9 @@ class AuditProducer:
         them in order and wait for each to be acknowledged or spooled."""
         prepared = [self.prepare(e) for e in events]
         loop = self._running_loop()
+        if self.config.durable:
+            self._write_ahead([(partition_key(e.tenant), encode_event(e), e.id) for e in prepared])
+            return [Receipt(e.id, "spooled") for e in prepared]
         items = [
             _Item(partition_key(e.tenant), encode_event(e), e.id, loop.create_future())
             for e in prepared
@@ -252,8 +285,20 @@ class AuditProducer:
         (no spool) or :class:`SpoolFull` (spool full). See the module docstring.
         """
         ev = self.prepare(event, **fields)
-        self._enqueue(_Item(partition_key(ev.tenant), encode_event(ev), ev.id, None))
+        if self.config.durable:
+            self._write_ahead([(partition_key(ev.tenant), encode_event(ev), ev.id)])
+        else:
+            self._enqueue(_Item(partition_key(ev.tenant), encode_event(ev), ev.id, None))
         return ev.id
+
+    def _write_ahead(self, rows: list[tuple[bytes, bytes, str]]) -> None:
+        """Durable mode: commit the events to the spool (raises :class:`SpoolFull`)."""
+        if self._task is None or self._stopping or self._spool is None:
+            raise ProducerClosed("the producer is not running; call start() first")
+        self._spool.append([(k, v) for k, v, _ in rows])
+        with self._lock:
+            self._spooled += len(rows)
+        self._wake()
 
     def _enqueue(self, item: _Item) -> None:
         if self._task is None or self._stopping:
@@ -290,6 +335,7 @@ class AuditProducer:
             buffered=len(self._buffer) + self._inflight,
             spool_events=self.spool_size,
             spool_bytes=self._spool.size_bytes if self._spool is not None else 0,
+            claimed=self._claimed,
         )
 
     # --- the sender --------------------------------------------------------
@@ -321,8 +367,15 @@ class AuditProducer:
                     await self._drain_chunk()
                 elif self._buffer:
                     await self._send_chunk()
+                elif self._claimed_spool is not None:
+                    await self._drain_claimed()
+                elif self._spool_dir is not None and time.monotonic() >= self._next_claim:
+                    self._claim()
                 else:
-                    await self._idle(None)
+                    wait = None
+                    if self._spool_dir is not None:
+                        wait = max(0.0, self._next_claim - time.monotonic())
+                    await self._idle(wait)
         except Exception:  # a bug: make it loud, keep what is buffered
             log.exception("auditstream producer sender crashed")
             raise
@@ -335,6 +388,12 @@ class AuditProducer:
     async def _reconnect(self) -> None:
         if self._spool is not None:
             self._spool_buffer()
+        if not self.config.bootstrap:  # no Kafka configured: keep everything spooled
+            if self._first_attempt is not None and not self._first_attempt.done():
+                log.error("no Kafka bootstrap configured: audit events are only spooled")
+                self._first_attempt.set_result(ConnectionError("no Kafka bootstrap configured"))
+            await self._idle(None)
+            return
         wait = self._next_attempt - time.monotonic()
         if wait > 0:
             await self._idle(wait)
@@ -426,6 +485,38 @@ class AuditProducer:
         if not self._spool.events:
             log.info("spool drained (%d events)", self._drained)
 
+    def _claim(self) -> None:
+        """Look for a spool file of a dead process and take it (the lock is the claim)."""
+        assert self._spool_dir is not None
+        self._next_claim = time.monotonic() + self.config.claim_interval
+        try:
+            claimed = self._spool_dir.claim(exclude=self._spool)
+        except Exception as exc:  # an unreadable file must not stop the sender
+            log.warning("looking for orphaned spool files in %s: %r", self._spool_dir.path, exc)
+            return
+        if claimed is not None:
+            if claimed.events:
+                log.info("draining %d events spooled by %s", claimed.events, claimed.path.name)
+            self._claimed_spool = claimed
+
+    async def _drain_claimed(self) -> None:
+        spool = self._claimed_spool
+        assert spool is not None
+        rows = spool.peek(self.config.chunk_size)
+        if not rows:
+            spool.close(delete_if_empty=True)
+            self._claimed_spool = None
+            self._next_claim = 0.0  # there may be more
+            return
+        try:
+            await self._transport.send([(k, v) for _, k, v in rows], self.config.delivery_timeout)
+        except Exception as exc:
+            await self._disconnect(exc)
+            return
+        spool.remove_through(rows[-1][0])
+        self._acknowledged += len(rows)
+        self._claimed += len(rows)
+
     def _spool_buffer(self) -> int:
         """Move the buffer to the spool's tail; return how many could not be spooled."""
         assert self._spool is not None
@@ -442,6 +533,18 @@ class AuditProducer:
             self._spooled += len(items)
         self._resolve_spooled(items)
         return 0
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's sender, spool handles and locks."""
+        for spool in (self._spool, self._claimed_spool):
+            if spool is not None and spool.lock is not None:
+                spool.lock.forget()
+        self._spool = self._claimed_spool = None
+        self._task = None
+        self._loop = None
+        self._stopping = self._closed = True
+        self._buffer.clear()
+        self._lock = threading.Lock()
 
     def _resolve_spooled(self, items: list[_Item]) -> None:
         for item in items:

@@ -7,13 +7,28 @@ returned, the events survive a crash of the process. A full spool raises
 
 Thread-safe: one connection guarded by a lock, so the producer's event loop, its
 worker threads and other threads (``emit_nowait`` from Django) may all use it.
+
+:class:`SpoolDirectory` makes several processes safe (gunicorn workers, management
+commands): each process writes its own file, ``<host>-<pid>-<random>.db``, and holds
+an exclusive ``flock`` on its ``.lock`` companion for as long as it lives. The kernel
+releases that lock when the process dies, however it dies (SIGKILL, OOM), so any live
+process can *claim* a file whose lock is free, drain it and delete it. Two drainers
+never hold the same file: the claim is the lock. Local file systems only (``flock``
+over NFS is not reliable).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import socket
 import sqlite3
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from producers.errors import SpoolFull
@@ -31,8 +46,17 @@ Row = tuple[int, bytes, bytes]
 
 
 class Spool:
-    def __init__(self, path: Path | str, max_events: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        max_events: int,
+        max_bytes: int,
+        *,
+        lock: _FileLock | None = None,
+    ) -> None:
         self.path = Path(path)
+        #: Held while this spool is open (files of a :class:`SpoolDirectory`).
+        self.lock = lock
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,9 +153,23 @@ class Spool:
             self._events -= int(count)
             self._bytes -= int(size)
 
-    def close(self) -> None:
+    def close(self, *, delete_if_empty: bool = False) -> bool:
+        """Close; with ``delete_if_empty`` remove the files of an empty spool.
+
+        Returns whether the files were deleted. The lock (if any) is released last,
+        after the files are gone, so nobody else claims a half-deleted spool.
+        """
         with self._lock:
             self._db.close()
+            deleted = False
+            if delete_if_empty and self._events == 0:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{self.path}{suffix}")
+                deleted = True
+            if self.lock is not None:
+                self.lock.release(unlink=deleted)
+            return deleted
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db)
@@ -146,3 +184,155 @@ class _Tx:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class _FileLock:
+    """An exclusive, non-blocking ``flock`` on a lock file (released by the kernel when
+    the process dies)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def create(cls, directory: Path, stem: str) -> _FileLock:
+        """A new lock file, locked before anyone can see it (created under a temporary
+        name, locked, then renamed into place)."""
+        fd, tmp = tempfile.mkstemp(prefix=".new-", suffix=".tmp", dir=directory)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            final = directory / f"{stem}.lock"
+            os.rename(tmp, final)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return cls(final, fd)
+
+    @classmethod
+    def try_claim(cls, path: Path) -> _FileLock | None:
+        """Lock an existing lock file if nobody holds it (and it is still in place)."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder may have deleted the file just before releasing it.
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                raise FileNotFoundError(path)
+        except OSError:
+            os.close(fd)
+            return None
+        return cls(path, fd)
+
+    def release(self, *, unlink: bool = False) -> None:
+        if self.fd < 0:
+            return
+        if unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+    def forget(self) -> None:
+        """In a forked child: close the inherited descriptor (the parent keeps the lock)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class SpoolDirectory:
+    """A directory of per-process spool files (see the module docstring).
+
+    ``create()`` opens this process's own file; ``claim()`` returns another file whose
+    owner is gone (its lock is free), locked for the caller, or None.
+    """
+
+    def __init__(self, path: Path | str, max_events: int, max_bytes: int) -> None:
+        self.path = Path(path)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def create(self) -> Spool:
+        host = _UNSAFE.sub("_", socket.gethostname())[:40] or "host"
+        stem = f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+        lock = _FileLock.create(self.path, stem)
+        try:
+            return Spool(self.path / f"{stem}.db", self.max_events, self.max_bytes, lock=lock)
+        except BaseException:
+            lock.release(unlink=True)
+            raise
+
+    def candidates(self) -> Iterator[Path]:
+        """Lock files of spools in the directory, oldest first."""
+        paths = []
+        for path in self.path.glob("*.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                paths.append((path.stat().st_mtime, path))
+        return (p for _, p in sorted(paths))
+
+    def claim(self, exclude: Spool | None = None) -> Spool | None:
+        """Lock and open a spool nobody holds (a dead process's file), or None."""
+        for lock_path in self.candidates():
+            if exclude is not None and exclude.lock is not None and lock_path == exclude.lock.path:
+                continue
+            lock = _FileLock.try_claim(lock_path)
+            if lock is None:
+                continue
+            db = lock_path.with_suffix(".db")
+            try:
+                return Spool(db, self.max_events, self.max_bytes, lock=lock)
+            except (OSError, sqlite3.Error):
+                lock.release()
+                continue
+        return None
+
+    def stats(self) -> tuple[int, int]:
+        """(files, events) in the directory, read without locking (for observation)."""
+        files = events = 0
+        for db in self.path.glob("*.db"):
+            files += 1
+            with (
+                contextlib.suppress(sqlite3.Error),
+                contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn,
+            ):
+                events += int(conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+        return files, events
+
+
+def default_spool_dir(name: str | None = None) -> Path:
+    """A spool directory that needs no configuration, one per application ``name``.
+
+    ``$XDG_STATE_HOME/auditstream/spool/<name>`` (``~/.local/state/…`` by default) when
+    it is writable, else ``<temp dir>/auditstream-<uid>/spool/<name>``. Set an explicit
+    directory in production: a temp directory may be cleared at reboot.
+    """
+    safe = _UNSAFE.sub("_", name or "default").strip("._") or "default"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    candidates = [
+        Path(state) / "auditstream" / "spool" / safe,
+        Path(tempfile.gettempdir()) / f"auditstream-{os.getuid()}" / "spool" / safe,
+    ]
+    for path in candidates:
+        if writable_dir(path):
+            return path
+    return candidates[-1]
+
+
+def writable_dir(path: Path) -> bool:
+    """Whether ``path`` exists or can be created, and files can be created in it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError:
+        return False
+    return True

@@ -4,7 +4,10 @@ Order per batch (the commit-after-write rule, see DESIGN.md):
 
 1. decode + validate every record;
 2. dead-letter the rejects (acknowledged by the broker);
-3. insert the documents (idempotent, durable) — retried with backoff;
+3. insert the documents (idempotent, durable) — retried with backoff; events
+   whose (tenant, id) is already stored with another content come back as
+   conflicts and are dead-lettered (reason ``duplicate id with different
+   content``) with their original record;
 4. bump cache generations (best effort: failures are counted, TTLs bound staleness);
 5. only then does :meth:`BatchProcessor.process` return, and the caller may
    ack/commit the batch's offsets.
@@ -25,7 +28,7 @@ from stream_processor.decode import decode_batch
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.records import Batch, Record
 from stream_processor.retry import RetryPolicy
-from stream_processor.sinks import DeadLetters, Invalidator, Store
+from stream_processor.sinks import DUPLICATE_ID_CONFLICT, DeadLetters, Invalidator, Store
 
 log = logging.getLogger("auditstream.processor")
 
@@ -65,6 +68,9 @@ class BatchProcessor:
         m.batch_size.observe(len(records))
         await self._with_retry("dead-letter", self._send_rejects, batch)
         await self._with_retry("write", self._write, batch)
+        # Events whose (tenant, id) was stored with another content: dead-lettered
+        # with their original record, before anything of the batch is committed.
+        await self._with_retry("dead-letter", self._send_rejects, batch)
         stored_at = time.time()  # wall clock, like the records' Kafka timestamps
         for record in records:
             m.store_delay.observe(max(0.0, stored_at - record.timestamp_ms / 1000))
@@ -89,6 +95,15 @@ class BatchProcessor:
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.stored.inc(result.inserted)
         self._metrics.duplicates.inc(result.duplicates)
+        if result.conflicts:
+            sources = _sources(batch)
+            for doc in result.conflicts:
+                batch.rejects.append((sources[id(doc)], DUPLICATE_ID_CONFLICT))
+            self._metrics.duplicate_id_conflicts.inc(len(result.conflicts))
+            log.warning(
+                "%d event(s) reuse an id of their tenant with different content: dead-lettered",
+                len(result.conflicts),
+            )
 
     async def _with_retry(
         self, what: str, step: Callable[[Batch], Awaitable[None]], batch: Batch
@@ -107,3 +122,16 @@ class BatchProcessor:
                 delay = self._retry.delay(attempt)
                 log.warning("%s failed (attempt %d, retry in %.2fs): %s", what, attempt, delay, exc)
                 await self._sleep(delay)
+
+
+def _sources(batch: Batch) -> dict[int, Record]:
+    """``id(document) -> record`` it was decoded from.
+
+    ``decode_batch`` turns every record, in order, into either one document or
+    one reject, so the documents pair up with the records that were not rejected.
+    """
+    rejected = {id(record) for record, _ in batch.rejects}
+    accepted = [r for r in batch.records if id(r) not in rejected]
+    if len(accepted) != len(batch.documents):
+        raise RuntimeError("documents do not pair up with the batch's records")
+    return {id(doc): record for doc, record in zip(batch.documents, accepted, strict=True)}

@@ -1,7 +1,8 @@
 """Step 4+5: the MongoDB writer and the Redis cache-generation bumper.
 
-Small interfaces (``Store``, ``Invalidator``, ``DeadLetters``) with the real
-implementation beside each; unit tests may pass fakes, integration tests use
+Small interfaces (``Store``, ``Invalidator``, ``DeadLetters``); the store is
+:class:`stream_processor.chain.ChainedStore`, the others have their real
+implementation beside them. Unit tests may pass fakes, integration tests use
 the real servers.
 """
 
@@ -12,29 +13,33 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
 from redis.asyncio import Redis
 
 from audit_events.cache_keys import target_generation, tenant_generation
 from stream_processor.records import Record
 
 DUPLICATE_KEY = 11000
+DUPLICATE_ID_CONFLICT = "duplicate id with different content"
 
 
 @dataclass(frozen=True)
 class WriteResult:
     inserted: int
     duplicates: int
+    # Documents (the very objects passed to ``insert``) not stored because their
+    # tenant already holds an event with the same id and a different content.
+    conflicts: tuple[dict[str, Any], ...] = ()
 
 
 class Store(Protocol):
     async def insert(self, documents: list[dict[str, Any]]) -> WriteResult:
         """Insert-only write of ``documents``; returns once durable.
 
-        Duplicate ids count as success (redelivery). Raises on any other error;
-        the caller then retries the whole batch, which is safe because it is
-        idempotent.
+        An event whose (tenant, id) is already stored with the same content is a
+        duplicate (redelivery: counted, changes nothing); with a different
+        content it is a conflict, returned for the caller to dead-letter. Raises
+        on any other error; the caller then retries the whole batch, which is
+        safe because it is idempotent.
         """
 
 
@@ -48,27 +53,10 @@ class DeadLetters(Protocol):
         """Publish ``record`` with ``reason``; returns once the broker acknowledged."""
 
 
-class MongoStore:
-    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
-        self._collection = collection
-
-    async def insert(self, documents: list[dict[str, Any]]) -> WriteResult:
-        if not documents:
-            return WriteResult(0, 0)
-        try:
-            result = await self._collection.insert_many(documents, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            others = [e for e in errors if not is_duplicate_id(e)]
-            if others or exc.details.get("writeConcernErrors"):
-                raise
-            return WriteResult(exc.details.get("nInserted", 0), len(errors))
-        return WriteResult(len(result.inserted_ids), 0)
-
-
 def is_duplicate_id(error: dict[str, Any]) -> bool:
-    """A write error that means "this event id is already stored" (a redelivery).
+    """A write error that means "this (tenant, id) is already stored".
 
+    Whether it is a redelivery or a conflict depends on the stored content hash.
     A duplicate key on any *other* unique index is a real conflict and fails the batch.
     """
     if error.get("code") != DUPLICATE_KEY:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +27,10 @@ from producers import (
     SyncAuditProducer,
     build_event,
 )
+from producers.spool import Spool, SpoolDirectory
 
 pytestmark = pytest.mark.unit
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 class FakeKafka:
@@ -222,7 +229,9 @@ async def test_spool_survives_a_restart_of_the_producer(tmp_path: Path) -> None:
 
 def test_sync_facade_is_thread_safe() -> None:
     kafka = FakeKafka()
-    with SyncAuditProducer(config(), transport=kafka, close_at_exit=False) as producer:
+    with SyncAuditProducer(
+        config(), transport=kafka, close_at_exit=False, durable=False
+    ) as producer:
         receipt = producer.emit(tenant="acme", action="a.sync", id="evt-sync")
         assert receipt.status == "acknowledged"
         with pytest.raises(InvalidEvent, match="tenant"):
@@ -242,3 +251,142 @@ def test_sync_facade_is_thread_safe() -> None:
     for n in range(4):
         mine = [orjson.loads(v)["action"] for k, v in kafka.sent if k == f"t{n}".encode()]
         assert mine == [f"a.{i}" for i in range(100)]
+
+
+def rows_on_disk(directory: Path) -> list[str]:
+    """Actions committed to the spool files in ``directory``, read by another connection."""
+    actions = []
+    for path in sorted(directory.glob("*.db")):
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT value FROM spool ORDER BY seq").fetchall()
+        actions += [orjson.loads(v)["action"] for (v,) in rows]
+    return actions
+
+
+async def test_durable_emit_is_on_disk_before_it_returns(tmp_path: Path) -> None:
+    """Durable mode: nothing waits in memory; a kill after emit returns loses nothing."""
+    kafka = FakeKafka(up=True)
+    kafka.hold = asyncio.Event()  # Kafka never answers while we look
+    cfg = config(spool_dir=tmp_path / "spool", durable=True, chunk_size=3)
+    producer = AuditProducer(cfg, kafka)
+    await producer.start()
+    for i in range(5):
+        producer.emit_nowait(tenant="acme", action=f"a.{i}")  # no await in between
+    receipt = await producer.emit(tenant="acme", action="a.5")
+    assert receipt.status == "spooled"
+    assert rows_on_disk(tmp_path / "spool") == [f"a.{i}" for i in range(6)]
+    await producer.flush(1)  # nothing in memory: returns at once
+    kafka.hold.set()
+    await producer.wait_spool_empty(10)
+    await producer.close()
+    assert kafka.actions() == [f"a.{i}" for i in range(6)]
+    assert list((tmp_path / "spool").glob("*")) == []  # an emptied own file is removed
+
+
+def test_durable_needs_a_spool() -> None:
+    with pytest.raises(ValueError, match="spool"):
+        config(durable=True)
+
+
+async def test_without_bootstrap_everything_is_spooled(tmp_path: Path) -> None:
+    kafka = FakeKafka()
+    producer = AuditProducer(config(spool_dir=tmp_path, durable=True, bootstrap=""), kafka)
+    await producer.start()  # does not raise: there is a spool
+    producer.emit_nowait(tenant="acme", action="a.kept")
+    await asyncio.sleep(0.1)
+    await producer.close()
+    assert kafka.connects == 0 and rows_on_disk(tmp_path) == ["a.kept"]
+
+
+def test_spool_directory_claim_is_exclusive(tmp_path: Path) -> None:
+    directory = SpoolDirectory(tmp_path, max_events=100, max_bytes=100_000)
+    own = directory.create()
+    assert directory.claim(exclude=own) is None  # our own file is held by us
+    dead = directory.create()
+    dead.append([(b"k", b"v")])
+    assert directory.claim(exclude=own) is None  # held: its owner is alive
+    assert dead.lock is not None
+    dead.lock.release()  # what the kernel does when the owner dies
+    first = directory.claim(exclude=own)
+    assert first is not None and first.events == 1
+    assert directory.claim(exclude=own) is None  # a second drainer gets nothing
+    first.remove_through(first.peek(10)[-1][0])
+    assert first.close(delete_if_empty=True)
+    assert [p.name for p in tmp_path.glob("*.lock")] == [own.path.with_suffix(".lock").name]
+    own.close(delete_if_empty=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_files_of_dead_processes_are_drained_by_a_live_one(tmp_path: Path) -> None:
+    """A child process spools durably and is SIGKILLed; a live producer claims its file."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {REPO!r})
+        from producers import ProducerConfig, SyncAuditProducer
+        cfg = ProducerConfig(bootstrap="127.0.0.1:1", spool_dir={str(tmp_path)!r},
+                             reconnect_initial=5, reconnect_max=5)
+        audit = SyncAuditProducer(cfg).start(wait_connected=False)
+        for i in range(20):
+            audit.emit_nowait(tenant="acme", action=f"a.dead{{i}}")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], timeout=60, check=False
+    )
+    assert done.returncode == -signal.SIGKILL
+    assert rows_on_disk(tmp_path) == [f"a.dead{i}" for i in range(20)]
+
+    kafka = FakeKafka()
+    producer = AuditProducer(config(spool_dir=tmp_path, durable=True), kafka)
+    await producer.start()
+    await wait_until(lambda: producer.stats().claimed == 20)
+    await producer.wait_spool_empty(10)
+    await producer.close()
+    assert kafka.actions() == [f"a.dead{i}" for i in range(20)]
+    assert rows_on_disk(tmp_path) == []
+    assert not any(tmp_path.glob("*.lock"))  # noqa: ASYNC240 - a test's tmp dir
+
+
+def test_sync_facade_is_durable_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    kafka = FakeKafka(up=False)
+    audit = SyncAuditProducer(
+        config(service="cron"), transport=kafka, close_at_exit=False, handle_sigterm=False
+    ).start(wait_connected=False)
+    try:
+        assert audit.config.durable and audit.config.spool_dir == tmp_path / "auditstream" / (
+            "spool/cron"
+        )
+        assert audit.emit(tenant="acme", action="a.0").status == "spooled"
+        audit.emit_nowait(tenant="acme", action="a.1")
+        assert rows_on_disk(audit.config.spool_dir) == ["a.0", "a.1"]
+        kafka.up = True
+        audit.wait_spool_empty(10)
+    finally:
+        audit.close()
+    assert kafka.actions() == ["a.0", "a.1"]
+
+
+def test_sigterm_spools_what_is_in_memory(tmp_path: Path) -> None:
+    """Non-durable mode, Kafka down, default SIGTERM disposition: the buffer reaches the
+    spool before the process dies of the signal."""
+    spool = tmp_path / "spool.db"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {REPO!r})
+        from producers import ProducerConfig, SyncAuditProducer
+        cfg = ProducerConfig(bootstrap="127.0.0.1:1", spool_path={str(spool)!r},
+                             reconnect_initial=30, reconnect_max=30)
+        audit = SyncAuditProducer(cfg, durable=False).start(wait_connected=True)
+        for i in range(50):
+            audit.emit_nowait(tenant="acme", action=f"a.n{{i}}")
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pause()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
+    assert done.returncode == -signal.SIGTERM  # still dies of the signal, as before
+    stored = Spool(spool, 1000, 10**7)
+    assert [orjson.loads(v)["action"] for _, _, v in stored.peek(100)] == [
+        f"a.n{i}" for i in range(50)
+    ]
+    stored.close()
