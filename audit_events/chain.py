@@ -57,11 +57,14 @@ def link(prev_hash: str, content_hash: str) -> str:
 def event_fields(doc: dict[str, Any]) -> dict[str, Any]:
     """The event as received, from a stored document or an API view.
 
-    Keeps only schema fields (``_id`` becomes ``id``); stored-only fields such
-    as ``seq``, ``hash``, ``search``, ``corrections`` are dropped.
+    Keeps only schema fields; stored-only fields such as ``_id``, ``seq``,
+    ``hash``, ``search``, ``corrections`` are dropped. The client id is the
+    ``id`` field; a document of the layout before ids were per tenant (no
+    ``id``, ``_id`` = the client id) reads its id from ``_id``, so its content
+    hash is the same before and after ``auditstream migrate-ids``.
     """
     out = {k: v for k, v in doc.items() if k in _EVENT_FIELDS}
-    if "_id" in doc:
+    if "id" not in out and "_id" in doc:
         out["id"] = doc["_id"]
     when = out.get("occurred_at")
     if isinstance(when, datetime) and when.tzinfo is None:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from audit_events.schema import AuditEvent
+from audit_events.storage import event_key
 
 _DUMP_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
@@ -63,13 +64,30 @@ def search_terms(event: AuditEvent) -> list[str]:
 
 
 def event_to_document(event: AuditEvent, received_at: datetime) -> dict[str, Any]:
-    """The MongoDB document for ``event``: ``_id`` = event id, BSON datetimes for ranges."""
-    doc = event_wire_dict(event)
-    doc["_id"] = doc.pop("id")
+    """The MongoDB document for ``event``, BSON datetimes for ranges.
+
+    ``_id`` = :func:`~audit_events.storage.event_key` (tenant, id): identity is
+    per tenant. The client's id stays in the ``id`` field.
+    """
+    doc = {"_id": event_key(event.tenant, event.id), **event_wire_dict(event)}
     doc["occurred_at"] = event.occurred_at.astimezone(UTC)
     doc["received_at"] = received_at.astimezone(UTC)
     doc["search"] = search_terms(event)
     return doc
+
+
+def current_layout(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as :func:`event_to_document` lays it out today.
+
+    A document written before ids were per tenant (``_id`` = the client id, no
+    ``id`` field) gets ``id`` = its old ``_id`` and ``_id`` = ``event_key(tenant,
+    id)``; every other field (seq, hashes, corrections, erasure) is kept as is.
+    Documents already in the current layout are returned unchanged.
+    """
+    if "id" in doc:
+        return doc
+    rest = {k: v for k, v in doc.items() if k != "_id"}
+    return {"_id": event_key(str(doc["tenant"]), str(doc["_id"])), "id": doc["_id"], **rest}
 
 
 def _iso(value: datetime) -> str:
@@ -95,7 +113,9 @@ def document_to_api(doc: dict[str, Any]) -> dict[str, Any]:
     """
     view = corrected_view(doc) if doc.get("corrections") else doc
     out = {k: v for k, v in view.items() if k not in ("_id", "search")}
-    out = {"id": doc["_id"], **out}
+    # Documents written before ids were per tenant (``_id`` = id, no ``id`` field)
+    # read the same until ``auditstream migrate-ids`` rewrites them.
+    out = {"id": doc["id"] if "id" in doc else doc["_id"], **out}
     for key in ("occurred_at", "received_at"):
         if isinstance(out.get(key), datetime):
             out[key] = _iso(out[key])
@@ -116,6 +136,7 @@ __all__ = [
     "canonical_json",
     "content_hash",
     "corrected_view",
+    "current_layout",
     "document_to_api",
     "encode_event",
     "event_to_document",

@@ -30,3 +30,15 @@ CHAIN_INDEX: tuple[str, list[tuple[str, int]]] = ("tenant_seq", [("tenant", 1), 
 CHECKPOINTS_COLLECTION = "checkpoints"
 REPLAY_STATE_COLLECTION = "replay_state"
 REPLAY_COLLECTION = "events_replay"
+
+
+def event_key(tenant: str, event_id: str) -> str:
+    """The stored ``_id`` of ``tenant``'s event ``event_id``: ``"{tenant}/{event_id}"``.
+
+    An event is identified by (tenant, id): the same client id in two tenants is
+    two events. Tenants cannot contain ``/`` (schema), so the key is unambiguous,
+    and every key of one tenant shares its prefix, so ``_id`` tie-breakers in the
+    ``(tenant, …, _id)`` indexes order a tenant's events by their client id.
+    The client id itself is stored in the ``id`` field.
+    """
+    return f"{tenant}/{event_id}"

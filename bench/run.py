@@ -47,7 +47,7 @@ from audit_events.chain import GENESIS, seal
 from audit_events.codec import encode_event, event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings, settings_env
-from audit_events.storage import CHAIN_INDEX, EVENT_INDEXES, EVENTS_COLLECTION
+from audit_events.storage import CHAIN_INDEX, EVENT_INDEXES, EVENTS_COLLECTION, event_key
 from audit_events.topics import partition_key
 from auditstream.embedded import Server, free_port, kafka_server, mongo_server, redis_server
 from producers.loadgen import generate_events
@@ -484,7 +484,7 @@ async def reads(
                 result = await load(concurrency, per_level, fn, max_seconds)
                 out.append({"scenario": name, **result})
                 if result["errors"]:  # timed-out queries still run in the server: let them end
-                    await drain(lambda: coll.find_one({"_id": ids[0]}))  # uncached probe
+                    await drain(lambda: coll.find_one({"_id": event_key("bench", ids[0])}))
                 print(
                     f"  {name:38s} c={concurrency:<3d} {result['req_per_s']:8.0f} req/s "
                     f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms "

@@ -26,6 +26,7 @@ from audit_events.chain import (
 from audit_events.codec import corrected_view, document_to_api, encode_event
 from audit_events.schema import AuditEvent, Limits
 from audit_events.settings import AuditSettings
+from audit_events.storage import event_key
 from audit_events.topics import partition_key
 from query_api.auth import Principal, read_tenant, require_scope
 from query_api.problems import Problem
@@ -68,7 +69,7 @@ def _reason(value: Any) -> str:
 
 
 async def _target(event_id: str, tenant: str) -> dict[str, Any]:
-    doc = await _services().events.find_one({"_id": {"$eq": event_id}, "tenant": tenant})
+    doc = await _services().events.find_one({"_id": event_key(tenant, event_id), "tenant": tenant})
     if doc is None:
         raise Problem(404, f"no event {event_id!r}")
     if doc.get("action") in CONTROL_ACTIONS:
@@ -160,7 +161,7 @@ async def correct_event(event_id: str) -> Response:
     )
     await _publish(control)
     if wait:
-        doc = await _wait_for({"_id": event_id, "corrections.event_id": control.id})
+        doc = await _wait_for({"_id": target["_id"], "corrections.event_id": control.id})
         if doc is not None:
             return Response(orjson.dumps(document_to_api(doc)), content_type="application/json")
     return _accepted(control, event_id)
@@ -178,6 +179,6 @@ async def erase_event(event_id: str) -> Response:
         return Response(status=204)  # a second erasure is a no-op
     control = _control(g.principal, tenant, ERASED_ACTION, event_id, reason)
     await _publish(control)
-    if wait and await _wait_for({"_id": event_id, "erased": {"$exists": True}}):
+    if wait and await _wait_for({"_id": target["_id"], "erased": {"$exists": True}}):
         return Response(status=204)
     return _accepted(control, event_id)

@@ -12,9 +12,10 @@ from quart_schema import document_querystring, document_request, document_respon
 
 from audit_events.cache_keys import tenant_generation
 from audit_events.chain import RESERVED_ACTION_PREFIX
-from audit_events.codec import document_to_api, encode_event
+from audit_events.codec import content_hash, document_to_api, encode_event
 from audit_events.schema import AuditEvent, Limits
 from audit_events.settings import AuditSettings
+from audit_events.storage import event_key
 from audit_events.topics import partition_key
 from query_api.auth import Principal, read_tenant, require_scope
 from query_api.problems import Problem
@@ -144,20 +145,29 @@ async def create_events() -> Response:
             headers={"Retry-After": "5"},
         ) from None
     ids = [e.id for e in events]
-    if wait and await _wait_stored({e.tenant for e in events}, ids):
+    if wait and await _wait_stored(events):
         return _json({"ids": ids, "status": "stored"}, 201)
     headers = {"Location": f"/v1/events/{ids[0]}"} if wait else None
     return _json({"ids": ids, "status": "accepted"}, 202, headers)
 
 
-async def _wait_stored(tenants: set[str], ids: list[str]) -> bool:
-    """True once every id is stored (in its tenant), False after ``WAIT_SECONDS``."""
+async def _wait_stored(events: list[AuditEvent]) -> bool:
+    """True once every event is stored, False after ``WAIT_SECONDS``.
+
+    Looked up by (tenant, id) and compared by content hash: an event whose id
+    its tenant already used for another content is dead-lettered, never stored,
+    so it is not reported as stored; another tenant's events are never seen.
+    """
     coll = _services().events
-    query: dict[str, Any] = {"_id": {"$in": ids}, "tenant": {"$in": sorted(tenants)}}
+    wanted = {event_key(e.tenant, e.id): content_hash(e) for e in events}
+    query: dict[str, Any] = {"_id": {"$in": sorted(wanted)}}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_SECONDS
     while loop.time() < deadline:
-        if await coll.count_documents(query) >= len(set(ids)):
+        found = {
+            d["_id"]: d.get("content_hash") async for d in coll.find(query, {"content_hash": 1})
+        }
+        if found == wanted:
             return True
         await asyncio.sleep(0.05)
     return False
@@ -198,7 +208,7 @@ async def get_event(event_id: str) -> Response:
     services = _services()
 
     async def load() -> bytes:
-        doc = await services.events.find_one({"_id": {"$eq": event_id}, "tenant": tenant})
+        doc = await services.events.find_one({"_id": event_key(tenant, event_id), "tenant": tenant})
         return b"" if doc is None else orjson.dumps(document_to_api(doc))
 
     body, state = await services.cache.get_or_load(

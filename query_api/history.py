@@ -111,9 +111,9 @@ class AsOfFolder:
     _last_key: tuple[datetime, str] | None = None
 
     def add(self, event: dict[str, Any]) -> None:
-        """Fold one stored document (``_id``) or API event (``id``)."""
+        """Fold one stored document or API event (both carry the client id in ``id``)."""
         when: datetime = event["occurred_at"]
-        event_id: str = event["_id"] if "_id" in event else event["id"]
+        event_id: str = event["id"] if "id" in event else event["_id"]  # old layout: _id
         key = (when, event_id)
         if self._last_key is not None and key < self._last_key:
             raise ValueError(f"event {event_id} is older than the previous one")
@@ -167,7 +167,7 @@ def fold_as_of(
 ) -> dict[str, Any]:
     """The object's state at ``as_of`` from its events (any order; sorted here)."""
     folder = AsOfFolder(as_of)
-    for event in sorted(events, key=lambda e: (e["occurred_at"], e.get("_id", e.get("id")))):
+    for event in sorted(events, key=lambda e: (e["occurred_at"], e.get("id", e.get("_id")))):
         folder.add(event)
     return folder.result(target_type, target_id)
 
@@ -233,7 +233,7 @@ async def target_history(target_type: str, target_id: str) -> Response:
         assert as_of is not None
         # The whole timeline, oldest first, only what folding needs, in batches.
         scan = parse_list_query(MultiDict({"target_type": target_type, "target_id": target_id}))
-        projection = {"occurred_at": 1, "changes": 1, "crud": 1, "outcome": 1}
+        projection = {"id": 1, "occurred_at": 1, "changes": 1, "crud": 1, "outcome": 1}
         cursor = events.find(mongo_filter(tenant, scan), projection).sort(sort_spec("asc"))
         folder = AsOfFolder(as_of)
         async for doc in cursor.batch_size(FOLD_BATCH):

@@ -29,6 +29,7 @@ from audit_events.chain import (
     ERASED_FIELDS,
 )
 from audit_events.codec import corrected_view
+from audit_events.storage import event_key
 
 TARGET_TYPE = "audit_event"
 
@@ -45,7 +46,7 @@ def control_target(doc: dict[str, Any]) -> str | None:
 
 def _record(control: dict[str, Any]) -> dict[str, Any]:
     return {
-        "event_id": control["_id"],
+        "event_id": control["id"],
         "by": (control.get("actor") or {}).get("id"),
         "at": control.get("occurred_at"),
         "reason": control.get("description"),
@@ -66,7 +67,7 @@ class ControlApplier:
         if target_id is None:
             return None
         tenant = control["tenant"]
-        target = await self._coll.find_one({"_id": target_id, "tenant": tenant})
+        target = await self._coll.find_one({"_id": event_key(tenant, target_id), "tenant": tenant})
         if target is None or target.get("erased") or target.get("action") in CONTROL_ACTIONS:
             return None  # unknown, already erased, or itself a control event: a no-op
         if control["action"] == CORRECTED_ACTION:
@@ -78,7 +79,7 @@ class ControlApplier:
     async def _correct(
         self, control: dict[str, Any], target: dict[str, Any]
     ) -> dict[str, Any] | None:
-        if any(c.get("event_id") == control["_id"] for c in target.get("corrections") or ()):
+        if any(c.get("event_id") == control["id"] for c in target.get("corrections") or ()):
             return None
         wanted = ((control.get("metadata") or {}).get("set")) or {}
         changes = {k: v for k, v in wanted.items() if k in CORRECTABLE_FIELDS}
@@ -95,7 +96,7 @@ class ControlApplier:
                 "_id": target["_id"],
                 "tenant": target["tenant"],
                 "erased": {"$exists": False},
-                "corrections.event_id": {"$ne": control["_id"]},
+                "corrections.event_id": {"$ne": control["id"]},
             },
             {"$push": {"corrections": record}},
         )
@@ -115,7 +116,7 @@ class ControlApplier:
             {
                 "tenant": target["tenant"],
                 "targets.type": TARGET_TYPE,
-                "targets.id": target["_id"],
+                "targets.id": target["id"],
                 "action": CORRECTED_ACTION,
                 "erased": {"$exists": False},
             },

@@ -44,6 +44,10 @@ def decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | s
             return "not a JSON object"
         return f"invalid event: {describe_validation_error(exc)}"
     received = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
+    if "occurred_at" not in event.model_fields_set:
+        # Not "now" (the schema's default): a redelivery or replay of the record
+        # must hash the same, or it would read as another event with the same id.
+        event = event.model_copy(update={"occurred_at": received})
     return event_to_document(event, received)
 
 

@@ -20,6 +20,11 @@ class ProcessorMetrics:
         self.duplicates = Counter(
             "auditstream_events_duplicate", "Redelivered events skipped as duplicates", registry=r
         )
+        self.duplicate_id_conflicts = Counter(
+            "auditstream_duplicate_id_conflicts",
+            "Events dead-lettered because their tenant already stored another event with that id",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "auditstream_batch_size",
             "Events per flushed batch",

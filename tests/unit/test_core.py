@@ -9,10 +9,18 @@ import pytest
 from pydantic import ValidationError
 
 from audit_events.cache_keys import query_key, target_generation, tenant_generation
-from audit_events.codec import canonical_json, content_hash, document_to_api, event_to_document
+from audit_events.chain import GENESIS, document_content_hash, seal
+from audit_events.codec import (
+    canonical_json,
+    content_hash,
+    current_layout,
+    document_to_api,
+    event_to_document,
+)
 from audit_events.ids import uuid7
 from audit_events.schema import AuditEvent, Limits
 from audit_events.settings import SettingsError, load_settings, settings_env
+from audit_events.storage import event_key
 
 pytestmark = pytest.mark.unit
 
@@ -59,12 +67,35 @@ def test_stored_document_round_trips_to_the_same_public_view() -> None:
     )
     received = datetime(2026, 1, 1, tzinfo=UTC)
     doc = event_to_document(event, received)
-    assert doc["_id"] == "e1" and "id" not in doc
+    assert doc["_id"] == "t/e1" and doc["id"] == "e1"  # identity is (tenant, id)
     assert doc["search"] == ["9", "invoice", "nine", "u", "update"]
     view = document_to_api(doc)
     assert view["id"] == "e1" and view["received_at"] == "2026-01-01T00:00:00Z"
     assert "search" not in view
     assert AuditEvent.model_validate({k: v for k, v in view.items() if k != "received_at"}) == event
+
+
+def test_the_same_id_in_two_tenants_is_two_documents_with_the_same_content_rules() -> None:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    acme = AuditEvent(id="order-123", tenant="acme", action="a.b", occurred_at=when)
+    globex = acme.model_copy(update={"tenant": "globex"})
+    docs = [event_to_document(e, when) for e in (acme, globex)]
+    assert [d["_id"] for d in docs] == ["acme/order-123", "globex/order-123"]
+    assert event_key("acme", "order-123") == "acme/order-123"
+    assert [document_to_api(d)["id"] for d in docs] == ["order-123", "order-123"]
+
+
+def test_old_layout_documents_hash_and_read_the_same_and_migrate_unchanged() -> None:
+    event = AuditEvent(
+        id="e1", tenant="t", action="a.b", occurred_at=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    new = event_to_document(event, datetime(2026, 1, 2, tzinfo=UTC))
+    seal(new, 1, GENESIS)
+    old = {"_id": "e1", **{k: v for k, v in new.items() if k not in ("_id", "id")}}
+    assert document_content_hash(old) == document_content_hash(new) == content_hash(event)
+    assert document_to_api(old) == document_to_api(new)
+    assert current_layout(old) == new and list(current_layout(old))[:2] == ["_id", "id"]
+    assert current_layout(new) is new
 
 
 @pytest.mark.parametrize(

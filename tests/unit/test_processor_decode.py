@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from audit_events.chain import document_content_hash
 from audit_events.schema import Limits
 from stream_processor.decode import decode, decode_batch
 from stream_processor.records import Record
@@ -60,16 +61,25 @@ def test_bad_input_is_rejected_with_a_precise_reason(raw: bytes, reason: str) ->
     assert result.startswith(reason)
 
 
-def test_valid_event_becomes_a_document_keyed_by_id() -> None:
+def test_valid_event_becomes_a_document_keyed_by_tenant_and_id() -> None:
     doc = decode(rec(ev(metadata=nested(3))), LIMITS, MAX_BYTES)
     assert isinstance(doc, dict)
-    assert doc["_id"] == "e1" and doc["tenant"] == "acme" and "id" not in doc
+    assert doc["_id"] == "acme/e1" and doc["tenant"] == "acme" and doc["id"] == "e1"
     assert doc["received_at"].timestamp() == 1_700_000_000.0
+
+
+def test_an_event_without_occurred_at_hashes_the_same_on_every_redelivery() -> None:
+    # occurred_at defaults to the record's timestamp, not the time of decoding: a
+    # redelivery must not look like another event with the same id.
+    first, again = decode(rec(ev()), LIMITS, MAX_BYTES), decode(rec(ev()), LIMITS, MAX_BYTES)
+    assert isinstance(first, dict) and isinstance(again, dict)
+    assert first["occurred_at"] == first["received_at"]
+    assert document_content_hash(first) == document_content_hash(again)
 
 
 def test_decode_batch_keeps_every_record_and_splits_rejects() -> None:
     records = [rec(ev(), 0), rec(b"\x00", 1), rec(ev(id="e2"), 2)]
     batch = decode_batch(records, LIMITS, MAX_BYTES)
-    assert [d["_id"] for d in batch.documents] == ["e1", "e2"]
+    assert [d["_id"] for d in batch.documents] == ["acme/e1", "acme/e2"]
     assert [(r.offset, why[:8]) for r, why in batch.rejects] == [(1, "not JSON")]
     assert batch.committable() == {("audit.events", 2): 3}

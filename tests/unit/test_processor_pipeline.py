@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 import pytest
-from pymongo.errors import BulkWriteError
 
+from audit_events.chain import document_content_hash
 from audit_events.schema import Limits
 from stream_processor.batching import BatchLoop
 from stream_processor.flush import FlushPolicy
@@ -22,7 +22,7 @@ from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
 from stream_processor.records import Record
 from stream_processor.retry import RetryPolicy
-from stream_processor.sinks import MongoStore, WriteResult, generation_keys
+from stream_processor.sinks import WriteResult, generation_keys
 
 pytestmark = pytest.mark.unit
 
@@ -43,7 +43,11 @@ def rec(offset: int, value: bytes | None = None, partition: int = 0) -> Record:
 
 
 class MemoryStore:
-    """Insert-only by ``_id``, like MongoStore; can be told to fail N times."""
+    """Insert-only by ``_id`` (tenant/id), like ChainedStore; can be told to fail N times.
+
+    A second document with a stored ``_id`` is a duplicate when its content is
+    the same, else a conflict (returned, like ChainedStore does).
+    """
 
     def __init__(self, failures: int = 0) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
@@ -55,12 +59,22 @@ class MemoryStore:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("store down")
-        inserted = 0
+        inserted = duplicates = 0
+        conflicts = []
         for doc in documents:
-            if doc["_id"] not in self.docs:
+            stored = self.docs.get(doc["_id"])
+            if stored is None:
                 self.docs[doc["_id"]] = dict(doc)
                 inserted += 1
-        return WriteResult(inserted, len(documents) - inserted)
+            elif document_content_hash(stored) == document_content_hash(doc):
+                duplicates += 1
+            else:
+                conflicts.append(doc)
+        return WriteResult(inserted, duplicates, tuple(conflicts))
+
+    def ids(self) -> list[str]:
+        """The client ids stored, sorted."""
+        return sorted(d["id"] for d in self.docs.values())
 
 
 class Invalidator:
@@ -170,7 +184,7 @@ async def test_a_failing_store_is_retried_then_committed_once() -> None:
     await loop.step()  # takes the 5 queued records
     await loop.step()  # due: process (2 failures, 3rd attempt stores) then commit
     assert store.calls == 3
-    assert sorted(store.docs) == [f"e-0-{i}" for i in range(5)]
+    assert store.ids() == [f"e-0-{i}" for i in range(5)]
     assert committer.commits == [{(TOPIC, 0): 5}]
 
 
@@ -279,7 +293,7 @@ async def test_redis_down_still_stores_and_commits_and_counts_the_failure() -> N
     loop = BatchLoop(queue, FlushPolicy(1, 200), proc, committer, clock=clock)
     await loop.step()
     await loop.step()
-    assert list(store.docs) == ["e-0-0"] and committer.commits == [{(TOPIC, 0): 1}]
+    assert store.ids() == ["e-0-0"] and committer.commits == [{(TOPIC, 0): 1}]
     assert value(metrics, "auditstream_invalidation_failures_total") == 1
 
 
@@ -303,46 +317,49 @@ async def test_poison_goes_to_the_dlq_and_its_offset_is_committed() -> None:
     await loop.step()
     assert [o for o, _ in dlq.sent] == [1, 2]  # the failed send was retried, not duplicated
     assert dlq.sent[0][1].startswith("not UTF-8") and dlq.sent[1][1].startswith("not JSON")
-    assert sorted(store.docs) == ["e-0-0", "e-0-3"]
+    assert store.ids() == ["e-0-0", "e-0-3"]
     assert committer.commits == [{(TOPIC, 0): 4}]
 
 
-class FakeCollection:
-    def __init__(self, details: dict[str, Any]) -> None:
-        self.details = details
-
-    async def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> Any:
-        assert ordered is False
-        raise BulkWriteError(self.details)
+def same_id(record: Record, offset: int, **changes: Any) -> Record:
+    """``record``'s event with ``changes`` (same id), as the record at ``offset``."""
+    return rec(offset, orjson.dumps({**orjson.loads(record.value), **changes}))
 
 
-def dup(index: str, key: dict[str, int]) -> dict[str, Any]:
-    return {"code": 11000, "errmsg": f"E11000 ... index: {index} dup key", "keyPattern": key}
+async def test_same_id_other_content_is_dead_lettered_before_the_commit() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    dlq, metrics = DeadLetters(failures=1), ProcessorMetrics()
+    first = rec(0)
+    records = [
+        first,
+        same_id(first, 1, action="invoice.delete"),  # same tenant and id, other content
+        rec(2, first.value),  # an identical redelivery
+        same_id(first, 3, tenant="globex"),  # the same id in another tenant: its own event
+    ]
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    for r in records:
+        queue.put_nowait(r)
+    proc = processor(store, clock, dlq=dlq, metrics=metrics)
+    loop = BatchLoop(queue, FlushPolicy(4, 200), proc, committer, clock=clock)
+    await loop.step()
+    await loop.step()
+    assert dlq.sent == [(1, "duplicate id with different content")]  # retried once, sent once
+    assert sorted(store.docs) == ["acme/e-0-0", "globex/e-0-0"]
+    assert store.docs["acme/e-0-0"]["action"] == "invoice.update"  # unchanged
+    assert committer.commits == [{(TOPIC, 0): 4}]
+    assert value(metrics, "auditstream_duplicate_id_conflicts_total") == 1
+    assert value(metrics, "auditstream_events_duplicate_total") == 1
+    assert value(metrics, "auditstream_events_stored_total") == 2
 
 
-async def test_mongo_store_counts_id_duplicates_as_success() -> None:
-    details = {"writeErrors": [dup("_id_", {"_id": 1})] * 2, "nInserted": 3}
-    store = MongoStore(FakeCollection(details))  # type: ignore[arg-type]
-    assert await store.insert([{"_id": "a"}] * 5) == WriteResult(3, 2)
-
-
-@pytest.mark.parametrize(
-    "errors",
-    [
-        [dup("tenant_1", {"tenant": 1})],  # another unique index: a real conflict
-        [dup("_id_", {"_id": 1}), {"code": 121, "errmsg": "Document failed validation"}],
-    ],
-)
-async def test_mongo_store_fails_the_batch_on_any_other_write_error(
-    errors: list[dict[str, Any]],
-) -> None:
-    store = MongoStore(FakeCollection({"writeErrors": errors, "nInserted": 0}))  # type: ignore[arg-type]
-    with pytest.raises(BulkWriteError):
-        await store.insert([{"_id": "a"}, {"_id": "b"}])
-
-
-async def test_mongo_store_fails_the_batch_on_write_concern_errors() -> None:
-    details = {"writeErrors": [], "writeConcernErrors": [{"code": 64}], "nInserted": 2}
-    store = MongoStore(FakeCollection(details))  # type: ignore[arg-type]
-    with pytest.raises(BulkWriteError):
-        await store.insert([{"_id": "a"}])
+async def test_a_conflict_that_cannot_be_dead_lettered_commits_nothing() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    first = rec(0)
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    queue.put_nowait(first)
+    queue.put_nowait(same_id(first, 1, action="invoice.delete"))
+    proc = processor(store, clock, dlq=DeadLetters(failures=10**6), give_up_after=10.0)
+    loop = BatchLoop(queue, FlushPolicy(2, 200), proc, committer, clock=clock)
+    with pytest.raises(BatchFailed, match="dead-letter failed"):
+        await loop.run()
+    assert committer.commits == []

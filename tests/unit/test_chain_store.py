@@ -1,0 +1,155 @@
+"""ChainedStore's duplicate-key recovery, against a small in-memory collection.
+
+A duplicate ``_id`` (= tenant/id) is a redelivery when the stored content hash
+is the same, a conflict (returned for the DLQ, never stored, never applied) when
+it differs; a duplicate ``(tenant, seq)`` means another writer moved the head.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pymongo.errors import BulkWriteError
+
+from audit_events.chain import CORRECTED_ACTION
+from audit_events.codec import event_to_document
+from audit_events.schema import AuditEvent
+from stream_processor.chain import ChainedStore, OldLayout, check_layout
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def doc(event_id: str, tenant: str = "acme", **fields: Any) -> dict[str, Any]:
+    body = {"id": event_id, "tenant": tenant, "action": "invoice.update", "occurred_at": T0}
+    return event_to_document(AuditEvent.model_validate({**body, **fields}), T0)
+
+
+def _matches(stored: dict[str, Any], query: dict[str, Any]) -> bool:
+    for key, want in query.items():
+        have = stored.get(key)
+        if isinstance(want, dict) and "$gte" in want:
+            if not isinstance(have, int) or have < want["$gte"]:
+                return False
+        elif isinstance(want, dict) and "$exists" in want:
+            if (key in stored) != want["$exists"]:
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+class FakeEvents:
+    """Unique ``_id`` and unique ``(tenant, seq)``, ordered inserts, point/range reads."""
+
+    def __init__(self) -> None:
+        self.docs: list[dict[str, Any]] = []
+        self.updates: list[dict[str, Any]] = []
+
+    async def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> None:
+        assert ordered
+        for index, new in enumerate(documents):
+            for old in self.docs:
+                if old["_id"] == new["_id"]:
+                    pattern = {"_id": 1}
+                elif (old["tenant"], old.get("seq")) == (new["tenant"], new.get("seq")):
+                    pattern = {"tenant": 1, "seq": 1}
+                else:
+                    continue
+                error = {"index": index, "code": 11000, "keyPattern": pattern, "errmsg": "dup"}
+                raise BulkWriteError({"writeErrors": [error], "nInserted": index})
+            self.docs.append(dict(new))
+
+    async def find_one(
+        self,
+        query: dict[str, Any],
+        projection: dict[str, int] | None = None,
+        sort: list[tuple[str, int]] | None = None,
+    ) -> dict[str, Any] | None:
+        found = [d for d in self.docs if _matches(d, query)]
+        if sort:
+            found.sort(key=lambda d: d[sort[0][0]])
+        if not found:
+            return None
+        first = found[0]
+        if projection:
+            return {k: v for k, v in first.items() if k == "_id" or k in projection}
+        return dict(first)
+
+    async def update_one(self, query: dict[str, Any], update: dict[str, Any]) -> Any:
+        self.updates.append(update)
+        return type("Result", (), {"modified_count": 0})()
+
+    async def update_many(self, query: dict[str, Any], update: dict[str, Any]) -> Any:
+        return await self.update_one(query, update)
+
+    def by_key(self, key: str) -> dict[str, Any]:
+        return next(d for d in self.docs if d["_id"] == key)
+
+
+async def test_same_tenant_and_id_other_content_is_a_conflict_and_the_chain_goes_on() -> None:
+    events = FakeEvents()
+    store = ChainedStore(events)  # type: ignore[arg-type]
+    assert (await store.insert([doc("a"), doc("b")])).inserted == 2
+    other, same, nxt = doc("a", action="invoice.delete"), doc("a"), doc("c")
+    result = await store.insert([other, same, nxt])
+    assert (result.inserted, result.duplicates) == (1, 1)
+    assert result.conflicts == (other,)  # the very document, for the pipeline's DLQ
+    assert events.by_key("acme/a")["action"] == "invoice.update"  # unchanged
+    assert [(d["id"], d["seq"]) for d in events.docs] == [("a", 1), ("b", 2), ("c", 3)]
+    assert events.by_key("acme/c")["hash"] == nxt["hash"]
+
+
+async def test_the_same_id_in_another_tenant_is_its_own_event() -> None:
+    events = FakeEvents()
+    store = ChainedStore(events)  # type: ignore[arg-type]
+    await store.insert([doc("order-123")])
+    result = await store.insert([doc("order-123", tenant="globex")])
+    assert (result.inserted, result.duplicates, result.conflicts) == (1, 0, ())
+    assert [(d["_id"], d["seq"]) for d in events.docs] == [
+        ("acme/order-123", 1),
+        ("globex/order-123", 1),
+    ]
+
+
+async def test_a_stale_head_re_seals_after_a_duplicate_seq() -> None:
+    events = FakeEvents()
+    store = ChainedStore(events)  # type: ignore[arg-type]
+    await store.insert([doc("a")])  # the store caches acme's head at seq 1
+    writer = ChainedStore(events)  # type: ignore[arg-type]
+    await writer.insert([doc("b")])  # another writer takes seq 2
+    result = await store.insert([doc("c")])  # first try collides on (acme, 2)
+    assert (result.inserted, result.duplicates, result.conflicts) == (1, 0, ())
+    assert [(d["id"], d["seq"]) for d in events.docs] == [("a", 1), ("b", 2), ("c", 3)]
+    assert events.docs[2]["hash"] != events.docs[1]["hash"]
+
+
+async def test_a_conflicting_control_event_is_not_applied() -> None:
+    events = FakeEvents()
+    store = ChainedStore(events)  # type: ignore[arg-type]
+    control = {
+        "action": CORRECTED_ACTION,
+        "targets": [{"type": "audit_event", "id": "a"}],
+        "actor": {"id": "admin", "type": "admin"},
+        "description": "fix",
+    }
+    await store.insert([doc("a"), doc("ctl", **control, metadata={"set": {"action": "x.y"}})])
+    applied = len(events.updates)
+    assert applied == 1  # the stored control event was applied
+    forged = doc("ctl", **control, metadata={"set": {"action": "evil.z"}})
+    result = await store.insert([forged])
+    assert result.conflicts == (forged,)
+    assert len(events.updates) == applied  # the conflicting control event changed nothing
+
+
+async def test_a_store_of_the_old_layout_is_refused() -> None:
+    events = FakeEvents()
+    await check_layout(events)  # type: ignore[arg-type]  # empty: fine
+    events.docs.append({"_id": "a", "tenant": "acme", "seq": 1})
+    with pytest.raises(OldLayout, match="auditstream migrate-ids"):
+        await check_layout(events)  # type: ignore[arg-type]
+    events.docs[0] = doc("a")
+    await check_layout(events)  # type: ignore[arg-type]
