@@ -17,6 +17,7 @@ from query_api.keys import KeySet
 from query_api.problems import Problem
 
 SCOPES = ("events:read", "events:write", "events:admin")
+TIME_CLAIMS = ("exp", "nbf", "iat")  # RFC 7519 NumericDate: JSON numbers only
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -151,6 +152,12 @@ class TokenVerifier:
             raise _unauthorized("token expired") from None
         except jwt.InvalidTokenError as exc:
             raise _unauthorized(f"invalid token: {exc}") from None
+        for name in TIME_CLAIMS:
+            # PyJWT runs int() on these, which takes "9999999999" and True as well.
+            value = claims.get(name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and not number:
+                raise _unauthorized(f"token {name} claim must be a number (NumericDate)")
         return _claims_to_principal(claims)
 
 

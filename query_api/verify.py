@@ -38,6 +38,7 @@ from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
+from query_api.query import single_values
 
 log = logging.getLogger("auditstream.api.verify")
 bp = Blueprint("verify", __name__)
@@ -175,6 +176,7 @@ def _time_arg(name: str) -> datetime | None:
 async def verify() -> Response:
     """Walk the tenant's chain: content hashes, links, signed checkpoints, truncation."""
     settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    single_values(request.args, ("tenant", "since", "until"))  # repeated/unknown → 400
     tenant = read_tenant(g.principal, request.args.get("tenant"))
     since, until = _time_arg("since"), _time_arg("until")
     events = current_app.config["AUDITSTREAM_SERVICES"].events
@@ -201,6 +203,7 @@ async def public_key() -> Response:
 @require_scope("events:read")
 async def checkpoints() -> Response:
     """The tenant's signed checkpoints (for offline verification of an export)."""
+    single_values(request.args, ("tenant",))  # repeated/unknown → 400
     tenant = read_tenant(g.principal, request.args.get("tenant"))
     events = current_app.config["AUDITSTREAM_SERVICES"].events
     body = {"data": await mongo_checkpoints(events, tenant)}

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -121,3 +122,20 @@ async def test_logins_fail_closed_while_redis_cannot_reserve(settings: AuditSett
         assert resp.status_code == 503
         assert (await resp.get_json())["error"] == "temporarily_unavailable"
         assert int(resp.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/v1/verify?tenant=a&tenant=b",
+        "/v1/verify?tenant=a&since=2026-01-01T00:00:00Z&since=2020-01-01T00:00:00Z",
+        "/v1/checkpoints?tenant=a&tenant=b",
+    ],
+)
+async def test_repeated_query_args_are_refused(
+    client: Client, token: Callable[..., str], query: str
+) -> None:
+    headers = {"Authorization": f"Bearer {token(['a', 'b'], 'events:read')}"}
+    resp = await client.get(query, headers=headers)
+    assert resp.status_code == 400, await resp.get_data()
+    assert resp.content_type == "application/problem+json"

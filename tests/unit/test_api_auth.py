@@ -70,6 +70,20 @@ async def test_claim_rules(overrides: dict[str, Any], expected: int | str) -> No
     assert await verify(TokenVerifier(settings()), token) == expected
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("kind", ["numeric string", "bool", "padded string"])
+async def test_time_claims_must_be_json_numbers(claim: str, kind: str) -> None:
+    # PyJWT runs int() on them, which accepts "9999999999" (and True); RFC 7519
+    # says NumericDate is a JSON number.
+    now = int(time.time())
+    value = {"exp": now + 600, "nbf": now - 5, "iat": now - 5}[claim]
+    forged: Any = {"numeric string": str(value), "bool": True, "padded string": f" {value} "}
+    token = jwt.encode(claims(**{claim: forged[kind]}), SECRET, algorithm="HS256")
+    assert await verify(TokenVerifier(settings()), token) == 401
+    ok = jwt.encode(claims(**{claim: float(value)}), SECRET, algorithm="HS256")
+    assert await verify(TokenVerifier(settings()), ok) == "s"  # a float is a JSON number
+
+
 async def test_algorithms_are_fixed_by_configuration() -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     hs_only = TokenVerifier(settings())
