@@ -107,6 +107,18 @@ class AuditSettings(BaseSettings):
     checkpoint_every_events: int = Field(1000, ge=1, le=10_000_000)
     checkpoint_every_seconds: float = Field(60.0, ge=0.1, le=86_400)
 
+    # --- Control events: proof that the API issued them (docs/chain.md) -----
+    control_signing_key: SecretStr | None = Field(
+        None,
+        description="Ed25519 private key (base64, raw 32 bytes) the API signs corrections and"
+        " erasures with; only the API holds it (any pair from `auditstream keys generate`).",
+    )
+    control_public_keys: list[str] = Field(
+        [],
+        description="Ed25519 public keys (base64, raw 32 bytes) whose control-event signatures"
+        " the processor and verifiers accept, chosen by key id (JSON list; rotation: old + new).",
+    )
+
     # --- API ---------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)
@@ -132,7 +144,7 @@ def settings_env(settings: AuditSettings) -> dict[str, str]:
     Secrets and unset values are left out; lists are JSON, as pydantic-settings reads them.
     """
     env: dict[str, str] = {}
-    secrets = {"jwt_secret", "checkpoint_signing_key"}
+    secrets = {"jwt_secret", "checkpoint_signing_key", "control_signing_key"}
     for name, value in settings.model_dump(exclude_none=True, exclude=secrets).items():
         if isinstance(value, list):
             text = json.dumps(value)

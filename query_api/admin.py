@@ -22,8 +22,10 @@ from audit_events.chain import (
     CORRECTED_ACTION,
     ERASED_ACTION,
     event_fields,
+    load_private_key,
+    sign_control,
 )
-from audit_events.codec import corrected_view, document_to_api, encode_event
+from audit_events.codec import corrected_view, document_to_api, encode_event, event_wire_dict
 from audit_events.schema import AuditEvent, Limits
 from audit_events.settings import AuditSettings
 from audit_events.storage import event_key
@@ -89,8 +91,16 @@ async def _publish(event: AuditEvent) -> None:
 def _control(
     principal: Principal, tenant: str, action: str, event_id: str, reason: str, **extra: Any
 ) -> AuditEvent:
+    """The control event, signed: ``metadata.proof`` proves the API issued it.
+
+    Only the API holds the control signing key; the processor dead-letters any
+    event in the reserved namespace without a valid proof (docs/chain.md).
+    """
     settings = _settings()
-    return AuditEvent.model_validate(
+    if settings.control_signing_key is None:
+        raise Problem(503, "corrections and erasures are disabled: no control signing key")
+    limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
+    unsigned = AuditEvent.model_validate(
         {
             "tenant": tenant,
             "action": action,
@@ -100,8 +110,15 @@ def _control(
             "description": reason,
             **extra,
         },
-        context={"limits": Limits(settings.max_metadata_bytes, settings.max_metadata_depth)},
+        context={"limits": limits},
     )
+    key = load_private_key(settings.control_signing_key.get_secret_value())
+    signed = sign_control(key, event_wire_dict(unsigned))
+    try:  # what the processor will check, with its limits
+        return AuditEvent.model_validate(signed, context={"limits": limits})
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"]
+        raise Problem(422, f"the control event would be invalid: {why}") from None
 
 
 async def _wait_for(query: dict[str, Any]) -> dict[str, Any] | None:

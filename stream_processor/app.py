@@ -30,10 +30,13 @@ from pymongo import AsyncMongoClient
 from pymongo.write_concern import WriteConcern
 from redis.asyncio import Redis
 
+from audit_events.chain import control_keys
 from audit_events.schema import Limits
 from audit_events.settings import AuditSettings
 from stream_processor.batching import BatchLoop
 from stream_processor.chain import open_chain_store, topic_publisher
+from stream_processor.checkpoints import idle_period
+from stream_processor.control import ControlGate
 from stream_processor.flush import FlushPolicy
 from stream_processor.kafka import app_class
 from stream_processor.metrics import ProcessorMetrics
@@ -162,6 +165,13 @@ def create_app(
         store = await open_chain_store(
             settings, collection, topic_publisher(checkpoints), RedisInvalidator(redis)
         )
+        state["store"] = store  # the idle-checkpoint timer uses it
+        keys = control_keys(settings)
+        if not keys:
+            log.warning(
+                "AUDITSTREAM_CONTROL_PUBLIC_KEYS is not set: every correction and erasure"
+                " is dead-lettered as a forged control event"
+            )
         return BatchProcessor(
             store,
             RedisInvalidator(redis),
@@ -170,6 +180,7 @@ def create_app(
             max_event_bytes=settings.max_event_bytes,
             retry=RetryPolicy(give_up_after=settings.write_retry_seconds),
             metrics=metrics,
+            check=ControlGate(keys),  # only the API's signed control events pass
         )
 
     async def open_or_exit() -> BatchProcessor:
@@ -190,6 +201,19 @@ def create_app(
                     _exit_without_commit(f"cannot open the store: {exc}")
                 log.warning("opening MongoDB/Redis failed (%s); retrying", exc)
                 await asyncio.sleep(retry.delay(attempt))
+
+    async def idle_checkpoints() -> None:
+        # Heads that moved and then stayed idle get their checkpoint now, not at
+        # the tenant's next batch (docs/chain.md: the unsigned tail is bounded).
+        store = state.get("store")
+        if store is None:
+            return
+        try:
+            await store.checkpoint_idle()
+        except Exception as exc:  # never stops the worker; the next tick retries
+            log.warning("idle checkpoints failed: %s", exc)
+
+    app.timer(interval=idle_period(settings.checkpoint_every_seconds))(idle_checkpoints)
 
     @app.agent(events)
     async def ingest(stream: Any) -> None:

@@ -39,11 +39,18 @@ from pymongo import IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from audit_events.chain import GENESIS, find_head, load_private_key, seal, seq_probes
+from audit_events.chain import (
+    GENESIS,
+    control_keys,
+    find_head,
+    load_private_key,
+    seal,
+    seq_probes,
+)
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHAIN_INDEX, CHECKPOINTS_COLLECTION, REPLAY_STATE_COLLECTION
 from stream_processor.checkpoints import Checkpointer, Publish, ensure_checkpoint_topic
-from stream_processor.control import ControlApplier, control_target
+from stream_processor.control import ControlApplier, Keys, control_target
 from stream_processor.sinks import DUPLICATE_KEY, Invalidator, WriteResult, is_duplicate_id
 
 log = logging.getLogger("auditstream.processor.chain")
@@ -73,12 +80,14 @@ class ChainedStore:
         state: AsyncCollection[dict[str, Any]] | None = None,
         checkpointer: Checkpointer | None = None,
         invalidator: Invalidator | None = None,
+        control_keys: Keys | None = None,
     ) -> None:
         self._coll = collection
         self._state = state  # replay_state: where the swap fence lives (None: no fence)
         self._checkpointer = checkpointer
         self._invalidator = invalidator
-        self._control = ControlApplier(collection)
+        # Control public keys by key id: only authentic control events are applied.
+        self._control = ControlApplier(collection, control_keys or {})
         self._heads: dict[str, tuple[int, str]] = {}
         self._fence_generation: object = None
 
@@ -98,6 +107,10 @@ class ChainedStore:
             heads = {t: h for t, h in self._heads.items() if t in touched}
             await self._checkpointer.after_batch(heads)
         return result
+
+    async def checkpoint_idle(self) -> int:
+        """Checkpoint the heads that moved and then stayed idle (the processor's timer)."""
+        return 0 if self._checkpointer is None else await self._checkpointer.idle()
 
     async def _check_fence(self) -> None:
         if self._state is None:
@@ -239,4 +252,5 @@ async def open_chain_store(
         state=database[REPLAY_STATE_COLLECTION],
         checkpointer=checkpointer,
         invalidator=invalidator,
+        control_keys=control_keys(settings),
     )

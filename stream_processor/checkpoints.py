@@ -6,14 +6,17 @@ than ``every_seconds`` — gets a new one: ``{tenant, seq, hash, time}`` signed
 with Ed25519, published to the compacted checkpoints topic (key = tenant,
 acks=all) and stored in the ``checkpoints`` collection. The last checkpoint per
 tenant is kept in memory per worker (a restart checkpoints at its first batch).
-A failed checkpoint is logged and retried with the next batch; it never blocks
-ingestion. Checkpoints are only made when a batch arrives, so a tenant's last
-events stay an *unsigned tail* until its next batch (see docs/chain.md).
+A failed checkpoint is logged and retried (timer or next batch); it never
+blocks ingestion. A timer in the processor (:meth:`Checkpointer.idle`) also
+checkpoints heads that moved and then stayed idle, so a tenant's *unsigned
+tail* is at most ``every_seconds`` (+ the timer's period) old, not "until its
+next batch" (see docs/chain.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import asyncio
 import logging
 import math
 import time
@@ -32,6 +35,11 @@ from audit_events.settings import AuditSettings
 
 log = logging.getLogger("auditstream.processor.checkpoints")
 Publish = Callable[[bytes, bytes], Awaitable[None]]
+
+
+def idle_period(every_seconds: float) -> float:
+    """How often the processor's timer looks for idle heads to checkpoint."""
+    return max(0.05, min(every_seconds / 2, 5.0))
 
 
 def checkpoint_id(tenant: str, seq: int) -> str:
@@ -58,18 +66,52 @@ class Checkpointer:
         self._clock = clock
         self._now = now
         self._last: dict[str, tuple[int, float]] = {}
+        # Heads stored since their tenant's last checkpoint: the timer signs them
+        # once due, so an idle tenant's tail does not wait for its next batch.
+        self._pending: dict[str, tuple[int, str]] = {}
+        self._lock = asyncio.Lock()  # the batch path and the timer never sign at once
 
     def due(self, tenant: str, seq: int, now: float) -> bool:
-        """Pure policy: has ``tenant``'s head moved enough, or long enough ago?"""
+        """Pure policy: has ``tenant``'s head moved enough, or long enough ago?
+
+        Due when the head moved past the last checkpoint by ``every_events``, or
+        moved at all while the last checkpoint is ``every_seconds`` old (a
+        tenant never checkpointed by this worker is due at once).
+        """
         last_seq, last_at = self._last.get(tenant, (0, -math.inf))
         if seq <= last_seq:
             return False
         return seq - last_seq >= self._every_events or now - last_at >= self._every_seconds
 
+    def pending(self) -> dict[str, tuple[int, str]]:
+        """Heads not checkpointed yet, by tenant (what :meth:`idle` looks at)."""
+        return dict(self._pending)
+
     async def after_batch(self, heads: dict[str, tuple[int, str]]) -> int:
         """Checkpoint the due tenants of a stored batch; returns how many were made."""
+        async with self._lock:
+            for tenant, head in heads.items():
+                if head[0] > self._last.get(tenant, (0, 0.0))[0]:
+                    self._pending[tenant] = head
+            return await self._checkpoint_due(sorted(heads))
+
+    async def idle(self) -> int:
+        """Checkpoint every pending head that became due; the processor calls it on a timer.
+
+        A tenant whose head moved and then received nothing gets its checkpoint
+        at most ``every_seconds`` after its previous one (plus the timer's
+        period) instead of at its next batch: the unsigned tail is bounded in time.
+        """
+        async with self._lock:
+            return await self._checkpoint_due(sorted(self._pending))
+
+    async def _checkpoint_due(self, tenants: list[str]) -> int:
         made = 0
-        for tenant, (seq, hash_) in sorted(heads.items()):
+        for tenant in tenants:
+            head = self._pending.get(tenant)
+            if head is None:
+                continue
+            seq, hash_ = head
             now = self._clock()
             if not self.due(tenant, seq, now):
                 continue
@@ -77,10 +119,12 @@ class Checkpointer:
             try:
                 await self._publish(tenant.encode(), canonical_json(cp))
                 await self._coll.replace_one({"_id": checkpoint_id(tenant, seq)}, cp, upsert=True)
-            except Exception as exc:  # next batch retries; ingestion goes on
+            except Exception as exc:  # the timer or the next batch retries; ingestion goes on
                 log.warning("checkpoint of %s at seq %d failed: %s", tenant, seq, exc)
                 continue
             self._last[tenant] = (seq, now)
+            if self._pending.get(tenant, (0, ""))[0] <= seq:
+                self._pending.pop(tenant, None)
             made += 1
         return made
 

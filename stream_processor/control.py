@@ -17,8 +17,11 @@ redelivered or replayed control event changes nothing the second time.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.chain import (
@@ -27,11 +30,36 @@ from audit_events.chain import (
     CORRECTED_ACTION,
     ERASED_ACTION,
     ERASED_FIELDS,
+    control_problem,
+    event_fields,
+    is_reserved,
 )
 from audit_events.codec import corrected_view
 from audit_events.storage import event_key
 
+log = logging.getLogger("auditstream.processor.control")
 TARGET_TYPE = "audit_event"
+FORGED = "forged control event"
+Keys = Mapping[str, Ed25519PublicKey]
+
+
+class ControlGate:
+    """Refuses every event in the reserved namespace that the API did not issue.
+
+    Called on each decoded document (``decode_batch(check=...)``) by the live
+    processor and by replay: the reason it returns sends the record to the DLQ
+    (replay skips it), so a forged correction or erasure is never stored, let
+    alone applied.
+    """
+
+    def __init__(self, keys: Keys) -> None:
+        self._keys = keys
+
+    def __call__(self, doc: dict[str, Any]) -> str | None:
+        if not is_reserved(doc.get("action")):
+            return None
+        problem = control_problem(event_fields(doc), self._keys)
+        return None if problem is None else f"{FORGED}: {problem}"
 
 
 def control_target(doc: dict[str, Any]) -> str | None:
@@ -58,13 +86,25 @@ def _erase_update(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class ControlApplier:
-    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
+    """Applies authentic control events; ``keys``: the control public keys by key id.
+
+    The gate dead-letters forged control events before they are stored; the
+    applier checks the proof again, so nothing unproven is ever applied (an
+    event stored before proofs existed, an empty key set: fail closed).
+    """
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], keys: Keys) -> None:
         self._coll = collection
+        self._keys = keys
 
     async def apply(self, control: dict[str, Any]) -> dict[str, Any] | None:
         """Apply one stored control event; returns the target as it was, if changed."""
         target_id = control_target(control)
         if target_id is None:
+            return None
+        problem = control_problem(event_fields(control), self._keys)
+        if problem is not None:
+            log.warning("not applying control event %s: %s", control.get("_id"), problem)
             return None
         tenant = control["tenant"]
         target = await self._coll.find_one({"_id": event_key(tenant, target_id), "tenant": tenant})

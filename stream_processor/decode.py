@@ -6,6 +6,7 @@ travels to the dead-letter topic with the original bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,11 +52,22 @@ def decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | s
     return event_to_document(event, received)
 
 
-def decode_batch(records: list[Record], limits: Limits, max_bytes: int) -> Batch:
-    """Split ``records`` into documents to store and rejects for the DLQ."""
+def decode_batch(
+    records: list[Record],
+    limits: Limits,
+    max_bytes: int,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+) -> Batch:
+    """Split ``records`` into documents to store and rejects for the DLQ.
+
+    ``check`` (the control-event proof, ``stream_processor.control``) may reject
+    a decoded document with a reason.
+    """
     batch = Batch(records=records)
     for record in records:
         result = decode(record, limits, max_bytes)
+        if not isinstance(result, str) and check is not None:
+            result = check(result) or result
         if isinstance(result, str):
             batch.rejects.append((record, result))
         else:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from audit_events.schema import Limits
 from stream_processor.decode import decode_batch
@@ -50,8 +51,10 @@ class BatchProcessor:
         metrics: ProcessorMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        check: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         self._store = store
+        self._check = check  # the control-event gate: a reason dead-letters the record
         self._invalidator = invalidator
         self._dead_letters = dead_letters
         self._limits = limits
@@ -63,7 +66,7 @@ class BatchProcessor:
 
     async def process(self, records: list[Record]) -> Batch:
         """Store ``records``; returns the batch once its offsets may be committed."""
-        batch = decode_batch(records, self._limits, self._max_event_bytes)
+        batch = decode_batch(records, self._limits, self._max_event_bytes, self._check)
         m = self._metrics
         m.batch_size.observe(len(records))
         await self._with_retry("dead-letter", self._send_rejects, batch)

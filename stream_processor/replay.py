@@ -38,7 +38,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
-from audit_events.chain import Report, load_public_key, public_key_of, verify_chain
+from audit_events.chain import (
+    Report,
+    control_keys,
+    load_public_key,
+    public_key_of,
+    verify_chain,
+)
 from audit_events.codec import canonical_json
 from audit_events.schema import Limits
 from audit_events.settings import AuditSettings
@@ -50,6 +56,7 @@ from audit_events.storage import (
     REPLAY_STATE_COLLECTION,
 )
 from stream_processor.chain import FENCE_ID, ChainedStore, ensure_chain_index
+from stream_processor.control import ControlGate
 from stream_processor.decode import decode_batch
 from stream_processor.records import Record
 
@@ -110,6 +117,8 @@ class Replayer:
         self._fence_seconds = fence_seconds
         self._on_progress = on_progress
         self._limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
+        self._control_keys = control_keys(settings)
+        self._gate = ControlGate(self._control_keys)
 
     async def run(
         self, *, since: datetime | None = None, fresh: bool = False, swap: bool = True
@@ -131,7 +140,8 @@ class Replayer:
             target = db[REPLAY_COLLECTION].with_options(write_concern=wc)
             tps = await self._partitions(consumer)
             positions = await self._start(db, state, target, consumer, tps, since, fresh, result)
-            store = ChainedStore(target)  # no fence, no checkpoints: the live ones stand
+            # no fence, no checkpoints (the live ones stand); only authentic control events
+            store = ChainedStore(target, control_keys=self._control_keys)
             await self._catch_up(consumer, tps, positions, store, state, result)
             result.rebuild_seconds = time.perf_counter() - started
             if swap:
@@ -242,7 +252,9 @@ class Replayer:
                     if await consumer.position(tp) >= ends[tp.partition]:
                         positions[tp.partition] = max(positions[tp.partition], ends[tp.partition])
                 continue
-            batch = decode_batch(records, self._limits, self._settings.max_event_bytes)
+            batch = decode_batch(
+                records, self._limits, self._settings.max_event_bytes, self._gate
+            )  # forged control events are skipped, as the live run dead-lettered them
             written = await store.insert(batch.documents)
             result.records += len(records)
             result.inserted += written.inserted

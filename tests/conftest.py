@@ -23,8 +23,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from audit_events.chain import generate_keypair
 from audit_events.settings import AuditSettings, settings_env
 from auditstream.embedded import Server, kafka_server, mongo_server, redis_server, stop_all
+
+CONTROL_PRIVATE, CONTROL_PUBLIC = generate_keypair()  # control-event proof keys (docs/chain.md)
 
 
 @dataclass
@@ -87,6 +90,8 @@ def settings(backends: Backends, unique: str, tmp_path: Path) -> AuditSettings:
         mongo_db=f"t_{unique}",
         processor_group=f"processor-{unique}",
         jwt_secret=SecretStr("test-secret-0123456789abcdef-" + unique),
+        control_signing_key=SecretStr(CONTROL_PRIVATE),  # the API signs control events
+        control_public_keys=[CONTROL_PUBLIC],  # the processor and verifiers check them
         processor_metrics_port=0,
         kafka_partitions=4,
         data_dir=str(tmp_path / "data"),

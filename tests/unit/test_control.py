@@ -1,0 +1,198 @@
+"""Control-event proof (issue 14 item 6) and the idle-checkpoint policy (item 7a): pure logic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from audit_events import chain
+from audit_events.codec import event_wire_dict
+from audit_events.schema import AuditEvent, Limits
+from audit_events.settings import AuditSettings, SettingsError
+from stream_processor.checkpoints import Checkpointer, idle_period
+from stream_processor.control import ControlGate
+from stream_processor.decode import decode_batch
+from stream_processor.records import Record
+
+pytestmark = pytest.mark.unit
+PRIVATE, PUBLIC = chain.generate_keypair()
+OLD_PRIVATE, OLD_PUBLIC = chain.generate_keypair()
+KEYS = {chain.key_id(p): chain.load_public_key(p) for p in (PUBLIC, OLD_PUBLIC)}
+
+
+def control(action: str = chain.ERASED_ACTION, **extra: Any) -> dict[str, Any]:
+    event = AuditEvent.model_validate(
+        {
+            "tenant": "acme",
+            "action": action,
+            "actor": {"id": "admin1", "type": "admin"},
+            "targets": [{"type": "audit_event", "id": "e1"}],
+            "description": "gdpr",
+            **extra,
+        }
+    )
+    return event_wire_dict(event)
+
+
+def signed(fields: dict[str, Any], private: str = PRIVATE) -> dict[str, Any]:
+    return chain.sign_control(chain.load_private_key(private), fields)
+
+
+def test_signed_control_events_verify_and_carry_kid_and_sig() -> None:
+    erasure = signed(control())
+    assert set(erasure["metadata"]["proof"]) == {"kid", "sig"}
+    assert erasure["metadata"]["proof"]["kid"] == chain.key_id(PUBLIC)
+    assert chain.control_problem(erasure, KEYS) is None
+    correction = signed(control(chain.CORRECTED_ACTION, metadata={"set": {"description": "x"}}))
+    assert chain.control_problem(correction, KEYS) is None
+    assert correction["metadata"]["set"] == {"description": "x"}
+    # a rotated-out key still verifies while its public key is listed
+    assert chain.control_problem(signed(control(), OLD_PRIVATE), KEYS) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"tenant": "globex"}, "signature does not cover"),
+        ({"targets": [{"type": "audit_event", "id": "e2"}]}, "signature does not cover"),
+        ({"description": "other"}, "signature does not cover"),
+        ({"id": "another-id"}, "signature does not cover"),
+        ({"action": chain.CORRECTED_ACTION}, "signature does not cover"),
+        ({"action": "auditstream.event.purged"}, "unknown action"),
+        ({"metadata": {}}, "no proof"),
+        ({"metadata": {"proof": {"kid": "ffffffffffffffff", "sig": "AAAA"}}}, "unknown key id"),
+        ({"metadata": {"proof": {"kid": "x"}}}, "no proof"),
+    ],
+)
+def test_anything_but_the_signed_event_is_refused(change: dict[str, Any], problem: str) -> None:
+    forged = {**signed(control()), **change}
+    assert problem in (chain.control_problem(forged, KEYS) or "")
+
+
+def test_a_bad_signature_of_a_known_key_and_garbage_base64_are_refused() -> None:
+    erasure = signed(control())
+    kid = erasure["metadata"]["proof"]["kid"]
+    for sig in ("AAAA", "not base64!", ""):
+        forged = {**erasure, "metadata": {"proof": {"kid": kid, "sig": sig}}}
+        assert "signature does not cover" in (chain.control_problem(forged, KEYS) or "")
+    assert chain.control_problem(signed(control()), {}) is not None  # no keys: fail closed
+
+
+def test_sign_control_needs_a_complete_event() -> None:
+    with pytest.raises(ValueError, match="id and occurred_at"):
+        chain.sign_control(chain.load_private_key(PRIVATE), {"tenant": "a", "action": "x"})
+
+
+def test_control_keys_from_settings_by_key_id() -> None:
+    settings = AuditSettings(
+        control_signing_key=SecretStr(PRIVATE), control_public_keys=[OLD_PUBLIC]
+    )
+    assert set(chain.control_keys(settings)) == {chain.key_id(PUBLIC), chain.key_id(OLD_PUBLIC)}
+    assert chain.control_keys(AuditSettings()) == {}
+    with pytest.raises(SettingsError, match="CONTROL_PUBLIC_KEYS"):
+        chain.control_keys(AuditSettings(control_public_keys=["bm90IGEga2V5"]))
+
+
+def record(value: dict[str, Any], offset: int = 0) -> Record:
+    return Record("audit.events", 0, offset, 1_700_000_000_000, b"acme", orjson.dumps(value))
+
+
+def test_the_gate_dead_letters_forged_control_events_in_decode_batch() -> None:
+    plain = {"tenant": "acme", "action": "invoice.update"}
+    forged = control()  # no proof
+    forged_other = {"tenant": "acme", "action": "auditstream.anything"}
+    genuine = signed(control())
+    stolen = {**genuine, "tenant": "globex"}
+    records = [record(v, i) for i, v in enumerate([plain, forged, forged_other, genuine, stolen])]
+    batch = decode_batch(records, Limits(), 256 * 1024, ControlGate(KEYS))
+    assert [d["action"] for d in batch.documents] == ["invoice.update", chain.ERASED_ACTION]
+    assert [r.offset for r, _ in batch.rejects] == [1, 2, 4]
+    assert all(why.startswith("forged control event: ") for _, why in batch.rejects)
+
+
+class FakeCollection:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    async def replace_one(self, flt: dict[str, Any], doc: dict[str, Any], upsert: bool) -> None:
+        self.docs[flt["_id"]] = doc
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def checkpointer(clock: Clock, every_events: int = 1000, every_seconds: float = 60.0) -> Any:
+    published: list[tuple[bytes, bytes]] = []
+
+    async def publish(key: bytes, value: bytes) -> None:
+        published.append((key, value))
+
+    cp = Checkpointer(
+        chain.load_private_key(PRIVATE),
+        publish,
+        FakeCollection(),  # type: ignore[arg-type]
+        every_events=every_events,
+        every_seconds=every_seconds,
+        clock=clock,
+        now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    return cp, published
+
+
+def test_due_is_pure_and_driven_by_the_clock_it_is_given() -> None:
+    cp, _ = checkpointer(Clock(), every_events=10, every_seconds=60)
+    assert cp.due("acme", 1, 0.0)  # never checkpointed: due at once
+    cp._last["acme"] = (5, 100.0)
+    assert not cp.due("acme", 5, 1e9)  # the head did not move
+    assert not cp.due("acme", 6, 159.9)  # moved a little, checkpoint still fresh
+    assert cp.due("acme", 6, 160.0)  # moved, and the checkpoint is every_seconds old
+    assert cp.due("acme", 15, 100.0)  # moved by every_events
+    assert not cp.due("acme", 14, 100.0)
+
+
+async def test_idle_checkpoints_a_head_that_moved_and_then_stayed_idle() -> None:
+    clock = Clock()
+    cp, published = checkpointer(clock, every_events=1000, every_seconds=60)
+    assert await cp.after_batch({"acme": (1, "a" * 64)}) == 1  # first: due at once
+    clock.t += 1
+    assert await cp.after_batch({"acme": (3, "b" * 64)}) == 0  # not due: tail of 2
+    assert cp.pending() == {"acme": (3, "b" * 64)}
+    clock.t += 30
+    assert await cp.idle() == 0  # idle, but the last checkpoint is only 31 s old
+    clock.t += 29
+    assert await cp.idle() == 1  # 60 s: the idle head gets its checkpoint, no new batch needed
+    assert cp.pending() == {}
+    tenant, value = published[-1]
+    assert tenant == b"acme" and orjson.loads(value)["seq"] == 3
+    clock.t += 600
+    assert await cp.idle() == 0  # nothing moved: nothing to sign
+
+
+async def test_a_failed_idle_checkpoint_stays_pending_and_is_retried() -> None:
+    clock = Clock()
+    cp, published = checkpointer(clock, every_seconds=1)
+    failing = True
+
+    async def publish(key: bytes, value: bytes) -> None:
+        if failing:
+            raise OSError("broker down")
+        published.append((key, value))
+
+    cp._publish = publish
+    assert await cp.after_batch({"acme": (2, "c" * 64)}) == 0
+    assert cp.pending() == {"acme": (2, "c" * 64)}
+    failing = False
+    assert await cp.idle() == 1 and cp.pending() == {}
+
+
+def test_idle_period_is_bounded() -> None:
+    assert idle_period(60) == 5.0 and idle_period(1) == 0.5 and idle_period(0.01) == 0.05
