@@ -1,95 +1,241 @@
 """A django-easy-audit logging backend that publishes to auditstream.
 
-In the Django settings::
+In the Django settings (see docs/producers.md)::
 
-    DJANGO_EASY_AUDIT_LOGGING_BACKEND = "producers.django_backend.AuditstreamBackend"
+    INSTALLED_APPS += ["easyaudit", "auditstream.django"]
+    DJANGO_EASY_AUDIT_LOGGING_BACKEND = "auditstream.django.AuditstreamBackend"
     AUDITSTREAM = {
         "TENANT": "acme",                  # or "TENANT_RESOLVER": "myapp.audit.tenant_of"
         "SERVICE": "shop",                 # source.service of every event
-        "SPOOL_PATH": BASE_DIR / "audit-spool.db",   # strongly recommended
+        "SPOOL_DIR": "/var/lib/shop/audit-spool",   # default: see default_spool_dir()
         # optional: "BOOTSTRAP", "TOPIC", "IDEMPOTENCE", "OPTIONS": {ProducerConfig kwargs}
     }
 
+(``producers.django_backend.AuditstreamBackend`` is the same class under its old name.)
 Unset Kafka options come from the ``AUDITSTREAM_*`` environment (``AuditSettings``).
 A tenant resolver is called as ``resolver(kind, info, request)`` with kind ``crud``,
 ``login`` or ``request`` and returns the tenant (None skips the record).
 
+Promises to the host application:
+
+- **Nothing raises into it.** Every backend method catches and logs whatever goes
+  wrong (a missing setting, an unwritable directory, a bug); the request, signal or
+  management command carries on as without auditstream.
+- **Nothing it handed over is dropped.** The producer is durable: each record is
+  committed to this process's spool file before the signal handler returns, and a
+  background thread drains the spool into Kafka. Without a Kafka bootstrap the events
+  stay spooled until one is configured; without ``SPOOL_DIR`` a per-user default
+  directory is used. Only a record that cannot even be turned into an event (no
+  tenant configured) is not spooled: it is logged whole at ERROR instead.
+- **Misconfiguration is reported by ``manage.py check``** (``auditstream.E001`` …,
+  see :func:`check_settings`), not by tracebacks at run time.
+- **Several processes are safe**: every process (gunicorn worker, ``manage.py``
+  command) writes its own file in the spool directory; files of dead processes are
+  drained by live ones (see :mod:`producers.spool`).
+
 easyaudit creates its backend objects at import time without arguments, so the
 producer is one lazily started :class:`~producers.SyncAuditProducer` per process
-(flushed at exit); :func:`close_producer` stops it. Records are queued with
-``emit_nowait``: a request never waits for Kafka, and with a spool nothing is lost
-while Kafka is down. Errors are raised to easyaudit, which logs them.
+(``auditstream.django``'s ``AppConfig.ready`` starts it at once, so spooled events
+drain without waiting for a new record); :func:`close_producer` stops it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings as django_settings  # type: ignore[import-untyped]
 from django.contrib.auth import get_user_model  # type: ignore[import-untyped]
 from django.contrib.contenttypes.models import ContentType  # type: ignore[import-untyped]
+from django.core import checks  # type: ignore[import-untyped]
+from django.core.signals import (  # type: ignore[import-untyped]
+    request_finished,
+    request_started,
+)
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from audit_events.settings import load_settings
+from audit_events.settings import AuditSettings, load_settings
 from producers import django_mapping as mapping
 from producers.config import ProducerConfig
+from producers.spool import SpoolDirectory, default_spool_dir, writable_dir
 from producers.sync import SyncAuditProducer
 
+log = logging.getLogger("auditstream.django")
+
 _lock = threading.Lock()
-_state: dict[str, SyncAuditProducer] = {}
+_state: dict[str, Any] = {}
+#: After a failed start, wait this long before trying again (each record would else retry).
+RETRY_START_AFTER = 30.0
 
 
 def _options() -> dict[str, Any]:
-    return dict(getattr(django_settings, "AUDITSTREAM", {}) or {})
+    raw = getattr(django_settings, "AUDITSTREAM", {}) or {}
+    return dict(raw) if isinstance(raw, Mapping) else {}
+
+
+def _env() -> tuple[AuditSettings | None, str | None]:
+    """The ``AUDITSTREAM_*`` settings, or None and the reason they are invalid."""
+    try:
+        return load_settings(), None
+    except Exception as exc:
+        return None, str(exc)
+
+
+def spool_dir(options: Mapping[str, Any]) -> Path:
+    """The spool directory: ``SPOOL_DIR``, else ``<SPOOL_PATH without suffix>.d`` (the old
+    one-file setting), else :func:`~producers.spool.default_spool_dir` named after the
+    settings module."""
+    if options.get("SPOOL_DIR"):
+        return Path(options["SPOOL_DIR"])
+    if options.get("SPOOL_PATH"):
+        legacy = Path(options["SPOOL_PATH"])
+        return legacy.with_name(legacy.stem + ".d")
+    name = os.environ.get("DJANGO_SETTINGS_MODULE") or str(options.get("SERVICE") or "django")
+    return default_spool_dir(name)
 
 
 def producer_config(options: Mapping[str, Any]) -> ProducerConfig:
-    """The producer configuration from the ``AUDITSTREAM`` dict and the environment."""
-    env = load_settings()
-    overrides: dict[str, Any] = dict(options.get("OPTIONS") or {})
-    if options.get("BOOTSTRAP"):
-        overrides["bootstrap"] = options["BOOTSTRAP"]
-    elif env.kafka_bootstrap is None:
-        env.require("kafka_bootstrap")
+    """The producer configuration from the ``AUDITSTREAM`` dict and the environment.
+
+    Never raises: what is wrong is logged (and reported by ``manage.py check``) and
+    the closest safe configuration is used: no bootstrap → spool only; invalid
+    ``OPTIONS`` → ignored; unwritable spool directory → the default one.
+    """
+    env, env_error = _env()
+    if env_error:
+        log.error("auditstream: invalid AUDITSTREAM_* environment ignored: %s", env_error)
+    overrides: dict[str, Any] = {}
+    extra = options.get("OPTIONS") or {}
+    known = {f.name for f in dataclass_fields(ProducerConfig)}
+    if isinstance(extra, Mapping):
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            log.error("auditstream: unknown AUDITSTREAM['OPTIONS'] ignored: %s", unknown)
+        overrides.update({k: v for k, v in extra.items() if k in known})
+    bootstrap = options.get("BOOTSTRAP") or (env.kafka_bootstrap if env is not None else None)
+    overrides["bootstrap"] = str(bootstrap or "")
     if options.get("TOPIC"):
         overrides["topic"] = options["TOPIC"]
     if "IDEMPOTENCE" in options:
         overrides["idempotence"] = bool(options["IDEMPOTENCE"])
     if options.get("SERVICE"):
         overrides["service"] = str(options["SERVICE"])
-    if options.get("SPOOL_PATH"):
-        overrides["spool_path"] = Path(options["SPOOL_PATH"])
-    if env.kafka_bootstrap is None:
+    directory = Path(overrides.pop("spool_dir", None) or spool_dir(options))
+    if not writable_dir(directory):
+        fallback = default_spool_dir(os.environ.get("DJANGO_SETTINGS_MODULE") or "django")
+        log.error("auditstream: spool directory %s is not writable; using %s", directory, fallback)
+        directory = fallback
+    overrides.update(spool_dir=directory, spool_path=None, durable=True)
+    if env is not None and env.kafka_bootstrap is not None:
+        try:
+            return ProducerConfig.from_settings(env, **overrides)
+        except Exception as exc:  # e.g. a wrong type in OPTIONS
+            log.error("auditstream: invalid producer options ignored: %r", exc)
+            return ProducerConfig.from_settings(
+                env, bootstrap=overrides["bootstrap"], spool_dir=directory, durable=True
+            )
+    try:
         return ProducerConfig(**overrides)
-    return ProducerConfig.from_settings(env, **overrides)
+    except Exception as exc:
+        log.error("auditstream: invalid producer options ignored: %r", exc)
+        return ProducerConfig(bootstrap=overrides["bootstrap"], spool_dir=directory, durable=True)
 
 
-def get_producer() -> SyncAuditProducer:
-    """The process's producer, started on first use."""
+def _adopt_legacy_spool(options: Mapping[str, Any], directory: Path) -> None:
+    """Move the old one-file spool (``SPOOL_PATH``) into the directory, to be drained."""
+    if not options.get("SPOOL_PATH") or options.get("SPOOL_DIR"):
+        return
+    legacy = Path(options["SPOOL_PATH"])
+    if legacy.is_file():
+        with contextlib.suppress(OSError):
+            SpoolDirectory(directory, 1, 1).adopt(legacy)
+
+
+def get_producer() -> SyncAuditProducer | None:
+    """The process's producer, started on first use (None if it cannot start)."""
     with _lock:
-        producer = _state.get("producer")
-        if producer is None:
-            config = producer_config(_options())
-            producer = SyncAuditProducer(config)
-            producer.start(wait_connected=config.spool_path is None)
-            _state["producer"] = producer
+        producer: SyncAuditProducer | None = _state.get("producer")
+        if producer is not None or time.monotonic() < _state.get("retry_at", 0.0):
+            return producer
+        try:
+            options = _options()
+            config = producer_config(options)
+            assert config.spool_dir is not None
+            _adopt_legacy_spool(options, config.spool_dir)
+            producer = SyncAuditProducer(config).start(wait_connected=False)
+        except Exception:
+            log.exception("auditstream: the audit producer could not start; retrying later")
+            _state["retry_at"] = time.monotonic() + RETRY_START_AFTER
+            return None
+        _state["producer"] = producer
         return producer
+
+
+def start_in_background() -> None:
+    """Start the producer now (drains what earlier processes spooled); never raises."""
+    try:
+        get_producer()
+    except Exception:
+        log.exception("auditstream: starting the audit producer")
 
 
 def close_producer(timeout: float = 30.0) -> None:
     """Flush and stop the process's producer (a later record starts a new one)."""
     with _lock:
         producer = _state.pop("producer", None)
+        _state.pop("retry_at", None)
     if producer is not None:
         producer.close(timeout)
 
 
-class AuditstreamBackend:
-    """Receives easyaudit's ``crud``, ``login`` and ``request`` records."""
+def _forget_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _state.clear()  # the child starts its own producer (own spool file) on first use
 
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _emit(event: Mapping[str, Any]) -> str | None:
+    producer = get_producer()
+    if producer is not None:
+        try:
+            return producer.emit_nowait(event)
+        except Exception:
+            log.exception("auditstream: the audit event could not be spooled")
+    log.error("auditstream: audit event not recorded: %r", dict(event))
+    return None
+
+
+def _guard(kind: str) -> Callable[[Callable[..., str | None]], Callable[..., str | None]]:
+    def wrap(method: Callable[..., str | None]) -> Callable[..., str | None]:
+        def guarded(self: AuditstreamBackend, info: dict[str, Any]) -> str | None:
+            try:
+                return method(self, info)
+            except Exception:
+                log.exception("auditstream: the %s record was not recorded: %r", kind, info)
+                return None
+
+        guarded.__name__ = method.__name__
+        guarded.__doc__ = method.__doc__
+        return guarded
+
+    return wrap
+
+
+class AuditstreamBackend:
+    """Receives easyaudit's ``crud``, ``login`` and ``request`` records. Never raises."""
+
+    @_guard("crud")
     def crud(self, info: dict[str, Any]) -> str | None:
         tenant = _tenant("crud", info)
         if tenant is None:
@@ -103,15 +249,17 @@ class AuditstreamBackend:
             context=_request_context(),
             redact=_redact(),
         )
-        return get_producer().emit_nowait(event)
+        return _emit(event)
 
+    @_guard("login")
     def login(self, info: dict[str, Any]) -> str | None:
         tenant = _tenant("login", info)
         if tenant is None:
             return None
         event = mapping.login_event(info, tenant=tenant, context=_request_context())
-        return get_producer().emit_nowait(event)
+        return _emit(event)
 
+    @_guard("request")
     def request(self, info: dict[str, Any]) -> str | None:
         tenant = _tenant("request", info)
         if tenant is None:
@@ -119,7 +267,41 @@ class AuditstreamBackend:
         event = mapping.request_event(
             info, tenant=tenant, actor=_actor(info.get("user_id")), context=_request_context()
         )
-        return get_producer().emit_nowait(event)
+        return _emit(event)
+
+
+# --- the current request ---------------------------------------------------------
+# easyaudit's request record is made in a ``request_started`` receiver, before any
+# middleware: the request object does not exist yet. This receiver (connected when
+# easyaudit imports the backend, so before easyaudit's own) keeps the WSGI environ or
+# ASGI scope headers for the request's user agent and request id.
+
+_started: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "auditstream_request_meta", default=None
+)
+
+
+def _remember_request(sender: Any, environ: Any = None, scope: Any = None, **kw: Any) -> None:
+    try:
+        if environ is not None:
+            _started.set(dict(environ))
+        elif scope is not None:
+            headers = {
+                "HTTP_" + k.decode("latin-1").upper().replace("-", "_"): v.decode("latin-1")
+                for k, v in scope.get("headers") or []
+            }
+            client = scope.get("client") or ("", 0)
+            _started.set({**headers, "REMOTE_ADDR": client[0]})
+    except Exception:
+        log.debug("auditstream: request metadata not kept", exc_info=True)
+
+
+def _forget_request(sender: Any, **kw: Any) -> None:
+    _started.set(None)
+
+
+request_started.connect(_remember_request, dispatch_uid="auditstream-request-meta")
+request_finished.connect(_forget_request, dispatch_uid="auditstream-request-meta-end")
 
 
 def _current_request() -> Any:
@@ -138,7 +320,13 @@ def _tenant(kind: str, info: Mapping[str, Any]) -> str | None:
         return fn(kind, info, _current_request())
     tenant = options.get("TENANT")
     if not tenant:
-        raise ValueError("settings.AUDITSTREAM needs TENANT or TENANT_RESOLVER")
+        log.error(
+            "auditstream: settings.AUDITSTREAM needs TENANT or TENANT_RESOLVER; "
+            "%s record not recorded: %r",
+            kind,
+            info,
+        )
+        return None
     return str(tenant)
 
 
@@ -159,9 +347,108 @@ def _actor(user_id: Any) -> dict[str, Any] | None:
 
 def _request_context() -> dict[str, Any]:
     request = _current_request()
-    meta = getattr(request, "META", None) or {}
+    meta = getattr(request, "META", None) or _started.get() or {}
     return {
         "ip": meta.get("REMOTE_ADDR"),
         "user_agent": str(meta.get("HTTP_USER_AGENT") or "")[:1024],
         "request_id": meta.get("HTTP_X_REQUEST_ID"),
     }
+
+
+# --- system checks (``manage.py check``) -----------------------------------------
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """One clear message per missing or wrong setting of the integration."""
+    out: list[checks.CheckMessage] = []
+    raw = getattr(django_settings, "AUDITSTREAM", {})
+    if raw is not None and not isinstance(raw, Mapping):
+        out.append(
+            checks.Error(
+                f"settings.AUDITSTREAM must be a dict, not {type(raw).__name__}.",
+                hint='AUDITSTREAM = {"TENANT": "acme", "SERVICE": "shop"}',
+                id="auditstream.E002",
+            )
+        )
+        return out
+    options = _options()
+    env, env_error = _env()
+    if env_error:
+        out.append(
+            checks.Error(
+                f"Invalid AUDITSTREAM_* environment: {env_error}",
+                id="auditstream.E005",
+            )
+        )
+    elif not options.get("BOOTSTRAP") and (env is None or not env.kafka_bootstrap):
+        out.append(
+            checks.Error(
+                "No Kafka bootstrap for audit events: AUDITSTREAM_KAFKA_BOOTSTRAP is not set "
+                "and settings.AUDITSTREAM has no BOOTSTRAP. Audit events are only spooled "
+                f"(in {spool_dir(options)}) until one is set.",
+                hint="Set AUDITSTREAM_KAFKA_BOOTSTRAP=host:9092 in the environment, or "
+                'AUDITSTREAM["BOOTSTRAP"].',
+                id="auditstream.E001",
+            )
+        )
+    resolver = options.get("TENANT_RESOLVER")
+    if resolver:
+        if isinstance(resolver, str):
+            try:
+                resolver = import_string(resolver)
+            except ImportError as exc:
+                out.append(
+                    checks.Error(
+                        f'AUDITSTREAM["TENANT_RESOLVER"] cannot be imported: {exc}',
+                        id="auditstream.E003",
+                    )
+                )
+                resolver = None
+        if resolver is not None and not callable(resolver):
+            out.append(
+                checks.Error(
+                    'AUDITSTREAM["TENANT_RESOLVER"] is not callable.', id="auditstream.E003"
+                )
+            )
+    elif not options.get("TENANT"):
+        out.append(
+            checks.Error(
+                'settings.AUDITSTREAM needs "TENANT" (one tenant for every event) or '
+                '"TENANT_RESOLVER" (a dotted path to resolver(kind, info, request)).',
+                id="auditstream.E003",
+            )
+        )
+    configured = options.get("SPOOL_DIR") or options.get("SPOOL_PATH")
+    if configured and not writable_dir(spool_dir(options)):
+        out.append(
+            checks.Error(
+                f"The audit spool directory {spool_dir(options)} cannot be created or written.",
+                hint="Point AUDITSTREAM['SPOOL_DIR'] at a writable local directory.",
+                id="auditstream.E004",
+            )
+        )
+    extra = options.get("OPTIONS") or {}
+    known = {f.name for f in dataclass_fields(ProducerConfig)}
+    if not isinstance(extra, Mapping):
+        out.append(checks.Error('AUDITSTREAM["OPTIONS"] must be a dict.', id="auditstream.E006"))
+    elif set(extra) - known:
+        out.append(
+            checks.Error(
+                f'Unknown AUDITSTREAM["OPTIONS"]: {", ".join(sorted(set(extra) - known))}.',
+                hint="They are ProducerConfig fields (docs/producers.md).",
+                id="auditstream.E006",
+            )
+        )
+    if options.get("SPOOL_PATH") and not options.get("SPOOL_DIR"):
+        out.append(
+            checks.Warning(
+                'AUDITSTREAM["SPOOL_PATH"] (one file for every process) is replaced by '
+                f'"SPOOL_DIR" (one file per process); events are spooled in {spool_dir(options)} '
+                "and the old file is drained from there.",
+                id="auditstream.W001",
+            )
+        )
+    return out
+
+
+checks.register(check_settings, "auditstream")

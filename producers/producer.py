@@ -107,6 +107,7 @@ class AuditProducer:
         self._claimed_spool: Spool | None = None
         self._next_claim = 0.0
         self._claimed = 0
+        self._sending = False  # a chunk is on its way to Kafka
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._wakeup: asyncio.Event | None = None
@@ -195,7 +196,7 @@ class AuditProducer:
             # durable mode everything is on disk already: do not hold the exit up.
             grace = min(timeout, self.config.delivery_timeout)
             if self.config.durable:
-                grace = min(grace, self.config.close_grace)
+                grace = min(grace, self.config.close_grace) if self._sending else 0.0
             await asyncio.wait({self._task}, timeout=grace)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -474,11 +475,14 @@ class AuditProducer:
         if not rows:
             return
         messages: list[Message] = [(k, v) for _, k, v in rows]
+        self._sending = True
         try:
             await self._transport.send(messages, self.config.delivery_timeout)
         except Exception as exc:
             await self._disconnect(exc)
             return
+        finally:
+            self._sending = False
         self._spool.remove_through(rows[-1][0])
         self._acknowledged += len(rows)
         self._drained += len(rows)
@@ -508,11 +512,14 @@ class AuditProducer:
             self._claimed_spool = None
             self._next_claim = 0.0  # there may be more
             return
+        self._sending = True
         try:
             await self._transport.send([(k, v) for _, k, v in rows], self.config.delivery_timeout)
         except Exception as exc:
             await self._disconnect(exc)
             return
+        finally:
+            self._sending = False
         spool.remove_through(rows[-1][0])
         self._acknowledged += len(rows)
         self._claimed += len(rows)

@@ -293,6 +293,22 @@ class SpoolDirectory:
                 continue
         return None
 
+    def adopt(self, path: Path) -> bool:
+        """Move a spool file from elsewhere (e.g. an old one-file spool no process uses
+        any more) into the directory, unlocked, so the next claim drains it."""
+        stem = f"adopted-{secrets.token_hex(6)}"
+        lock = _FileLock.create(self.path, stem)
+        try:
+            os.rename(path, self.path / f"{stem}.db")  # the loser of a race stops here
+        except OSError:
+            lock.release(unlink=True)
+            return False
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(f"{path}{suffix}", self.path / f"{stem}.db{suffix}")
+        lock.release()
+        return True
+
     def stats(self) -> tuple[int, int]:
         """(files, events) in the directory, read without locking (for observation)."""
         files = events = 0

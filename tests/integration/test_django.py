@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,141 @@ import pytest
 from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.settings import AuditSettings, settings_env
+from auditstream.embedded import free_port, wait_for_port
 from tests.conftest import ProcessorProcess
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
+WSGI = "tests.integration.django_project.wsgi:application"
+
+
+def shop_env(tmp_path: Path, audit: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The shop's environment: ``audit`` holds the only AUDITSTREAM_* variables it gets."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AUDITSTREAM_", "SHOP_"))},
+        **audit,
+        "SHOP_DB": str(tmp_path / "shop.sqlite3"),
+        "PYTHONPATH": str(REPO),
+        "HOME": str(tmp_path / "home"),  # the default spool location lives under it
+        "XDG_STATE_HOME": str(tmp_path / "home" / "state"),
+        **extra,
+    }
+
+
+def manage(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tests.integration.django_project.manage", *args],
+        cwd=REPO,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class Gunicorn:
+    """The shop served by real gunicorn workers (sync worker class)."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, workers: int) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            args = ["--bind", f"127.0.0.1:{self.port}", "--workers", str(workers)]
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", *args, "--graceful-timeout", "20", WSGI],
+                cwd=REPO,
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for_port(self.port, 60, self.proc)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
+                return int(r.status), r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def post(self, path: str, data: Mapping[str, str]) -> tuple[int, bytes]:
+        body = "&".join(f"{k}={v}" for k, v in data.items()).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return int(r.status), r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
+    started: list[Gunicorn] = []
+
+    def make(env: Mapping[str, str], workers: int = 2) -> Gunicorn:
+        server = Gunicorn(env, tmp_path / f"gunicorn-{len(started)}.log", workers)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        if server.proc.poll() is None:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(10)
+
+
+def spooled_events(root: Path) -> list[dict[str, Any]]:
+    """Every event held in the spool files under ``root``."""
+    events = []
+    for path in sorted(root.rglob("*.db")):
+        with sqlite3.connect(path) as db:
+            events += [json.loads(v) for (v,) in db.execute("SELECT value FROM spool")]
+    return events
+
+
+def test_missing_kafka_setting_serves_pages_and_check_reports_it(
+    tmp_path: Path, gunicorn: Callable[..., Gunicorn]
+) -> None:
+    """No AUDITSTREAM_KAFKA_BOOTSTRAP and no spool setting: every page answers as
+    without auditstream, each record is spooled (default location), and
+    ``manage.py check`` names the missing setting in one error."""
+    env = shop_env(tmp_path, {"AUDITSTREAM_DATA_DIR": str(tmp_path / "data")})
+    migrated = manage(env, "migrate", "--run-syncdb", "--skip-checks", "-v", "0")
+    assert migrated.returncode == 0, migrated.stderr
+
+    checked = manage(env, "check")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert checked.stderr.count("auditstream.E001") == 1, checked.stderr
+    assert "AUDITSTREAM_KAFKA_BOOTSTRAP" in checked.stderr
+    assert "Traceback" not in checked.stderr
+
+    server = gunicorn(env, workers=2)
+    answers = [server.get(f"/ping/?n={n}")[0] for n in range(10)]
+    created = server.post("/invoices/", {"number": "INV-9", "customer": "Initech", "total": "5"})
+    server.stop()
+    assert answers == [200] * 10, server.log()
+    assert created[0] == 201, server.log()
+    assert "Traceback" not in server.log(), server.log()
+
+    events = spooled_events(tmp_path / "home")
+    pings = sorted(e["metadata"]["query_string"] for e in events if e["action"] == "http.get")
+    assert pings == sorted(f"n={n}" for n in range(10))
+    assert [e["action"] for e in events].count("shop.invoice.create") == 1
 
 
 def run_shop(
@@ -30,7 +164,7 @@ def run_shop(
         **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
         **settings_env(settings),
         "SHOP_DB": str(tmp_path / "shop.sqlite3"),
-        "SHOP_SPOOL": str(tmp_path / "audit-spool.db"),
+        "SHOP_SPOOL_DIR": str(tmp_path / "audit-spool"),
         "PYTHONPATH": str(REPO),
     }
     return subprocess.run(

@@ -1,11 +1,13 @@
 """A small Django project whose django-easy-audit records go to auditstream.
 
 Kafka settings come from the ``AUDITSTREAM_*`` environment the test sets; the
-database and spool paths from ``SHOP_DB`` and ``SHOP_SPOOL``.
+database from ``SHOP_DB``, the spool directory from ``SHOP_SPOOL_DIR`` (unset: the
+default location), producer options from ``SHOP_AUDIT_OPTIONS`` (JSON).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 SECRET_KEY = "test-only-not-secret"
@@ -20,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "easyaudit",
+    "auditstream.django",
     "tests.integration.django_project.shop",
 ]
 MIDDLEWARE = [
@@ -35,9 +38,9 @@ DATABASES = {
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, test only
 
-DJANGO_EASY_AUDIT_LOGGING_BACKEND = "producers.django_backend.AuditstreamBackend"
-AUDITSTREAM = {
-    "TENANT": "shop",
-    "SERVICE": "django-shop",
-    "SPOOL_PATH": os.environ.get("SHOP_SPOOL", "audit-spool.db"),
-}
+DJANGO_EASY_AUDIT_LOGGING_BACKEND = "auditstream.django.AuditstreamBackend"
+AUDITSTREAM: dict[str, object] = {"TENANT": "shop", "SERVICE": "django-shop"}
+if os.environ.get("SHOP_SPOOL_DIR"):
+    AUDITSTREAM["SPOOL_DIR"] = os.environ["SHOP_SPOOL_DIR"]
+if os.environ.get("SHOP_AUDIT_OPTIONS"):
+    AUDITSTREAM["OPTIONS"] = json.loads(os.environ["SHOP_AUDIT_OPTIONS"])

@@ -3,6 +3,7 @@ from django.urls import path
 from tests.integration.django_project.shop import views
 
 urlpatterns = [
+    path("ping/", views.ping),
     path("invoices/", views.create_invoice),
     path("invoices/<int:pk>/", views.update_invoice),
 ]

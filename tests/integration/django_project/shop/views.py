@@ -1,3 +1,5 @@
+import os
+
 from django.http import HttpRequest, JsonResponse
 
 from tests.integration.django_project.shop.models import Invoice
@@ -17,3 +19,8 @@ def update_invoice(request: HttpRequest, pk: int) -> JsonResponse:
     invoice.total = int(request.POST["total"])
     invoice.save()
     return JsonResponse({"id": invoice.pk})
+
+
+def ping(request: HttpRequest) -> JsonResponse:
+    """A plain page: easyaudit records one request event for it."""
+    return JsonResponse({"pid": os.getpid(), "n": request.GET.get("n")})
