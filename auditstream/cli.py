@@ -66,7 +66,9 @@ def up(host: str | None, port: int | None, timeout: float) -> None:
     local development server (Tansu, SecantusDB with data under
     ./.auditstream/, redis-server). Then start one processor worker and the API,
     wait until /readyz answers 200 and print a development token.
-    Ctrl-C or SIGTERM stops everything it started, in reverse order.
+    A worker or API that exits is restarted with backoff. Ctrl-C or SIGTERM
+    stops the API, waits until the worker has stored every accepted event
+    (a second Ctrl-C stops at once), then stops the rest.
     """
     from auditstream.up import run_up
 

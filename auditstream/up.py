@@ -2,8 +2,14 @@
 
 Starts (or reuses, when configured) Kafka, MongoDB and Redis, then one
 processor worker and the API as child processes; prints the URLs and a
-development token once ``/readyz`` answers 200; on Ctrl-C/SIGTERM stops
-everything it started in reverse order.
+development token once ``/readyz`` answers 200, then supervises them
+(:class:`Supervisor`): whatever exits is restarted with capped exponential
+backoff, one line each time, and nothing else is stopped because of it.
+
+Ctrl-C/SIGTERM: the API stops first (no new 202s), then the worker drains the
+consumer group's lag to 0 (progress every 2 s; the embedded Tansu keeps its log
+in memory, so stopping it with a lag would lose accepted events), then the worker
+and the servers stop. A second Ctrl-C/SIGTERM stops at once (exit status 1).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -33,7 +40,8 @@ from auditstream.embedded import (
     redis_server,
     wait_for_port,
 )
-from auditstream.trust_cli import dev_checkpoint_env
+from auditstream.stack_state import publish as publish_stack
+from auditstream.trust_cli import CONTROL_SIGNING_ENV, dev_checkpoint_env, dev_control_env
 
 DEV_SCOPES = ["events:read", "events:write", "events:admin"]
 
@@ -116,15 +124,8 @@ def run_up(settings: AuditSettings, timeout: float) -> int:
 
 def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     started: list[Server] = []
-    stopping = False
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _on_signal)
+    signals = _Signals()
+    signals.install()
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env[f"{ENV_PREFIX}DATA_DIR"] = str(data_dir)
     env.update(settings_env(settings))
@@ -133,7 +134,11 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     )
     env[f"{ENV_PREFIX}JWT_SECRET"] = secret
     env.update(dev_checkpoint_env(settings, data_dir))  # signed chain checkpoints
+    env.update(dev_control_env(settings, data_dir))  # control-event proof (API signs)
     click.secho("auditstream up — starting the pipeline", bold=True)
+    embedded: list[Server] = []
+    worker: Server | None = None
+    api: Server | None = None
     try:
         for role, url, factory in (
             ("KAFKA_BOOTSTRAP", settings.kafka_bootstrap, kafka_server),
@@ -147,6 +152,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
             t = _step(f"starting {server.name} on 127.0.0.1:{server.port}")
             server.start()
             started.append(server)
+            embedded.append(server)
             env[f"{ENV_PREFIX}{role}"] = server.url
             _done(t)
         python = sys.executable
@@ -175,6 +181,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
         wait_for_port(api.port, timeout, api.proc)
         _wait_ready(f"{api.url}/readyz", [worker, api], timeout)
         _done(t)
+        publish_stack(data_dir, env)  # stack.json: the CLI beside `make run` finds this stack
         from query_api.auth import mint_token
 
         dev = settings.model_copy(update={"jwt_secret": SecretStr(secret)})
@@ -182,25 +189,237 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
             dev, subject="dev", tenant="demo", scopes=DEV_SCOPES, ttl_seconds=12 * 3600
         )
         _banner(api.url, token, data_dir)
-        while True:
-            for proc in started:
-                if proc.proc is not None and proc.proc.poll() is not None:
-                    raise EmbeddedError(
-                        f"{proc.name} exited with status "
-                        f"{proc.proc.returncode}; see {proc.log_path}"
-                    )
-            time.sleep(0.5)
     except KeyboardInterrupt:
         click.echo("\nstopping …")
         return _shutdown(started, 0)
     except EmbeddedError as exc:
         click.secho(f"\nerror: {exc}", fg="red", err=True)
         return _shutdown(started, 1)
+    supervisor = Supervisor(env, embedded, [worker, api])
+    try:
+        while True:
+            supervisor.check()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("\nstopping …")
+    return _graceful_stop(settings, env, supervisor, signals, started)
+
+
+class _Signals:
+    """SIGINT/SIGTERM: the first raises KeyboardInterrupt; later ones set ``forced``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, _signum: int, _frame: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+
+    @property
+    def forced(self) -> bool:
+        return self.count > 1
+
+
+# Restart delays: BACKOFF_FIRST, doubling per quick exit, at most BACKOFF_MAX; a
+# service that ran STABLE_AFTER seconds starts again from BACKOFF_FIRST.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 30.0
+
+
+@dataclass
+class _Watch:
+    server: Server
+    embedded: bool
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    quick_exits: int = 0
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Restarts what exits, with capped exponential backoff; never stops the rest.
+
+    Worker and API: one line per exit, then a restart after the backoff.
+    Embedded servers: MongoDB (SecantusDB, on disk) and Redis (a cache) are
+    restarted on the same port. Kafka (Tansu) keeps its log in memory: when it
+    dies that log is gone — every event that got 202 but was not stored yet is
+    lost and the topic can no longer rebuild the store. That is said loudly;
+    Tansu is restarted empty on the same port (so new events flow again) and
+    the worker and API are restarted to reconnect to it.
+    """
+
+    def __init__(self, env: dict[str, str], embedded: list[Server], services: list[Server]):
+        self.env = env
+        self.watches = [_Watch(s, True) for s in embedded] + [_Watch(s, False) for s in services]
+
+    def watch(self, name: str) -> _Watch:
+        return next(w for w in self.watches if w.server.role == name)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for w in self.watches:
+            proc = w.server.proc
+            if w.restart_at is None:
+                if proc is not None and proc.poll() is None:
+                    continue
+                self._exited(w, now)
+            if w.restart_at is not None and now >= w.restart_at:
+                self._restart(w)
+
+    def _exited(self, w: _Watch, now: float) -> None:
+        code = w.server.proc.returncode if w.server.proc is not None else None
+        ran = now - w.started_at
+        w.quick_exits = 0 if ran >= STABLE_AFTER else w.quick_exits + 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, w.quick_exits - 1))
+        w.restart_at = now + delay
+        w.restarts += 1
+        line = (
+            f"  ! {w.server.name} exited with status {code} after {ran:.1f}s; "
+            f"restarting in {delay:.1f}s (restart {w.restarts}; log {w.server.log_path})"
+        )
+        if w.embedded and w.server.role == "kafka":
+            click.secho(
+                "  !!! Kafka (Tansu) died. Its log was in memory: every event that got 202 "
+                "but was not stored yet is LOST, and the topic can no longer rebuild the "
+                "store (do not run `auditstream replay` against it). Restarting it empty; "
+                "use a real Kafka (AUDITSTREAM_KAFKA_BOOTSTRAP) where that matters.",
+                fg="red",
+                bold=True,
+                err=True,
+            )
+        click.secho(line, fg="red" if w.embedded else "yellow", err=w.embedded)
+
+    def _restart(self, w: _Watch) -> None:
+        try:
+            if w.embedded:
+                w.server.start()
+            else:
+                _spawn(w.server, self.env)
+        except (EmbeddedError, OSError) as exc:
+            w.quick_exits += 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, w.quick_exits - 1))
+            click.secho(
+                f"  ! could not restart {w.server.name}: {exc}; next try in {delay:.1f}s",
+                fg="red",
+                err=True,
+            )
+            w.restart_at = time.monotonic() + delay
+            return
+        w.started_at, w.restart_at = time.monotonic(), None
+        if w.embedded and w.server.role == "kafka":
+            for other in self.watches:  # reconnect to the empty broker
+                if not other.embedded and other.restart_at is None:
+                    other.server.stop()
+
+    def stop_service(self, name: str) -> None:
+        """Stop ``name`` for good (no restart)."""
+        w = self.watch(name)
+        self.watches.remove(w)
+        w.server.stop()
+
+
+def _graceful_stop(
+    settings: AuditSettings,
+    env: dict[str, str],
+    supervisor: Supervisor,
+    signals: _Signals,
+    started: list[Server],
+) -> int:
+    """API first (no new 202s), then drain the worker's lag to 0, then the rest."""
+    t = _step("stopping the query API (no new events accepted)")
+    supervisor.stop_service("api")
+    _done(t, "stopped")
+    # Only an embedded Kafka loses what it holds when it stops; a real one keeps it.
+    if any(s.role == "kafka" for s in started):
+        bootstrap = env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"]
+        forced = not _drain(bootstrap, settings, supervisor, signals)
+    else:
+        forced = False
+    t = _step("stopping the processor worker")
+    supervisor.stop_service("processor")
+    _done(t, "stopped")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for server in reversed(started):
+        if server.role in ("api", "processor"):
+            continue
+        t = _step(f"stopping {server.name}")
+        server.stop()
+        _done(t, "stopped")
+    return 1 if forced else 0
+
+
+DRAIN_REPORT_EVERY = 2.0
+
+
+def _drain(
+    bootstrap: str, settings: AuditSettings, supervisor: Supervisor, signals: _Signals
+) -> bool:
+    """Keep the worker running (and restarted) until the group's lag is 0.
+
+    Returns False when a second Ctrl-C/SIGTERM cut it short.
+    """
+    import asyncio
+
+    from auditstream.drain import LagReader
+
+    async def run() -> bool:
+        reader = LagReader(bootstrap, settings.processor_group, settings.topic_events)
+        t = time.monotonic()
+        last_report = 0.0
+        lag: int | None = None
+        opened = False
+        try:
+            while not signals.forced:
+                supervisor.check()
+                try:
+                    if not opened:
+                        await reader.__aenter__()
+                        opened = True
+                    lag = await reader.lag()
+                    why = ""
+                except Exception as exc:  # Kafka unreachable: keep trying, say so
+                    lag, why = None, f"cannot read the lag yet ({exc.__class__.__name__}: {exc})"
+                if lag == 0:
+                    click.echo(
+                        f"  • drained: every accepted event is stored ({time.monotonic() - t:.1f}s)"
+                    )
+                    return True
+                now = time.monotonic()
+                if now - last_report >= DRAIN_REPORT_EVERY:
+                    last_report = now
+                    what = why or f"{lag:,} events accepted but not stored yet"
+                    click.echo(
+                        f"  • draining: {what}; the worker keeps storing "
+                        "(Ctrl-C again to stop now and lose them)"
+                    )
+                await asyncio.sleep(0.5)
+        finally:
+            if opened:
+                with contextlib.suppress(Exception):
+                    await reader.__aexit__(None, None, None)
+        click.secho(
+            f"  ! stopped before draining: {lag if lag is not None else 'an unknown number of'} "
+            "accepted events were not stored and are lost with the in-memory Kafka",
+            fg="red",
+            err=True,
+        )
+        return False
+
+    return asyncio.run(run())
 
 
 def _spawn(proc: Server, env: dict[str, str]) -> None:
     import subprocess
 
+    if proc.role != "api":  # only the API may sign corrections and erasures
+        env = {k: v for k, v in env.items() if k != CONTROL_SIGNING_ENV}
     proc.log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(proc.log_path, "ab") as log:
         proc.proc = subprocess.Popen(
@@ -214,6 +433,7 @@ def _spawn(proc: Server, env: dict[str, str]) -> None:
 
 
 def _shutdown(started: list[Server], code: int) -> int:
+    """Stop everything at once (start-up failed or was interrupted)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for server in reversed(started):

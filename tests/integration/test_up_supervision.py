@@ -2,10 +2,11 @@
 
 Real ``auditstream up`` in a subprocess on a temporary data directory: several
 clients post events through the API while the processor worker is SIGKILLed at
-random moments; then ``up`` gets SIGTERM right away, so whatever is still in
-Kafka (Tansu, in memory) must be drained into the store before the broker stops.
-Afterwards the store is opened again on its own: every id that got 202 is
-stored exactly once.
+random moments (and the API once; clients retry what did not get 202); then
+``up`` gets SIGTERM right away, so whatever is still in Kafka (Tansu, in
+memory) must be drained into the store before the broker stops. Afterwards
+the store is opened again on its own: every id that got 202 is stored exactly
+once.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _worker_pid(up_pid: int) -> int | None:
+def _child_pid(up_pid: int, command: str = "auditstream processor") -> int | None:
     for pid in _children(up_pid):
-        if "auditstream processor" in _cmdline(pid) and _alive(pid):
+        if command in _cmdline(pid) and _alive(pid):
             return pid
     return None
 
@@ -141,10 +142,15 @@ def post_all(port: int, token: str, ids: list[str], spread: float, deadline: flo
     return accepted
 
 
-def kill_worker_at_random(
-    up_pid: int, kills: int, window: float, rng: random.Random, done: threading.Event
+def kill_at_random(
+    up_pid: int,
+    kills: int,
+    window: float,
+    rng: random.Random,
+    done: threading.Event,
+    command: str = "auditstream processor",
 ) -> list[float]:
-    """SIGKILL the worker ``kills`` times at random moments within ``window`` seconds."""
+    """SIGKILL ``up``'s child running ``command`` ``kills`` times at random moments."""
     started = time.monotonic()
     moments = sorted(rng.uniform(1.0, window) for _ in range(kills))
     killed: list[float] = []
@@ -152,7 +158,7 @@ def kill_worker_at_random(
         while time.monotonic() - started < moment and not done.is_set():
             time.sleep(0.05)
         deadline = time.monotonic() + 60
-        while (pid := _worker_pid(up_pid)) is None and time.monotonic() < deadline:
+        while (pid := _child_pid(up_pid, command)) is None and time.monotonic() < deadline:
             time.sleep(0.1)  # the previous kill's restart is still under way
         if pid is None:
             break
@@ -188,16 +194,22 @@ def run_kill_test(tmp_path: Path, events: int, kills: int, window: float) -> Non
         done = threading.Event()
         killed: list[float] = []
         killer = threading.Thread(
-            target=lambda: killed.extend(
-                kill_worker_at_random(stack.proc.pid, kills, window, rng, done)
-            )
+            target=lambda: killed.extend(kill_at_random(stack.proc.pid, kills, window, rng, done))
         )
         killer.start()
+        api_killed: list[float] = []
+        api_killer = threading.Thread(
+            target=lambda: api_killed.extend(
+                kill_at_random(stack.proc.pid, 1, window, rng, done, "auditstream api")
+            )
+        )
+        api_killer.start()
         posting = time.monotonic()
         accepted = post_all(stack.port, token, ids, window + 2, deadline=time.monotonic() + 180)
         post_time = time.monotonic() - posting
         done.set()
         killer.join()
+        api_killer.join()
         up_alive = stack.proc.poll() is None
         children = _children(stack.proc.pid)
         # stop at once: the events still in Kafka must be drained, not dropped
@@ -211,17 +223,19 @@ def run_kill_test(tmp_path: Path, events: int, kills: int, window: float) -> Non
         output = stack.output()
         print(
             f"{events} posted, {len(accepted)} got 202, {len(stored)} stored, {len(lost)} lost, "
-            f"{len(twice)} stored twice; kills at {killed}s; posting {post_time:.1f}s, "
-            f"whole run {time.monotonic() - t0:.1f}s"
+            f"{len(twice)} stored twice; worker kills at {killed}s, API kill at {api_killed}s; "
+            f"posting {post_time:.1f}s, whole run {time.monotonic() - t0:.1f}s"
         )
         print(output[-3000:])
         assert len(accepted) == events, f"only {len(accepted)} of {events} got 202"
         assert len(killed) == kills, killed
+        assert len(api_killed) == 1, api_killed
         assert not lost, f"{len(lost)} accepted events lost, e.g. {sorted(lost)[:5]}"
         assert not twice, sorted(twice)[:5]
         assert up_alive, "up stopped the stack when the worker died"
         assert len(re.findall(r"processor worker exited .* restarting in", output)) == kills
-        assert "draining" in output
+        assert len(re.findall(r"query API exited .* restarting in", output)) == 1
+        assert "drained: every accepted event is stored" in output
         assert code == 0, output
         assert left == []
     finally:

@@ -1,0 +1,52 @@
+"""The processor group's lag: events in Kafka that are not stored yet.
+
+``auditstream up`` drains it to 0 before stopping an embedded (in-memory) Kafka,
+so nothing that got 202 is lost at Ctrl-C. The group's committed offsets are
+read without joining the group; the end of each partition is the *true* end
+(Tansu reports the last batch's base offset + 1 as the latest offset, see
+:func:`stream_processor.replay.true_end_offsets`).
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream_processor.replay import true_end_offsets
+
+
+class LagReader:
+    """Reads ``group``'s lag on ``topic``; ``async with`` opens the two clients."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.topic = topic
+        self.probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        # Same group id, never subscribes: only fetches the group's committed offsets.
+        self.offsets = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+
+    async def __aenter__(self) -> LagReader:
+        await self.probe.start()
+        await self.offsets.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.probe.stop()
+        await self.offsets.stop()
+
+    async def lag(self) -> int:
+        """Events on the topic past the group's committed offsets (0: all stored)."""
+        if self.topic not in await self.probe.topics():
+            return 0  # nothing was ever published
+        partitions = self.probe.partitions_for_topic(self.topic) or set()
+        if not partitions:
+            return 0  # nothing was ever published
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self.probe.assign(tps)
+        ends = await true_end_offsets(self.probe, tps)
+        total = 0
+        for tp in tps:
+            committed = await self.offsets.committed(tp)
+            done = committed if committed is not None and committed >= 0 else 0
+            total += max(0, ends[tp.partition] - done)
+        return total
