@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -12,7 +13,14 @@ from typing import Any
 
 import click
 
-from audit_events.chain import find_head, generate_keypair, public_key_of, seq_probes
+from audit_events.chain import (
+    find_head,
+    generate_keypair,
+    load_private_key,
+    public_key_b64,
+    public_key_of,
+    seq_probes,
+)
 from audit_events.codec import _parse_time
 from audit_events.settings import AuditSettings, SettingsError, load_settings
 from audit_events.storage import EVENTS_COLLECTION
@@ -207,3 +215,30 @@ def dev_checkpoint_env(settings: AuditSettings, data_dir: Path) -> dict[str, str
         f"{prefix}SIGNING_KEY": private_path.read_text().strip(),
         f"{prefix}PUBLIC_KEY": public_path.read_text().strip(),
     }
+
+
+CONTROL_SIGNING_ENV = "AUDITSTREAM_CONTROL_SIGNING_KEY"
+
+
+def dev_control_env(settings: AuditSettings, data_dir: Path) -> dict[str, str]:
+    """Control-event key settings for child processes of ``auditstream up``.
+
+    The API signs corrections and erasures with the private key (``up`` gives
+    it to the API only); every service gets the public keys. Uses the configured
+    key; otherwise a development key kept under the data dir
+    (``control_signing_key``, 0600).
+    """
+    if settings.control_signing_key is not None:
+        private = settings.control_signing_key.get_secret_value()
+    else:
+        private_path = data_dir / "control_signing_key"
+        if not private_path.exists():
+            private_path.parent.mkdir(parents=True, exist_ok=True)
+            private_path.write_text(generate_keypair()[0] + "\n")
+            private_path.chmod(0o600)
+        private = private_path.read_text().strip()
+    publics = list(settings.control_public_keys)
+    own = public_key_b64(load_private_key(private))
+    if own not in publics:
+        publics.append(own)
+    return {CONTROL_SIGNING_ENV: private, "AUDITSTREAM_CONTROL_PUBLIC_KEYS": json.dumps(publics)}

@@ -196,3 +196,22 @@ async def test_a_failed_idle_checkpoint_stays_pending_and_is_retried() -> None:
 
 def test_idle_period_is_bounded() -> None:
     assert idle_period(60) == 5.0 and idle_period(1) == 0.5 and idle_period(0.01) == 0.05
+
+
+def test_up_generates_a_dev_control_key_once_and_the_public_keys_for_everyone(
+    tmp_path: Any,
+) -> None:
+    from auditstream.trust_cli import CONTROL_SIGNING_ENV, dev_control_env
+
+    env = dev_control_env(AuditSettings(), tmp_path)
+    again = dev_control_env(AuditSettings(), tmp_path)
+    assert env == again and (tmp_path / "control_signing_key").stat().st_mode & 0o777 == 0o600
+    publics = orjson.loads(env["AUDITSTREAM_CONTROL_PUBLIC_KEYS"])
+    own = chain.public_key_b64(chain.load_private_key(env[CONTROL_SIGNING_ENV]))
+    assert publics == [own]
+    configured = AuditSettings(
+        control_signing_key=SecretStr(PRIVATE), control_public_keys=[OLD_PUBLIC]
+    )
+    env = dev_control_env(configured, tmp_path)
+    assert env[CONTROL_SIGNING_ENV] == PRIVATE
+    assert orjson.loads(env["AUDITSTREAM_CONTROL_PUBLIC_KEYS"]) == [OLD_PUBLIC, PUBLIC]
