@@ -1,9 +1,12 @@
 """Audit event schema, version 1 (pydantic v2).
 
 The same model validates events in the SDK, the HTTP API and the stream
-processor, so all three accept and reject exactly the same input. Limits on
-``metadata`` can be tightened per deployment by passing
-``context={"limits": Limits(...)}`` to ``model_validate``/``model_validate_json``.
+processor, so all three accept and reject exactly the same input. Limits on the
+free-form fields (``metadata``, ``changes.*.old``/``new``) can be tightened per
+deployment by passing ``context={"limits": Limits(...)}`` (see
+:func:`limits_from`) to ``model_validate``/``model_validate_json``; the HTTP API
+parses bodies with :func:`parse_json`, the parser ``model_validate_json`` uses,
+so integers beyond 64 bits stay exact (and are refused) on both paths.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
+import pydantic_core
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -41,13 +45,41 @@ FieldName = Annotated[str, StringConstraints(pattern=r"^[^$.\x00][^.\x00]{0,127}
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on free-form data; the processor passes its configured values."""
+    """Bounds on free-form data; the processor and the API pass their configured values.
+
+    ``max_metadata_depth`` bounds every free-form value: ``metadata`` (the
+    object itself is level 1) and each ``changes.*.old``/``new`` (a scalar is
+    level 0, an object or array 1, ...).
+    """
 
     max_metadata_bytes: int = 64 * 1024
     max_metadata_depth: int = 8
 
 
 DEFAULT_LIMITS = Limits()
+
+# MongoDB refuses documents nested deeper than 100 levels. A free-form value is
+# stored at most this many levels down (a correction of ``changes``:
+# doc > corrections > [i] > set|previous > changes > field > {old,new} > value),
+# so whatever the configured limit, no value may nest deeper than the rest.
+MONGO_MAX_DEPTH = 100
+STORED_ENVELOPE_DEPTH = 8
+MAX_FREE_FORM_DEPTH = MONGO_MAX_DEPTH - STORED_ENVELOPE_DEPTH
+
+
+def limits_from(settings: Any) -> Limits:
+    """The :class:`Limits` of a settings object (``AuditSettings``): one source for all."""
+    return Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Parse JSON exactly as ``AuditEvent.model_validate_json`` does (pydantic-core).
+
+    Integers of any size stay exact ints (orjson turns those beyond 64 bits into
+    lossy floats), NaN/Infinity and lone surrogates are refused. Raises
+    :class:`ValueError` on invalid JSON.
+    """
+    return pydantic_core.from_json(raw)
 
 
 class _Strict(BaseModel):
@@ -70,17 +102,32 @@ INT64 = (-(2**63), 2**63 - 1)  # what BSON can store; larger ints would poison t
 
 
 def _check_ints(value: Any, path: str) -> None:
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        if not INT64[0] <= value <= INT64[1]:
-            raise ValueError(f"integer at {path or 'top level'} does not fit in 64 bits")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_ints(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_ints(item, f"{path}[{i}]")
+    """Refuse integers BSON cannot store (iterative: no recursion limit to hit)."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not INT64[0] <= item <= INT64[1]:
+                raise ValueError(f"integer at {where or 'top level'} does not fit in 64 bits")
+        elif isinstance(item, dict):
+            stack += [(v, f"{where}.{k}" if where else str(k)) for k, v in item.items()]
+        elif isinstance(item, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(item)]
+
+
+def _check_free_form(value: Any, what: str, limits: Limits, *, self_level: int) -> None:
+    """Depth, 64-bit integers and storable keys of one free-form value.
+
+    ``self_level`` is the level of ``value`` itself when it is a container
+    (``metadata``: 1; a change's ``old``/``new``: 1 as well, a scalar being 0).
+    """
+    max_depth = min(limits.max_metadata_depth, MAX_FREE_FORM_DEPTH)
+    if _depth(value, self_level) > max_depth:
+        raise ValueError(f"{what} nested deeper than {max_depth} levels")
+    _check_ints(value, "")
+    _check_keys(value, "")
 
 
 class Change(_Strict):
@@ -89,8 +136,9 @@ class Change(_Strict):
 
     @field_validator("old", "new")
     @classmethod
-    def _storable(cls, value: JsonValue) -> JsonValue:
-        _check_ints(value, "")
+    def _storable(cls, value: JsonValue, info: ValidationInfo) -> JsonValue:
+        limits = (info.context or {}).get("limits", DEFAULT_LIMITS)
+        _check_free_form(value, f"changes value '{info.field_name}'", limits, self_level=1)
         return value
 
 
@@ -107,23 +155,33 @@ class Source(_Strict):
     version: Name | None = None
 
 
-def _depth(value: Any, level: int = 1) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level - 1 if level > 1 else level
+def _depth(value: Any, self_level: int = 1) -> int:
+    """Nesting levels of containers in ``value`` (iterative); a scalar adds none."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, self_level)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack += [(v, level + 1) for v in item.values()]
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack += [(v, level + 1) for v in item]
+    return deepest
 
 
 def _check_keys(value: Any, path: str) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key.startswith("$") or "." in key or "\x00" in key:
-                raise ValueError(f"key {path}{key!r} must not start with '$' or contain '.'")
-            _check_keys(item, f"{path}{key}.")
-    elif isinstance(value, list):
-        for item in value:
-            _check_keys(item, path)
+    """Keys MongoDB stores as they are: no leading '$', no '.', no NUL (iterative)."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if key.startswith("$") or "." in key or "\x00" in key:
+                    raise ValueError(f"key {where}{key!r} must not start with '$' or contain '.'")
+                stack.append((child, f"{where}{key}."))
+        elif isinstance(item, list):
+            stack += [(child, where) for child in item]
 
 
 class AuditEvent(_Strict):
@@ -149,18 +207,19 @@ class AuditEvent(_Strict):
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         # Milliseconds, UTC: what BSON dates hold, so the stored form is the received form.
-        value = value.astimezone(UTC)
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+            raise ValueError("occurred_at is outside the years 1-9999 in UTC") from None
         return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
     @field_validator("metadata")
     @classmethod
     def _bounded(cls, value: dict[str, JsonValue], info: ValidationInfo) -> dict[str, JsonValue]:
         limits = (info.context or {}).get("limits", DEFAULT_LIMITS)
-        if _depth(value) > limits.max_metadata_depth:
-            raise ValueError(f"metadata nested deeper than {limits.max_metadata_depth} levels")
-        _check_ints(value, "")  # before orjson, which raises TypeError beyond 64 bits
+        # depth and ints before orjson, which fails on deep nesting and on ints beyond 64 bits
+        _check_free_form(value, "metadata", limits, self_level=1)
         size = len(orjson.dumps(value))
         if size > limits.max_metadata_bytes:
             raise ValueError(f"metadata is {size} bytes, limit {limits.max_metadata_bytes}")
-        _check_keys(value, "")
         return value

@@ -9,7 +9,7 @@ start, naming the missing variable (see :meth:`AuditSettings.require`).
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +119,22 @@ class AuditSettings(BaseSettings):
         " the processor and verifiers accept, chosen by key id (JSON list; rotation: old + new).",
     )
 
+    # --- Hostile input and store outages (helper E, issue 14) -------------
+    dlq_max_record_bytes: int = Field(
+        512 * 1024,
+        ge=16 * 1024,
+        le=1_000_000,
+        description="Largest dead-letter record (key + value); a larger original is cut,"
+        " with the size and SHA-256 of the whole (Kafka's default limit is 1 MiB).",
+    )
+    mongo_timeout_ms: int = Field(
+        15_000,
+        ge=100,
+        le=600_000,
+        description="Bound on every MongoDB call (PyMongo timeoutMS, also server selection"
+        " and connect): a frozen store fails calls instead of hanging them.",
+    )
+
     # --- API ---------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)
@@ -136,6 +152,20 @@ class AuditSettings(BaseSettings):
                     f"missing setting {ENV_PREFIX}{name.upper()}: "
                     f"{type(self).model_fields[name].description or 'required'}"
                 )
+
+
+def mongo_client_options(settings: AuditSettings, *, operations: bool = True) -> dict[str, Any]:
+    """Keyword arguments bounding an ``AsyncMongoClient`` by ``mongo_timeout_ms``.
+
+    ``operations=False`` leaves single operations unbounded (only server
+    selection and connecting are), for tools whose operations may rightly run
+    long (``auditstream replay`` renaming a large collection).
+    """
+    ms = settings.mongo_timeout_ms
+    options = {"serverSelectionTimeoutMS": ms, "connectTimeoutMS": ms}
+    if operations:
+        options["timeoutMS"] = ms
+    return options
 
 
 def settings_env(settings: AuditSettings) -> dict[str, str]:

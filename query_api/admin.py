@@ -13,7 +13,9 @@ import asyncio
 from typing import Any
 
 import orjson
+import pymongo
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 from quart import Blueprint, Response, current_app, g, request
 
 from audit_events.chain import (
@@ -26,7 +28,7 @@ from audit_events.chain import (
     sign_control,
 )
 from audit_events.codec import corrected_view, document_to_api, encode_event, event_wire_dict
-from audit_events.schema import AuditEvent, Limits
+from audit_events.schema import AuditEvent, limits_from, parse_json
 from audit_events.settings import AuditSettings
 from audit_events.storage import event_key
 from audit_events.topics import partition_key
@@ -55,9 +57,9 @@ async def _body() -> dict[str, Any]:
     raw = await request.get_data(cache=False, as_text=False)
     if not raw:
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+    try:  # the processor's JSON parser: big integers stay exact (and are refused)
+        body = parse_json(raw)
+    except ValueError as exc:
         raise Problem(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise Problem(422, "body must be a JSON object")
@@ -99,7 +101,7 @@ def _control(
     settings = _settings()
     if settings.control_signing_key is None:
         raise Problem(503, "corrections and erasures are disabled: no control signing key")
-    limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
+    limits = limits_from(settings)
     unsigned = AuditEvent.model_validate(
         {
             "tenant": tenant,
@@ -122,13 +124,18 @@ def _control(
 
 
 async def _wait_for(query: dict[str, Any]) -> dict[str, Any] | None:
+    # None (answer 202: the control event is in Kafka) also when the store is away.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_SECONDS
-    while loop.time() < deadline:
-        doc = await _services().events.find_one(query)
-        if doc is not None:
-            return doc
-        await asyncio.sleep(0.05)
+    try:
+        with pymongo.timeout(WAIT_SECONDS):
+            while loop.time() < deadline:
+                doc = await _services().events.find_one(query)
+                if doc is not None:
+                    return doc
+                await asyncio.sleep(0.05)
+    except PyMongoError as exc:
+        current_app.logger.warning("?wait=true could not confirm the change: %s", exc)
     return None
 
 
@@ -162,7 +169,7 @@ async def correct_event(event_id: str) -> Response:
     if target.get("erased"):
         raise Problem(409, f"event {event_id!r} was erased; it cannot be corrected")
     settings = _settings()
-    limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
+    limits = limits_from(settings)
     try:  # the corrected view must still be a valid event
         AuditEvent.model_validate(
             event_fields({**corrected_view(target), **changes}), context={"limits": limits}

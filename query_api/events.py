@@ -6,14 +6,16 @@ import asyncio
 from typing import Any
 
 import orjson
+import pymongo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pymongo.errors import PyMongoError
 from quart import Blueprint, Response, current_app, g, request
 from quart_schema import document_querystring, document_request, document_response
 
 from audit_events.cache_keys import tenant_generation
 from audit_events.chain import RESERVED_ACTION_PREFIX
 from audit_events.codec import content_hash, document_to_api, encode_event
-from audit_events.schema import AuditEvent, Limits
+from audit_events.schema import AuditEvent, limits_from, parse_json
 from audit_events.settings import AuditSettings
 from audit_events.storage import event_key
 from audit_events.topics import partition_key
@@ -83,9 +85,14 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _parse_events(raw: bytes, settings: AuditSettings) -> list[AuditEvent]:
+    # The processor's parser and validator with the processor's limits: whatever
+    # is answered 202 here is stored there (integers beyond 64 bits stay exact
+    # and are refused, where orjson would have made them lossy floats).
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        body = parse_json(raw)
+    except ValueError as exc:
+        if "recursion limit" in str(exc):  # valid JSON, nested past every depth limit
+            raise Problem(422, f"body is nested too deeply: {exc}") from None
         raise Problem(400, f"body is not valid JSON: {exc}") from None
     items: Any
     if isinstance(body, dict) and "events" in body:
@@ -100,7 +107,7 @@ def _parse_events(raw: bytes, settings: AuditSettings) -> list[AuditEvent]:
         raise Problem(422, 'body must be an event object or {"events": [...]}')
     if not items:
         raise Problem(422, "no events given")
-    limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
+    limits = limits_from(settings)
     events, errors = [], []
     for index, item in enumerate(items):
         try:
@@ -145,10 +152,23 @@ async def create_events() -> Response:
             headers={"Retry-After": "5"},
         ) from None
     ids = [e.id for e in events]
-    if wait and await _wait_stored(events):
+    if wait and await _wait_confirmed(events):
         return _json({"ids": ids, "status": "stored"}, 201)
     headers = {"Location": f"/v1/events/{ids[0]}"} if wait else None
     return _json({"ids": ids, "status": "accepted"}, 202, headers)
+
+
+async def _wait_confirmed(events: list[AuditEvent]) -> bool:
+    """:func:`_wait_stored` within ``WAIT_SECONDS`` in all; False when the store is away.
+
+    The events are in Kafka already: an unconfirmable wait answers 202, not 5xx.
+    """
+    try:
+        with pymongo.timeout(WAIT_SECONDS):
+            return await _wait_stored(events)
+    except PyMongoError as exc:
+        current_app.logger.warning("?wait=true could not confirm storage: %s", exc)
+        return False
 
 
 async def _wait_stored(events: list[AuditEvent]) -> bool:

@@ -6,10 +6,19 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
+from pymongo.errors import ConnectionFailure, PyMongoError
 from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_JSON = "application/problem+json"
+STORE_RETRY_AFTER = "5"
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """A MongoDB error that means "the store is away" (unreachable, frozen, timed out)."""
+    return isinstance(exc, ConnectionFailure) or (
+        isinstance(exc, PyMongoError) and bool(exc.timeout)
+    )
 
 
 class Problem(Exception):
@@ -63,6 +72,20 @@ def register_problem_handlers(app: Quart) -> None:
         if status == 405 and exc.get_headers():
             headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
         return problem_response(status, detail, headers)
+
+    @app.errorhandler(PyMongoError)
+    async def _store(exc: PyMongoError) -> Response:
+        # Every store call is bounded by AUDITSTREAM_MONGO_TIMEOUT_MS; while the
+        # store is away the answer is 503 + Retry-After, never 500 or a hang.
+        if is_store_outage(exc):
+            app.logger.warning("event store unavailable: %s", exc)
+            return problem_response(
+                503,
+                "the event store is unavailable; retry the request later",
+                {"Retry-After": STORE_RETRY_AFTER},
+            )
+        app.logger.exception("unhandled store error", exc_info=exc)
+        return problem_response(500, "internal error; the request id is in X-Request-ID")
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:

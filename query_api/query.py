@@ -58,7 +58,10 @@ def parse_time(name: str, value: str) -> datetime:
         raise Problem(400, f"{name} must be an RFC 3339 time, got {value!r}") from None
     if parsed.tzinfo is None:
         raise Problem(400, f"{name} must include a UTC offset, e.g. 2026-01-01T00:00:00Z")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 falls before year 1 in UTC
+        raise Problem(400, f"{name} is outside the years 1-9999 in UTC, got {value!r}") from None
 
 
 def single_values(args: Any, allowed: tuple[str, ...]) -> dict[str, str]:
@@ -86,7 +89,7 @@ def decode_cursor(value: str) -> tuple[datetime, str]:
         if not isinstance(when, str) or not isinstance(event_id, str):
             raise ValueError
         return datetime.fromisoformat(when).astimezone(UTC), event_id
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise Problem(400, "cursor is not valid; use next_cursor from a previous page") from None
 
 

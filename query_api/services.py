@@ -11,7 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.monitoring import CommandListener
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from audit_events.settings import AuditSettings
+from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION, USERS_COLLECTION
 from query_api.cache import ReadCache
 from query_api.publisher import Publisher, ensure_topics
@@ -48,10 +48,15 @@ class Services:
     async def open(
         cls, settings: AuditSettings, mongo_listeners: Sequence[CommandListener] = ()
     ) -> Services:
-        """Connect, create indexes and topics (idempotent), start the producer."""
+        """Connect, create indexes and topics (idempotent), start the producer.
+
+        Topics first: when the events topic would delete records the API refuses
+        to start (``TopicRetentionError``) before it opens any client.
+        """
+        await ensure_topics(settings)
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.mongo_uri,
-            serverSelectionTimeoutMS=5000,
+            **mongo_client_options(settings),  # bounded calls: a frozen store is a 503
             tz_aware=True,
             event_listeners=list(mongo_listeners),
         )

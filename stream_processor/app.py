@@ -31,8 +31,8 @@ from pymongo.write_concern import WriteConcern
 from redis.asyncio import Redis
 
 from audit_events.chain import control_keys
-from audit_events.schema import Limits
-from audit_events.settings import AuditSettings
+from audit_events.schema import limits_from
+from audit_events.settings import AuditSettings, mongo_client_options
 from stream_processor.batching import BatchLoop
 from stream_processor.chain import open_chain_store, topic_publisher
 from stream_processor.checkpoints import idle_period
@@ -41,9 +41,9 @@ from stream_processor.flush import FlushPolicy
 from stream_processor.kafka import app_class
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
-from stream_processor.records import Batch, Record
+from stream_processor.records import Batch, Record, record_from_message
 from stream_processor.retry import RetryPolicy
-from stream_processor.sinks import RedisInvalidator, dead_letter_value
+from stream_processor.sinks import RedisInvalidator, dead_letter_key, dead_letter_value
 from stream_processor.store import ensure_indexes, events_collection
 
 log = logging.getLogger("auditstream.processor")
@@ -51,11 +51,13 @@ EXIT_BATCH_FAILED = 75  # EX_TEMPFAIL: the supervisor restarts us; nothing was c
 
 
 class FaustDeadLetters:
-    def __init__(self, topic: Any) -> None:
+    def __init__(self, topic: Any, max_bytes: int) -> None:
         self._topic = topic
+        self._max_bytes = max_bytes  # key + value; always under the broker's limit
 
     async def send(self, record: Record, reason: str) -> None:
-        fut = await self._topic.send(key=record.key, value=dead_letter_value(record, reason))
+        value = dead_letter_value(record, reason, max_bytes=self._max_bytes)
+        fut = await self._topic.send(key=dead_letter_key(record), value=value)
         await fut  # wait for the broker's acknowledgement (acks=all)
 
 
@@ -157,7 +159,11 @@ def create_app(
             w="majority" if settings.mongo_write_concern == "majority" else 1,
             j=settings.mongo_journal,
         )
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
+        # Every store call is bounded (mongo_timeout_ms): a frozen MongoDB fails
+        # writes, so the retry policy's deadline applies instead of a hang.
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_uri, **mongo_client_options(settings)
+        )
         collection = events_collection(mongo, settings).with_options(write_concern=wc)
         await ensure_indexes(collection)
         redis = Redis.from_url(settings.redis_url or "", socket_timeout=2.0)
@@ -175,8 +181,8 @@ def create_app(
         return BatchProcessor(
             store,
             RedisInvalidator(redis),
-            FaustDeadLetters(dlq),
-            limits=Limits(settings.max_metadata_bytes, settings.max_metadata_depth),
+            FaustDeadLetters(dlq, settings.dlq_max_record_bytes),
+            limits=limits_from(settings),
             max_event_bytes=settings.max_event_bytes,
             retry=RetryPolicy(give_up_after=settings.write_retry_seconds),
             metrics=metrics,
@@ -261,15 +267,9 @@ def _exit_without_commit(why: str) -> NoReturn:
 
 
 def _record(event: Any) -> Record:
-    msg = event.message
-    return Record(
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        timestamp_ms=int(msg.timestamp * 1000),
-        key=msg.key,
-        value=msg.value,
-    )
+    # Null values and keys, odd headers or timestamps never raise here: decode
+    # turns them into DLQ reasons (issue 14: one record must not stop the worker).
+    return record_from_message(event.message)
 
 
 def _observe_lag(app: faust.App, metrics: ProcessorMetrics, batch: Batch) -> None:

@@ -1,20 +1,31 @@
 """Step 1+2: decode and validate raw Kafka values into stored documents.
 
 Pure functions: every failure becomes a precise, human-readable reason that
-travels to the dead-letter topic with the original bytes.
+travels to the dead-letter topic with the original bytes. :func:`decode` never
+raises: a record that cannot be turned into a document for any reason (a null
+value, a timestamp out of range, or an error nobody foresaw) is a reason, never
+a crash of the worker (DESIGN.md: no record stops the pipeline).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from audit_events.codec import event_to_document
+from audit_events.codec import encode_event, event_to_document
 from audit_events.schema import AuditEvent, Limits
 from stream_processor.records import Batch, Record
+
+log = logging.getLogger("auditstream.processor")
+
+# Record timestamps a stored ``received_at`` may take: the Unix epoch to the end
+# of year 9999 (what a BSON date and a Python datetime both hold).
+MAX_TIMESTAMP_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
+MAX_REASON_CHARS = 1000
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -28,12 +39,36 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | str:
-    """Return the document to store for ``record``, or the reason it is rejected."""
-    size = len(record.value)
+    """Return the document to store for ``record``, or the reason it is rejected.
+
+    Never raises (except on interpreter exits such as ``KeyboardInterrupt``).
+    """
+    try:
+        return _decode(record, limits, max_bytes)
+    except Exception as exc:  # unforeseen: a reason for the DLQ, not a crash loop
+        log.warning("record %s/%s@%s: unexpected decode error", *_where(record), exc_info=True)
+        reason = f"cannot be processed: {type(exc).__name__}: {exc}"
+        return reason[:MAX_REASON_CHARS]
+
+
+def _where(record: Record) -> tuple[object, object, object]:
+    return (record.topic, record.partition, record.offset)
+
+
+def _decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | str:
+    value = record.value
+    if value is None:
+        return "null value (a tombstone): an audit event must be a JSON object"
+    if not isinstance(value, bytes):
+        return f"value is a {type(value).__name__}, not bytes"
+    ts = record.timestamp_ms
+    if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= MAX_TIMESTAMP_MS:
+        return f"record timestamp {ts!r} is out of range (no valid received time)"
+    size = len(value)
     if size > max_bytes:
         return f"oversized: {size} bytes exceeds the limit of {max_bytes}"
     try:
-        text = record.value.decode("utf-8")
+        text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         return f"not UTF-8: {exc.reason} at byte {exc.start}"
     try:
@@ -43,8 +78,9 @@ def decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | s
             return f"not JSON: {exc.errors()[0]['msg']}"
         if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
             return "not a JSON object"
-        return f"invalid event: {describe_validation_error(exc)}"
-    received = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
+        return f"invalid event: {describe_validation_error(exc)}"[:MAX_REASON_CHARS]
+    encode_event(event)  # the chain hashes this form: it must serialise here, not in the write
+    received = datetime.fromtimestamp(ts / 1000, tz=UTC)
     if "occurred_at" not in event.model_fields_set:
         # Not "now" (the schema's default): a redelivery or replay of the record
         # must hash the same, or it would read as another event with the same id.

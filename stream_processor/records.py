@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +15,10 @@ class Record:
     topic: str
     partition: int
     offset: int
-    timestamp_ms: int
+    timestamp_ms: int  # -1 (or anything) when the broker gave none: decode rejects it
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (null value), dead-lettered by decode
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 @dataclass(slots=True)
@@ -34,3 +37,58 @@ class Batch:
             tp = (r.topic, r.partition)
             out[tp] = max(out.get(tp, 0), r.offset + 1)
         return out
+
+
+def record_from_message(msg: Any) -> Record:
+    """A :class:`Record` from a consumer's message (Faust/aiokafka), whatever it carries.
+
+    Never raises on the payload: a null value or key stays ``None`` (decode
+    dead-letters a null value), a missing or absurd timestamp becomes ``-1``
+    (decode dead-letters it), headers that are not ``(str, bytes)`` pairs are
+    kept as well as they can be. Only the position (topic, partition, offset)
+    is taken as given: without it nothing could be committed.
+    """
+    return Record(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        timestamp_ms=timestamp_ms(getattr(msg, "timestamp", None)),
+        key=as_bytes(getattr(msg, "key", None)),
+        value=as_bytes(getattr(msg, "value", None)),
+        headers=as_headers(getattr(msg, "headers", None)),
+    )
+
+
+def timestamp_ms(seconds: Any) -> int:
+    """Milliseconds of a timestamp in seconds; ``-1`` when there is none or it is absurd."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError, OverflowError):
+        return -1
+    if not math.isfinite(value):
+        return -1
+    return round(value * 1000)
+
+
+def as_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    text = value if isinstance(value, str) else repr(value)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def as_headers(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
+    if not headers:
+        return ()
+    try:
+        pairs: Iterable[Any] = headers.items() if isinstance(headers, Mapping) else headers
+        out = []
+        for pair in pairs:
+            name, value = pair
+            key = name if isinstance(name, str) else repr(name)
+            out.append((key, as_bytes(value)))
+        return tuple(out)
+    except (TypeError, ValueError):
+        return (("(unreadable headers)", as_bytes(repr(headers))),)

@@ -8,6 +8,8 @@ the real servers.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -92,19 +94,80 @@ class RedisInvalidator:
             await pipe.execute()
 
 
-def dead_letter_value(record: Record, reason: str) -> bytes:
-    """The DLQ message body: original bytes (latin-1 safe), reason and source."""
-    return orjson.dumps(
-        {
-            "reason": reason,
-            "source": {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "timestamp_ms": record.timestamp_ms,
-            },
-            "dead_lettered_at": datetime.now(UTC).isoformat(),
-            "original": record.value.decode("latin-1"),
-            "original_encoding": "latin-1",
-        }
-    )
+# --- dead-letter records (helper E, issue 14 item 3) -------------------------
+
+DEFAULT_DLQ_MAX_RECORD_BYTES = 512 * 1024  # AUDITSTREAM_DLQ_MAX_RECORD_BYTES
+MAX_DLQ_KEY_BYTES = 256  # a longer key travels (bounded) inside the value only
+MAX_DLQ_REASON_CHARS = 2000
+MAX_DLQ_HEADERS_BYTES = 8 * 1024
+_DLQ_SLACK = 512  # Kafka's per-record framing, and rounding
+
+
+def dead_letter_key(record: Record) -> bytes | None:
+    """The DLQ record's key: the original key (the tenant) unless it is absurdly long."""
+    key = record.key
+    return key if key is not None and len(key) <= MAX_DLQ_KEY_BYTES else None
+
+
+def _blob(data: bytes | None, budget: int) -> dict[str, Any] | None:
+    """``data`` as base64 (cut to fit ``budget`` characters) with its size and SHA-256."""
+    if data is None:
+        return None
+    keep = max(0, budget) // 4 * 3
+    return {
+        "base64": base64.b64encode(data[:keep]).decode("ascii"),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "truncated": len(data) > keep,
+    }
+
+
+def dead_letter_value(
+    record: Record, reason: str, *, max_bytes: int = DEFAULT_DLQ_MAX_RECORD_BYTES
+) -> bytes:
+    """The DLQ message body; with :func:`dead_letter_key` it never exceeds ``max_bytes``.
+
+    The original value is base64 (``original``; ``null`` for a tombstone),
+    with the size and SHA-256 of the *whole* value; when the whole would not
+    fit, ``original`` holds its first bytes and ``original_truncated`` is true.
+    The original key and headers are kept the same way (bounded). Format:
+    docs/processor.md, "Dead-letter records".
+    """
+    headers = [
+        [name[:256], None if v is None else base64.b64encode(v).decode("ascii")]
+        for name, v in record.headers
+    ]
+    headers_truncated = len(orjson.dumps(headers)) > MAX_DLQ_HEADERS_BYTES
+    if headers_truncated:
+        headers = []
+    key = record.key
+    body: dict[str, Any] = {
+        "reason": reason[:MAX_DLQ_REASON_CHARS],
+        "source": {
+            "topic": record.topic[:300],
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp_ms": record.timestamp_ms,
+        },
+        "dead_lettered_at": datetime.now(UTC).isoformat(),
+        "original": None,
+        "original_encoding": "base64",
+        "original_size": None,
+        "original_sha256": None,
+        "original_truncated": False,
+        "key": _blob(key, 0) if key is not None else None,
+        "headers": headers,
+        "headers_truncated": headers_truncated,
+    }
+    fixed = len(orjson.dumps(body)) + len(dead_letter_key(record) or b"") + _DLQ_SLACK
+    budget = max_bytes - fixed
+    if key is not None:  # the key first, at most a tenth of what is left
+        body["key"] = _blob(key, min(len(key) * 4 // 3 + 4, budget // 10))
+        budget -= len(body["key"]["base64"])
+    value = _blob(record.value, budget)
+    if value is not None:
+        body["original"] = value["base64"]
+        body["original_size"] = value["size"]
+        body["original_sha256"] = value["sha256"]
+        body["original_truncated"] = value["truncated"]
+    return orjson.dumps(body)

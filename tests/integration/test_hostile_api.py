@@ -1,0 +1,141 @@
+"""Issue 14 items 2, 4 and 5 at the API: calendar edges, one validator, a frozen store.
+
+Real Tansu, SecantusDB and redis-server; the frozen-store test starts its own
+SecantusDB and SIGSTOPs it (the session-wide servers are never stopped).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from audit_events.settings import AuditSettings
+from auditstream.embedded import Server, mongo_server
+from tests.integration import test_api_support as support
+from tests.integration.test_api_support import Store, bearer, make_event, serve_api
+
+pytestmark = pytest.mark.integration
+http, live, db = support.http, support.live, support.db  # fixtures
+
+EDGES = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
+PROBLEM = "application/problem+json"
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+def assert_problem(resp: httpx.Response, status: int) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Content-Type"] == PROBLEM
+
+
+@pytest.mark.parametrize("when", EDGES)
+async def test_calendar_edge_dates_are_4xx_everywhere(
+    http: httpx.AsyncClient, settings: AuditSettings, db: Store, when: str
+) -> None:
+    auth = bearer(settings)
+    admin = bearer(settings, scopes="events:read events:admin")
+    event = make_event(1)
+    await db.put([event])
+    posted = await http.post("/v1/events", json={**_event(), "occurred_at": when}, headers=auth)
+    assert_problem(posted, 422)
+    for name in ("since", "until"):
+        assert_problem(await http.get("/v1/events", params={name: when}, headers=auth), 400)
+    history = "/v1/targets/invoice/1/history"
+    assert_problem(await http.get(history, params={"as_of": when}, headers=auth), 400)
+    cursor = base64.urlsafe_b64encode(orjson.dumps([when, "x"])).decode().rstrip("=")
+    assert_problem(await http.get("/v1/events", params={"cursor": cursor}, headers=auth), 400)
+    put = await http.put(
+        f"/v1/events/{event.id}",
+        json={"reason": "fix", "set": {"occurred_at": when}},
+        headers=admin,
+    )
+    assert_problem(put, 422)
+
+
+def _event(**fields: Any) -> dict[str, Any]:
+    return {"tenant": "acme", "action": "a.b", **fields}
+
+
+async def test_what_the_worker_rejects_the_api_refuses_with_422(
+    http: httpx.AsyncClient, settings: AuditSettings
+) -> None:
+    auth = {**bearer(settings), "Content-Type": "application/json"}
+    deep = orjson.dumps(_event(changes={"f": {"old": nested(199)}}))
+    assert_problem(await http.post("/v1/events", content=deep, headers=auth), 422)
+    # past the configured depth, well short of any parser's recursion limit
+    just_too_deep = _event(changes={"f": {"new": nested(settings.max_metadata_depth + 1)}})
+    assert_problem(await http.post("/v1/events", json=just_too_deep, headers=auth), 422)
+    big = b'{"tenant": "acme", "action": "a.b", "metadata": {"n": 18446744073709551616}}'
+    resp = await http.post("/v1/events", content=big, headers=auth)
+    assert_problem(resp, 422)
+    assert "64 bits" in resp.text
+    in_changes = b'{"tenant":"acme","action":"a.b","changes":{"f":{"old":[18446744073709551616]}}}'
+    assert_problem(await http.post("/v1/events", content=in_changes, headers=auth), 422)
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[Server]:
+    """A SecantusDB for this test only: it gets frozen (SIGSTOP)."""
+    server = mongo_server(tmp_path / "own-mongo")
+    server.start()
+    try:
+        yield server
+    finally:
+        freeze(server, False)
+        server.stop()
+
+
+def freeze(server: Server, frozen: bool) -> None:
+    assert server.proc is not None
+    if server.proc.poll() is None:
+        os.killpg(server.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
+async def test_a_frozen_store_answers_503_with_retry_after_never_500_or_a_hang(
+    settings: AuditSettings, own_mongo: Server
+) -> None:
+    frozen = settings.model_copy(update={"mongo_uri": own_mongo.url, "mongo_timeout_ms": 1500})
+    api = serve_api(frozen)
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=20) as client:
+            auth = bearer(settings)
+            assert (await client.get("/v1/events", headers=auth)).status_code == 200
+            freeze(own_mongo, True)
+            started = time.monotonic()
+            listed = await client.get("/v1/events", params={"actor": "nobody"}, headers=auth)
+            assert_problem(listed, 503)
+            assert int(listed.headers["Retry-After"]) > 0
+            one = await client.get("/v1/events/some-id", headers=auth)
+            assert_problem(one, 503)
+            waited = await client.post("/v1/events?wait=true", json=_event(), headers=auth)
+            assert waited.status_code == 202, waited.text  # in Kafka: accepted, not 500
+            assert waited.json()["status"] == "accepted"
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and "mongodb" in ready.json()["down"]
+            elapsed = time.monotonic() - started
+            assert elapsed < 20  # each call bounded by the 1.5 s store timeout (+ wait)
+            freeze(own_mongo, False)
+            # back: the same read answers again
+            deadline = time.monotonic() + 30
+            while True:
+                again = await client.get("/v1/events", params={"actor": "nobody"}, headers=auth)
+                if again.status_code == 200 or time.monotonic() > deadline:
+                    break
+            assert again.status_code == 200
+    finally:
+        freeze(own_mongo, False)
+        api.stop()

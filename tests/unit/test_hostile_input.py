@@ -1,0 +1,88 @@
+"""Issue 14 items 1-4: hostile records never crash decode; one validator for API and processor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from audit_events.schema import AuditEvent, Limits
+from stream_processor.decode import decode
+from stream_processor.records import Record
+
+pytestmark = pytest.mark.unit
+
+LIMITS = Limits()
+MAX_BYTES = 256 * 1024
+EDGES = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
+
+
+def rec(value: bytes | None, key: bytes | None = b"acme", ts: int = 1_700_000_000_000) -> Record:
+    return Record("audit.events", 0, 3, ts, key, value)
+
+
+def ev(**fields: Any) -> dict[str, Any]:
+    return {"id": "e1", "tenant": "acme", "action": "a.b", **fields}
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+def test_a_tombstone_record_is_a_reason_not_a_crash() -> None:
+    result = decode(rec(None, key=None), LIMITS, MAX_BYTES)
+    assert isinstance(result, str) and result.startswith("null value")
+
+
+@pytest.mark.parametrize("when", EDGES)
+def test_occurred_at_beyond_the_utc_calendar_is_a_validation_error(when: str) -> None:
+    with pytest.raises(ValidationError, match="occurred_at"):
+        AuditEvent.model_validate(ev(occurred_at=when))
+    result = decode(rec(orjson.dumps(ev(occurred_at=when))), LIMITS, MAX_BYTES)
+    assert isinstance(result, str) and result.startswith("invalid event: occurred_at")
+
+
+@pytest.mark.parametrize("ts", [-1, 2**62, -(2**62)])
+def test_a_record_timestamp_out_of_range_is_a_reason(ts: int) -> None:
+    result = decode(rec(orjson.dumps(ev()), ts=ts), LIMITS, MAX_BYTES)
+    assert isinstance(result, str) and "timestamp" in result
+
+
+@pytest.mark.parametrize("side", ["old", "new"])
+def test_changes_are_depth_bounded_like_metadata(side: str) -> None:
+    ok = ev(changes={"f": {side: nested(LIMITS.max_metadata_depth)}})
+    AuditEvent.model_validate(ok)
+    deep = ev(changes={"f": {side: nested(LIMITS.max_metadata_depth + 1)}})
+    with pytest.raises(ValidationError, match="nested deeper"):
+        AuditEvent.model_validate(deep)
+    result = decode(rec(orjson.dumps(deep)), LIMITS, MAX_BYTES)
+    assert isinstance(result, str) and "nested deeper" in result
+
+
+def test_199_levels_in_changes_old_are_refused_by_the_shared_validator() -> None:
+    # the API validated the parsed body (202); the processor failed to parse it
+    body = ev(changes={"f": {"old": nested(199)}})
+    with pytest.raises(ValidationError):
+        AuditEvent.model_validate(body)
+
+
+def test_mongodb_depth_is_counted_in_whatever_the_configured_limit() -> None:
+    generous = Limits(max_metadata_depth=500)
+    with pytest.raises(ValidationError, match="nested deeper"):
+        AuditEvent.model_validate(ev(metadata=nested(98)), context={"limits": generous})
+    with pytest.raises(ValidationError, match="nested deeper"):
+        AuditEvent.model_validate(
+            ev(changes={"f": {"old": nested(98)}}), context={"limits": generous}
+        )
+
+
+@pytest.mark.parametrize("side", ["old", "new"])
+def test_changes_keys_are_checked_like_metadata(side: str) -> None:
+    for bad in ({"$set": 1}, {"a.b": 1}, {"a\x00": 1}):
+        with pytest.raises(ValidationError, match="must not start with"):
+            AuditEvent.model_validate(ev(changes={"f": {side: bad}}))
