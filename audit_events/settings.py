@@ -8,10 +8,11 @@ start, naming the missing variable (see :meth:`AuditSettings.require`).
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "AUDITSTREAM_"
@@ -106,6 +107,36 @@ class AuditSettings(BaseSettings):
     )
     checkpoint_every_events: int = Field(1000, ge=1, le=10_000_000)
     checkpoint_every_seconds: float = Field(60.0, ge=0.1, le=86_400)
+
+    # --- Topics and checkpoint keys in production (helper C, issue 13) -----
+    checkpoint_retired_public_keys: str = Field(
+        "",
+        description="Comma-separated Ed25519 public keys (base64) of retired signing keys:"
+        " checkpoints they signed keep verifying after a rotation (deploy/README.md).",
+    )
+    allow_unsigned_chains: bool = Field(
+        False,
+        description="Let the processor run without AUDITSTREAM_CHECKPOINT_SIGNING_KEY"
+        " (no signed checkpoints: truncation of the store goes undetected).",
+    )
+    allow_finite_retention: bool = Field(
+        False,
+        description="Let the processor and the API start although the events topic would"
+        " delete records (finite retention or compaction).",
+    )
+
+    @field_validator("checkpoint_retired_public_keys")
+    @classmethod
+    def _retired_keys_are_ed25519(cls, value: str) -> str:
+        keys = [k.strip() for k in value.split(",") if k.strip()]
+        for key in keys:
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except ValueError:
+                raise ValueError(f"{key[:12]}... is not base64") from None
+            if len(raw) != 32:
+                raise ValueError(f"{key[:12]}... is not a raw 32-byte Ed25519 public key")
+        return ",".join(keys)
 
     # --- Control events: proof that the API issued them (docs/chain.md) -----
     control_signing_key: SecretStr | None = Field(

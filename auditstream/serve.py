@@ -9,6 +9,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from audit_events.settings import AuditSettings
+from audit_events.topic_admin import prepare_topics
 from query_api.app import create_app
 
 
@@ -20,6 +21,9 @@ def serve_api(settings: AuditSettings) -> None:
     config.graceful_timeout = 5.0
 
     async def main() -> None:
+        # The app checks the topics again at start; checking here first turns a
+        # refusal (the events topic deletes records) into one line, not a traceback.
+        await prepare_topics(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

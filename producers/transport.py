@@ -7,15 +7,15 @@ producer with a fake that follows the same :class:`Transport` protocol.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 
+from audit_events.topic_admin import create_missing
+from audit_events.topics import TopicSpec, topic_configs
 from producers.config import ProducerConfig
 
 log = logging.getLogger("auditstream.producer")
@@ -68,17 +68,17 @@ class KafkaTransport:
 
     async def _ensure_topic(self) -> None:
         # Tansu keeps topics in memory: after a broker restart the topic is gone and a
-        # produce would auto-create it with the wrong partition count. Create it first.
+        # produce would auto-create it with the wrong partition count and the broker's
+        # default retention. Create it first, from the core's topic specification.
         cfg = self._config
         admin = AIOKafkaAdminClient(
             bootstrap_servers=cfg.bootstrap, request_timeout_ms=cfg.request_timeout_ms
         )
         await admin.start()
         try:
-            if cfg.topic not in set(await admin.list_topics()):
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    topic = NewTopic(cfg.topic, cfg.partitions, cfg.replication)
-                    await admin.create_topics([topic])
+            configs = topic_configs(cfg.replication)
+            spec = TopicSpec("events", cfg.topic, cfg.partitions, cfg.replication, configs)
+            if await create_missing(admin, [spec]):
                 log.info("created topic %s (%d partitions)", cfg.topic, cfg.partitions)
         finally:
             await admin.close()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from audit_events.settings import AuditSettings
+from audit_events.topic_admin import prepare_topics
 
 log = logging.getLogger("auditstream.api.publisher")
 
@@ -20,21 +19,10 @@ class PublishFailed(Exception):
 
 
 async def ensure_topics(settings: AuditSettings) -> None:
-    """Create the events and DLQ topics if missing (idempotent)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(name, settings.kafka_partitions, settings.kafka_replication)
-            for name in (settings.topic_events, settings.topic_dlq)
-            if name not in existing
-        ]
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
-    finally:
-        await admin.close()
+    """Create missing topics from the core's specification, then refuse to start
+    (:class:`~audit_events.topic_admin.TopicRetentionError`) when the live events
+    topic would delete records."""
+    await prepare_topics(settings)
 
 
 class Publisher:

@@ -75,7 +75,6 @@ class Services:
             socket_connect_timeout=1.0,
         )
         redis = Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        await ensure_topics(settings)
         publisher = Publisher(settings)
         await publisher.start()
         throttle = LoginThrottle(

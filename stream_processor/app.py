@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from audit_events.chain import control_keys
 from audit_events.schema import limits_from
 from audit_events.settings import AuditSettings, mongo_client_options
+from audit_events.topics import topic_spec
 from stream_processor.batching import BatchLoop
 from stream_processor.chain import open_chain_store, topic_publisher
 from stream_processor.checkpoints import idle_period
@@ -137,6 +138,7 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         acks=False,  # Faust must never commit this topic; BatchLoop does
+        config=topic_spec(settings, "events").configs,  # if Faust ever declares it
     )
     dlq = app.topic(
         settings.topic_dlq,
@@ -144,13 +146,15 @@ def create_app(
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
+        config=topic_spec(settings, "dlq").configs,
     )
-    checkpoints = app.topic(  # compacted, key = tenant (created by open_chain_store)
+    checkpoints = app.topic(  # key = tenant; every topic is created from the core's spec
         settings.topic_checkpoints,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
+        config=topic_spec(settings, "checkpoints").configs,
     )
     state: dict[str, Any] = {}
 

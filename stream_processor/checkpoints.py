@@ -3,9 +3,11 @@
 After a batch is durable, each tenant whose head advanced by at least
 ``every_events`` since its last checkpoint — or whose last checkpoint is older
 than ``every_seconds`` — gets a new one: ``{tenant, seq, hash, time}`` signed
-with Ed25519, published to the compacted checkpoints topic (key = tenant,
-acks=all) and stored in the ``checkpoints`` collection. The last checkpoint per
-tenant is kept in memory per worker (a restart checkpoints at its first batch).
+with Ed25519 and tagged with the signing key's ``key_id`` (so verifiers pick
+the right key after a rotation), published to the checkpoints topic, which
+keeps every checkpoint (key = tenant, acks=all), and stored in the
+``checkpoints`` collection. The last checkpoint per tenant is kept in memory
+per worker (a restart checkpoints at its first batch).
 A failed checkpoint is logged and retried (timer or next batch); it never
 blocks ingestion. A timer in the processor (:meth:`Checkpointer.idle`) also
 checkpoints heads that moved and then stayed idle, so a tenant's *unsigned
@@ -15,7 +17,6 @@ next batch" (see docs/chain.md).
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
 import logging
 import math
@@ -24,14 +25,15 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo.asynchronous.collection import AsyncCollection
 
-from audit_events.chain import sign_checkpoint
+from audit_events.chain import key_id, load_private_key, public_key_b64, sign_checkpoint
 from audit_events.codec import canonical_json
-from audit_events.settings import AuditSettings
+from audit_events.settings import AuditSettings, SettingsError
+from audit_events.topic_admin import create_missing
+from audit_events.topics import topic_spec
 
 log = logging.getLogger("auditstream.processor.checkpoints")
 Publish = Callable[[bytes, bytes], Awaitable[None]]
@@ -129,20 +131,51 @@ class Checkpointer:
         return made
 
 
+def require_signing_key(settings: AuditSettings) -> None:
+    """Refuse to run a processor that would not sign checkpoints, unless allowed.
+
+    Raises :class:`SettingsError` (one line) without a signing key (unless
+    ``AUDITSTREAM_ALLOW_UNSIGNED_CHAINS=true``), with a key that is not an
+    Ed25519 private key, or when ``AUDITSTREAM_CHECKPOINT_PUBLIC_KEY`` is set to
+    another key than the signing key's (verifiers would reject every checkpoint).
+    """
+    if settings.checkpoint_signing_key is None:
+        if not settings.allow_unsigned_chains:
+            raise SettingsError(
+                "missing setting AUDITSTREAM_CHECKPOINT_SIGNING_KEY: the processor signs chain"
+                " checkpoints with it (generate one with `auditstream keys generate`), or set"
+                " AUDITSTREAM_ALLOW_UNSIGNED_CHAINS=true to run without signed checkpoints"
+            )
+        log.warning(
+            "running without signed checkpoints (AUDITSTREAM_ALLOW_UNSIGNED_CHAINS=true):"
+            " a truncated or rewritten store cannot be detected"
+        )
+        return
+    try:
+        key = load_private_key(settings.checkpoint_signing_key.get_secret_value())
+    except ValueError:
+        raise SettingsError(
+            "invalid setting AUDITSTREAM_CHECKPOINT_SIGNING_KEY: not base64 of a raw 32-byte"
+            " Ed25519 private key (`auditstream keys generate`)"
+        ) from None
+    public = public_key_b64(key)
+    if settings.checkpoint_public_key and settings.checkpoint_public_key != public:
+        raise SettingsError(
+            "invalid setting AUDITSTREAM_CHECKPOINT_PUBLIC_KEY: it is not the public key of"
+            f" AUDITSTREAM_CHECKPOINT_SIGNING_KEY (key id {key_id(public)}); verifiers would"
+            " reject every new checkpoint"
+        )
+
+
 async def ensure_checkpoint_topic(settings: AuditSettings) -> None:
-    """Create the compacted checkpoints topic if missing (key = tenant)."""
+    """Create the checkpoints topic if missing, from the core's topic specification.
+
+    It keeps every checkpoint (``cleanup.policy=delete``, infinite retention):
+    compaction by tenant would drop the older ones.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        if settings.topic_checkpoints in set(await admin.list_topics()):
-            return
-        topic = NewTopic(
-            settings.topic_checkpoints,
-            settings.kafka_partitions,
-            settings.kafka_replication,
-            topic_configs={"cleanup.policy": "compact"},
-        )
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([topic])
+        await create_missing(admin, [topic_spec(settings, "checkpoints")])
     finally:
         await admin.close()

@@ -10,6 +10,7 @@ Each test isolates itself with unique topic, database and group names.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from pydantic import SecretStr
 
 from audit_events.chain import generate_keypair
 from audit_events.settings import AuditSettings, settings_env
+from audit_events.topic_admin import ensure_topics
 from auditstream.embedded import Server, kafka_server, mongo_server, redis_server, stop_all
 
 CONTROL_PRIVATE, CONTROL_PUBLIC = generate_keypair()  # control-event proof keys (docs/chain.md)
@@ -108,6 +111,9 @@ class ProcessorProcess:
             **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
             **settings_env(settings),
             "AUDITSTREAM_JWT_SECRET": "unused-by-the-processor-0123456789abcdef",
+            # Tests that check signed checkpoints pass AUDITSTREAM_CHECKPOINT_SIGNING_KEY;
+            # the others run unsigned, which the processor refuses unless allowed.
+            "AUDITSTREAM_ALLOW_UNSIGNED_CHAINS": "true",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -146,6 +152,9 @@ def processors(
     started: list[ProcessorProcess] = []
 
     def make(**env: str) -> ProcessorProcess:
+        if not started:  # as compose's kafka-init / the k8s Job do before the services
+            with ThreadPoolExecutor(1) as pool:  # callers may be inside an event loop
+                pool.submit(asyncio.run, ensure_topics(settings)).result(60)
         proc = ProcessorProcess(settings, tmp_path / f"processor-{len(started)}.log", **env)
         started.append(proc.start())
         return proc

@@ -19,13 +19,15 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
+from audit_events.topic_admin import create_missing
+from audit_events.topics import topic_specs
 from auditstream.embedded import free_port, mongo_server
 from tests.conftest import Backends, ProcessorProcess
 
@@ -61,9 +63,7 @@ class Kafka:
     async def __aenter__(self) -> Kafka:
         await self.admin.start()
         s = self.settings
-        await self.admin.create_topics(
-            [NewTopic(t, s.kafka_partitions, 1) for t in (s.topic_events, s.topic_dlq)]
-        )
+        await create_missing(self.admin, topic_specs(s))  # as kafka-init would
         await self.producer.start()
         await self.probe.start()
         await self.offsets.start()
