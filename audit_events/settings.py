@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Literal
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, get_origin
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 ENV_PREFIX = "AUDITSTREAM_"
 
@@ -217,11 +221,113 @@ def settings_env(settings: AuditSettings) -> dict[str, str]:
     return env
 
 
-def load_settings(**overrides: object) -> AuditSettings:
-    """Build the settings, turning a validation error into one clear line."""
+# --- The running ``auditstream up`` stack (helper B, issue 13 item 8) ------
+# ``up`` writes ``<data_dir>/stack.json`` (auditstream/stack_state.py): its pid,
+# status and the AUDITSTREAM_* variables it gave its children (addresses, JWT
+# secret, checkpoint keys). load_settings() falls back to those for every setting
+# whose variable is unset, so the CLI run in the project folder finds the stack.
+STACK_STATE_FILE = "stack.json"
+
+
+def stack_state_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / STACK_STATE_FILE
+
+
+def pid_alive(pid: int) -> bool:
     try:
-        return AuditSettings(**overrides)  # type: ignore[arg-type]
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def read_stack_state(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The state file's content, or None when there is none or it is unreadable."""
+    try:
+        state = json.loads(stack_state_path(data_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def running_stack_env(data_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """The running stack's AUDITSTREAM_* variables; empty when ``up`` is not running."""
+    state = read_stack_state(data_dir)
+    if not state or state.get("status") != "running":
+        return {}
+    pid = state.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid):
+        return {}  # a killed ``up`` left its file: its addresses are dead
+    env = state.get("env")
+    if not isinstance(env, dict):
+        return {}
+    return {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _from_env_text(name: str, text: str) -> object:
+    """An AUDITSTREAM_* string as pydantic-settings reads it: lists and dicts are JSON."""
+    field = AuditSettings.model_fields[name]
+    if get_origin(field.annotation) in (list, dict):
+        return json.loads(text)
+    return text
+
+
+def _stack_fallback(settings: AuditSettings) -> dict[str, object]:
+    """Values of the running stack for the settings that nothing set explicitly."""
+    fill: dict[str, object] = {}
+    for key, text in running_stack_env(settings.data_dir).items():
+        name = key.removeprefix(ENV_PREFIX).lower()
+        if (
+            key.startswith(ENV_PREFIX)
+            and name in AuditSettings.model_fields
+            and name not in settings.model_fields_set
+        ):
+            try:
+                fill[name] = _from_env_text(name, text)
+            except ValueError:
+                continue
+    return fill
+
+
+def _one_line(exc: ValidationError, source: str = "") -> str:
+    err = exc.errors()[0]
+    name = ENV_PREFIX + str(err["loc"][0]).upper() if err["loc"] else "?"
+    return f"invalid setting {name}{source}: {err['msg']}"
+
+
+def settings_error_line(exc: Exception) -> str | None:
+    """One line naming the setting for a settings failure, None for anything else."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    if isinstance(exc, ValidationError) and exc.title == AuditSettings.__name__:
+        return _one_line(exc)
+    if isinstance(exc, PydanticSettingsError):
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = ENV_PREFIX + found.group(1).upper() if found else "(unknown)"
+        return f'invalid setting {name}: cannot be parsed (a list is JSON, e.g. ["HS256"])'
+    return None
+
+
+def load_settings(**overrides: object) -> AuditSettings:
+    """Build the settings, turning a validation error into one clear line.
+
+    Explicit values win: ``overrides``, then AUDITSTREAM_* variables, then
+    ``.env``; a setting none of them sets comes from the running ``auditstream
+    up`` stack of ``data_dir`` (its state file), then from the default.
+    """
+    try:
+        settings = AuditSettings(**overrides)  # type: ignore[arg-type]
+    except (ValidationError, PydanticSettingsError) as exc:
+        raise SettingsError(settings_error_line(exc)) from None
+    fill = _stack_fallback(settings)
+    if not fill:
+        return settings
+    try:
+        return AuditSettings(**{**fill, **overrides})  # type: ignore[arg-type]
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
-        raise SettingsError(f"invalid setting {name}: {err['msg']}") from None
+        where = f" (from {stack_state_path(settings.data_dir)})"
+        raise SettingsError(_one_line(exc, where)) from None

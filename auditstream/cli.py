@@ -13,37 +13,64 @@ from typing import Any, TypeVar
 
 import click
 
-from audit_events.settings import AuditSettings, SettingsError, load_settings
+from audit_events.settings import AuditSettings, load_settings, settings_error_line
 
 F = TypeVar("F", bound=Callable[..., Any])
+SETTINGS_EXIT = 2
+
+
+class SettingsProblem(click.ClickException):
+    """A missing or invalid setting: one line naming it, exit status 2."""
+
+    exit_code = SETTINGS_EXIT
 
 
 def _settings(**overrides: object) -> AuditSettings:
-    try:
-        return load_settings(**overrides)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_settings(**overrides)  # a SettingsError becomes one line in _Main
 
 
 def _clear_errors(fn: F) -> F:
-    """Turn a missing/invalid setting raised later into one clear line."""
+    """Turn a missing/invalid setting raised in ``fn`` into one clear line.
+
+    The group does this for every command (:class:`_Main`); this wrapper
+    serves commands invoked on their own, outside the group.
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except SettingsError as exc:
-            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            line = settings_error_line(exc)
+            if line is None:
+                raise
+            raise SettingsProblem(line) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group: every command's settings failure is one line, exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            line = settings_error_line(exc)
+            if line is None:
+                raise
+            raise SettingsProblem(line) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """auditstream: a tamper-evident audit trail on Kafka, MongoDB and Redis.
 
-    Settings come from AUDITSTREAM_* environment variables (or .env);
-    see README.md for the list.
+    Settings come from AUDITSTREAM_* environment variables (or .env); a setting
+    left unset is taken from the running `auditstream up` of this folder (its
+    state file .auditstream/stack.json), so commands run beside `make run`
+    need no setup. A missing or invalid setting exits with status 2 and one
+    line naming it. See README.md for the list.
     """
 
 
@@ -135,6 +162,32 @@ from auditstream.emit_cli import emit, loadgen  # noqa: E402
 
 main.add_command(emit)
 main.add_command(loadgen)
+
+
+@main.command()
+def status() -> None:
+    """Show what the running `auditstream up` of this folder runs where.
+
+    Reads the state file `up` writes (<data dir>/stack.json) and checks that
+    each address answers. Exit status 0 when up runs and everything answers,
+    1 otherwise.
+    """
+    from auditstream.stack_state import describe, probe
+
+    data_dir = _settings().data_dir
+    headline, env = describe(data_dir)
+    click.echo(headline)
+    if env is None:
+        sys.exit(1)
+    services = probe(env)
+    width = max(len(s.name) for s in services)
+    for svc in services:
+        mark = click.style("answers", fg="green") if svc.answers else click.style("DOWN", fg="red")
+        detail = f" ({svc.detail})" if svc.detail else ""
+        click.echo(f"  {svc.name:<{width}}  {svc.address}  {mark}{detail}")
+    click.echo("Commands run in this folder use these settings when AUDITSTREAM_* are unset.")
+    sys.exit(0 if all(s.answers for s in services) else 1)
+
 
 from auditstream import trust_cli  # noqa: E402
 

@@ -17,7 +17,7 @@ import click
 import orjson
 
 from audit_events.schema import AuditEvent
-from audit_events.settings import AuditSettings, SettingsError, load_settings
+from audit_events.settings import AuditSettings, load_settings
 from producers.config import ProducerConfig
 from producers.errors import BufferFull, InvalidEvent, ProducerError
 from producers.producer import AuditProducer
@@ -26,11 +26,9 @@ CHUNK = 500
 
 
 def _config(spool: Path | None, **overrides: Any) -> ProducerConfig:
-    try:
-        settings: AuditSettings = load_settings()
-        return ProducerConfig.from_settings(settings, spool_path=spool, **overrides)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    # a SettingsError becomes one line naming the setting, exit 2, in the command group
+    settings: AuditSettings = load_settings()
+    return ProducerConfig.from_settings(settings, spool_path=spool, **overrides)
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:

@@ -22,16 +22,14 @@ from audit_events.chain import (
     seq_probes,
 )
 from audit_events.codec import _parse_time
-from audit_events.settings import AuditSettings, SettingsError, load_settings
+from audit_events.settings import AuditSettings, load_settings
 from audit_events.storage import EVENTS_COLLECTION
 
 
 def _settings() -> AuditSettings:
-    try:
-        settings = load_settings()
-        settings.require("mongo_uri")
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    """The settings; a SettingsError becomes one line, exit 2, in the command group."""
+    settings = load_settings()
+    settings.require("mongo_uri")
     return settings
 
 
@@ -149,19 +147,34 @@ async def _verify(
 
 @click.command("replay")
 @click.option("--since", default=None, help="Replay from this time (offsets-for-times).")
-@click.option("--fresh", is_flag=True, help="Start over instead of resuming a crashed replay.")
-@click.option("--no-swap", is_flag=True, help="Only build events_replay; do not swap it in.")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start the rebuild over (drops events_replay, the replay's own copy) instead of "
+    "resuming a crashed replay. Never touches the live store.",
+)
+@click.option(
+    "--no-swap",
+    is_flag=True,
+    help="Only build events_replay; leave the live store as it is.",
+)
 @click.option("--batch", type=int, default=1000, show_default=True, help="Records per write.")
 def replay(since: str | None, fresh: bool, no_swap: bool, batch: int) -> None:
-    """Rebuild the store from the events topic into a fresh collection and swap it in.
+    """Rebuild the store from the events topic; swap it in only if it is complete.
 
-    Live ingestion continues while it runs; writers pause only during the swap
-    (see docs/chain.md). Resumable after a crash. Exit status 1 when the counts
-    or a chain do not check out afterwards.
+    Builds a fresh collection (events_replay) while live ingestion continues,
+    verifies it, then pauses writers briefly (see docs/chain.md) and swaps it
+    in only when it covers the live store: every tenant's rebuilt chain reaches
+    the stored head with the same hash, no tenant has fewer events, and the
+    chains verify (hashes, links, signed checkpoints). Otherwise the live store
+    stays untouched, events_replay is kept for inspection and one line says
+    what the topic lacks (exit status 1). No option drops stored events.
+    Resumable after a crash.
     """
     from stream_processor.replay import Replayer
 
     settings = _settings()
+    settings.require("kafka_bootstrap")  # before the progress bar: one line, exit 2
     started = time.perf_counter()
     with click.progressbar(length=0, label="replaying", show_pos=True) as bar:
 
@@ -181,14 +194,19 @@ def replay(since: str | None, fresh: bool, no_swap: bool, batch: int) -> None:
         f"{result.inserted} stored, {result.duplicates} duplicates, {result.rejected} rejected"
         + (" (resumed)" if result.resumed else "")
     )
-    if result.swapped:
-        click.echo(f"swapped in; counts live {result.live_count} / replayed {result.replay_count}")
-        for report in result.reports:
-            status = "ok " if report.ok else "BAD"
-            click.echo(
-                f"{status} {report.tenant}: {report.checked} checked"
-                + ("" if report.ok else f"; seq {report.first_bad_seq} {report.reason}")
-            )
+    if no_swap:
+        click.echo("built events_replay; the live store is unchanged (--no-swap)")
+        sys.exit(0)
+    if result.refusal is not None:
+        click.secho(result.refusal, fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"swapped in; counts live {result.live_count} / replayed {result.replay_count}")
+    for report in result.reports:
+        status = "ok " if report.ok else "BAD"
+        click.echo(
+            f"{status} {report.tenant}: {report.checked} checked"
+            + ("" if report.ok else f"; seq {report.first_bad_seq} {report.reason}")
+        )
     sys.exit(0 if result.ok else 1)
 
 

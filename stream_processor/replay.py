@@ -1,4 +1,4 @@
-"""``auditstream replay``: rebuild the store from the events topic, then swap it in.
+"""``auditstream replay``: rebuild the store from the events topic; swap it in only if complete.
 
 1. Into a fresh ``events_replay`` collection (same indexes, unique chain index),
    from the beginning of the topic — or, with ``since``, from the offsets of that
@@ -9,18 +9,29 @@
 2. Resumable: the next offset per partition is saved in ``replay_state`` after
    every batch; a crashed replay continues from there (a batch replayed twice is
    harmless: ids already stored are skipped).
-3. Swap: set the *fence* (``replay_state/fence``, with a deadline) so live
-   writers pause — :class:`ChainedStore` checks it before every batch and backs
-   off while it is up — wait a grace period for batches already in flight, catch
-   up to the topic's end offsets *taken after the grace period* (they cover every
-   event a live writer could have consumed), compare counts, then
-   ``renameCollection(events_replay → events, dropTarget)`` and lift the fence
-   (bumping its generation, so writers forget their cached chain heads). A live
-   write that was still in flight lands either in the old collection (dropped;
-   the replay already holds its events) or in the new one, where its ids already
-   exist (skipped) — the unique (tenant, seq) index makes a fork impossible.
-   If the replay dies with the fence up, live writers resume at its deadline.
-4. Verify every tenant's chain in the swapped-in store (stored checkpoints).
+3. Verify the rebuilt chains (hashes, links, signed checkpoints) while live
+   writers still run; a broken rebuilt chain is refused at once.
+4. Fence: set ``replay_state/fence`` (with a deadline) so live writers pause —
+   :class:`ChainedStore` checks it before every batch and backs off while it is
+   up — wait a grace period for batches already in flight, then catch up to the
+   topic's end offsets *taken after the grace period* (they cover every event a
+   live writer could have consumed).
+5. Coverage, under the fence, before anything is renamed: for every tenant of
+   the live store, the rebuilt chain must reach the live head seq with the same
+   hash there, hold at least as many events, and verify from where step 3
+   stopped to its end, reaching every signed checkpoint. Otherwise the replay is
+   *refused*: the fence is lifted, the live store is untouched, ``events_replay``
+   is kept for inspection and :attr:`ReplayResult.refusal` says, in one line,
+   what the topic is missing (e.g. it starts at offset N, or rebuilt M of a
+   tenant's K events). Nothing ever replaces stored events with fewer.
+6. Swap: ``renameCollection(events_replay → events, dropTarget)`` and lift the
+   fence (bumping its generation, so writers forget their cached chain heads). A
+   live write that was still in flight lands either in the old collection
+   (dropped; the replay already holds its events) or in the new one, where its
+   ids already exist (skipped) — the unique (tenant, seq) index makes a fork
+   impossible. If the replay dies with the fence up, live writers resume at its
+   deadline; if the checks outlast the deadline, the replay refuses instead of
+   swapping (writers may have resumed).
 """
 
 from __future__ import annotations
@@ -33,12 +44,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
 from audit_events.chain import (
+    GENESIS,
     Report,
     control_keys,
     load_public_key,
@@ -55,7 +68,7 @@ from audit_events.storage import (
     REPLAY_COLLECTION,
     REPLAY_STATE_COLLECTION,
 )
-from stream_processor.chain import FENCE_ID, ChainedStore, ensure_chain_index
+from stream_processor.chain import FENCE_ID, ChainedStore, derive_head, ensure_chain_index
 from stream_processor.control import ControlGate
 from stream_processor.decode import decode_batch
 from stream_processor.records import Record
@@ -76,7 +89,9 @@ class ReplayResult:
     swapped: bool = False
     live_count: int | None = None
     replay_count: int | None = None
+    # the rebuilt chains, verified before the swap
     reports: list[Report] = field(default_factory=list)
+    refusal: str | None = None  # one line: why the rebuilt store was not swapped in
 
     @property
     def rate(self) -> float:
@@ -87,7 +102,7 @@ class ReplayResult:
         # The rebuilt store holds at least what the live one held (more when the live
         # processor lagged behind the topic, or the live store was lost).
         counts = self.live_count is None or (self.replay_count or 0) >= self.live_count
-        return counts and all(r.ok for r in self.reports)
+        return self.refusal is None and counts and all(r.ok for r in self.reports)
 
 
 async def store_digest(collection: AsyncCollection[dict[str, Any]]) -> tuple[int, str]:
@@ -145,21 +160,10 @@ class Replayer:
             await self._catch_up(consumer, tps, positions, store, state, result)
             result.rebuild_seconds = time.perf_counter() - started
             if swap:
-                await self._fence(state, up=True)
-                await _sleep(self._grace)
-                await self._catch_up(consumer, tps, positions, store, state, result)
-                result.live_count = await db[EVENTS_COLLECTION].count_documents({})
-                result.replay_count = await target.count_documents({})
-                await client.admin.command(
-                    "renameCollection",
-                    f"{s.mongo_db}.{REPLAY_COLLECTION}",
-                    to=f"{s.mongo_db}.{EVENTS_COLLECTION}",
-                    dropTarget=True,
+                topic = await _topic_extent(consumer, tps)
+                await self._swap_if_complete(
+                    client, db, state, target, consumer, tps, positions, store, topic, result
                 )
-                await state.update_one({"_id": STATE_ID}, {"$set": {"phase": "done"}})
-                await self._fence(state, up=False)
-                result.swapped = True
-                result.reports = await self._verify(db[EVENTS_COLLECTION])
             else:
                 await state.update_one({"_id": STATE_ID}, {"$set": {"phase": "caught-up"}})
         finally:
@@ -291,24 +295,175 @@ class Replayer:
             timeout = 20  # something arrived: top up only with what is ready
         return records
 
-    async def _fence(self, state: AsyncCollection[dict[str, Any]], *, up: bool) -> None:
-        until = datetime.now(UTC) + timedelta(seconds=self._fence_seconds) if up else None
+    async def _swap_if_complete(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        db: AsyncDatabase[dict[str, Any]],
+        state: AsyncCollection[dict[str, Any]],
+        target: AsyncCollection[dict[str, Any]],
+        consumer: AIOKafkaConsumer,
+        tps: list[TopicPartition],
+        positions: dict[int, int],
+        store: ChainedStore,
+        topic: dict[int, tuple[int, int]],
+        result: ReplayResult,
+    ) -> None:
+        """Steps 3-6: verify, fence, catch up, check coverage, then swap or refuse."""
+        live = db[EVENTS_COLLECTION]
+        # The bulk of the verification runs while live writers go on; ``to_end`` waits
+        # for the fence (a live checkpoint may sign events the rebuild has not reached).
+        reports = {t: await self._verify(target, t, None) for t in await _tenants(target)}
+        refusal = _broken(reports)
+        if refusal is None:
+            fenced_until = await self._fence(state, up=True)
+            try:
+                await _sleep(self._grace)
+                await self._catch_up(consumer, tps, positions, store, state, result)
+                result.live_count = await live.count_documents({})
+                result.replay_count = await target.count_documents({})
+                refusal = await self._coverage(live, target, tps, topic)
+                if refusal is None:
+                    for tenant in await _tenants(target):
+                        reports[tenant] = await self._verify(target, tenant, reports.get(tenant))
+                    refusal = _broken(reports)
+                if refusal is None and fenced_until and datetime.now(UTC) >= fenced_until:
+                    refusal = (
+                        f"the checks outlasted the {self._fence_seconds:.0f} s fence, "
+                        "so live writers may have resumed"
+                    )
+                if refusal is None:
+                    await self._fence(state, up=True, bump=False)  # a full deadline for the rename
+                    await client.admin.command(
+                        "renameCollection",
+                        f"{self._settings.mongo_db}.{REPLAY_COLLECTION}",
+                        to=f"{self._settings.mongo_db}.{EVENTS_COLLECTION}",
+                        dropTarget=True,
+                    )
+                    result.swapped = True
+            finally:
+                await self._fence(state, up=False)
+        result.reports = [reports[t] for t in sorted(reports)]
+        if refusal is not None:
+            result.refusal = (
+                f"replay refused: {refusal}; live store untouched, "
+                f"rebuilt copy kept in {REPLAY_COLLECTION}"
+            )
+        phase = "done" if result.swapped else "refused"
         await state.update_one(
-            {"_id": FENCE_ID}, {"$set": {"until": until}, "$inc": {"generation": 1}}, upsert=True
+            {"_id": STATE_ID}, {"$set": {"phase": phase, "refusal": result.refusal}}
         )
 
-    async def _verify(self, events: AsyncCollection[dict[str, Any]]) -> list[Report]:
+    async def _coverage(
+        self,
+        live: AsyncCollection[dict[str, Any]],
+        target: AsyncCollection[dict[str, Any]],
+        tps: list[TopicPartition],
+        topic: dict[int, tuple[int, int]],
+    ) -> str | None:
+        """What the rebuilt store lacks of the live one (compared by tenant, seq, hash)."""
+        short: list[str] = []
+        for tenant in await _tenants(live):
+            live_seq, live_hash = await derive_head(live, tenant)
+            stored = await live.count_documents({"tenant": tenant})
+            rebuilt = await target.count_documents({"tenant": tenant})
+            at_head = (
+                await target.find_one({"tenant": tenant, "seq": live_seq}, {"hash": 1})
+                if live_seq
+                else None
+            )
+            where = self._where(tenant, tps, topic)
+            if (live_seq and at_head is None) or rebuilt < stored:
+                short.append(
+                    f"tenant {tenant} has {stored} stored events, the topic rebuilt {rebuilt}"
+                    + (f" ({where})" if where else "")
+                )
+            elif live_seq and at_head is not None and at_head.get("hash") != live_hash:
+                short.append(
+                    f"tenant {tenant}'s rebuilt chain differs from the stored one at seq "
+                    f"{live_seq}" + (f" ({where})" if where else "")
+                )
+        if not short:
+            return None
+        rest = len(short) - 3
+        missing = "" if tps else f"; topic {self._settings.topic_events} does not exist"
+        return "; ".join(short[:3]) + (f"; and {rest} more tenants" if rest > 0 else "") + missing
+
+    def _where(
+        self, tenant: str, tps: list[TopicPartition], topic: dict[int, tuple[int, int]]
+    ) -> str:
+        """Where ``tenant``'s events live in the topic, as far as the broker says."""
+        name = self._settings.topic_events
+        if not tps:
+            return ""  # said once, after every tenant
+        parts = [tp.partition for tp in tps]
+        partition = DefaultPartitioner()(tenant.encode(), parts, parts)
+        first, end = topic.get(partition, (0, 0))
+        return f"topic {name} starts at offset {first} of partition {partition}, ends at {end}"
+
+    async def _fence(
+        self, state: AsyncCollection[dict[str, Any]], *, up: bool, bump: bool = True
+    ) -> datetime | None:
+        until = datetime.now(UTC) + timedelta(seconds=self._fence_seconds) if up else None
+        await state.update_one(
+            {"_id": FENCE_ID},
+            {"$set": {"until": until}, "$inc": {"generation": 1 if bump else 0}},
+            upsert=True,
+        )
+        return until
+
+    async def _verify(
+        self, events: AsyncCollection[dict[str, Any]], tenant: str, before: Report | None
+    ) -> Report:
+        """Verify ``tenant``'s chain in ``events``: all of it (``before`` is None,
+        not to the end) or, under the fence, on from where ``before`` stopped to
+        the end (every signed checkpoint reached)."""
         key_b64 = public_key_of(self._settings)
         key = load_public_key(key_b64) if key_b64 else None
         checkpoints = events.database[CHECKPOINTS_COLLECTION]
-        reports = []
-        for tenant in sorted(await events.distinct("tenant")):
-            cps = [c async for c in checkpoints.find({"tenant": tenant})]
-            cursor = events.find({"tenant": tenant, "seq": {"$gte": 1}}).sort(
-                [("seq", 1), ("_id", 1)]
+        cps = [c async for c in checkpoints.find({"tenant": tenant})]
+        start, prev = (before.head_seq + 1, before.head_hash) if before else (1, GENESIS)
+        cursor = events.find({"tenant": tenant, "seq": {"$gte": start}}).sort(
+            [("seq", 1), ("_id", 1)]
+        )
+        docs = aiter(cursor.batch_size(1000))
+        if before is None:
+            return await verify_chain(tenant, docs, cps, key, to_end=False)
+        if not before.ok:
+            return before
+        tail = await verify_chain(tenant, docs, cps, key, start_seq=start, prev_hash=prev)
+        if tail.checked == 0 and tail.ok:
+            tail.head_seq, tail.head_hash = before.head_seq, before.head_hash
+        tail.checked += before.checked
+        tail.erased += before.erased
+        tail.corrected += before.corrected
+        return tail
+
+
+async def _tenants(events: AsyncCollection[dict[str, Any]]) -> list[str]:
+    return sorted(await events.distinct("tenant"))
+
+
+def _broken(reports: dict[str, Report]) -> str | None:
+    """The first tenant whose rebuilt chain does not verify, as a clause."""
+    for tenant in sorted(reports):
+        r = reports[tenant]
+        if not r.ok:
+            return (
+                f"tenant {tenant}'s rebuilt chain does not verify at seq {r.first_bad_seq}: "
+                f"{r.reason} ({r.detail})"
             )
-            reports.append(await verify_chain(tenant, aiter(cursor.batch_size(1000)), cps, key))
-        return reports
+    return None
+
+
+async def _topic_extent(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> dict[int, tuple[int, int]]:
+    """(first offset, end offset) of every partition, for the refusal line."""
+    if not tps:
+        return {}
+    first = await consumer.beginning_offsets(tps)
+    ends = await consumer.end_offsets(tps)
+    return {tp.partition: (int(first[tp]), int(ends[tp])) for tp in tps}
 
 
 async def true_end_offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[int, int]:

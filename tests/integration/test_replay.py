@@ -16,7 +16,7 @@ from audit_events.codec import encode_event
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings
 from audit_events.storage import REPLAY_STATE_COLLECTION
-from stream_processor.replay import Replayer, store_digest
+from stream_processor.replay import Replayer, store_digest, true_end_offsets
 from tests.conftest import ProcessorProcess
 from tests.integration.conftest import eventually
 
@@ -143,3 +143,121 @@ async def test_replay_resumes_from_saved_positions(
     resumed = await Replayer(settings).run()
     assert resumed.resumed and resumed.ok and resumed.duplicates == 500
     assert await store_digest(store) == expected
+
+
+async def chain_of(store: AsyncCollection[dict[str, Any]]) -> dict[tuple[str, int], str]:
+    """Every stored event's (tenant, seq) → hash: what a replay must never lose."""
+    return {
+        (d["tenant"], d["seq"]): d["hash"]
+        async for d in store.find({}, {"tenant": 1, "seq": 1, "hash": 1})
+    }
+
+
+async def copy_topic(settings: AuditSettings, to: str, keep: Callable[[int, int], bool]) -> int:
+    """Copy the records of the events topic that ``keep(partition, offset)`` into ``to``.
+
+    Keys, values and timestamps are kept, so the copies rebuild the same documents:
+    a stand-in for a topic that lost part of its log (a restarted in-memory broker,
+    finite retention).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await consumer.start()
+    await producer.start()
+    copied = 0
+    try:
+        parts = consumer.partitions_for_topic(settings.topic_events) or set()
+        if not parts:
+            await consumer.topics()
+            parts = consumer.partitions_for_topic(settings.topic_events) or set()
+        tps = [TopicPartition(settings.topic_events, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        ends = await true_end_offsets(consumer, tps)
+        await consumer.seek_to_beginning(*tps)
+        records = []
+        while len(records) < sum(ends.values()):
+            for messages in (await consumer.getmany(timeout_ms=1000)).values():
+                records.extend(m for m in messages if m.offset < ends[m.partition])
+        for m in sorted(records, key=lambda m: (m.partition, m.offset)):
+            if keep(m.partition, m.offset):
+                await producer.send_and_wait(
+                    to, m.value, key=m.key, partition=m.partition, timestamp_ms=m.timestamp
+                )
+                copied += 1
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return copied
+
+
+async def test_replay_never_swaps_in_a_store_that_lacks_stored_events(
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+    settings: AuditSettings,
+) -> None:
+    """The topic lost events the store holds (a restarted in-memory broker, a truncated
+    log): replay refuses with one line, the live store keeps every event and hash, the
+    rebuilt copy stays for inspection, live writers are not left fenced."""
+    processors(AUDITSTREAM_CHECKPOINT_SIGNING_KEY=PRIVATE)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(40):
+            tenant = ("acme", "globex")[i % 2]
+            event = AuditEvent(id=f"n-{i:03d}", tenant=tenant, action="doc.edit")
+            await producer.send_and_wait(
+                settings.topic_events, encode_event(event), key=tenant.encode()
+            )
+    finally:
+        await producer.stop()
+    await wait_count(store, 40, timeout=120)
+    before = await chain_of(store)
+    digest = await store_digest(store)
+    database = store.database
+
+    # the restarted broker: the topic is empty (a topic name the broker never saw)
+    empty = settings.model_copy(update={"topic_events": f"{settings.topic_events}.restarted"})
+    result = await Replayer(empty, grace_seconds=0.2).run()
+    print(f"\n{result.refusal}")
+    assert not result.swapped and not result.ok
+    assert result.refusal is not None and "\n" not in result.refusal
+    assert result.refusal.startswith(
+        "replay refused: tenant acme has 20 stored events, the topic rebuilt 0;"
+    ), result.refusal
+    assert f"topic {empty.topic_events} does not exist" in result.refusal
+    assert "globex" in result.refusal  # the other tenant is named too
+    assert result.refusal.endswith("live store untouched, rebuilt copy kept in events_replay")
+    assert await chain_of(store) == before and await store_digest(store) == digest
+    assert "events_replay" in await database.list_collection_names()
+    fence = await database[REPLAY_STATE_COLLECTION].find_one({"_id": "fence"})
+    assert fence is None or fence["until"] is None
+
+    # a topic that kept only the first half of every partition
+    half = f"{settings.topic_events}.half"
+    ends: dict[int, int] = {}
+
+    def count(partition: int, offset: int) -> bool:
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+        return False
+
+    await copy_topic(settings, half, count)
+    copied = await copy_topic(settings, half, lambda p, o: o < ends[p] // 2)
+    assert 0 < copied < 40
+    partial = await Replayer(
+        settings.model_copy(update={"topic_events": half}), grace_seconds=0.2
+    ).run()
+    print(partial.refusal)
+    assert not partial.swapped and partial.refusal is not None, partial
+    assert partial.refusal.startswith("replay refused: tenant acme has 20 stored events"), (
+        partial.refusal
+    )
+    assert await chain_of(store) == before and await store_digest(store) == digest
+    assert f"(topic {half} starts at offset 0 of partition " in partial.refusal
+    assert await database["events_replay"].count_documents({}) == copied
+
+    # the topic that holds everything still swaps
+    whole = await Replayer(settings, grace_seconds=0.2).run()
+    assert whole.swapped and whole.ok and whole.refusal is None, whole
+    assert await chain_of(store) == before
