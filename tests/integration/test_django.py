@@ -4,23 +4,27 @@ our logging backend: a model save travels Django → Kafka → processor → Mon
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.settings import AuditSettings, settings_env
-from auditstream.embedded import free_port, wait_for_port
+from auditstream.embedded import free_port, kafka_server, wait_for_port
 from tests.conftest import ProcessorProcess
 from tests.integration.conftest import eventually
 
@@ -232,3 +236,102 @@ async def test_model_save_reaches_mongodb(
     user_created = docs[0]
     assert user_created["changes"]["password"] == {"new": "[redacted]"}
     assert docs[2]["actor"] == {"id": user, "type": "user", "name": "alice"}
+
+
+async def consume_pings(bootstrap: str, topic: str, want: set[str], timeout: float) -> list[str]:
+    """Query strings of the ``http.get`` events on ``topic``, read until ``want`` is seen."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not want <= set(got) and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    event = orjson.loads(rec.value or b"{}")
+                    if event.get("action") == "http.get":
+                        got.append(event["metadata"]["query_string"])
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_kafka_down_four_workers_one_killed_nothing_lost(
+    tmp_path: Path, unique: str, gunicorn: Callable[..., Gunicorn]
+) -> None:
+    """Kafka unreachable, 4 gunicorn workers under load, one SIGKILLed mid-load: every
+    page still answers, every record is on disk, and once Kafka is back every spooled
+    event reaches it (the dead worker's file drained by a live process)."""
+    port = free_port()
+    topic = f"audit.events.{unique}"
+    spool = tmp_path / "audit-spool"
+    env = shop_env(
+        tmp_path,
+        {
+            "AUDITSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",  # nothing listens yet
+            "AUDITSTREAM_TOPIC_EVENTS": topic,
+            "AUDITSTREAM_DATA_DIR": str(tmp_path / "data"),
+        },
+        SHOP_SPOOL_DIR=str(spool),
+        SHOP_AUDIT_OPTIONS=json.dumps(
+            {"claim_interval": 0.5, "reconnect_max": 0.5, "request_timeout_ms": 2000}
+        ),
+    )
+    migrated = await asyncio.to_thread(
+        manage, env, "migrate", "--run-syncdb", "--skip-checks", "-v", "0"
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    server = await asyncio.to_thread(gunicorn, env, 4)
+
+    total, clients = 400, 8
+    answers: dict[int, int] = {}
+    pids: set[int] = set()
+    killed: list[int] = []
+
+    def client(first: int) -> None:
+        for n in range(first, total, clients):
+            try:
+                status, body = server.get(f"/ping/?n={n}")
+            except (OSError, http.client.HTTPException):  # the killed worker's connection
+                continue
+            answers[n] = status
+            if status == 200:
+                pids.add(json.loads(body)["pid"])
+            if len(answers) >= total // 3 and not killed and len(pids) >= 2:
+                victim = sorted(pids)[0]
+                killed.append(victim)
+                os.kill(victim, signal.SIGKILL)
+
+    await asyncio.gather(*(asyncio.to_thread(client, c) for c in range(clients)))
+    ok = {f"n={n}" for n, status in answers.items() if status == 200}
+    assert killed, "no worker was killed"
+    assert set(answers.values()) == {200}, server.log()
+    assert len(ok) >= total - clients  # at most the killed worker's in-flight requests
+    assert "Traceback" not in server.log(), server.log()
+
+    spooled = {e["metadata"]["query_string"] for e in spooled_events(spool)}
+    assert ok <= spooled  # on disk before the page answered
+    victim_files = [p for p in spool.glob(f"*-{killed[0]}-*.db")]
+    assert victim_files and spooled_events(victim_files[0].parent) != []
+
+    kafka = kafka_server(tmp_path / "kafka", port=port)
+    await asyncio.to_thread(kafka.start)
+    try:
+        started = time.monotonic()
+        got = await consume_pings(f"127.0.0.1:{port}", topic, spooled, timeout=90)
+        took = time.monotonic() - started
+        assert spooled <= set(got), f"lost: {sorted(spooled - set(got))[:10]}"
+        assert not any(p.exists() for p in victim_files)  # claimed, drained, deleted
+        code = await asyncio.to_thread(server.stop)
+        left = spooled_events(spool)
+    finally:
+        await asyncio.to_thread(kafka.stop)
+    print(
+        f"\n4 workers, Kafka down: {len(answers)} requests answered 200 ({len(ok)}), "
+        f"worker {killed[0]} SIGKILLed, {len(spooled)} events spooled, "
+        f"{len(set(got))} distinct delivered ({len(got) - len(set(got))} duplicates) "
+        f"{took:.1f}s after Kafka returned"
+    )
+    assert code == 0 and left == [], server.log()
