@@ -238,6 +238,32 @@ async def test_model_save_reaches_mongodb(
     assert docs[2]["actor"] == {"id": user, "type": "user", "name": "alice"}
 
 
+def test_kafka_unreachable_without_spool_setting_loses_nothing(tmp_path: Path) -> None:
+    """Kafka unreachable and no spool configured: ``createsuperuser`` succeeds without a
+    traceback and its events are spooled in the default location; ``manage.py check``
+    passes, and names a wrong producer option in one error."""
+    port = free_port()  # nothing listens there
+    audit = {
+        "AUDITSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+        "AUDITSTREAM_DATA_DIR": str(tmp_path / "data"),
+    }
+    env = shop_env(tmp_path, audit, DJANGO_SUPERUSER_PASSWORD="s3cret-pw-42")
+    assert manage(env, "migrate", "--run-syncdb", "-v", "0").returncode == 0
+    assert manage(env, "check").returncode == 0
+
+    made = manage(env, "createsuperuser", "--noinput", "--username", "root", "--email", "r@x.io")
+    assert made.returncode == 0, made.stderr
+    assert "Traceback" not in made.stderr, made.stderr
+    assert "Superuser created successfully" in made.stdout
+    actions = [e["action"] for e in spooled_events(tmp_path / "home")]
+    assert "auth.user.create" in actions, actions
+
+    wrong = shop_env(tmp_path, audit, SHOP_AUDIT_OPTIONS='{"chunk_sise": 10}')
+    checked = manage(wrong, "check")
+    assert checked.returncode == 1
+    assert checked.stderr.count("auditstream.E006") == 1 and "chunk_sise" in checked.stderr
+
+
 async def consume_pings(bootstrap: str, topic: str, want: set[str], timeout: float) -> list[str]:
     """Query strings of the ``http.get`` events on ``topic``, read until ``want`` is seen."""
     consumer = AIOKafkaConsumer(
