@@ -170,6 +170,15 @@ class AuditSettings(BaseSettings):
         " and connect): a frozen store fails calls instead of hanging them.",
     )
 
+    # --- Token revocation (helper G, issue 14 item 9; docs/api.md) ---------
+    account_check_seconds: float = Field(
+        5.0,
+        ge=0.0,
+        le=60.0,
+        description="How long the API caches an account's disabled flag and token version:"
+        " tokens of a disabled or re-keyed account stop working within this time.",
+    )
+
     # --- API ---------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)

@@ -1,7 +1,9 @@
-"""``auditstream users add|list|disable``: accounts for ``POST /v1/token``.
+"""``auditstream users add|list|disable|rotate-secret``: accounts for ``POST /v1/token``.
 
 Users log in with the OAuth2 password grant; service accounts (``--service``)
-with client_credentials. Secrets are stored as argon2id hashes only.
+with client_credentials. Secrets are stored as argon2id hashes only. Disabling
+an account or rotating its secret revokes the tokens issued before: the API
+refuses them within ``AUDITSTREAM_ACCOUNT_CHECK_SECONDS`` (5 s).
 """
 
 from __future__ import annotations
@@ -90,7 +92,40 @@ def list_() -> None:
 @users.command("disable")
 @click.argument("name")
 def disable(name: str) -> None:
-    """Disable NAME: it can no longer obtain tokens (issued ones expire)."""
+    """Disable NAME: no new tokens, and the API refuses its issued ones within
+    AUDITSTREAM_ACCOUNT_CHECK_SECONDS (5 s)."""
     if not _run(lambda store: store.disable(name)):
         raise click.ClickException(f"no account {name!r}")
     click.echo(f"disabled {name}")
+
+
+@users.command("rotate-secret")
+@click.argument("name")
+@click.option(
+    "--password-stdin", is_flag=True, help="A user: read the new password from stdin, no prompt."
+)
+def rotate_secret(name: str, password_stdin: bool) -> None:
+    """Give NAME a new secret and revoke its issued tokens (refused within
+    AUDITSTREAM_ACCOUNT_CHECK_SECONDS, 5 s). A service account gets a generated
+    secret, printed once; a user is asked for a new password."""
+    from query_api.users import AccountError, new_client_secret
+
+    accounts = _run(lambda store: store.list())
+    account = next((a for a in accounts if a.name == name), None)
+    if account is None:
+        raise click.ClickException(f"no account {name!r}")
+    if account.kind == "service":
+        secret = new_client_secret()
+    elif password_stdin:
+        secret = sys.stdin.readline().rstrip("\n")
+    else:
+        secret = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        rotated = _run(lambda store: store.rotate_secret(name, secret))
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    if rotated is None:
+        raise click.ClickException(f"no account {name!r}")
+    click.echo(f"rotated the secret of {name}; tokens issued before are revoked")
+    if account.kind == "service":
+        click.echo(f"client_secret={secret}  (shown once; only its hash is stored)")

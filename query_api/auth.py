@@ -1,7 +1,16 @@
-"""Bearer-token authentication with PyJWT, and scope/tenant checks."""
+"""Bearer-token authentication with PyJWT, and scope/tenant checks.
+
+Revocation: when a token's ``sub`` names an account in the users collection,
+each request also checks that account (cached ``account_check_seconds``, 5 s):
+a disabled account, or a ``token_version`` claim other than the account's
+(disabling and secret rotation increment it), is 401. Tokens whose subject is
+no account (the dev token of ``auditstream token``, an identity provider's
+JWKS tokens) are not affected.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -10,6 +19,7 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import jwt
+from pymongo.errors import PyMongoError
 from quart import current_app, g, request
 
 from audit_events.settings import AuditSettings
@@ -21,6 +31,12 @@ TIME_CLAIMS = ("exp", "nbf", "iat")  # RFC 7519 NumericDate: JSON numbers only
 
 P = ParamSpec("P")
 R = TypeVar("R")
+log = logging.getLogger("auditstream.api.auth")
+VERSION_CLAIM = "token_version"
+# While MongoDB cannot be asked, an account's last known state serves this long.
+STALE_ACCOUNT_SECONDS = 60.0
+# An account's ``(disabled, token_version)``, or None when the subject is no account.
+AccountLookup = Callable[[str], Awaitable[tuple[bool, int] | None]]
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,7 @@ class Principal:
     subject: str
     tenants: frozenset[str] | None  # None = every tenant ("*")
     scopes: frozenset[str]
+    token_version: int | None = None  # the claim, on tokens POST /v1/token minted
 
     def may_access(self, tenant: str) -> bool:
         return self.tenants is None or tenant in self.tenants
@@ -47,8 +64,13 @@ def mint_token(
     tenant: str | list[str],
     scopes: list[str],
     ttl_seconds: int | None = None,
+    token_version: int | None = None,
 ) -> str:
-    """Sign an HS256 access token with the configured secret."""
+    """Sign an HS256 access token with the configured secret.
+
+    ``token_version`` (the account's, for tokens of an account) lets disabling
+    the account or rotating its secret revoke the token.
+    """
     settings.require("jwt_secret")
     assert settings.jwt_secret is not None
     now = int(time.time())
@@ -65,6 +87,8 @@ def mint_token(
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
+    if token_version is not None:
+        claims[VERSION_CLAIM] = token_version
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
 
 
@@ -82,7 +106,57 @@ def _claims_to_principal(claims: dict[str, Any]) -> Principal:
     scope = claims.get("scope", "")
     if not isinstance(scope, str):
         raise _unauthorized("token scope claim must be a string")
-    return Principal(str(claims["sub"]), tenants, frozenset(scope.split()))
+    version = claims.get(VERSION_CLAIM)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise _unauthorized(f"token {VERSION_CLAIM} claim must be an integer")
+    return Principal(str(claims["sub"]), tenants, frozenset(scope.split()), version)
+
+
+class AccountCache:
+    """Accounts' ``(disabled, token_version)`` by subject, each kept ``ttl`` seconds.
+
+    In process, per API replica: a change in MongoDB is seen within ``ttl``.
+    Subjects that are no account are cached too (as None). When the lookup
+    fails, a state checked less than ``STALE_ACCOUNT_SECONDS`` ago is used (and
+    asked again after a second); without one the request is 503.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        # subject -> (checked at, fresh until, state)
+        self._entries: dict[str, tuple[float, float, tuple[bool, int] | None]] = {}
+
+    async def state(self, subject: str, lookup: AccountLookup) -> tuple[bool, int] | None:
+        now = self._clock()
+        hit = self._entries.get(subject)
+        if hit is not None and now < hit[1]:
+            return hit[2]
+        try:
+            state = await lookup(subject)
+        except (PyMongoError, OSError, TimeoutError) as exc:
+            if hit is not None and now - hit[0] < STALE_ACCOUNT_SECONDS:
+                log.warning(
+                    "account %r: store unreachable, using its state of %.0f s ago: %s",
+                    subject,
+                    now - hit[0],
+                    exc,
+                )
+                self._entries[subject] = (hit[0], now + 1.0, hit[2])
+                return hit[2]
+            raise Problem(
+                503,
+                "cannot check the token's account now; try again shortly",
+                headers={"Retry-After": "5"},
+            ) from None
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries = {k: v for k, v in self._entries.items() if now < v[1]}
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+        self._entries[subject] = (now, now + self._ttl, state)
+        return state
 
 
 class TokenVerifier:
@@ -108,6 +182,7 @@ class TokenVerifier:
         if not self.keys.configured:
             allowed -= {"RS256", "ES256"}
         self.algorithms = frozenset(allowed)
+        self.accounts = AccountCache(settings.account_check_seconds)
 
     async def start(self) -> None:
         await self.keys.start()
@@ -160,6 +235,19 @@ class TokenVerifier:
                 raise _unauthorized(f"token {name} claim must be a number (NumericDate)")
         return _claims_to_principal(claims)
 
+    async def check_account(self, principal: Principal, lookup: AccountLookup) -> None:
+        """401 when the token's account is disabled or its tokens were revoked."""
+        state = await self.accounts.state(principal.subject, lookup)
+        if state is None:
+            if principal.token_version is not None:
+                raise _unauthorized("token revoked: its account no longer exists")
+            return  # no account of that name: a dev or identity-provider token
+        disabled, version = state
+        if disabled:
+            raise _unauthorized("token revoked: the account is disabled")
+        if (principal.token_version or 0) != version:
+            raise _unauthorized("token revoked: issued before its account was re-keyed or disabled")
+
 
 async def authenticate() -> Principal:
     header = request.headers.get("Authorization", "")
@@ -167,7 +255,11 @@ async def authenticate() -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token", error="invalid_request")
     verifier: TokenVerifier = current_app.config["AUDITSTREAM_VERIFIER"]
-    return await verifier.verify(token.strip())
+    principal = await verifier.verify(token.strip())
+    services = current_app.config.get("AUDITSTREAM_SERVICES")
+    if services is not None:
+        await verifier.check_account(principal, services.users.token_state)
+    return principal
 
 
 def require_scope(scope: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:

@@ -169,7 +169,13 @@ async def issue_token() -> Response:
         if not wanted or not set(wanted) <= set(account.scopes):
             return oauth_error(400, "invalid_scope", "scope exceeds what the account holds")
         scopes = [s for s in account.scopes if s in wanted]
-    token = mint_token(settings, subject=account.name, tenant=account.tenant, scopes=scopes)
+    token = mint_token(
+        settings,
+        subject=account.name,
+        tenant=account.tenant,
+        scopes=scopes,
+        token_version=account.token_version,
+    )
     body = {
         "access_token": token,
         "token_type": "bearer",

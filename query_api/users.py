@@ -3,6 +3,10 @@
 One document per account, ``_id`` = the login name; secrets are argon2id hashes
 (``argon2-cffi``), never stored or logged in clear. Used by ``POST /v1/token``
 and by ``auditstream users``. Every query compares names with ``$eq``.
+
+Each account has a ``token_version`` (0 when absent), carried by the tokens
+``POST /v1/token`` mints; disabling the account or rotating its secret
+increments it, so the API refuses the tokens issued before (query_api/auth.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
@@ -48,6 +53,7 @@ class Account:
     scopes: list[str]
     disabled: bool
     created_at: datetime | None = None
+    token_version: int = 0
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Account:
@@ -58,6 +64,7 @@ class Account:
             scopes=list(doc.get("scopes", [])),
             disabled=bool(doc.get("disabled", False)),
             created_at=doc.get("created_at"),
+            token_version=int(doc.get("token_version", 0)),
         )
 
 
@@ -99,6 +106,7 @@ class UserStore:
             "scopes": scopes,
             "disabled": False,
             "created_at": datetime.now(UTC),
+            "token_version": 0,
         }
         try:
             await self._coll.insert_one(doc)
@@ -111,12 +119,38 @@ class UserStore:
         return [Account.from_document(d) for d in docs]
 
     async def disable(self, name: str) -> bool:
-        """Disable ``name``; False when there is no such account."""
+        """Disable ``name`` and revoke its tokens; False when there is no such account."""
         result = await self._coll.update_one(
             {"_id": {"$eq": name}},
-            {"$set": {"disabled": True, "disabled_at": datetime.now(UTC)}},
+            {
+                "$set": {"disabled": True, "disabled_at": datetime.now(UTC)},
+                "$inc": {"token_version": 1},
+            },
         )
         return result.matched_count == 1
+
+    async def rotate_secret(self, name: str, secret: str) -> Account | None:
+        """Replace ``name``'s secret and revoke its tokens; None when there is no such account."""
+        if len(secret) < 8:
+            raise AccountError("password/secret must be at least 8 characters")
+        secret_hash = await asyncio.to_thread(_HASHER.hash, secret)
+        doc = await self._coll.find_one_and_update(
+            {"_id": {"$eq": name}},
+            {
+                "$set": {"secret_hash": secret_hash, "secret_rotated_at": datetime.now(UTC)},
+                "$inc": {"token_version": 1},
+            },
+            projection={"secret_hash": 0},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else Account.from_document(doc)
+
+    async def token_state(self, name: str) -> tuple[bool, int] | None:
+        """``(disabled, token_version)`` of account ``name``, or None when there is none."""
+        doc = await self._coll.find_one({"_id": {"$eq": name}}, {"disabled": 1, "token_version": 1})
+        if doc is None:
+            return None
+        return bool(doc.get("disabled", False)), int(doc.get("token_version", 0))
 
     async def login(self, name: str, secret: str, kind: Kind) -> tuple[Login, Account | None]:
         """Check ``name``/``secret`` for an account of ``kind`` (constant-ish time)."""
@@ -132,7 +166,11 @@ class UserStore:
             return Login.DISABLED, account
         if _HASHER.check_needs_rehash(stored):
             new_hash = await asyncio.to_thread(_HASHER.hash, secret)
-            await self._coll.update_one({"_id": {"$eq": name}}, {"$set": {"secret_hash": new_hash}})
+            # Only if the hash is still the one checked: a rotation meanwhile must win.
+            await self._coll.update_one(
+                {"_id": {"$eq": name}, "secret_hash": {"$eq": stored}},
+                {"$set": {"secret_hash": new_hash}},
+            )
         return Login.OK, account
 
 

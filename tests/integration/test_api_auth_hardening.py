@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 from redis.asyncio import Redis
 
 from audit_events.settings import AuditSettings
+from auditstream.cli import main
 from auditstream.embedded import free_port
 from query_api.app import create_app
+from query_api.auth import mint_token
 from query_api.services import Services
 from query_api.throttle import MARKER, LoginThrottle
 
@@ -139,3 +143,106 @@ async def test_repeated_query_args_are_refused(
     resp = await client.get(query, headers=headers)
     assert resp.status_code == 400, await resp.get_data()
     assert resp.content_type == "application/problem+json"
+
+
+def users_cli(settings: AuditSettings, *args: str) -> str:
+    env = {
+        "AUDITSTREAM_MONGO_URI": settings.mongo_uri or "",
+        "AUDITSTREAM_MONGO_DB": settings.mongo_db,
+    }
+    result = CliRunner().invoke(main, ["users", *args], env=env)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+async def seconds_until_refused(client: Client, token: str, limit: float) -> float:
+    """Poll a read with ``token`` until it is 401; the seconds that took."""
+    headers = {"Authorization": f"Bearer {token}"}
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        resp = await client.get("/v1/events", headers=headers)
+        if resp.status_code == 401:
+            assert "revoked" in (await resp.get_json())["detail"]
+            return time.monotonic() - start
+        assert resp.status_code == 200
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"token still accepted {limit} s after its account changed")
+
+
+async def test_disabling_a_user_or_rotating_a_secret_revokes_its_tokens(
+    settings: AuditSettings,
+) -> None:
+    window = 1.0
+    s = settings.model_copy(update={"account_check_seconds": window})
+    app = create_app(s)
+    async with app.test_app():
+        client = app.test_client()
+        users = services(app).users
+        await users.add("erin", "user", "erin-password", "acme", ["events:read"])
+        await users.add("feed", "service", "feed-secret-0", "acme", ["events:read"])
+        user_token = (await (await login(client, new_ip(), "erin", "erin-password")).get_json())[
+            "access_token"
+        ]
+        basic = {"grant_type": "client_credentials", "client_id": "feed"}
+        form = {**basic, "client_secret": "feed-secret-0"}
+        svc_token = (await (await client.post("/v1/token", form=form)).get_json())["access_token"]
+        dev_token = mint_token(s, subject="dev", tenant="acme", scopes=["events:read"])
+        for tok in (user_token, svc_token, dev_token):
+            ok = await client.get("/v1/events", headers={"Authorization": f"Bearer {tok}"})
+            assert ok.status_code == 200
+
+        await asyncio.to_thread(users_cli, s, "disable", "erin")
+        assert await seconds_until_refused(client, user_token, window + 2) <= window + 0.5
+
+        out = await asyncio.to_thread(users_cli, s, "rotate-secret", "feed")
+        new_secret = out.split("client_secret=", 1)[1].split()[0]
+        assert await seconds_until_refused(client, svc_token, window + 2) <= window + 0.5
+        old = await client.post("/v1/token", form=form)
+        assert old.status_code == 401
+        fresh = await client.post("/v1/token", form={**basic, "client_secret": new_secret})
+        fresh_token = (await fresh.get_json())["access_token"]
+        for tok in (fresh_token, dev_token):  # not revoked: a new token, a non-account subject
+            ok = await client.get("/v1/events", headers={"Authorization": f"Bearer {tok}"})
+            assert ok.status_code == 200
+
+
+async def test_a_rehash_on_login_never_undoes_a_concurrent_rotation(
+    api: Quart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from argon2 import PasswordHasher
+
+    from query_api import users as users_module
+
+    store = services(api).users
+    weak = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # login rehashes it
+    await store._coll.insert_one(
+        {
+            "_id": "gus",
+            "kind": "user",
+            "secret_hash": weak.hash("old-password"),
+            "tenant": "acme",
+            "scopes": ["events:read"],
+            "disabled": False,
+        }
+    )
+    entered, release = threading.Event(), threading.Event()
+    real_verify = users_module._verify
+
+    def slow_verify(stored: str, secret: str) -> bool:
+        entered.set()
+        release.wait(10)
+        return real_verify(stored, secret)
+
+    monkeypatch.setattr(users_module, "_verify", slow_verify)
+    pending = asyncio.create_task(store.login("gus", "old-password", "user"))
+    await asyncio.to_thread(entered.wait, 10)
+    monkeypatch.setattr(users_module, "_verify", real_verify)
+    assert await store.rotate_secret("gus", "new-password") is not None
+    release.set()
+    outcome, _ = await pending  # the old password was right when it was checked
+    assert outcome is users_module.Login.OK
+    # ... but its rehash must not have written the old password back over the new one
+    assert (await store.login("gus", "new-password", "user"))[0] is users_module.Login.OK
+    assert (await store.login("gus", "old-password", "user"))[0] is not users_module.Login.OK
