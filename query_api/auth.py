@@ -250,8 +250,10 @@ class TokenVerifier:
 
 
 async def authenticate() -> Principal:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    headers = request.headers.getlist("Authorization")
+    if len(headers) > 1:
+        raise _unauthorized("the Authorization header is given more than once", "invalid_request")
+    scheme, _, token = (headers[0] if headers else "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token", error="invalid_request")
     verifier: TokenVerifier = current_app.config["AUDITSTREAM_VERIFIER"]

@@ -108,8 +108,13 @@ async def issue_token() -> Response:
             kind, name, secret = "user", _single(form, "username"), _single(form, "password")
         elif grant == "client_credentials":
             kind = "service"
-            basic = _basic_credentials(request.headers.get("Authorization", ""))
+            headers = request.headers.getlist("Authorization")
+            if len(headers) > 1:
+                raise ValueError("the Authorization header is given more than once")
+            basic = _basic_credentials(headers[0] if headers else "")
             if basic is not None:
+                if "client_id" in form or "client_secret" in form:  # RFC 6749 §2.3
+                    raise ValueError("client credentials both in the Basic header and the form")
                 name, secret = basic
             else:
                 name, secret = _single(form, "client_id"), _single(form, "client_secret")

@@ -8,6 +8,7 @@ per-IP counters of one test never touch another's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 import time
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 from redis.asyncio import Redis
+from werkzeug.datastructures import Headers
 
 from audit_events.settings import AuditSettings
 from auditstream.cli import main
@@ -246,3 +248,23 @@ async def test_a_rehash_on_login_never_undoes_a_concurrent_rotation(
     # ... but its rehash must not have written the old password back over the new one
     assert (await store.login("gus", "new-password", "user"))[0] is users_module.Login.OK
     assert (await store.login("gus", "old-password", "user"))[0] is not users_module.Login.OK
+
+
+async def test_credentials_given_twice_are_refused(
+    api: Quart, client: Client, token: Callable[..., str]
+) -> None:
+    await services(api).users.add("hal", "service", "hal-secret-1", "acme", ["events:read"])
+    await services(api).users.add("ida", "service", "ida-secret-1", "acme", ["events:read"])
+    basic = "Basic " + base64.b64encode(b"hal:hal-secret-1").decode()
+    # RFC 6749 2.3: one client authentication method per request; Basic used to win silently.
+    both = await client.post(
+        "/v1/token",
+        form={"grant_type": "client_credentials", "client_id": "ida", "client_secret": "x"},
+        headers={"Authorization": basic},
+    )
+    assert both.status_code == 400 and (await both.get_json())["error"] == "invalid_request"
+    # Two Authorization headers: the first was taken.
+    good, other = token("acme", "events:read"), token("globex", "events:read")
+    headers = Headers([("Authorization", f"Bearer {good}"), ("Authorization", f"Bearer {other}")])
+    resp = await client.get("/v1/events", headers=headers)
+    assert resp.status_code == 401, await resp.get_data()
