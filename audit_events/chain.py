@@ -174,6 +174,48 @@ def checkpoint_valid(key: Ed25519PublicKey, checkpoint: dict[str, Any]) -> bool:
     return True
 
 
+#: What a verifier trusts: public keys by key id (the current one and retired
+#: ones, so checkpoints signed before a rotation keep verifying), one key, or none.
+TrustedKeys = Mapping[str, Ed25519PublicKey] | Ed25519PublicKey | None
+
+
+def key_ring(keys: TrustedKeys) -> dict[str, Ed25519PublicKey]:
+    """``keys`` as ``{key_id: public key}``."""
+    if keys is None:
+        return {}
+    if isinstance(keys, Ed25519PublicKey):
+        raw = keys.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {key_id(base64.b64encode(raw).decode()): keys}
+    return dict(keys)
+
+
+def checkpoint_problem(
+    keys: Mapping[str, Ed25519PublicKey], checkpoint: dict[str, Any]
+) -> str | None:
+    """Why ``checkpoint`` is not validly signed by one of ``keys``, or None.
+
+    The key is chosen by the checkpoint's ``key_id`` (not covered by the
+    signature: it only picks the key; a wrong one cannot make a forgery verify).
+    A checkpoint without a key id is tried against every trusted key.
+    """
+    if not keys:
+        return "no public key to check it"
+    kid = checkpoint.get("key_id")
+    if isinstance(kid, str):
+        key = keys.get(kid)
+        if key is None:
+            return (
+                f"signed by key id {kid[:64]!r}, which is neither the current key nor a"
+                " retired one (AUDITSTREAM_CHECKPOINT_RETIRED_PUBLIC_KEYS)"
+            )
+        candidates = [key]
+    else:
+        candidates = list(keys.values())
+    if any(checkpoint_valid(key, checkpoint) for key in candidates):
+        return None
+    return "its signature is invalid"
+
+
 # --- control events: the API's proof ----------------------------------------
 #
 # Corrections and erasures are events on the shared topic; any service that can
@@ -316,15 +358,16 @@ class _Checkpoints:
 
 
 def _check_checkpoints(
-    report: Report, tenant: str, checkpoints: Iterable[dict[str, Any]], key: Ed25519PublicKey | None
+    report: Report, tenant: str, checkpoints: Iterable[dict[str, Any]], keys: TrustedKeys
 ) -> _Checkpoints | None:
     out = _Checkpoints()
+    ring = key_ring(keys)
     for cp in checkpoints:
         if cp.get("tenant") != tenant:
             continue
         seq = int(cp.get("seq", 0))
-        if key is None or not checkpoint_valid(key, cp):
-            why = "no public key to check it" if key is None else "its signature is invalid"
+        why = checkpoint_problem(ring, cp)
+        if why is not None:
             report.fail(seq, "bad_checkpoint", f"checkpoint at seq {seq}: {why}")
             return None
         if out.by_seq.get(seq, cp["hash"]) != cp["hash"]:
@@ -352,7 +395,7 @@ async def verify_chain(
     tenant: str,
     docs: AsyncIterator[dict[str, Any]],
     checkpoints: Iterable[dict[str, Any]],
-    public_key: Ed25519PublicKey | None,
+    public_key: TrustedKeys,
     *,
     start_seq: int = 1,
     prev_hash: str = GENESIS,
@@ -518,6 +561,27 @@ def public_key_of(settings: AuditSettings) -> str | None:
     if settings.checkpoint_signing_key is not None:
         return public_key_b64(load_private_key(settings.checkpoint_signing_key.get_secret_value()))
     return None
+
+
+def retired_public_keys(settings: AuditSettings) -> list[str]:
+    """``AUDITSTREAM_CHECKPOINT_RETIRED_PUBLIC_KEYS`` as a list of base64 keys."""
+    return [k for k in settings.checkpoint_retired_public_keys.split(",") if k]
+
+
+def checkpoint_keys(settings: AuditSettings) -> dict[str, Ed25519PublicKey]:
+    """Every public key checkpoints may be signed with, by key id: the current one
+    (:func:`public_key_of`) and the retired ones. Empty when none is configured."""
+    current = public_key_of(settings)
+    publics = [*([current] if current else []), *retired_public_keys(settings)]
+    out: dict[str, Ed25519PublicKey] = {}
+    for public in publics:
+        try:
+            out[key_id(public)] = load_public_key(public)
+        except ValueError as exc:
+            raise SettingsError(
+                f"invalid setting AUDITSTREAM_CHECKPOINT_PUBLIC_KEY: {exc}"
+            ) from None
+    return out
 
 
 async def aiter_list(items: Iterable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

@@ -200,7 +200,10 @@ def replay(since: str | None, fresh: bool, no_swap: bool, batch: int) -> None:
     if result.refusal is not None:
         click.secho(result.refusal, fg="red", err=True)
         sys.exit(1)
-    click.echo(f"swapped in; counts live {result.live_count} / replayed {result.replay_count}")
+    click.echo(
+        f"swapped in; counts live {result.live_count} / replayed {result.replay_count}; "
+        f"writers paused {result.fenced_seconds:.1f}s"
+    )
     for report in result.reports:
         status = "ok " if report.ok else "BAD"
         click.echo(

@@ -25,11 +25,14 @@ from quart import Blueprint, Response, current_app, g, request
 from audit_events.chain import (
     GENESIS,
     Report,
+    TrustedKeys,
+    checkpoint_keys,
     find_head,
     first_seq_where,
     key_id,
     load_public_key,
     public_key_of,
+    retired_public_keys,
     seq_probes,
     verify_chain,
 )
@@ -114,7 +117,7 @@ async def verify_tenant(
     events: AsyncCollection[dict[str, Any]],
     tenant: str,
     checkpoints: list[dict[str, Any]],
-    public_key: str | None,
+    public_key: str | TrustedKeys,
     *,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -137,7 +140,7 @@ async def verify_tenant(
     if end_seq is not None:
         query["seq"]["$lte"] = end_seq
     cursor = events.find(query).sort([("seq", 1), ("_id", 1)]).batch_size(1000)
-    key = load_public_key(public_key) if public_key else None
+    key = load_public_key(public_key) if isinstance(public_key, str) else public_key
     return await verify_chain(
         tenant,
         aiter(cursor),
@@ -181,11 +184,29 @@ async def verify() -> Response:
     since, until = _time_arg("since"), _time_arg("until")
     events = current_app.config["AUDITSTREAM_SERVICES"].events
     checkpoints, sources = await gather_checkpoints(settings, events, tenant)
-    report = await verify_tenant(
-        events, tenant, checkpoints, public_key_of(settings), since=since, until=until
-    )
-    body = {**report.as_dict(), "checkpoint_sources": sources}
+    keys = checkpoint_keys(settings)  # current + retired, by key id
+    report = await verify_tenant(events, tenant, checkpoints, keys, since=since, until=until)
+    body = {**report.as_dict(), "checkpoint_sources": sources, **_signed(report, bool(keys))}
     return Response(orjson.dumps(body), content_type="application/json")
+
+
+def _signed(report: Report, keyed: bool) -> dict[str, Any]:
+    """``signed``: a signed checkpoint covers the chain; otherwise a ``warning`` says
+    what an ``ok`` is worth (hashes and links only: truncation goes undetected)."""
+    if report.checkpoints > 0 or report.checked == 0:
+        return {"signed": report.checkpoints > 0}
+    if not keyed:
+        why = (
+            "chains are not signed: no checkpoint key is configured"
+            " (AUDITSTREAM_CHECKPOINT_PUBLIC_KEY)"
+        )
+    else:
+        why = f"no signed checkpoint covers this chain yet ({report.unsigned_tail} unsigned events)"
+    return {
+        "signed": False,
+        "warning": f"{why}; hashes and links were checked, but a truncated or rewritten"
+        " store cannot be detected",
+    }
 
 
 @bp.get("/v1/verify/public-key")
@@ -195,7 +216,8 @@ async def public_key() -> Response:
     key = public_key_of(settings)
     if key is None:
         raise Problem(404, "no checkpoint key is configured")
-    body = {"algorithm": "Ed25519", "public_key": key, "key_id": key_id(key)}
+    retired = [{"public_key": k, "key_id": key_id(k)} for k in retired_public_keys(settings)]
+    body = {"algorithm": "Ed25519", "public_key": key, "key_id": key_id(key), "retired": retired}
     return Response(orjson.dumps(body), content_type="application/json")
 
 

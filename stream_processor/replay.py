@@ -53,9 +53,8 @@ from pymongo.write_concern import WriteConcern
 from audit_events.chain import (
     GENESIS,
     Report,
+    checkpoint_keys,
     control_keys,
-    load_public_key,
-    public_key_of,
     verify_chain,
 )
 from audit_events.codec import canonical_json
@@ -85,6 +84,7 @@ class ReplayResult:
     rejected: int = 0
     seconds: float = 0.0  # the whole run: rebuild, swap and the verification after it
     rebuild_seconds: float = 0.0  # topic → decode → chain → write, up to the swap's fence
+    fenced_seconds: float = 0.0  # how long live writers were paused (fence up → lifted)
     resumed: bool = False
     swapped: bool = False
     live_count: int | None = None
@@ -316,6 +316,7 @@ class Replayer:
         refusal = _broken(reports)
         if refusal is None:
             fenced_until = await self._fence(state, up=True)
+            fenced_at = time.perf_counter()
             try:
                 await _sleep(self._grace)
                 await self._catch_up(consumer, tps, positions, store, state, result)
@@ -342,6 +343,7 @@ class Replayer:
                     result.swapped = True
             finally:
                 await self._fence(state, up=False)
+                result.fenced_seconds = time.perf_counter() - fenced_at
         result.reports = [reports[t] for t in sorted(reports)]
         if refusal is not None:
             result.refusal = (
@@ -417,8 +419,7 @@ class Replayer:
         """Verify ``tenant``'s chain in ``events``: all of it (``before`` is None,
         not to the end) or, under the fence, on from where ``before`` stopped to
         the end (every signed checkpoint reached)."""
-        key_b64 = public_key_of(self._settings)
-        key = load_public_key(key_b64) if key_b64 else None
+        key = checkpoint_keys(self._settings)  # current + retired, by key id
         checkpoints = events.database[CHECKPOINTS_COLLECTION]
         cps = [c async for c in checkpoints.find({"tenant": tenant})]
         start, prev = (before.head_seq + 1, before.head_hash) if before else (1, GENESIS)

@@ -95,7 +95,10 @@ async def test_replay_reproduces_the_store_while_live_ingestion_continues(
     first = await Replayer(settings, grace_seconds=1.0).run()
     assert first.swapped and first.ok, first
     assert (first.live_count, first.replay_count) == (n + 2, n + 2)
-    print(f"\nreplay of {first.records} records: {first.rate:,.0f} events/s")
+    print(
+        f"\nreplay of {first.records} records: {first.rate:,.0f} events/s, "
+        f"writers paused {first.fenced_seconds:.1f}s"
+    )
     assert await store_digest(store) == (count, before)
 
     if n > 10_000:  # the big run: a second replay changes nothing; live traffic is the small run's
