@@ -30,7 +30,7 @@ async def seed_events(
         event = AuditEvent.model_validate(raw)
         docs.append(event_to_document(event, event.occurred_at + timedelta(seconds=1)))
     await store.insert_many(docs)
-    return [d["_id"] for d in docs]
+    return [d["id"] for d in docs]
 
 
 def invoice_events(tenant: str) -> list[dict[str, Any]]:

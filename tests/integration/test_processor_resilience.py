@@ -139,7 +139,8 @@ def events(prefix: str, n: int, tenants: int = 16) -> list[tuple[bytes, bytes]]:
 
 
 async def stored_ids(store: AsyncCollection[dict[str, Any]]) -> list[str]:
-    return [d["_id"] async for d in store.find({}, {"_id": 1})]
+    """The stored events' client ids (``_id`` is tenant/id)."""
+    return [d["id"] async for d in store.find({}, {"id": 1})]
 
 
 async def wait_until(
@@ -326,7 +327,7 @@ async def test_store_outage_delays_but_loses_nothing_and_commits_nothing_early(
     try:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(copy.url)
         coll = client[settings.mongo_db][EVENTS_COLLECTION]
-        before_outage = {d["_id"] async for d in coll.find({}, {"_id": 1})}
+        before_outage = {d["id"] async for d in coll.find({}, {"id": 1})}
         await client.close()
     finally:
         copy.stop()

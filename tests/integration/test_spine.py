@@ -35,11 +35,12 @@ async def test_event_travels_the_whole_way(
     assert (await resp.get_json())["ids"] == ["evt-spine-1"]
 
     async def stored() -> bool:
-        return await store.count_documents({"_id": "evt-spine-1"}) == 1
+        return await store.count_documents({"_id": "acme/evt-spine-1"}) == 1
 
     await eventually(stored)
-    doc = await store.find_one({"_id": "evt-spine-1"})
+    doc = await store.find_one({"_id": "acme/evt-spine-1"})  # identity is (tenant, id)
     assert doc is not None and doc["tenant"] == "acme" and doc["actor"]["name"] == "Alice"
+    assert doc["id"] == "evt-spine-1"
 
     first = await client.get("/v1/events", headers=auth())
     assert first.status_code == 200 and first.headers["X-Cache"] == "miss"

@@ -131,7 +131,8 @@ async def test_tamper_matrix(
     inserted = await copy_store(db, "t_insert")
     await inserted.drop_index("tenant_seq")  # an attacker with admin rights can
     forged = dict(await by_seq(inserted, 20))
-    forged["_id"], forged["description"] = "forged-1", "nothing to see"
+    forged["_id"], forged["id"] = "acme/forged-1", "forged-1"
+    forged["description"] = "nothing to see"
     chain.seal(forged, 20, (await by_seq(inserted, 19))["hash"])
     await inserted.insert_one(forged)
     results["insert forged event"] = _verdict(await verify(settings, inserted))
@@ -190,9 +191,9 @@ async def test_verify_walks_only_the_slice_received_in_since_until(
     start_processor(processors)
     for part in ("a", "b", "c"):  # three requests: three receive times
         await ingest(client, auth, store, make_events(4, part))
-    docs = [d async for d in store.find({}, {"seq": 1, "received_at": 1}).sort("seq", 1)]
-    b = [d for d in docs if d["_id"].startswith("b-")]
-    c = [d for d in docs if d["_id"].startswith("c-")]
+    docs = [d async for d in store.find({}, {"id": 1, "seq": 1, "received_at": 1}).sort("seq", 1)]
+    b = [d for d in docs if d["id"].startswith("b-")]
+    c = [d for d in docs if d["id"].startswith("c-")]
     since, until = b[0]["received_at"], c[0]["received_at"]
     assert since < until and [d["seq"] for d in b] == [5, 6, 7, 8]
     params = {"since": since.isoformat(), "until": until.isoformat()}
@@ -225,7 +226,7 @@ async def test_corrections_and_erasure_go_through_the_log(
     [record] = view["corrections"]
     assert (record["by"], record["reason"]) == ("tester", "wrong amount")
     assert record["previous"] == {"description": "updated invoice 1"}
-    stored = await store.find_one({"_id": "c-001"})
+    stored = await store.find_one({"_id": "acme/c-001"})
     assert stored is not None and stored["description"] == "updated invoice 1"  # original kept
     got = await (await client.get("/v1/events/c-001", headers=auth())).get_json()
     assert got["description"] == "credited invoice 1"
@@ -237,7 +238,7 @@ async def test_corrections_and_erasure_go_through_the_log(
     assert gone.status_code == 410
     erased = (await gone.get_json())["erased"]
     assert (erased["by"], erased["reason"]) == ("tester", "gdpr") and erased["at"]
-    doc = await store.find_one({"_id": "c-002"})
+    doc = await store.find_one({"_id": "acme/c-002"})
     assert doc is not None
     assert {"actor", "targets", "description", "changes", "metadata"} & doc.keys() == set()
     assert {"seq", "content_hash", "hash", "tenant", "occurred_at"} <= doc.keys()
