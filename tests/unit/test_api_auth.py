@@ -155,3 +155,58 @@ async def test_file_keyset_rereads_a_changed_file(tmp_path: Path) -> None:
     token = jwt.encode(claims(), key, algorithm="ES256", headers={"kid": "e"})
     v = TokenVerifier(settings(jwt_algorithms=["ES256"], jwks_path=str(path)), ks)
     assert await verify(v, token) == "s"
+
+
+async def test_account_check_caches_and_decides() -> None:
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    from query_api.auth import AccountCache, Principal
+
+    now = [100.0]
+    accounts: dict[str, tuple[bool, int]] = {"alice": (False, 2)}
+    calls: list[str] = []
+    down = [False]
+
+    async def lookup(name: str) -> tuple[bool, int] | None:
+        calls.append(name)
+        if down[0]:
+            raise ServerSelectionTimeoutError("store away")
+        return accounts.get(name)
+
+    v = TokenVerifier(settings(account_check_seconds=5))
+    v.accounts = AccountCache(5, clock=lambda: now[0])
+
+    def who(sub: str, version: int | None) -> Principal:
+        return Principal(sub, frozenset({"acme"}), frozenset(), version)
+
+    async def status(sub: str, version: int | None) -> int:
+        try:
+            await v.check_account(who(sub, version), lookup)
+        except Problem as exc:
+            return exc.status
+        return 200
+
+    assert await status("alice", 2) == 200
+    assert await status("alice", 1) == 401  # issued before a rotation
+    assert await status("alice", None) == 401  # an old token without the claim: version 0
+    assert await status("dev", None) == 200  # no such account: not affected
+    assert await status("gone", 3) == 401  # minted for an account that no longer exists
+    assert calls == ["alice", "dev", "gone"]  # cached for 5 s
+    accounts["alice"] = (True, 3)
+    assert await status("alice", 2) == 200  # still inside the cache window
+    now[0] += 5
+    assert await status("alice", 3) == 401  # disabled
+    down[0] = True
+    now[0] += 5
+    assert await status("alice", 3) == 401  # the last known state serves during an outage
+    now[0] += 60
+    assert await status("alice", 3) == 503  # ... for at most 60 s
+    assert await status("unseen", None) == 503
+
+
+async def test_a_foreign_token_version_claim_is_ignored() -> None:
+    token = jwt.encode(claims(token_version="v7"), SECRET, algorithm="HS256")
+    principal = await TokenVerifier(settings()).verify(token)
+    assert principal.token_version is None
+    minted = mint_token(settings(), subject="a", tenant="t", scopes=[], token_version=4)
+    assert (await TokenVerifier(settings()).verify(minted)).token_version == 4
