@@ -30,6 +30,8 @@ CHAIN_INDEX: tuple[str, list[tuple[str, int]]] = ("tenant_seq", [("tenant", 1), 
 CHECKPOINTS_COLLECTION = "checkpoints"
 REPLAY_STATE_COLLECTION = "replay_state"
 REPLAY_COLLECTION = "events_replay"
+# Journal of ``auditstream migrate-ids`` (documents being moved to their per-tenant _id).
+MIGRATE_IDS_COLLECTION = "migrate_ids"
 
 
 def event_key(tenant: str, event_id: str) -> str:

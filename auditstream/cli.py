@@ -189,6 +189,10 @@ def status() -> None:
     sys.exit(0 if all(s.answers for s in services) else 1)
 
 
+from auditstream.migrate_ids import migrate_ids  # noqa: E402
+
+main.add_command(migrate_ids)
+
 from auditstream import trust_cli  # noqa: E402
 
 main.add_command(trust_cli.keys)
