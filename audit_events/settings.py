@@ -134,13 +134,22 @@ class AuditSettings(BaseSettings):
     def _retired_keys_are_ed25519(cls, value: str) -> str:
         keys = [k.strip() for k in value.split(",") if k.strip()]
         for key in keys:
-            try:
-                raw = base64.b64decode(key, validate=True)
-            except ValueError:
-                raise ValueError(f"{key[:12]}... is not base64") from None
-            if len(raw) != 32:
-                raise ValueError(f"{key[:12]}... is not a raw 32-byte Ed25519 public key")
+            _check_raw_key(key, "public")
         return ",".join(keys)
+
+    @field_validator("checkpoint_public_key")
+    @classmethod
+    def _public_key_is_ed25519(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_raw_key(value, "public")
+        return value
+
+    @field_validator("checkpoint_signing_key")
+    @classmethod
+    def _signing_key_is_ed25519(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:  # a forgotten placeholder stops every service at start
+            _check_raw_key(value.get_secret_value(), "private")
+        return value
 
     # --- Control events: proof that the API issued them (docs/chain.md) -----
     control_signing_key: SecretStr | None = Field(
@@ -210,6 +219,20 @@ def mongo_client_options(settings: AuditSettings, *, operations: bool = True) ->
     if operations:
         options["timeoutMS"] = ms
     return options
+
+
+def _check_raw_key(key: str, kind: str) -> None:
+    """Raise ``ValueError`` unless ``key`` is base64 of a raw 32-byte Ed25519 key."""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        shown = "the value" if kind == "private" else repr(key[:12] + ("..." * (len(key) > 12)))
+        raise ValueError(
+            f"{shown} is not base64 of a raw 32-byte Ed25519 {kind} key"
+            " (`auditstream keys generate`)"
+        )
 
 
 def settings_env(settings: AuditSettings) -> dict[str, str]:

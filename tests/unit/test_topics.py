@@ -56,7 +56,17 @@ def test_retired_public_keys_setting_is_validated() -> None:
     keys = [generate_keypair()[1] for _ in range(2)]
     settings = AuditSettings(checkpoint_retired_public_keys=f" {keys[0]} ,{keys[1]},")
     assert settings.checkpoint_retired_public_keys == ",".join(keys)
-    with pytest.raises(ValueError, match="not a raw 32-byte"):
+    with pytest.raises(ValueError, match="not base64 of a raw 32-byte"):
         AuditSettings(checkpoint_retired_public_keys="YWJj")
-    with pytest.raises(ValueError, match="not base64"):
+    with pytest.raises(ValueError, match="not base64 of a raw 32-byte"):
         AuditSettings(checkpoint_retired_public_keys="not base64!")
+
+
+def test_placeholder_checkpoint_keys_are_refused() -> None:
+    """A forgotten REPLACE-ME stops every service at start, naming the setting."""
+    from audit_events.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="AUDITSTREAM_CHECKPOINT_SIGNING_KEY"):
+        load_settings(checkpoint_signing_key="REPLACE-ME")
+    with pytest.raises(SettingsError, match="AUDITSTREAM_CHECKPOINT_PUBLIC_KEY"):
+        load_settings(checkpoint_public_key="REPLACE-ME")
