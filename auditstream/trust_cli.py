@@ -22,7 +22,7 @@ from audit_events.chain import (
     seq_probes,
 )
 from audit_events.codec import _parse_time
-from audit_events.settings import AuditSettings, load_settings
+from audit_events.settings import AuditSettings, load_settings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION
 
 
@@ -95,7 +95,9 @@ async def _verify(
 
     from query_api.verify import gather_checkpoints, verify_tenant
 
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(  # long walks: ops unbounded
+        settings.mongo_uri, tz_aware=True, **mongo_client_options(settings, operations=False)
+    )
     events = client[settings.mongo_db][EVENTS_COLLECTION]
     key = public_key_of(settings)
     if key is None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from audit_events.settings import load_settings
+from audit_events.settings import load_settings, mongo_client_options
 from audit_events.storage import USERS_COLLECTION
 
 T = TypeVar("T")
@@ -32,7 +32,7 @@ def _run(action: Callable[[Any], Awaitable[T]]) -> T:
 
     async def main() -> T:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            settings.mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True
+            settings.mongo_uri, tz_aware=True, **mongo_client_options(settings)
         )
         try:
             return await action(UserStore(client[settings.mongo_db][USERS_COLLECTION]))

@@ -103,9 +103,20 @@ def decode_batch(
     for record in records:
         result = decode(record, limits, max_bytes)
         if not isinstance(result, str) and check is not None:
-            result = check(result) or result
+            result = _checked(check, record, result)
         if isinstance(result, str):
             batch.rejects.append((record, result))
         else:
             batch.documents.append(result)
     return batch
+
+
+def _checked(
+    check: Callable[[dict[str, Any]], str | None], record: Record, doc: dict[str, Any]
+) -> dict[str, Any] | str:
+    """``check(doc)`` as a reason; an exception in it is a reason too, never a crash."""
+    try:
+        return check(doc) or doc
+    except Exception as exc:
+        log.warning("record %s/%s@%s: unexpected check error", *_where(record), exc_info=True)
+        return f"cannot be processed: {type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]

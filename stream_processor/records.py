@@ -65,8 +65,8 @@ def timestamp_ms(seconds: Any) -> int:
         value = float(seconds)
     except (TypeError, ValueError, OverflowError):
         return -1
-    if not math.isfinite(value):
-        return -1
+    if not math.isfinite(value) or not -(2**62) < value * 1000 < 2**62:
+        return -1  # keeps every later step (the DLQ record's JSON) within 64 bits
     return round(value * 1000)
 
 

@@ -59,7 +59,7 @@ from audit_events.chain import (
 )
 from audit_events.codec import canonical_json
 from audit_events.schema import Limits
-from audit_events.settings import AuditSettings
+from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import (
     CHECKPOINTS_COLLECTION,
     EVENT_INDEXES,
@@ -139,7 +139,10 @@ class Replayer:
         self, *, since: datetime | None = None, fresh: bool = False, swap: bool = True
     ) -> ReplayResult:
         s = self._settings
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(s.mongo_uri, tz_aware=True)
+        # Selection and connect bounded; operations not (renaming a large collection is slow).
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            s.mongo_uri, tz_aware=True, **mongo_client_options(s, operations=False)
+        )
         wc = WriteConcern(
             w="majority" if s.mongo_write_concern == "majority" else 1, j=s.mongo_journal
         )

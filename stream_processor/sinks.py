@@ -122,6 +122,12 @@ def _blob(data: bytes | None, budget: int) -> dict[str, Any] | None:
     }
 
 
+def _int64_or_none(value: object) -> int | None:
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return value
+    return None
+
+
 def dead_letter_value(
     record: Record, reason: str, *, max_bytes: int = DEFAULT_DLQ_MAX_RECORD_BYTES
 ) -> bytes:
@@ -147,7 +153,7 @@ def dead_letter_value(
             "topic": record.topic[:300],
             "partition": record.partition,
             "offset": record.offset,
-            "timestamp_ms": record.timestamp_ms,
+            "timestamp_ms": _int64_or_none(record.timestamp_ms),
         },
         "dead_lettered_at": datetime.now(UTC).isoformat(),
         "original": None,
