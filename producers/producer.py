@@ -10,7 +10,7 @@ and the sender keeps emission order: while the spool holds anything, newer event
 are appended behind it and the spool is drained (oldest first) before the buffer is
 sent again. A chunk that Kafka did not acknowledge goes back to the *front* of the
 spool. Some of its events may have been written anyway; they are resent later with
-the same ids, which the idempotent sink (event id = ``_id``) turns into no-ops.
+the same ids, which the idempotent sink (``_id`` = ``tenant/id``) turns into no-ops.
 
 Backpressure policy of ``emit_nowait``: the buffer holds ``buffer_size`` events.
 When it is full, the buffer and the new event are written to the spool (one
