@@ -137,3 +137,40 @@ async def prepare_topics(settings: AuditSettings, **admin_options: Any) -> None:
         await check_events_topic(settings, admin)
     finally:
         await admin.close()
+
+
+async def _create_and_show(settings: AuditSettings) -> None:
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        created = set(await create_missing(admin, topic_specs(settings)))
+        for spec in topic_specs(settings):
+            live = await live_configs(admin, spec.name)
+            shown = " ".join(f"{k}={live.get(k)}" for k in spec.configs)
+            state = "created" if spec.name in created else "exists"
+            print(f"{spec.role} {spec.name} ({state}): {shown}")
+        await check_events_topic(settings, admin)
+    finally:
+        await admin.close()
+
+
+def main() -> int:
+    """``python -m audit_events.topic_admin``: create the missing topics from the spec
+    (the k8s topic Job runs this), print each topic's live configs, and exit 1 with
+    one line when the events topic would delete records."""
+    import asyncio
+    import sys
+
+    from audit_events.settings import load_settings
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        asyncio.run(_create_and_show(load_settings()))
+    except (SettingsError, KafkaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -163,3 +163,31 @@ async def test_processor_refuses_to_start_without_a_signing_key(
     assert len(lines) == 1, lines
     assert "AUDITSTREAM_CHECKPOINT_SIGNING_KEY" in lines[0]
     assert "AUDITSTREAM_ALLOW_UNSIGNED_CHAINS" in lines[0]
+
+
+async def test_topic_job_entry_point_creates_checks_and_refuses(settings: AuditSettings) -> None:
+    """``python -m audit_events.topic_admin`` (the k8s Job): creates, shows, refuses."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
+        **settings_env(settings),
+    }
+    command = [sys.executable, "-m", "audit_events.topic_admin"]
+    done = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3
+    assert all("retention.ms=-1 retention.bytes=-1" in line for line in lines), lines
+    week = settings.model_copy(update={"topic_events": settings.topic_events + ".week"})
+    await _create_week_topic(week)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        env={**env, **settings_env(week)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"retention.ms={WEEK_MS}" in done.stderr

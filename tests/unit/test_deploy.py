@@ -17,7 +17,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from audit_events.chain import generate_keypair
 from audit_events.settings import AuditSettings
+from audit_events.topics import deletes_records, topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -140,9 +142,28 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Audi
     return AuditSettings(_env_file=None)
 
 
+REAL_SIGNING_KEY, _ = generate_keypair()
+
+
 def _with_real_secret(env: dict[str, str]) -> dict[str, str]:
-    """The files ship a placeholder secret; validate the rest with a real one."""
-    return {**env, "AUDITSTREAM_JWT_SECRET": "s" * 48}
+    """The files ship placeholder secrets; validate the rest with real ones."""
+    return {
+        **env,
+        "AUDITSTREAM_JWT_SECRET": "s" * 48,
+        "AUDITSTREAM_CHECKPOINT_SIGNING_KEY": REAL_SIGNING_KEY,
+    }
+
+
+def _script_topics(script: str) -> dict[str, dict[str, str]]:
+    """``{AUDITSTREAM_TOPIC_* variable: {config: value}}`` of a kafka-topics.sh script."""
+    by_topic: dict[str, dict[str, str]] = {}
+    for chunk in script.split("topics --create")[1:]:
+        found = re.search(r'--topic "\$\$(\w+)"', chunk)
+        assert found, chunk
+        assert "--partitions" in chunk and "--replication-factor" in chunk, chunk
+        configs = dict(pair.split("=", 1) for pair in re.findall(r"--config\s+(\S+=\S+)", chunk))
+        by_topic[found.group(1)] = configs
+    return by_topic
 
 
 # --- docker-compose.yml ------------------------------------------------------
@@ -252,32 +273,26 @@ def test_compose_kafka_is_kraft_with_idempotent_producers() -> None:
 
 
 @pytest.mark.unit
-def test_compose_kafka_init_creates_topics_with_retention() -> None:
+def test_compose_kafka_init_creates_topics_from_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kafka-init creates exactly the topics of audit_events/topics.py, with its configs."""
     init = _services()["kafka-init"]
     script = " ".join(init["command"])
     env = _environment(init)
-    assert env["AUDITSTREAM_TOPIC_EVENTS"] == "audit.events"
-    assert env["AUDITSTREAM_TOPIC_DLQ"] == "audit.events.dlq"
-    assert env["AUDITSTREAM_TOPIC_CHECKPOINTS"] == "audit.checkpoints"
-    by_topic: dict[str, str] = {}
-    for chunk in script.split("topics --create")[1:]:
-        found = re.search(r'--topic "\$\$(\w+)"', chunk)
-        assert found, chunk
-        by_topic[found.group(1)] = chunk
-    assert set(by_topic) == {
-        "AUDITSTREAM_TOPIC_EVENTS",
-        "AUDITSTREAM_TOPIC_DLQ",
-        "AUDITSTREAM_TOPIC_CHECKPOINTS",
+    settings = _settings_from(env, monkeypatch)
+    variables = {
+        "events": "AUDITSTREAM_TOPIC_EVENTS",
+        "dlq": "AUDITSTREAM_TOPIC_DLQ",
+        "checkpoints": "AUDITSTREAM_TOPIC_CHECKPOINTS",
     }
-    for body in by_topic.values():
-        assert "--partitions" in body
-        assert "--replication-factor" in body
-    events = by_topic["AUDITSTREAM_TOPIC_EVENTS"]
-    assert "retention.ms=-1" in events
-    assert "retention.bytes=-1" in events
-    assert "cleanup.policy=compact" in by_topic["AUDITSTREAM_TOPIC_CHECKPOINTS"]
-    assert "retention.ms=" in by_topic["AUDITSTREAM_TOPIC_DLQ"]
+    by_topic = _script_topics(script)
+    specs = topic_specs(settings)
+    assert set(by_topic) == {variables[s.role] for s in specs}
+    for spec in specs:
+        assert env[variables[spec.role]] == spec.name, spec.role
+        assert by_topic[variables[spec.role]] == dict(spec.configs), spec.role
+        assert deletes_records(by_topic[variables[spec.role]]) is None, spec.role
     assert 'P="$$AUDITSTREAM_KAFKA_PARTITIONS"' in script
+    assert 'RF="$$AUDITSTREAM_KAFKA_REPLICATION"' in script
 
 
 @pytest.mark.unit
@@ -362,6 +377,35 @@ def test_env_example_uses_only_settings_and_placeholders(
 
 
 @pytest.mark.unit
+def test_checkpoint_signing_key_is_set_everywhere_and_placeholders_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """compose (.env, every app container) and k8s (the Secret, every pod) set the key;
+    the shipped placeholders stop the services instead of running unsigned."""
+    (secret,) = _k8s("Secret")
+    name = "AUDITSTREAM_CHECKPOINT_SIGNING_KEY"
+    placeholders = {_env_example()[name], secret["stringData"][name]}
+    assert placeholders == {"REPLACE-ME"}
+    for placeholder in placeholders:
+        with pytest.raises(ValidationError, match="checkpoint_signing_key"):
+            _settings_from({name: placeholder}, monkeypatch)
+    services = _services()
+    for service in APP_SERVICES:
+        assert services[service]["env_file"] == ".env", service
+        assert name not in _environment(services[service]), "secrets only in .env"
+    for deployment in _k8s("Deployment"):
+        refs = _container(deployment)["envFrom"]
+        assert {"secretRef": {"name": secret["metadata"]["name"]}} in refs
+    assert "AUDITSTREAM_CHECKPOINT_RETIRED_PUBLIC_KEYS" in _env_example()
+    (config,) = _k8s("ConfigMap")
+    assert "AUDITSTREAM_CHECKPOINT_RETIRED_PUBLIC_KEYS" in config["data"]
+    assert "AUDITSTREAM_ALLOW_UNSIGNED_CHAINS" not in COMPOSE.read_text(encoding="utf-8")
+    assert "AUDITSTREAM_ALLOW_FINITE_RETENTION" not in COMPOSE.read_text(encoding="utf-8")
+    for _, doc in _k8s_docs():
+        assert "AUDITSTREAM_ALLOW_" not in str(doc)
+
+
+@pytest.mark.unit
 def test_placeholder_jwt_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A forgotten placeholder must stop the services, not sign tokens."""
     (secret,) = _k8s("Secret")
@@ -441,6 +485,7 @@ def test_k8s_kinds_present_and_namespace_less() -> None:
     assert kinds["PodDisruptionBudget"] >= 1
     assert kinds["ConfigMap"] == 1
     assert kinds["Secret"] == 1
+    assert kinds["Job"] == 1
     for path, doc in docs:
         assert "namespace" not in doc["metadata"], f"{path.name}: {doc['metadata']['name']}"
     (hpa,) = _k8s("HorizontalPodAutoscaler")
@@ -546,3 +591,31 @@ def test_k8s_pods_are_hardened_and_sized(component: str) -> None:
         if p["spec"]["selector"]["matchLabels"].items() <= labels.items()
     ]
     assert len(pdbs) == 1, f"one PodDisruptionBudget for {component}"
+
+
+@pytest.mark.unit
+def test_k8s_topics_job_creates_the_topics_from_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Job runs the core's topic creation (no copy of the configs to drift)."""
+    (job,) = _k8s("Job")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("OnFailure", "Never")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["enableServiceLinks"] is False
+    (container,) = pod["containers"]
+    assert container["image"] == f"auditstream:{_project_version()}"
+    assert container["command"] == ["python", "-m", "audit_events.topic_admin"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    (config,) = _k8s("ConfigMap")
+    assert {"configMapRef": {"name": config["metadata"]["name"]}} in container["envFrom"]
+    settings = _settings_from(config["data"], monkeypatch)
+    specs = topic_specs(settings)
+    assert {s.name for s in specs} == {
+        config["data"]["AUDITSTREAM_TOPIC_EVENTS"],
+        config["data"]["AUDITSTREAM_TOPIC_DLQ"],
+        config["data"]["AUDITSTREAM_TOPIC_CHECKPOINTS"],
+    }
+    for spec in specs:
+        assert spec.replication == 3 and spec.partitions == 12
+        assert deletes_records(spec.configs) is None
+        assert spec.configs["min.insync.replicas"] == "2"  # acks=all survives one broker
