@@ -27,7 +27,7 @@ from quart import Quart
 from redis.asyncio import Redis
 
 from audit_events.cache_keys import tenant_generation
-from audit_events.codec import event_to_document
+from audit_events.codec import content_hash, event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
@@ -193,8 +193,9 @@ class Store:
 
     async def put(self, events: list[AuditEvent]) -> None:
         now = datetime.now(UTC)
-        if events:
-            await self.events.insert_many([event_to_document(e, now) for e in events])
+        if events:  # with the content hash the processor gives it (?wait=true compares it)
+            docs = [{**event_to_document(e, now), "content_hash": content_hash(e)} for e in events]
+            await self.events.insert_many(docs)
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant in {e.tenant for e in events}:
                 pipe.incr(tenant_generation(tenant))
