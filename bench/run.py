@@ -43,11 +43,12 @@ from pydantic import SecretStr
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.write_concern import WriteConcern
 
-from audit_events.chain import GENESIS, seal
+from audit_events.chain import GENESIS, generate_keypair, seal
 from audit_events.codec import encode_event, event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings, settings_env
 from audit_events.storage import CHAIN_INDEX, EVENT_INDEXES, EVENTS_COLLECTION, event_key
+from audit_events.topic_admin import ensure_topics
 from audit_events.topics import partition_key
 from auditstream.embedded import Server, free_port, kafka_server, mongo_server, redis_server
 from producers.loadgen import generate_events
@@ -55,6 +56,7 @@ from query_api.auth import mint_token
 
 RESULTS = Path(__file__).parent / "results"
 SECRET = "bench-secret-0123456789abcdef0123456789"
+CHECKPOINT_KEY, _ = generate_keypair()  # processors sign checkpoints, as in production
 
 
 def pct(values: list[float], q: float) -> float:
@@ -101,6 +103,7 @@ class Stack:
     def spawn(self, settings: AuditSettings, *args: str) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")}
         env |= settings_env(settings) | {"AUDITSTREAM_JWT_SECRET": SECRET}
+        env["AUDITSTREAM_CHECKPOINT_SIGNING_KEY"] = CHECKPOINT_KEY  # as in production
         log = open(self.workdir / f"{args[0]}-{len(self.children)}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "auditstream", *args],
@@ -130,6 +133,7 @@ class Stack:
 
 
 async def produce(settings: AuditSettings, events: list[AuditEvent]) -> float:
+    await ensure_topics(settings)  # from the spec, before a produce auto-creates it
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
