@@ -60,6 +60,10 @@ class ProducerConfig:
     spool_dir: Path | None = None
     #: Write-ahead to the spool before returning from emit/emit_nowait (see above).
     durable: bool = False
+    #: SQLite ``synchronous`` of spool commits: "FULL" also survives a power loss (one
+    #: fsync per commit), "NORMAL" survives the death of the process. None: "NORMAL" in
+    #: durable mode (one commit per event), "FULL" otherwise (commits only in outages).
+    spool_synchronous: Literal["FULL", "NORMAL"] | None = None
     #: How often an idle sender looks in ``spool_dir`` for files of dead processes.
     claim_interval: float = 5.0
     #: On close, how long to let an in-flight send finish when the events are on disk
@@ -76,6 +80,12 @@ class ProducerConfig:
     def __post_init__(self) -> None:
         if self.durable and self.spool_dir is None and self.spool_path is None:
             raise ValueError("durable=True needs a spool (spool_dir or spool_path)")
+
+    @property
+    def synchronous(self) -> Literal["FULL", "NORMAL"]:
+        if self.spool_synchronous is not None:
+            return self.spool_synchronous
+        return "NORMAL" if self.durable else "FULL"
 
     @property
     def has_spool(self) -> bool:

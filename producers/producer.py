@@ -108,6 +108,10 @@ class AuditProducer:
         self._next_claim = 0.0
         self._claimed = 0
         self._sending = False  # a chunk is on its way to Kafka
+        #: Whether an emit must wake the sender. Durable mode: only while the sender may
+        #: be about to idle; otherwise it re-reads the spool anyway when its work is done
+        #: (saves the emitting thread a cross-thread wake-up per event).
+        self._armed = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._wakeup: asyncio.Event | None = None
@@ -139,11 +143,21 @@ class AuditProducer:
         self._first_attempt = self._loop.create_future()
         if cfg.spool_dir is not None:
             self._spool_dir = SpoolDirectory(
-                cfg.spool_dir, cfg.spool_max_events, cfg.spool_max_bytes
+                cfg.spool_dir,
+                cfg.spool_max_events,
+                cfg.spool_max_bytes,
+                cfg.synchronous,
+                background_checkpoints=cfg.durable,
             )
             self._spool = self._spool_dir.create()
         elif cfg.spool_path is not None:
-            self._spool = Spool(cfg.spool_path, cfg.spool_max_events, cfg.spool_max_bytes)
+            self._spool = Spool(
+                cfg.spool_path,
+                cfg.spool_max_events,
+                cfg.spool_max_bytes,
+                synchronous=cfg.synchronous,
+                background_checkpoints=cfg.durable,
+            )
         self._task = asyncio.create_task(self._run(), name="auditstream-producer")
         if wait_connected:
             error = await asyncio.shield(self._first_attempt)
@@ -190,7 +204,7 @@ class AuditProducer:
             await self.flush(timeout)
         self._stopping = True
         self._closed = True
-        self._wake()
+        self._wake(force=True)
         if self._task is not None:
             # The sender may be mid-way through a connection attempt or a send. In
             # durable mode everything is on disk already: do not hold the exit up.
@@ -346,9 +360,9 @@ class AuditProducer:
             raise ProducerClosed("the producer is not running; call start() first")
         return self._loop
 
-    def _wake(self) -> None:
+    def _wake(self, force: bool = False) -> None:
         loop, wakeup = self._loop, self._wakeup
-        if loop is None or wakeup is None:
+        if loop is None or wakeup is None or not (self._armed or force):
             return
         if threading.get_ident() == self._loop_thread:
             wakeup.set()
@@ -359,16 +373,27 @@ class AuditProducer:
     async def _run(self) -> None:
         assert self._wakeup is not None
         try:
+            durable = self.config.durable
             while not self._stopping:
                 self._wakeup.clear()
+                self._armed = True
+                spool = self._spool
+                if spool is not None and spool.needs_checkpoint():
+                    await asyncio.to_thread(spool.checkpoint)
                 if not self._connected:
+                    # Durable: new events wait on disk; no wake-ups while Kafka is away.
+                    self._armed = not durable
                     await self._reconnect()
-                elif self._spool is not None and self._spool.events:
+                elif spool is not None and spool.events:
+                    self._armed = False
+                    if durable and spool.events < self.config.chunk_size:
+                        await asyncio.sleep(self.config.linger_ms / 1000)  # gather a chunk
                     self._spool_buffer()  # newer events queue up behind the spooled ones
                     await self._drain_chunk()
                 elif self._buffer:
                     await self._send_chunk()
                 elif self._claimed_spool is not None:
+                    self._armed = False
                     await self._drain_claimed()
                 elif self._spool_dir is not None and time.monotonic() >= self._next_claim:
                     self._claim()

@@ -38,7 +38,9 @@ DATABASES = {
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast, test only
 
-DJANGO_EASY_AUDIT_LOGGING_BACKEND = "auditstream.django.AuditstreamBackend"
+DJANGO_EASY_AUDIT_LOGGING_BACKEND = os.environ.get(
+    "SHOP_AUDIT_BACKEND", "auditstream.django.AuditstreamBackend"
+)
 AUDITSTREAM: dict[str, object] = {"TENANT": "shop", "SERVICE": "django-shop"}
 if os.environ.get("SHOP_SPOOL_DIR"):
     AUDITSTREAM["SPOOL_DIR"] = os.environ["SHOP_SPOOL_DIR"]
