@@ -390,3 +390,20 @@ def test_sigterm_spools_what_is_in_memory(tmp_path: Path) -> None:
         f"a.n{i}" for i in range(50)
     ]
     stored.close()
+
+
+async def test_an_old_one_file_spool_is_adopted_and_drained(tmp_path: Path) -> None:
+    """Upgrading from SPOOL_PATH (one file) to a spool directory loses nothing."""
+    old = Spool(tmp_path / "audit-spool.db", 100, 100_000)
+    old.append(
+        [(b"acme", encode_event(build_event(tenant="acme", action=f"a.old{i}"))) for i in range(3)]
+    )
+    old.close()
+    directory = SpoolDirectory(tmp_path / "audit-spool.d", 100, 100_000)
+    assert directory.adopt(tmp_path / "audit-spool.db")
+    assert not directory.adopt(tmp_path / "audit-spool.db")  # gone: a second process gets nothing
+    kafka = FakeKafka()
+    async with AuditProducer(config(spool_dir=directory.path, durable=True), kafka) as producer:
+        await wait_until(lambda: producer.stats().claimed == 3)
+    assert kafka.actions() == ["a.old0", "a.old1", "a.old2"]
+    assert rows_on_disk(directory.path) == []
