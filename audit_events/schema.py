@@ -65,6 +65,13 @@ DEFAULT_LIMITS = Limits()
 MONGO_MAX_DEPTH = 100
 STORED_ENVELOPE_DEPTH = 8
 MAX_FREE_FORM_DEPTH = MONGO_MAX_DEPTH - STORED_ENVELOPE_DEPTH
+# Control events (``auditstream.`` actions, issued by the API; audit_events.chain)
+# carry a correction in ``metadata.set``: a corrected ``changes`` value sits
+# under ``metadata > set > changes > {field: {old, new}}`` (4 levels), and a
+# corrected ``metadata`` can be as large as the limit. The corrected event itself
+# is validated with the normal limits (query_api.admin), so the wrapper may hold them.
+CONTROL_ACTION_PREFIX = "auditstream."
+CONTROL_ENVELOPE_DEPTH = 4
 
 
 def limits_from(settings: Any) -> Limits:
@@ -117,13 +124,15 @@ def _check_ints(value: Any, path: str) -> None:
             stack += [(v, f"{where}[{i}]") for i, v in enumerate(item)]
 
 
-def _check_free_form(value: Any, what: str, limits: Limits, *, self_level: int) -> None:
+def _check_free_form(
+    value: Any, what: str, limits: Limits, *, self_level: int, extra_depth: int = 0
+) -> None:
     """Depth, 64-bit integers and storable keys of one free-form value.
 
     ``self_level`` is the level of ``value`` itself when it is a container
     (``metadata``: 1; a change's ``old``/``new``: 1 as well, a scalar being 0).
     """
-    max_depth = min(limits.max_metadata_depth, MAX_FREE_FORM_DEPTH)
+    max_depth = min(limits.max_metadata_depth + extra_depth, MAX_FREE_FORM_DEPTH)
     if _depth(value, self_level) > max_depth:
         raise ValueError(f"{what} nested deeper than {max_depth} levels")
     _check_ints(value, "")
@@ -217,9 +226,11 @@ class AuditEvent(_Strict):
     @classmethod
     def _bounded(cls, value: dict[str, JsonValue], info: ValidationInfo) -> dict[str, JsonValue]:
         limits = (info.context or {}).get("limits", DEFAULT_LIMITS)
+        control = str(info.data.get("action", "")).startswith(CONTROL_ACTION_PREFIX)
+        extra = CONTROL_ENVELOPE_DEPTH if control else 0
         # depth and ints before orjson, which fails on deep nesting and on ints beyond 64 bits
-        _check_free_form(value, "metadata", limits, self_level=1)
+        _check_free_form(value, "metadata", limits, self_level=1, extra_depth=extra)
         size = len(orjson.dumps(value))
-        if size > limits.max_metadata_bytes:
+        if size > limits.max_metadata_bytes and not control:  # control: event size bounds it
             raise ValueError(f"metadata is {size} bytes, limit {limits.max_metadata_bytes}")
         return value

@@ -82,8 +82,12 @@ async def _target(event_id: str, tenant: str) -> dict[str, Any]:
 
 
 async def _publish(event: AuditEvent) -> None:
+    raw = encode_event(event)
+    limit = _settings().max_event_bytes
+    if len(raw) > limit:  # the processor would dead-letter it as oversized
+        raise Problem(413, f"the correction makes a control event over {limit} bytes")
     try:
-        await _services().publisher.publish([(partition_key(event.tenant), encode_event(event))])
+        await _services().publisher.publish([(partition_key(event.tenant), raw)])
     except PublishFailed as exc:
         raise Problem(
             503, f"event log unavailable: retry the request ({exc})", headers={"Retry-After": "5"}

@@ -139,3 +139,33 @@ async def test_a_frozen_store_answers_503_with_retry_after_never_500_or_a_hang(
     finally:
         freeze(own_mongo, False)
         api.stop()
+
+
+async def test_a_valid_correction_of_deep_values_is_accepted_not_500(
+    http: httpx.AsyncClient, settings: AuditSettings, db: Store
+) -> None:
+    # The control event wraps the correction (metadata.set.changes.<f>.old): the
+    # validator allows that envelope for control events, so the worker accepts it too.
+    admin = bearer(settings, scopes="events:read events:admin")
+    event = make_event(2)
+    await db.put([event])
+    depth = settings.max_metadata_depth
+    for fields in (
+        {"metadata": nested(depth)},
+        {"changes": {"f": {"old": nested(depth), "new": 1}}},
+        {"metadata": {"pad": "x" * (settings.max_metadata_bytes - 100)}, "description": "y"},
+    ):
+        put = await http.put(
+            f"/v1/events/{event.id}", json={"reason": "fix", "set": fields}, headers=admin
+        )
+        assert put.status_code == 202, put.text
+    too_deep = {"metadata": nested(depth + 1)}
+    put = await http.put(
+        f"/v1/events/{event.id}", json={"reason": "fix", "set": too_deep}, headers=admin
+    )
+    assert_problem(put, 422)
+    huge = {"changes": {"f": {"old": "x" * settings.max_event_bytes, "new": 1}}}
+    put = await http.put(
+        f"/v1/events/{event.id}", json={"reason": "fix", "set": huge}, headers=admin
+    )
+    assert_problem(put, 413)  # was 202, then dead-lettered by the worker as oversized

@@ -86,3 +86,15 @@ def test_changes_keys_are_checked_like_metadata(side: str) -> None:
     for bad in ({"$set": 1}, {"a.b": 1}, {"a\x00": 1}):
         with pytest.raises(ValidationError, match="must not start with"):
             AuditEvent.model_validate(ev(changes={"f": {side: bad}}))
+
+
+def test_a_control_event_may_wrap_a_correction_of_values_at_the_limit() -> None:
+    # metadata.set.changes.<f>.old at the depth limit, as the API builds it (admin.py)
+    limit = LIMITS.max_metadata_depth
+    wrapped = {"set": {"changes": {"f": {"old": nested(limit)}}, "metadata": nested(limit)}}
+    AuditEvent.model_validate(ev(action="auditstream.event.corrected", metadata=wrapped))
+    with pytest.raises(ValidationError, match="nested deeper"):
+        AuditEvent.model_validate(ev(metadata=wrapped))  # an ordinary event may not
+    too_deep = {"set": {"changes": {"f": {"old": nested(limit + 1)}}}}
+    with pytest.raises(ValidationError, match="nested deeper"):
+        AuditEvent.model_validate(ev(action="auditstream.event.corrected", metadata=too_deep))
