@@ -85,6 +85,7 @@ class ReplayResult:
     seconds: float = 0.0  # the whole run: rebuild, swap and the verification after it
     rebuild_seconds: float = 0.0  # topic → decode → chain → write, up to the swap's fence
     fenced_seconds: float = 0.0  # how long live writers were paused (fence up → lifted)
+    fence_phases: dict[str, float] = field(default_factory=dict)  # seconds per step under it
     resumed: bool = False
     swapped: bool = False
     live_count: int | None = None
@@ -319,17 +320,28 @@ class Replayer:
         refusal = _broken(reports)
         if refusal is None:
             fenced_until = await self._fence(state, up=True)
-            fenced_at = time.perf_counter()
+            fenced_at = mark = time.perf_counter()
+
+            def lap(phase: str) -> None:
+                nonlocal mark
+                now = time.perf_counter()
+                result.fence_phases[phase] = round(now - mark, 3)
+                mark = now
+
             try:
                 await _sleep(self._grace)
+                lap("grace")
                 await self._catch_up(consumer, tps, positions, store, state, result)
+                lap("catch-up")
                 result.live_count = await live.count_documents({})
                 result.replay_count = await target.count_documents({})
                 refusal = await self._coverage(live, target, tps, topic)
+                lap("coverage")
                 if refusal is None:
                     for tenant in await _tenants(target):
                         reports[tenant] = await self._verify(target, tenant, reports.get(tenant))
                     refusal = _broken(reports)
+                    lap("verify tail")
                 if refusal is None and fenced_until and datetime.now(UTC) >= fenced_until:
                     refusal = (
                         f"the checks outlasted the {self._fence_seconds:.0f} s fence, "
@@ -343,6 +355,7 @@ class Replayer:
                         to=f"{self._settings.mongo_db}.{EVENTS_COLLECTION}",
                         dropTarget=True,
                     )
+                    lap("rename")
                     result.swapped = True
             finally:
                 await self._fence(state, up=False)

@@ -97,7 +97,7 @@ async def test_replay_reproduces_the_store_while_live_ingestion_continues(
     assert (first.live_count, first.replay_count) == (n + 2, n + 2)
     print(
         f"\nreplay of {first.records} records: {first.rate:,.0f} events/s, "
-        f"writers paused {first.fenced_seconds:.1f}s"
+        f"writers paused {first.fenced_seconds:.1f}s {first.fence_phases}"
     )
     assert await store_digest(store) == (count, before)
 
