@@ -140,8 +140,9 @@ class AuditSettings(BaseSettings):
     @field_validator("checkpoint_public_key")
     @classmethod
     def _public_key_is_ed25519(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_raw_key(value, "public")
+        if not value:
+            return None  # an empty variable (a ConfigMap entry left blank) means unset
+        _check_raw_key(value, "public")
         return value
 
     @field_validator("checkpoint_signing_key")

@@ -125,3 +125,31 @@ async def test_a_chain_signed_under_three_keys_verifies_whole(
     assert (
         unknown.detail is not None and "neither the current key nor a retired one" in unknown.detail
     )
+
+
+async def test_verify_says_when_chains_are_unsigned(
+    api: Any,
+    auth: Callable[..., dict[str, str]],
+    store: AsyncCollection[dict[str, Any]],
+    processors: Callable[..., ProcessorProcess],
+    settings: AuditSettings,
+) -> None:
+    """No checkpoint key anywhere (AUDITSTREAM_ALLOW_UNSIGNED_CHAINS): no plain ``ok``."""
+    processors()  # no signing key: the conftest allows unsigned chains
+    unkeyed = settings.model_copy(
+        update={"checkpoint_public_key": None, "checkpoint_retired_public_keys": ""}
+    )
+    api.config["AUDITSTREAM_SETTINGS"] = unkeyed
+    client = api.test_client()
+    resp = await client.post("/v1/events", json={"events": _events("u", 3)}, headers=auth())
+    assert resp.status_code == 202
+
+    async def stored() -> bool:
+        return await store.count_documents({"tenant": "acme"}) == 3
+
+    await eventually(stored)
+    resp = await client.get("/v1/verify", headers=auth())
+    body = orjson.loads(await resp.get_data())
+    assert body["ok"] is True and body["checked"] == 3 and body["checkpoints"] == 0
+    assert body["signed"] is False
+    assert "not signed" in body["warning"] and "cannot be detected" in body["warning"]

@@ -70,3 +70,4 @@ def test_placeholder_checkpoint_keys_are_refused() -> None:
         load_settings(checkpoint_signing_key="REPLACE-ME")
     with pytest.raises(SettingsError, match="AUDITSTREAM_CHECKPOINT_PUBLIC_KEY"):
         load_settings(checkpoint_public_key="REPLACE-ME")
+    assert load_settings(checkpoint_public_key="").checkpoint_public_key is None
