@@ -60,6 +60,7 @@ from django.core.signals import (  # type: ignore[import-untyped]
     request_finished,
     request_started,
 )
+from django.db.models.signals import pre_save  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from audit_events.settings import AuditSettings, load_settings
@@ -241,14 +242,17 @@ class AuditstreamBackend:
         if tenant is None:
             return None
         content_type = ContentType.objects.get_for_id(info["content_type_id"])
+        label = f"{content_type.app_label}.{content_type.model}"
         event = mapping.crud_event(
             info,
             tenant=tenant,
-            model_label=f"{content_type.app_label}.{content_type.model}",
+            model_label=label,
             actor=_actor(info.get("user_id")),
             context=_request_context(),
             redact=_redact(),
         )
+        model = content_type.model_class()
+        event["changes"] = _foreign_keys(model, event["metadata"]["event"], info, event["changes"])
         return _emit(event)
 
     @_guard("login")
@@ -256,7 +260,12 @@ class AuditstreamBackend:
         tenant = _tenant("login", info)
         if tenant is None:
             return None
-        event = mapping.login_event(info, tenant=tenant, context=_request_context())
+        user_pk = None
+        if info.get("user_id") is None and info.get("username"):
+            user_pk = _user_pk(str(info["username"]))
+        event = mapping.login_event(
+            info, tenant=tenant, context=_request_context(), user_pk=user_pk
+        )
         return _emit(event)
 
     @_guard("request")
@@ -298,6 +307,7 @@ def _remember_request(sender: Any, environ: Any = None, scope: Any = None, **kw:
 
 def _forget_request(sender: Any, **kw: Any) -> None:
     _started.set(None)
+    _old_fk_values.set(None)
 
 
 request_started.connect(_remember_request, dispatch_uid="auditstream-request-meta")
@@ -343,6 +353,90 @@ def _actor(user_id: Any) -> dict[str, Any] | None:
         user = get_user_model().objects.filter(pk=user_id).first()
     name = user.get_username() if user is not None else None
     return {"id": str(user_id), "type": "user", "name": name}
+
+
+def _user_pk(username: str) -> Any:
+    """The pk of the user with this username (a failed login's record carries none)."""
+    model = get_user_model()
+    user = model._default_manager.filter(**{model.USERNAME_FIELD: username}).first()
+    return None if user is None else user.pk
+
+
+def _fk_fields(model: Any) -> dict[str, Any]:
+    """The model's concrete foreign keys and one-to-ones, by field name."""
+    if model is None:
+        return {}
+    return {
+        f.name: f
+        for f in model._meta.concrete_fields
+        if (f.many_to_one or f.one_to_one) and f.related_model is not None
+    }
+
+
+def _foreign_keys(
+    model: Any, verb: str, info: Mapping[str, Any], changes: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Foreign keys in ``changes`` as pks, with the related objects' string form beside
+    them (``<field>__str``). easyaudit gives pks for a create/delete (the serialised
+    object) but the related objects' strings for an update: the pks then come from the
+    saved object (new) and from :func:`_remember_old_fks` (old)."""
+    fields = {n: f for n, f in _fk_fields(model).items() if n in changes}
+    if not fields:
+        return changes
+    names: dict[str, dict[str, Any]] = {}
+    out = dict(changes)
+    if verb == "update":
+        saved = mapping._serialised_fields(info.get("object_json_repr"))
+        old = _pop_old_fks(model, info.get("object_id"))
+        for name, field in fields.items():
+            names[name] = dict(changes[name])  # easyaudit's str(related object)
+            out[name] = {"old": old.get(field.attname), "new": saved.get(name)}
+        return mapping.with_related_names(out, names)
+    for name, field in fields.items():
+        manager = field.related_model._default_manager
+        target = field.target_field.attname
+        names[name] = {}
+        for side, pk in changes[name].items():
+            if pk is not None:
+                obj = manager.filter(**{target: pk}).first()
+                names[name][side] = None if obj is None else str(obj)
+    return mapping.with_related_names(out, names)
+
+
+#: (model, pk) → the foreign-key values an instance had before it was saved.
+_old_fk_values: contextvars.ContextVar[dict[tuple[Any, str], dict[str, Any]] | None] = (
+    contextvars.ContextVar("auditstream_old_fks", default=None)
+)
+
+
+def _remember_old_fks(sender: Any, instance: Any, raw: bool = False, **kw: Any) -> None:
+    """``pre_save``: keep the stored foreign-key pks of an object about to be updated
+    (easyaudit's update record only has the related objects' strings)."""
+    try:
+        if raw or getattr(instance, "pk", None) is None:
+            return
+        fields = _fk_fields(sender)
+        if not fields:
+            return
+        attnames = [f.attname for f in fields.values()]
+        row = sender._default_manager.filter(pk=instance.pk).values(*attnames).first()
+        if row is None:
+            return
+        store = _old_fk_values.get()
+        if store is None or len(store) > 1000:
+            store = {}
+            _old_fk_values.set(store)
+        store[(sender, str(instance.pk))] = row
+    except Exception:
+        log.debug("auditstream: old foreign keys not kept", exc_info=True)
+
+
+def _pop_old_fks(model: Any, pk: Any) -> dict[str, Any]:
+    store = _old_fk_values.get()
+    return {} if store is None else store.pop((model, str(pk)), {})
+
+
+pre_save.connect(_remember_old_fks, dispatch_uid="auditstream-old-foreign-keys")
 
 
 def _request_context() -> dict[str, Any]:

@@ -42,6 +42,9 @@ LOGIN_TYPES: dict[int, tuple[str, str]] = {
     2: ("auth.login_failed", "failure"),
 }
 REDACTED = "[redacted]"
+#: ``changes["<field>__str"]`` holds the string form of a foreign key's related objects
+#: beside the pk in ``changes["<field>"]`` (Django field names cannot contain ``__``).
+RELATED_SUFFIX = "__str"
 DEFAULT_REDACT = frozenset({"password"})
 _FIELD = re.compile(r"^[^$.\x00][^.\x00]{0,127}$")
 _MAX_CHANGES = 256
@@ -103,8 +106,12 @@ def crud_event(
     actor: Mapping[str, Any] | None = None,
     context: Mapping[str, Any] | None = None,
     redact: Collection[str] = DEFAULT_REDACT,
+    related: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``model_label`` is ``app_label.model`` (e.g. ``shop.invoice``)."""
+    """``model_label`` is ``app_label.model`` (e.g. ``shop.invoice``). ``related`` maps a
+    foreign-key field to the string form of its old/new related object
+    (``{"customer": {"old": "Globex", "new": "Initech"}}``); it is added to ``changes``
+    as ``customer__str`` beside the pks."""
     verb, crud = CRUD_VERBS.get(int(info.get("event_type", 0)), ("change", "u"))
     event: dict[str, Any] = {
         "tenant": tenant,
@@ -117,7 +124,7 @@ def crud_event(
                 "name": str(info.get("object_repr") or "")[:256],
             }
         ],
-        "changes": crud_changes(verb, info, redact),
+        "changes": with_related_names(crud_changes(verb, info, redact), related or {}),
         "metadata": {"source": "django-easy-audit", "event": verb},
     }
     if verb.startswith("m2m"):
@@ -125,15 +132,37 @@ def crud_event(
     return _finish(event, info, actor, context)
 
 
+def with_related_names(
+    changes: dict[str, dict[str, Any]], related: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Add ``<field>__str`` beside each foreign key in ``changes`` (same old/new keys)."""
+    out = dict(changes)
+    for field, names in related.items():
+        change = changes.get(field)
+        if change is None:
+            continue
+        entry = {k: (None if names.get(k) is None else str(names[k])[:256]) for k in change}
+        if any(v is not None for v in entry.values()):
+            out[f"{field}{RELATED_SUFFIX}"] = entry
+    return dict(list(out.items())[:_MAX_CHANGES])
+
+
 def login_event(
     info: Mapping[str, Any],
     *,
     tenant: str,
     context: Mapping[str, Any] | None = None,
+    user_pk: Any = None,
 ) -> dict[str, Any]:
+    """Actor and target: ``{id: pk, name: username}`` for every login record of a known
+    user, failed ones included (easyaudit gives no pk for those: the backend looks the
+    username up and passes ``user_pk``); an unknown username is the id itself, with
+    ``metadata.unknown_user``."""
     action, outcome = LOGIN_TYPES.get(int(info.get("login_type", 0)), ("auth.login", "success"))
     username = str(info.get("username") or "") or None
     user_id = info.get("user_id")
+    if user_id is None:
+        user_id = user_pk
     ident = str(user_id) if user_id is not None else username
     event: dict[str, Any] = {
         "tenant": tenant,
@@ -141,6 +170,8 @@ def login_event(
         "outcome": outcome,
         "metadata": {"source": "django-easy-audit"},
     }
+    if user_id is None and username:
+        event["metadata"]["unknown_user"] = True
     if ident:
         actor = {"id": ident, "type": "user", "name": username}
         event["actor"] = actor

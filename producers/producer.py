@@ -202,6 +202,12 @@ class AuditProducer:
             return
         with contextlib.suppress(TimeoutError, ProducerClosed):
             await self.flush(timeout)
+        if self.config.durable:
+            # Deliver what is spooled while Kafka answers, for at most close_grace; what
+            # is left stays on disk for the next producer.
+            deadline = time.monotonic() + min(timeout, self.config.close_grace)
+            while self._delivering_spool(deadline):  # noqa: ASYNC110 - the sender drains
+                await asyncio.sleep(0.01)
         self._stopping = True
         self._closed = True
         self._wake(force=True)
@@ -226,6 +232,16 @@ class AuditProducer:
             self._spool.close(delete_if_empty=self._spool_dir is not None)
         if lost:
             raise DeliveryFailed(f"{lost} events were not delivered before close")
+
+    def _delivering_spool(self, deadline: float) -> bool:
+        return bool(
+            self._connected
+            and self._spool is not None
+            and self._spool.events
+            and time.monotonic() < deadline
+            and self._task is not None
+            and not self._task.done()
+        )
 
     async def __aenter__(self) -> AuditProducer:
         await self.start()

@@ -214,7 +214,7 @@ async def test_model_save_reaches_mongodb(
     }
 
     async def all_stored() -> bool:
-        return await store.count_documents({"tenant": "shop"}) == 7
+        return await store.count_documents({"tenant": "shop"}) == 14
 
     await eventually(all_stored, timeout=60)
     docs = await store.find({"tenant": "shop"}).sort("seq", 1).to_list()
@@ -226,6 +226,13 @@ async def test_model_save_reaches_mongodb(
         "shop.invoice.create",
         "http.post",
         "shop.invoice.update",
+        "http.post",
+        "auth.login_failed",  # alice, wrong password
+        "http.post",
+        "auth.login_failed",  # mallory: no such user
+        "shop.invoice.create",
+        "shop.payment.create",
+        "shop.payment.update",
     ]
     created = docs[4]
     assert created["changes"] == {
@@ -235,7 +242,24 @@ async def test_model_save_reaches_mongodb(
     }
     user_created = docs[0]
     assert user_created["changes"]["password"] == {"new": "[redacted]"}
-    assert docs[2]["actor"] == {"id": user, "type": "user", "name": "alice"}
+    alice = {"id": user, "type": "user", "name": "alice"}
+    assert docs[2]["actor"] == alice
+    # Failed and successful logins carry the same actor (pk and username).
+    assert docs[8]["actor"] == alice and docs[8]["outcome"] == "failure"
+    assert docs[10]["actor"] == {"id": "mallory", "type": "user", "name": "mallory"}
+    assert docs[10]["metadata"]["unknown_user"] is True
+    # Page requests carry the user agent and the request id.
+    for request in (docs[3], docs[5], docs[7], docs[9]):
+        assert request["context"]["user_agent"] == "shop-demo/1.0", request
+        assert request["context"]["request_id"] == "req-42", request
+    # Foreign keys: the related object's string form beside the pk.
+    second = str(ids["invoice2_id"])
+    assert docs[12]["changes"]["invoice"] == {"new": int(invoice)}
+    assert docs[12]["changes"]["invoice__str"] == {"new": "Invoice INV-1"}
+    assert docs[13]["changes"] == {
+        "invoice": {"old": int(invoice), "new": int(second)},
+        "invoice__str": {"old": "Invoice INV-1", "new": "Invoice INV-2"},
+    }
 
 
 def test_kafka_unreachable_without_spool_setting_loses_nothing(tmp_path: Path) -> None:

@@ -73,3 +73,46 @@ def test_login_failed_and_request() -> None:
     )
     assert req.action == "http.get" and req.metadata["query_string"] == "a=1"
     assert [t.id for t in req.targets] == ["/x/"]
+
+
+def test_logins_carry_pk_and_username_alike() -> None:
+    """Failed and successful logins of one user share actor id (pk) and name (username),
+    so filtering by either finds both; an unknown username keeps the username as id."""
+    ok = build_event(login_event({"login_type": 0, "username": "bob", "user_id": 3}, tenant="acme"))
+    failed = build_event(
+        login_event({"login_type": 2, "username": "bob"}, tenant="acme", user_pk=3)
+    )
+    unknown = build_event(login_event({"login_type": 2, "username": "mallory"}, tenant="acme"))
+    for ev in (ok, failed):
+        assert ev.actor is not None and (ev.actor.id, ev.actor.name) == ("3", "bob")
+        assert [(t.id, t.name) for t in ev.targets] == [("3", "bob")]
+    assert unknown.actor is not None and (unknown.actor.id, unknown.actor.name) == (
+        "mallory",
+        "mallory",
+    )
+    assert unknown.metadata["unknown_user"] is True
+
+
+def test_foreign_keys_get_the_related_objects_name_beside_the_pk() -> None:
+    info = {"event_type": 2, "object_id": 1, "changed_fields": json.dumps({"invoice": ["1", "2"]})}
+    event = crud_event(
+        info,
+        tenant="acme",
+        model_label="shop.payment",
+        related={"invoice": {"old": "Invoice INV-1", "new": "Invoice INV-2"}},
+    )
+    ev = build_event(event)
+    assert {k: (c.old, c.new) for k, c in ev.changes.items()} == {
+        "invoice": ("1", "2"),
+        "invoice__str": ("Invoice INV-1", "Invoice INV-2"),
+    }
+    repr_ = json.dumps([{"model": "shop.payment", "pk": 1, "fields": {"invoice": 1}}])
+    created = build_event(
+        crud_event(
+            {"event_type": 1, "object_id": 1, "object_json_repr": repr_},
+            tenant="acme",
+            model_label="shop.payment",
+            related={"invoice": {"new": "Invoice INV-1"}},
+        )
+    )
+    assert created.changes["invoice__str"].new == "Invoice INV-1"

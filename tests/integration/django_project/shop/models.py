@@ -8,3 +8,11 @@ class Invoice(models.Model):
 
     def __str__(self) -> str:
         return f"Invoice {self.number}"
+
+
+class Payment(models.Model):
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE)
+    amount = models.IntegerField()
+
+    def __str__(self) -> str:
+        return f"Payment of {self.amount}"

@@ -4,6 +4,7 @@ from tests.integration.django_project.shop import views
 
 urlpatterns = [
     path("ping/", views.ping),
+    path("login/", views.login_view),
     path("invoices/", views.create_invoice),
     path("invoices/<int:pk>/", views.update_invoice),
 ]

@@ -1,7 +1,9 @@
-"""Migrate, then act like a user: log in, create and update an invoice over HTTP.
+"""Migrate, then act like a user: log in, create and update an invoice over HTTP, fail
+to log in (a known and an unknown user), then move a payment between two invoices.
 
 Prints one JSON line with the ids the test looks for in MongoDB. The process then
-exits; the producer flushes at interpreter exit.
+exits; at exit the producer sends what is still spooled while Kafka answers (for at
+most ``close_grace``); anything left would be drained by the next process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.test import Client
+
+from tests.integration.django_project.shop.models import Invoice, Payment
 
 
 class Command(BaseCommand):
@@ -29,4 +33,20 @@ class Command(BaseCommand):
         invoice_id = created.json()["id"]
         updated = client.post(f"/invoices/{invoice_id}/", {"total": "12"})
         assert updated.status_code == 200
-        self.stdout.write(json.dumps({"user_id": user.pk, "invoice_id": invoice_id}))
+        for name in ("alice", "mallory"):
+            failed = client.post("/login/", {"username": name, "password": "wrong"})
+            assert failed.status_code == 401
+        second = Invoice.objects.create(number="INV-2", customer="Initech", total=7)
+        payment = Payment.objects.create(invoice_id=invoice_id, amount=12)
+        payment.invoice = second
+        payment.save()
+        self.stdout.write(
+            json.dumps(
+                {
+                    "user_id": user.pk,
+                    "invoice_id": invoice_id,
+                    "invoice2_id": second.pk,
+                    "payment_id": payment.pk,
+                }
+            )
+        )
