@@ -585,8 +585,10 @@ class AuditProducer:
     def _forget_after_fork(self) -> None:
         """In a forked child: drop the parent's sender, spool handles and locks."""
         for spool in (self._spool, self._claimed_spool):
-            if spool is not None and spool.lock is not None:
-                spool.lock.forget()
+            if spool is not None:
+                if spool.lock is not None:
+                    spool.lock.forget()
+                _INHERITED.append(spool)  # never closed (nor collected) in the child
         self._spool = self._claimed_spool = None
         self._task = None
         self._loop = None
@@ -603,6 +605,11 @@ class AuditProducer:
                     fut.set_result(Receipt(item.id, "spooled"))
                 elif self._loop is not None:
                     self._loop.call_soon_threadsafe(_set_if_pending, fut, item.id)
+
+
+#: Spools inherited through fork: kept referenced so the child never closes the parent's
+#: SQLite connections (a close could checkpoint or remove the parent's WAL).
+_INHERITED: list[Spool] = []
 
 
 def _set_if_pending(fut: asyncio.Future[Receipt], event_id: str) -> None:

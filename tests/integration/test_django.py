@@ -61,11 +61,11 @@ def manage(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[st
 class Gunicorn:
     """The shop served by real gunicorn workers (sync worker class)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, workers: int) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, workers: int, *extra: str) -> None:
         self.port = free_port()
         self.log_path = log_path
         with open(log_path, "ab") as log:
-            args = ["--bind", f"127.0.0.1:{self.port}", "--workers", str(workers)]
+            args = ["--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), *extra]
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", *args, "--graceful-timeout", "20", WSGI],
                 cwd=REPO,
@@ -110,8 +110,8 @@ class Gunicorn:
 def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     started: list[Gunicorn] = []
 
-    def make(env: Mapping[str, str], workers: int = 2) -> Gunicorn:
-        server = Gunicorn(env, tmp_path / f"gunicorn-{len(started)}.log", workers)
+    def make(env: Mapping[str, str], workers: int = 2, *extra: str) -> Gunicorn:
+        server = Gunicorn(env, tmp_path / f"gunicorn-{len(started)}.log", workers, *extra)
         started.append(server)
         return server
 
@@ -385,3 +385,39 @@ async def test_kafka_down_four_workers_one_killed_nothing_lost(
         f"{took:.1f}s after Kafka returned"
     )
     assert code == 0 and left == [], server.log()
+
+
+async def test_preloaded_app_forked_workers_spool_apart_and_deliver(
+    tmp_path: Path, unique: str, gunicorn: Callable[..., Gunicorn]
+) -> None:
+    """gunicorn --preload: Django (and the producer) start in the master before the fork;
+    each worker still gets its own spool file, and everything arrives."""
+    port, topic, spool = free_port(), f"audit.events.{unique}", tmp_path / "audit-spool"
+    env = shop_env(
+        tmp_path,
+        {
+            "AUDITSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+            "AUDITSTREAM_TOPIC_EVENTS": topic,
+            "AUDITSTREAM_DATA_DIR": str(tmp_path / "data"),
+        },
+        SHOP_SPOOL_DIR=str(spool),
+        SHOP_AUDIT_OPTIONS=json.dumps({"claim_interval": 0.5, "reconnect_max": 0.5}),
+    )
+    migrated = await asyncio.to_thread(manage, env, "migrate", "--run-syncdb", "-v", "0")
+    assert migrated.returncode == 0, migrated.stderr
+    server = await asyncio.to_thread(gunicorn, env, 2, "--preload")
+    answers = [(await asyncio.to_thread(server.get, f"/ping/?n={n}"))[0] for n in range(20)]
+    assert answers == [200] * 20, server.log()
+    pids = {p.name.split("-")[-2] for p in spool.glob("*.lock")}
+    assert len(pids) == 3, pids  # the master's and one per worker
+    spooled = {e["metadata"]["query_string"] for e in spooled_events(spool)}
+    assert spooled == {f"n={n}" for n in range(20)}
+    kafka = kafka_server(tmp_path / "kafka", port=port)
+    await asyncio.to_thread(kafka.start)
+    try:
+        got = await consume_pings(f"127.0.0.1:{port}", topic, spooled, timeout=60)
+        assert spooled <= set(got)
+        assert await asyncio.to_thread(server.stop) == 0
+    finally:
+        await asyncio.to_thread(kafka.stop)
+    assert spooled_events(spool) == [] and not any(spool.glob("*.lock")), server.log()
