@@ -276,3 +276,27 @@ async def test_credentials_given_twice_are_refused(
     headers = Headers([("Authorization", f"Bearer {good}"), ("Authorization", f"Bearer {other}")])
     resp = await client.get("/v1/events", headers=headers)
     assert resp.status_code == 401, await resp.get_data()
+
+
+async def test_users_rotate_secret_for_a_user_and_an_unknown_name(api: Quart) -> None:
+    s: AuditSettings = api.config["AUDITSTREAM_SETTINGS"]
+    store = services(api).users
+    await store.add("jan", "user", "jan-password-1", "acme", ["events:read"])
+    env = {"AUDITSTREAM_MONGO_URI": s.mongo_uri or "", "AUDITSTREAM_MONGO_DB": s.mongo_db}
+
+    def run(*args: str, stdin: str | None = None) -> Any:
+        return CliRunner().invoke(main, ["users", *args], input=stdin, env=env)
+
+    done = await asyncio.to_thread(
+        run, "rotate-secret", "jan", "--password-stdin", stdin="jan-password-2\n"
+    )
+    assert done.exit_code == 0 and "client_secret" not in done.output, done.output
+    assert (await store.login("jan", "jan-password-2", "user"))[0].value == "ok"
+    assert (await store.login("jan", "jan-password-1", "user"))[0].value != "ok"
+    assert (await store.token_state("jan")) == (False, 1)
+    short = await asyncio.to_thread(
+        run, "rotate-secret", "jan", "--password-stdin", stdin="short\n"
+    )
+    assert short.exit_code == 1 and "at least 8" in short.output
+    unknown = await asyncio.to_thread(run, "rotate-secret", "nobody-here")
+    assert unknown.exit_code == 1 and "no account" in unknown.output
