@@ -362,18 +362,6 @@ class SpoolDirectory:
         lock.release()
         return True
 
-    def stats(self) -> tuple[int, int]:
-        """(files, events) in the directory, read without locking (for observation)."""
-        files = events = 0
-        for db in self.path.glob("*.db"):
-            files += 1
-            with (
-                contextlib.suppress(sqlite3.Error),
-                contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn,
-            ):
-                events += int(conn.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
-        return files, events
-
 
 def default_spool_dir(name: str | None = None) -> Path:
     """A spool directory that needs no configuration, one per application ``name``.

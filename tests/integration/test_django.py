@@ -287,6 +287,17 @@ def test_kafka_unreachable_without_spool_setting_loses_nothing(tmp_path: Path) -
     assert checked.returncode == 1
     assert checked.stderr.count("auditstream.E006") == 1 and "chunk_sise" in checked.stderr
 
+    worse = shop_env(
+        tmp_path,
+        {**audit, "AUDITSTREAM_KAFKA_PARTITIONS": "many"},
+        SHOP_NO_TENANT="1",
+        SHOP_SPOOL_DIR="/proc/no-such-dir/spool",
+    )
+    checked = manage(worse, "check")
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
+    for code in ("E003", "E004", "E005"):
+        assert checked.stderr.count(f"auditstream.{code}") == 1, checked.stderr
+
 
 async def consume_pings(bootstrap: str, topic: str, want: set[str], timeout: float) -> list[str]:
     """Query strings of the ``http.get`` events on ``topic``, read until ``want`` is seen."""

@@ -42,6 +42,8 @@ DJANGO_EASY_AUDIT_LOGGING_BACKEND = os.environ.get(
     "SHOP_AUDIT_BACKEND", "auditstream.django.AuditstreamBackend"
 )
 AUDITSTREAM: dict[str, object] = {"TENANT": "shop", "SERVICE": "django-shop"}
+if os.environ.get("SHOP_NO_TENANT"):
+    del AUDITSTREAM["TENANT"]
 if os.environ.get("SHOP_SPOOL_DIR"):
     AUDITSTREAM["SPOOL_DIR"] = os.environ["SHOP_SPOOL_DIR"]
 if os.environ.get("SHOP_AUDIT_OPTIONS"):
