@@ -47,7 +47,8 @@ _DESCRIPTIONS = {
     422: "Validation failed; `errors` lists field paths",
     503: "A dependency is unavailable; retry after Retry-After",
 }
-_SECURED_ERRORS = (400, 401, 403, 405)
+# 503: the token's account cannot be checked (query_api/auth.py), or a store is away.
+_SECURED_ERRORS = (400, 401, 403, 405, 503)
 _EXTRA: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/events"): (413, 422, 503),
     ("get", "/v1/events/{event_id}"): (404, 410),
