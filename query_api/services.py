@@ -15,7 +15,7 @@ from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION, USERS_COLLECTION
 from query_api.cache import ReadCache
 from query_api.publisher import Publisher, ensure_topics
-from query_api.throttle import LoginThrottle
+from query_api.throttle import LOCKOUTS_COLLECTION, LoginThrottle
 from query_api.users import UserStore
 
 REDIS_POOL_SIZE = 64
@@ -82,7 +82,9 @@ class Services:
             max_per_user=settings.login_max_failures_per_user,
             max_per_ip=settings.login_max_failures_per_ip,
             window_seconds=settings.login_window_seconds,
+            lockouts=db[LOCKOUTS_COLLECTION],  # lockouts outlive a Redis restart
         )
+        await throttle.create_indexes()
         return cls(
             mongo,
             events,

@@ -10,10 +10,15 @@ Fail closed: when Redis cannot reserve (down, timing out, read-only, out of
 memory) :meth:`LoginThrottle.reserve` raises :class:`ThrottleUnavailable` and the
 token endpoint answers 503 without checking anything; there is no per-process
 fallback (it would multiply the limit by the replicas and forget on restart).
-The counters live only in Redis; a restart of a Redis without persistence loses
-them. That is not silent: a marker key without expiry is created with the first
-reservation, and when it is missing later the limiter logs an error saying the
-counters of the current window were lost.
+
+Lockouts survive a Redis restart: the failure that reaches a limit also writes
+the lockout to MongoDB (``login_lockouts``, until the window ends). Redis
+without persistence loses its counters on a restart; a marker key without
+expiry, written with the first reservation, tells the limiter how old Redis'
+state is, and while it is younger than one window every allowed reservation
+also asks MongoDB for a lockout of its name or IP (and restores it in Redis).
+Counts below the limit are lost with Redis (at most one more window's budget);
+the loss is logged.
 Time is an argument (``clock``) so tests need no sleeps.
 """
 
@@ -25,7 +30,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -33,22 +42,39 @@ from audit_events.cache_keys import PREFIX
 
 log = logging.getLogger("auditstream.api.throttle")
 
-# A key without TTL (never evicted under volatile-lru): its absence means Redis lost its data.
+LOCKOUTS_COLLECTION = "login_lockouts"
+# A key without TTL (never evicted under volatile-lru): its absence means Redis lost
+# its data; its value is the time Redis' limiter state began.
 MARKER = f"{PREFIX}:login:since"
 
 # KEYS: user counter, IP counter, marker. ARGV: user limit, IP limit, TTL, now.
-# Returns {allowed (0/1), marker was missing (0/1)}.
+# Returns {allowed (0/1), marker was missing (0/1), user count, IP count, state began}.
 _RESERVE = """
 local fresh = 0
 if redis.call('SET', KEYS[3], ARGV[4], 'NX') then fresh = 1 end
+local since = tonumber(redis.call('GET', KEYS[3]) or ARGV[4])
 local u = tonumber(redis.call('GET', KEYS[1]) or '0')
 local i = tonumber(redis.call('GET', KEYS[2]) or '0')
-if u >= tonumber(ARGV[1]) or i >= tonumber(ARGV[2]) then return {0, fresh} end
+if u >= tonumber(ARGV[1]) or i >= tonumber(ARGV[2]) then return {0, fresh, u, i, since} end
 redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {1, fresh}
+return {1, fresh, u + 1, i + 1, since}
+"""
+
+# Put lockouts found in MongoDB back: ARGV[1] = TTL, then per key its limit (set the
+# counter to it) or 0 (give this attempt's slot back).
+_RESTORE = """
+for n, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[n + 1])
+  if limit > 0 then
+    redis.call('SET', key, limit, 'EX', ARGV[1])
+  elseif tonumber(redis.call('GET', key) or '0') > 0 then
+    redis.call('DECR', key)
+  end
+end
+return 1
 """
 
 # Give back one slot on each key that still exists (DECR keeps the TTL).
@@ -68,8 +94,10 @@ class ThrottleUnavailable(Exception):
 class Reservation:
     """An attempt counted against both limits, or refused (``retry_after`` seconds)."""
 
-    keys: tuple[str, ...]
+    keys: tuple[str, ...]  # user counter, IP counter
     retry_after: int | None
+    counts: tuple[int, ...] = (0, 0)  # the counters with this attempt
+    window_end: float = 0.0
 
 
 def _key(kind: str, value: str, window: int) -> str:
@@ -85,17 +113,26 @@ class LoginThrottle:
         max_per_user: int,
         max_per_ip: int,
         window_seconds: int,
+        lockouts: AsyncCollection[dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
-        self._max_user = max_per_user
-        self._max_ip = max_per_ip
+        self._limits = (max_per_user, max_per_ip)
         self._window = window_seconds
+        self._lockouts = lockouts
         self._clock = clock
         self._seen_marker = False
         if redis is not None:
             self._reserve = redis.register_script(_RESERVE)
             self._release = redis.register_script(_RELEASE)
+            self._restore = redis.register_script(_RESTORE)
+
+    async def create_indexes(self) -> None:
+        """MongoDB drops a lockout once its window has ended (TTL index)."""
+        if self._lockouts is not None:
+            await self._lockouts.create_index(
+                "until", expireAfterSeconds=0, name="login_lockout_expiry"
+            )
 
     def _retry_after(self, now: float) -> int:
         return max(1, math.ceil((math.floor(now / self._window) + 1) * self._window - now))
@@ -109,10 +146,11 @@ class LoginThrottle:
             raise ThrottleUnavailable("no Redis configured")
         now = self._clock()
         window = int(now // self._window)
+        window_end = (window + 1) * self._window
         keys = (_key("u", username, window), _key("ip", ip, window))
-        args = [self._max_user, self._max_ip, self._window + 5, int(now)]
+        args = [*self._limits, self._window + 5, int(now)]
         try:
-            allowed, fresh = await self._reserve(keys=[*keys, MARKER], args=args)
+            allowed, fresh, users, ips, since = await self._reserve(keys=[*keys, MARKER], args=args)
         except (RedisError, OSError) as exc:
             raise ThrottleUnavailable(str(exc)) from exc
         if fresh and self._seen_marker:
@@ -126,7 +164,52 @@ class LoginThrottle:
                 "its data): failed attempts made before now are not counted"
             )
         self._seen_marker = True
-        return Reservation(keys, None if allowed else self._retry_after(now))
+        if not allowed:
+            return Reservation(keys, self._retry_after(now))
+        # While Redis' state is younger than a window, lockouts it lost may still hold.
+        young = now - int(since) <= self._window + 5
+        if young and self._lockouts is not None and await self._restore_lockouts(keys, now):
+            return Reservation(keys, self._retry_after(now))
+        return Reservation(keys, None, (int(users), int(ips)), window_end)
+
+    async def _restore_lockouts(self, keys: tuple[str, ...], now: float) -> bool:
+        assert self._lockouts is not None
+        try:
+            found = await self._lockouts.find(
+                {"_id": {"$in": list(keys)}, "until": {"$gt": datetime.fromtimestamp(now, UTC)}},
+                {"_id": 1},
+            ).to_list()
+        except PyMongoError as exc:
+            raise ThrottleUnavailable(f"lockouts unreadable: {exc}") from exc
+        locked = {doc["_id"] for doc in found}
+        if not locked:
+            return False
+        limits = [
+            limit if key in locked else 0 for key, limit in zip(keys, self._limits, strict=True)
+        ]
+        try:
+            await self._restore(keys=list(keys), args=[self._window + 5, *limits])
+        except (RedisError, OSError) as exc:
+            raise ThrottleUnavailable(str(exc)) from exc
+        log.warning("restored %d login lockout(s) that Redis had lost", len(locked))
+        return True
+
+    async def failed(self, reservation: Reservation) -> None:
+        """The checked attempt failed: a limit it reached is written to MongoDB too."""
+        if self._lockouts is None or reservation.retry_after is not None:
+            return
+        until = datetime.fromtimestamp(reservation.window_end, UTC)
+        for key, count, limit in zip(
+            reservation.keys, reservation.counts, self._limits, strict=True
+        ):
+            if count < limit:
+                continue
+            try:
+                await self._lockouts.update_one(
+                    {"_id": {"$eq": key}}, {"$set": {"until": until}}, upsert=True
+                )
+            except PyMongoError as exc:  # Redis still holds it; only a restart would lose it
+                log.warning("could not record a login lockout in MongoDB: %s", exc)
 
     async def release(self, reservation: Reservation) -> None:
         """Give the slot back (the attempt succeeded, or was never checked)."""

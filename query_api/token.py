@@ -157,6 +157,7 @@ async def issue_token() -> Response:
     if outcome is Login.OK:
         await services.throttle.release(slot)
     if outcome is not Login.OK or account is None:
+        await services.throttle.failed(slot)  # a lockout it starts is recorded in MongoDB too
         current_app.logger.warning("failed %s login for %r from %s", grant, name, ip)
         if kind == "service":
             return oauth_error(

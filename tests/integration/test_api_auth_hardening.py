@@ -300,3 +300,26 @@ async def test_users_rotate_secret_for_a_user_and_an_unknown_name(api: Quart) ->
     assert short.exit_code == 1 and "at least 8" in short.output
     unknown = await asyncio.to_thread(run, "rotate-secret", "nobody-here")
     assert unknown.exit_code == 1 and "no account" in unknown.output
+
+
+async def test_lockouts_survive_a_redis_restart(api: Quart, client: Client) -> None:
+    s: AuditSettings = api.config["AUDITSTREAM_SETTINGS"]
+    name, ip = f"kim-{uuid.uuid4().hex[:8]}", new_ip()
+    await services(api).users.add(name, "user", "right-password", "acme", ["events:read"])
+    for i in range(s.login_max_failures_per_user):
+        assert (await login(client, ip, name, f"guess-{i}")).status_code == 400
+    assert (await login(client, ip, name, "right-password")).status_code == 429
+    spray_ip = new_ip()  # one IP at its limit, spread over many names
+    for i in range(s.login_max_failures_per_ip):
+        assert (await login(client, spray_ip, f"n{i}-{name}", "x")).status_code == 400
+    redis = Redis.from_url(s.redis_url or "")
+    try:
+        await redis.flushdb()  # what a restart of a Redis without persistence leaves
+    finally:
+        await redis.aclose()
+    locked = await login(client, new_ip(), name, "right-password")
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert (await login(client, spray_ip, f"other-{name}", "x")).status_code == 429
+    # Names and addresses that were not locked out still log in.
+    await services(api).users.add(f"ok-{name}", "user", "right-password", "acme", ["events:read"])
+    assert (await login(client, new_ip(), f"ok-{name}", "right-password")).status_code == 200
