@@ -151,8 +151,8 @@ async def issue_token() -> Response:
         )
     try:
         outcome, account = await services.users.login(name, secret, kind)
-    except BaseException:
-        await services.throttle.release(slot)  # not checked: do not count it
+    except Exception:  # the store failed: nothing was checked, do not count it
+        await services.throttle.release(slot)  # (a cancelled request keeps it spent)
         raise
     if outcome is Login.OK:
         await services.throttle.release(slot)
