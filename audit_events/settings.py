@@ -101,6 +101,12 @@ class AuditSettings(BaseSettings):
         300.0, ge=1.0, description="How long a failing batch is retried before the worker exits."
     )
     processor_metrics_port: int = Field(9108, ge=0, le=65535)
+    # --- Processor metrics address (helper J, issue 20 item 5) ------------
+    processor_metrics_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the worker's Prometheus endpoint binds (0.0.0.0: every interface).",
+    )
 
     # --- Tenant chain checkpoints (docs/chain.md) ------------------------
     checkpoint_signing_key: SecretStr | None = Field(

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
@@ -41,10 +42,25 @@ def run_worker(settings: AuditSettings, loglevel: str = "warn") -> None:
     fault = os.environ.get(FAULT_ENV)
     hook = kill_before_commit(int(fault)) if fault else None
     app = create_app(settings, metrics, before_commit=hook)
-    if settings.processor_metrics_port:
-        start_http_server(settings.processor_metrics_port, registry=metrics.registry)
+    start_metrics_server(settings, metrics)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
+
+
+def start_metrics_server(settings: AuditSettings, metrics: ProcessorMetrics) -> Any:
+    """The worker's Prometheus endpoint on ``processor_metrics_host:port`` (None when port 0).
+
+    Loopback by default, like every other listener; containers set
+    ``AUDITSTREAM_PROCESSOR_METRICS_HOST=0.0.0.0`` so Prometheus can scrape it.
+    """
+    if not settings.processor_metrics_port:
+        return None
+    server, _thread = start_http_server(
+        settings.processor_metrics_port,
+        addr=settings.processor_metrics_host,
+        registry=metrics.registry,
+    )
+    return server
 
 
 async def _prepare_topics(settings: AuditSettings, wait_seconds: float = 60.0) -> None:
