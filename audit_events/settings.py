@@ -204,6 +204,23 @@ class AuditSettings(BaseSettings):
     # --- Local stack -------------------------------------------------------
     data_dir: str = ".auditstream"
 
+    # --- Archive of the topics (helper I, issue 16; docs/archive.md) --------
+    archive_dir: str | None = Field(
+        None, description="Where the archiver writes segments (default <data dir>/archive)."
+    )
+    archiver_group: str = "auditstream-archiver"
+    archive_segment_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="A segment closes at this many uncompressed bytes."
+    )
+    archive_segment_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A segment closes this long after its first record."
+    )
+    archiver_metrics_port: int = Field(9109, ge=0, le=65535)
+
+    def archive_path(self) -> str:
+        """The archive directory: ``archive_dir`` or ``<data_dir>/archive``."""
+        return self.archive_dir or os.path.join(self.data_dir, "archive")
+
     def require(self, *names: str) -> None:
         """Raise :class:`SettingsError` naming the first unset required setting."""
         for name in names:

@@ -199,5 +199,10 @@ main.add_command(trust_cli.keys)
 main.add_command(trust_cli.verify)
 main.add_command(trust_cli.replay)
 
+from auditstream.archive_cli import archive, archiver  # noqa: E402
+
+main.add_command(archiver)
+main.add_command(archive)
+
 if __name__ == "__main__":
     main()
