@@ -9,8 +9,13 @@ event as received; erased events (tombstones) keep their stored content hash.
 
 A slice that starts after seq 1 is anchored on its first event's stored hash
 (that event's content is still checked). Gaps are reported as deletions —
-erased events must be exported as tombstones for a slice to verify. With
-``--complete`` the slice must also reach the latest checkpoint.
+erased events must be exported as tombstones (``GET
+/v1/events/export?format=ndjson&include_erased=true``) for a slice to verify,
+and the report says so. A tombstone must be backed by its erasure event (the
+``erased.event_id`` named in it, later in the chain, targeting it): when that
+event is in the slice it is checked, and with ``--complete`` (the slice must
+also reach the latest checkpoint) it must be there — so an event cannot be
+turned into a tombstone to hide its content.
 
     python -m producers.verify_offline --events slice.ndjson \\
         --checkpoints checkpoints.json --public-key KEY_OR_FILE [--complete]
@@ -28,6 +33,8 @@ from typing import Any
 import orjson
 
 from audit_events.chain import (
+    CORRECTED_ACTION,
+    ERASED_ACTION,
     GENESIS,
     Report,
     aiter_list,
@@ -68,8 +75,56 @@ async def verify_slice(
     reports = []
     for tenant, docs in sorted(by_tenant.items()):
         docs.sort(key=lambda d: (int(d.get("seq") or 0), str(d.get("id"))))
-        reports.append(await _verify_tenant(tenant, docs, checkpoints, key, complete))
+        report = await _verify_tenant(tenant, docs, checkpoints, key, complete)
+        if report.ok:
+            report = _check_tombstones(report, docs, complete)
+        elif report.reason == "deleted":
+            report.detail = f"{report.detail}; {GAP_HINT}"
+        reports.append(report)
     return reports
+
+
+GAP_HINT = (
+    "exports leave erased events out unless made with include_erased=true "
+    "(GET /v1/events/export?format=ndjson&include_erased=true); "
+    "if it was made so, the event was deleted from the store"
+)
+
+
+def _check_tombstones(report: Report, docs: list[dict[str, Any]], complete: bool) -> Report:
+    """Every tombstone is backed by the erasure event its ``erased`` record names."""
+    by_id = {str(d.get("id")): d for d in docs}
+    for doc in docs:
+        record = doc.get("erased")
+        if not record:
+            continue
+        seq, event_id = int(doc.get("seq") or 0), str(doc.get("id"))
+        eraser_id = record.get("event_id") if isinstance(record, dict) else None
+        eraser = by_id.get(str(eraser_id)) if eraser_id else None
+        if not eraser_id:
+            return report.fail(seq, "edited", f"tombstone {event_id} names no erasure event")
+        if eraser is None:
+            if complete:
+                return report.fail(
+                    seq,
+                    "edited",
+                    f"tombstone {event_id}: its erasure event {eraser_id} is not in the export",
+                )
+            continue  # after the end of this slice
+        targets = {
+            str(t.get("id")) for t in eraser.get("targets") or () if t.get("type") == "audit_event"
+        }
+        backs = (
+            eraser.get("action") == ERASED_ACTION
+            and not eraser.get("erased")
+            and int(eraser.get("seq") or 0) > seq
+            and (event_id in targets or doc.get("action") == CORRECTED_ACTION)
+        )
+        if not backs:
+            return report.fail(
+                seq, "edited", f"tombstone {event_id} is not backed by erasure event {eraser_id}"
+            )
+    return report
 
 
 async def _verify_tenant(

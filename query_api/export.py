@@ -6,6 +6,13 @@ events match. Nothing is cached. Validation and authorisation happen before the
 first byte, so errors are still ``application/problem+json``; a failure after
 streaming began aborts the connection (the chunked body never terminates), so a
 truncated export cannot be mistaken for a complete one.
+
+Erased events are left out unless ``include_erased=true``: then each one is a
+tombstone in its place in the sort order — ``id``, ``tenant``, ``seq``,
+``action``, ``content_hash``, ``hash`` and the ``erased`` record (who, when, why, and the
+erasing event's id), no payload — so an NDJSON export of a whole chain verifies
+offline (``producers/verify_offline.py``). CSV exports then get an ``erased``
+column.
 """
 
 from __future__ import annotations
@@ -30,7 +37,20 @@ from query_api.services import Services
 
 bp = Blueprint("export", __name__)
 
-EXPORT_PARAMS = (*FILTERS, "order", "tenant", "format")
+EXPORT_PARAMS = (*FILTERS, "order", "tenant", "format", "include_erased")
+# What a tombstone keeps in an export: enough to chain, nothing of the payload
+# (``action`` stays in the store too; the offline verifier uses it to tell an
+# erased correction from the erased event itself; the link covers ``received_at``).
+TOMBSTONE_FIELDS = (
+    "id",
+    "tenant",
+    "seq",
+    "action",
+    "received_at",
+    "content_hash",
+    "hash",
+    "erased",
+)
 CURSOR_BATCH = 1000
 CHUNK_ROWS = 500
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
@@ -131,23 +151,41 @@ def csv_row(event: dict[str, Any]) -> list[str]:
 
 
 class CsvChunker:
-    """Accumulates CSV rows and hands them out as byte chunks (RFC 4180, CRLF)."""
+    """Accumulates CSV rows and hands them out as byte chunks (RFC 4180, CRLF).
 
-    def __init__(self) -> None:
+    ``erased_column``: a last ``erased`` column (the erasure record as JSON).
+    """
+
+    def __init__(self, erased_column: bool = False) -> None:
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+        self._erased = erased_column
 
     def header(self) -> None:
-        self._writer.writerow(CSV_COLUMNS)
+        self._writer.writerow((*CSV_COLUMNS, "erased") if self._erased else CSV_COLUMNS)
 
     def add(self, event: dict[str, Any]) -> None:
-        self._writer.writerow(csv_row(event))
+        row = csv_row(event)
+        if self._erased:
+            row.append(spreadsheet_safe(_cell(event.get("erased"))))
+        self._writer.writerow(row)
 
     def take(self) -> bytes:
         data = self._buffer.getvalue().encode()
         self._buffer.seek(0)
         self._buffer.truncate()
         return data
+
+
+def tombstone(view: dict[str, Any]) -> dict[str, Any]:
+    """The export form of an erased event's API view (:data:`TOMBSTONE_FIELDS` only)."""
+    return {k: view[k] for k in TOMBSTONE_FIELDS if k in view}
+
+
+def export_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as exported: its API view, or a tombstone when erased."""
+    view = document_to_api(doc)
+    return tombstone(view) if doc.get("erased") else view
 
 
 def ndjson_line(event: dict[str, Any]) -> bytes:
@@ -157,14 +195,15 @@ def ndjson_line(event: dict[str, Any]) -> bytes:
 async def stream_export(
     cursor: AsyncCursor[dict[str, Any]],
     fmt: str,
-    to_api: Callable[[dict[str, Any]], dict[str, Any]] = document_to_api,
+    to_api: Callable[[dict[str, Any]], dict[str, Any]] = export_view,
     chunk_rows: int = CHUNK_ROWS,
+    erased_column: bool = False,
 ) -> AsyncIterator[bytes]:
     """Yield the export of ``cursor`` in chunks of ``chunk_rows`` events; closes the cursor."""
     rows = 0
     try:
         if fmt == "csv":
-            chunker = CsvChunker()
+            chunker = CsvChunker(erased_column)
             chunker.header()
             async for doc in cursor:
                 chunker.add(to_api(doc))
@@ -200,6 +239,11 @@ class ExportArgs(BaseModel):
     q: str | None = None
     order: str | None = Field(None, description="desc (default, newest first) or asc")
     tenant: str | None = Field(None, description="Required for multi-tenant tokens")
+    include_erased: str | None = Field(
+        None,
+        description="true: erased events as tombstones (id, tenant, seq, action, content_hash, "
+        "hash, erased; no payload), so an NDJSON export of a whole chain verifies offline",
+    )
 
 
 @bp.get("/v1/events/export")
@@ -211,16 +255,23 @@ async def export_events() -> Response:
     fmt = values.pop("format", "csv")
     if fmt not in MEDIA_TYPES:
         raise Problem(400, "format must be csv or ndjson")
-    query = parse_list_query(request.args, extra_allowed=("format",))
+    include_erased = values.pop("include_erased", "false")
+    if include_erased not in ("true", "false"):
+        raise Problem(400, "include_erased must be true or false")
+    query = parse_list_query(request.args, extra_allowed=("format", "include_erased"))
     tenant = read_tenant(g.principal, values.get("tenant"))
     services: Services = current_app.config["AUDITSTREAM_SERVICES"]
+    where = mongo_filter(tenant, query)
+    if include_erased == "true":
+        where.pop("erased", None)  # tombstones too (export_view strips them to the chain fields)
     cursor = (
-        services.events.find(mongo_filter(tenant, query), {"search": 0})
+        services.events.find(where, {"search": 0})
         .sort(sort_spec(query.order))
         .batch_size(CURSOR_BATCH)
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    resp = Response(stream_export(cursor, fmt), content_type=MEDIA_TYPES[fmt])
+    body = stream_export(cursor, fmt, erased_column=include_erased == "true")
+    resp = Response(body, content_type=MEDIA_TYPES[fmt])
     resp.headers["Content-Disposition"] = (
         f'attachment; filename="auditstream-{tenant}-{stamp}.{fmt}"'
     )
