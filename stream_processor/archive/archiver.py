@@ -218,6 +218,9 @@ class Archiver:
                     continue
                 for m in messages:
                     buf.add(record_of(m), int(getattr(m, "timestamp_type", 0) or 0))
+                    if buf.size >= self.max_bytes:  # by size: close at once, mid-fetch
+                        await self._close([tp])
+                        buf = self.buffers[tp]
             now = time.monotonic()
             due = [
                 tp for tp, b in self.buffers.items() if b.due(self.max_bytes, self.max_seconds, now)
@@ -264,6 +267,8 @@ class Archiver:
 
     async def _close(self, tps: list[TopicPartition]) -> None:
         """Publish the segments of ``tps``, append their entries, then commit."""
+        if not tps:
+            return
         entries = publish_segments(
             self.root, self.manifest, [(tp.topic, tp.partition, self.buffers[tp]) for tp in tps]
         )
@@ -281,7 +286,7 @@ class Archiver:
             try:
                 await self._consumer.commit(offsets)
             except Exception as exc:  # the manifest is the truth; the group is for lag tools
-                log.warning("offset commit failed (the manifest keeps the position): %s", exc)
+                log.warning("offset commit failed (the manifest keeps the position): %r", exc)
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> None:
         if not self.buffers:
