@@ -234,3 +234,49 @@ def _entries_count(settings: AuditSettings) -> list[int]:
         return []
     reader = ArchiveReader(path)
     return [0 for e in reader.manifest.entries for _ in range(e.count)]
+
+
+async def recreate_topics(settings: AuditSettings) -> None:
+    """A topic whose history restarts: deleted and created again (offsets from 0)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.topic_events, settings.topic_checkpoints])
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.5)
+    await ensure_topics(settings)
+
+
+async def test_a_restarted_history_opens_a_new_epoch_and_keeps_the_old_segments(
+    settings: AuditSettings,
+) -> None:
+    await ensure_topics(settings)
+    await produce(settings, 90, "one")
+    first = await topic_records(settings)
+    await archive_until(settings, len(first))
+    root = Path(settings.archive_path())
+    before = {p: p.read_bytes() for p in (root / "segments").rglob("*.gz")}
+
+    await recreate_topics(settings)  # fewer records than archived: offsets go backwards
+    await produce(settings, 30, "two")
+    second = await topic_records(settings)
+    await archive_until(settings, len(first) + len(second))
+    await recreate_topics(settings)  # more records than archived: other records at the offsets
+    await produce(settings, 150, "three")
+    third = await topic_records(settings)
+    archiver = await archive_until(settings, len(first) + len(second) + len(third))
+
+    assert all(p.read_bytes() == data for p, data in before.items())  # never overwritten
+    got = archived(settings)
+    by_epoch: dict[int, dict[Key, tuple[Any, ...]]] = {}
+    for k, v, epoch in got:
+        assert k not in by_epoch.setdefault(epoch, {})
+        by_epoch[epoch][k] = v
+    assert by_epoch == {0: first, 1: second, 2: third}
+    reasons = [e.epoch_reason for e in archiver.manifest.entries if e.epoch_reason]
+    assert any("before the archived" in r for r in reasons), reasons
+    assert any("not the archived one" in r for r in reasons), reasons
+    assert verify_archive(root).ok
