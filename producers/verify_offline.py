@@ -3,7 +3,9 @@
 Input: events as NDJSON (the API's JSON view, e.g. from ``GET /v1/events/export``
 with tombstones, or raw stored documents), the tenant's signed checkpoints
 (``GET /v1/checkpoints``: a JSON ``{"data": [...]}``, a JSON list, or NDJSON) and
-the Ed25519 public key (``GET /v1/verify/public-key``). Corrections are undone
+the Ed25519 public keys: ``--public-key`` (repeatable) takes a base64 key, a file
+holding one, or the JSON of ``GET /v1/verify/public-key`` (the current key and the
+retired ones, so checkpoints signed before a key rotation still verify). Corrections are undone
 with each record's ``previous`` values, so content hashes are recomputed from the
 event as received; erased events (tombstones) keep their stored content hash.
 
@@ -39,6 +41,7 @@ from audit_events.chain import (
     Report,
     aiter_list,
     document_content_hash,
+    key_id,
     load_public_key,
     original_view,
     verify_chain,
@@ -63,15 +66,16 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 async def verify_slice(
     events: Iterable[dict[str, Any]],
     checkpoints: list[dict[str, Any]],
-    public_key: str,
+    public_key: str | Iterable[str],
     *,
     complete: bool = False,
 ) -> list[Report]:
-    """One report per tenant in ``events``."""
+    """One report per tenant in ``events``; ``public_key``: one base64 key or several."""
     by_tenant: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_tenant.setdefault(str(event.get("tenant")), []).append(original_view(event))
-    key = load_public_key(public_key)
+    b64s = [public_key] if isinstance(public_key, str) else list(public_key)
+    key = {key_id(k): load_public_key(k) for k in b64s}
     reports = []
     for tenant, docs in sorted(by_tenant.items()):
         docs.sort(key=lambda d: (int(d.get("seq") or 0), str(d.get("id"))))
@@ -153,21 +157,35 @@ async def _verify_tenant(
     )
 
 
+def read_public_keys(arg: str) -> list[str]:
+    """Base64 keys from ``arg``: a key, a file holding one, or ``/v1/verify/public-key``'s JSON."""
+    text = Path(arg).read_text().strip() if Path(arg).is_file() else arg.strip()
+    if not text.startswith("{"):
+        return [text]
+    body = orjson.loads(text)
+    retired = [str(r["public_key"]) for r in body.get("retired") or ()]
+    return [str(body["public_key"]), *retired]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=Path, required=True)
     parser.add_argument("--checkpoints", type=Path, required=True)
-    parser.add_argument("--public-key", required=True, help="base64 key, or a file holding it")
+    parser.add_argument(
+        "--public-key",
+        required=True,
+        action="append",
+        help="base64 key, a file holding one, or the JSON of GET /v1/verify/public-key "
+        "(current + retired keys); repeatable",
+    )
     parser.add_argument("--complete", action="store_true", help="must reach the last checkpoint")
     args = parser.parse_args(argv)
-    key = args.public_key
-    if Path(key).is_file():
-        key = Path(key).read_text().strip()
+    keys = [k for arg in args.public_key for k in read_public_keys(arg)]
     reports = asyncio.run(
         verify_slice(
             read_json_lines(args.events),
             read_json_lines(args.checkpoints),
-            key,
+            keys,
             complete=args.complete,
         )
     )

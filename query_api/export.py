@@ -9,10 +9,10 @@ truncated export cannot be mistaken for a complete one.
 
 Erased events are left out unless ``include_erased=true``: then each one is a
 tombstone in its place in the sort order — ``id``, ``tenant``, ``seq``,
-``action``, ``content_hash``, ``hash`` and the ``erased`` record (who, when, why, and the
-erasing event's id), no payload — so an NDJSON export of a whole chain verifies
-offline (``producers/verify_offline.py``). CSV exports then get an ``erased``
-column.
+``action``, ``received_at``, ``content_hash``, ``hash`` and the ``erased``
+record (who, when, why, and the erasing event's id), no payload — so an NDJSON
+export of a whole chain verifies offline (``producers/verify_offline.py``).
+CSV exports then get an ``erased`` column.
 """
 
 from __future__ import annotations
@@ -241,8 +241,9 @@ class ExportArgs(BaseModel):
     tenant: str | None = Field(None, description="Required for multi-tenant tokens")
     include_erased: str | None = Field(
         None,
-        description="true: erased events as tombstones (id, tenant, seq, action, content_hash, "
-        "hash, erased; no payload), so an NDJSON export of a whole chain verifies offline",
+        description="true: erased events as tombstones (id, tenant, seq, action, received_at, "
+        "content_hash, hash, erased; no payload), so an NDJSON export of a whole chain "
+        "verifies offline",
     )
 
 

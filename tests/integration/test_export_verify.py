@@ -94,13 +94,14 @@ async def test_export_with_tombstones_verifies_offline(
     assert len(full) == 7
     [tomb] = [e for e in full if e.get("erased")]
     assert tomb["id"] == "x-002" and tomb["erased"]["reason"] == "gdpr"
-    assert set(tomb) == {"id", "tenant", "seq", "action", "content_hash", "hash", "erased"}
+    chained = {"id", "tenant", "seq", "action", "received_at", "content_hash", "hash"}
+    assert set(tomb) == chained | {"erased"}
     ids = [e["id"] for e in full]
     assert ids[:5] == [f"x-00{i}" for i in range(5)]  # the tombstone in its place
     cps = await (await client.get("/v1/checkpoints", headers=auth())).get_json()
     key = await (await client.get("/v1/verify/public-key")).get_json()
     (tmp_path / "checkpoints.json").write_bytes(orjson.dumps(cps))
-    (tmp_path / "public.key").write_text(key["public_key"])
+    (tmp_path / "public.key").write_bytes(orjson.dumps(key))  # current + retired keys
 
     out = verify_offline(tmp_path, full, "--complete")
     print(out)

@@ -114,3 +114,20 @@ def test_cli_exit_status(tmp_path: Path) -> None:
     events[2]["hash"] = "0" * 64
     (tmp_path / "e.ndjson").write_bytes(b"\n".join(orjson.dumps(e) for e in events))
     assert main([*args, "--public-key", KEY_PUBLIC]) == 1
+
+
+def test_keys_from_the_public_key_endpoint_include_retired_ones(tmp_path: Path) -> None:
+    """Checkpoints signed before a key rotation verify with the endpoint's JSON."""
+    events, cps = exported()
+    old_private, old_public = chain.generate_keypair()
+    cps[0] = chain.sign_checkpoint(
+        chain.load_private_key(old_private), "acme", cps[0]["seq"], cps[0]["hash"], T0
+    )
+    (tmp_path / "e.ndjson").write_bytes(b"\n".join(orjson.dumps(e) for e in events))
+    (tmp_path / "c.json").write_bytes(orjson.dumps({"data": cps}))
+    body = {"public_key": KEY_PUBLIC, "retired": [{"public_key": old_public, "key_id": "x"}]}
+    (tmp_path / "key.json").write_bytes(orjson.dumps(body))
+    args = ["--events", str(tmp_path / "e.ndjson"), "--checkpoints", str(tmp_path / "c.json")]
+    assert main([*args, "--public-key", str(tmp_path / "key.json"), "--complete"]) == 0
+    assert main([*args, "--public-key", KEY_PUBLIC, "--public-key", old_public]) == 0
+    assert main([*args, "--public-key", KEY_PUBLIC]) == 1  # the retired key is missing
