@@ -75,21 +75,43 @@ class Server:
             raise EmbeddedError(f"{self.name} failed to start: {exc}\n{tail}") from None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; reaps the process group."""
+        """SIGTERM, then SIGKILL after ``timeout``; waits until the whole process
+        group is gone (a server's helper still holding its data directory's lock
+        would keep the next start from opening it)."""
         proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(5)
+        if not _group_gone(proc.pid, timeout):
             _signal_group(proc, signal.SIGKILL)
-            proc.wait(5)
+            _group_gone(proc.pid, 5)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             _signal_group(self.proc, signal.SIGKILL)
             self.proc.wait(5)
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s until no process is left in group ``pgid``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # the id now belongs to someone else's group: ours is gone
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

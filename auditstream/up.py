@@ -331,27 +331,30 @@ def _graceful_stop(
     signals: _Signals,
     started: list[Server],
 ) -> int:
-    """API first (no new 202s), then drain the worker's lag to 0, then the rest."""
-    t = _step("stopping the query API (no new events accepted)")
-    supervisor.stop_service("api")
-    _done(t, "stopped")
-    # Only an embedded Kafka loses what it holds when it stops; a real one keeps it.
-    if any(s.role == "kafka" for s in started):
-        bootstrap = env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"]
-        forced = not _drain(bootstrap, settings, supervisor, signals)
-    else:
-        forced = False
-    t = _step("stopping the processor worker")
-    supervisor.stop_service("processor")
-    _done(t, "stopped")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for server in reversed(started):
-        if server.role in ("api", "processor"):
-            continue
-        t = _step(f"stopping {server.name}")
-        server.stop()
+    """API first (no new 202s), then drain the worker's lag to 0, then the rest.
+
+    Whatever goes wrong on the way, every started process is stopped.
+    """
+    forced = True
+    try:
+        t = _step("stopping the query API (no new events accepted)")
+        supervisor.stop_service("api")
         _done(t, "stopped")
+        # Only an embedded Kafka loses what it holds when it stops; a real one keeps it.
+        if any(s.role == "kafka" for s in started):
+            bootstrap = env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"]
+            forced = not _drain(bootstrap, settings, supervisor, signals)
+        else:
+            forced = False
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for server in reversed(started):
+            if server.proc is None or server.proc.poll() is not None:
+                continue  # the API, stopped above; or a server that died
+            t = _step(f"stopping {server.name}")
+            server.stop()
+            _done(t, "stopped")
     return 1 if forced else 0
 
 
@@ -370,22 +373,26 @@ def _drain(
     from auditstream.drain import LagReader
 
     async def run() -> bool:
-        reader = LagReader(bootstrap, settings.processor_group, settings.topic_events)
         t = time.monotonic()
         last_report = 0.0
         lag: int | None = None
-        opened = False
+        reader: LagReader | None = None
         try:
             while not signals.forced:
                 supervisor.check()
                 try:
-                    if not opened:
+                    if reader is None:
+                        reader = LagReader(
+                            bootstrap, settings.processor_group, settings.topic_events
+                        )
                         await reader.__aenter__()
-                        opened = True
-                    lag = await reader.lag()
-                    why = ""
+                    lag, why = await reader.lag(), ""
                 except Exception as exc:  # Kafka unreachable: keep trying, say so
                     lag, why = None, f"cannot read the lag yet ({exc.__class__.__name__}: {exc})"
+                    if reader is not None:  # start afresh next time
+                        with contextlib.suppress(Exception):
+                            await reader.__aexit__(None, None, None)
+                        reader = None
                 if lag == 0:
                     click.echo(
                         f"  • drained: every accepted event is stored ({time.monotonic() - t:.1f}s)"
@@ -401,7 +408,7 @@ def _drain(
                     )
                 await asyncio.sleep(0.5)
         finally:
-            if opened:
+            if reader is not None:
                 with contextlib.suppress(Exception):
                     await reader.__aexit__(None, None, None)
         click.secho(

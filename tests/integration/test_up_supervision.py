@@ -216,7 +216,10 @@ def run_kill_test(tmp_path: Path, events: int, kills: int, window: float) -> Non
         stack.proc.send_signal(signal.SIGTERM)
         code = stack.proc.wait(240)
         left = [pid for pid in children if _alive(pid)]
-        counts = stored_ids(stack.data_dir)
+        try:
+            counts = stored_ids(stack.data_dir)
+        except Exception as exc:
+            raise AssertionError(f"up exited {code}: {exc}\n{stack.output()[-3000:]}") from exc
         stored = {i for i in accepted if counts[i] >= 1}
         twice = {i for i, n in counts.items() if n > 1}
         lost = accepted - stored
