@@ -161,8 +161,18 @@ async def _verify(
     help="Only build events_replay; leave the live store as it is.",
 )
 @click.option("--batch", type=int, default=1000, show_default=True, help="Records per write.")
-def replay(since: str | None, fresh: bool, no_swap: bool, batch: int) -> None:
-    """Rebuild the store from the events topic; swap it in only if it is complete.
+@click.option(
+    "--no-archive",
+    is_flag=True,
+    help="Replay the events topic only, not the archiver's archive (AUDITSTREAM_ARCHIVE_DIR).",
+)
+def replay(since: str | None, fresh: bool, no_swap: bool, batch: int, no_archive: bool) -> None:
+    """Rebuild the store from the archive and the events topic; swap it in only if complete.
+
+    When the archiver's archive exists (<data dir>/archive, or
+    AUDITSTREAM_ARCHIVE_DIR), its records come first, every epoch in order,
+    then the topic from where the archive ends (from its start when the
+    topic's history restarted since); --since uses the topic only.
 
     Builds a fresh collection (events_replay) while live ingestion continues,
     verifies it, then pauses writers briefly (see docs/chain.md) and swaps it
@@ -173,6 +183,7 @@ def replay(since: str | None, fresh: bool, no_swap: bool, batch: int) -> None:
     what the topic lacks (exit status 1). No option drops stored events.
     Resumable after a crash.
     """
+    from stream_processor.archive.reader import ArchiveError
     from stream_processor.replay import Replayer
 
     settings = _settings()
@@ -186,15 +197,25 @@ def replay(since: str | None, fresh: bool, no_swap: bool, batch: int) -> None:
             bar.label = f"replaying ({rate:,.0f} events/s)"
             bar.update(done - bar.pos)
 
-        result = asyncio.run(
-            Replayer(settings, batch_size=batch, on_progress=progress).run(
-                since=_time(since), fresh=fresh, swap=not no_swap
+        try:
+            result = asyncio.run(
+                Replayer(
+                    settings, batch_size=batch, on_progress=progress, archive=not no_archive
+                ).run(since=_time(since), fresh=fresh, swap=not no_swap)
             )
-        )
+        except ArchiveError as exc:
+            click.secho(f"replay refused: the archive is damaged: {exc}", fg="red", err=True)
+            sys.exit(1)
     click.echo(
         f"{result.records} records in {result.seconds:.1f}s ({result.rate:,.0f} events/s): "
         f"{result.inserted} stored, {result.duplicates} duplicates, {result.rejected} rejected"
         + (" (resumed)" if result.resumed else "")
+        + (
+            f"; {result.archived_records} from the archive ({result.archive_epochs} "
+            "partition histories)"
+            if result.archived_records
+            else ""
+        )
     )
     if no_swap:
         click.echo("built events_replay; the live store is unchanged (--no-swap)")

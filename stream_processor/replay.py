@@ -1,7 +1,18 @@
-"""``auditstream replay``: rebuild the store from the events topic; swap it in only if complete.
+"""``auditstream replay``: rebuild the store from the archive and the events topic;
+swap it in only if complete.
 
+0. Archive + tail (issue 16): when the archiver's archive exists (``<data
+   dir>/archive`` or ``AUDITSTREAM_ARCHIVE_DIR``), every archived record of the
+   events topic is replayed first, per partition in (epoch, offset) order: each
+   epoch is a history the topic once held (a restarted broker's offsets start
+   again at 0 with only the new events). Then the topic itself: from where the
+   archive ends when the topic still holds the archive's latest epoch, from its
+   beginning when its history restarted since (:func:`archive.epochs.decide`,
+   the archiver's own test). Segments are checked against their SHA-256 and
+   the manifest chain as they are read.
 1. Into a fresh ``events_replay`` collection (same indexes, unique chain index),
-   from the beginning of the topic — or, with ``since``, from the offsets of that
+   from the beginning of the topic (or where the archive ends) — or, with ``since``
+   (which does not use the archive), from the offsets of that
    time (``offsets_for_times``) after copying the live events received before it.
    Records go through the processor's own steps (decode → :class:`ChainedStore`,
    which seals, writes and applies corrections/erasures), so documents, seqs,
@@ -67,12 +78,16 @@ from audit_events.storage import (
     REPLAY_COLLECTION,
     REPLAY_STATE_COLLECTION,
 )
+from stream_processor.archive.epochs import decide, probe
+from stream_processor.archive.reader import ArchiveReader
 from stream_processor.chain import FENCE_ID, ChainedStore, derive_head, ensure_chain_index
 from stream_processor.control import ControlGate
 from stream_processor.decode import decode_batch
+from stream_processor.offsets import true_end_offsets
 from stream_processor.records import Record
 
 STATE_ID = "replay"
+__all__ = ["ReplayResult", "Replayer", "store_digest", "true_end_offsets"]
 Progress = Callable[[int, int], None]  # (records replayed, records to replay)
 
 
@@ -88,6 +103,8 @@ class ReplayResult:
     fence_phases: dict[str, float] = field(default_factory=dict)  # seconds per step under it
     resumed: bool = False
     swapped: bool = False
+    archived_records: int = 0  # of ``records``, read from the archive (the rest from the topic)
+    archive_epochs: int = 0  # distinct (partition, epoch) histories read from the archive
     live_count: int | None = None
     replay_count: int | None = None
     # the rebuilt chains, verified before the swap
@@ -125,6 +142,7 @@ class Replayer:
         grace_seconds: float = 3.0,
         fence_seconds: float = 120.0,
         on_progress: Progress | None = None,
+        archive: bool = True,
     ) -> None:
         settings.require("kafka_bootstrap", "mongo_uri")
         self._settings = settings
@@ -132,6 +150,7 @@ class Replayer:
         self._grace = grace_seconds
         self._fence_seconds = fence_seconds
         self._on_progress = on_progress
+        self._archive = archive  # use the archive (when it exists) before the topic
         self._limits = Limits(settings.max_metadata_bytes, settings.max_metadata_depth)
         self._control_keys = control_keys(settings)
         self._gate = ControlGate(self._control_keys)
@@ -158,9 +177,23 @@ class Replayer:
             state = db[REPLAY_STATE_COLLECTION].with_options(write_concern=wc)
             target = db[REPLAY_COLLECTION].with_options(write_concern=wc)
             tps = await self._partitions(consumer)
-            positions = await self._start(db, state, target, consumer, tps, since, fresh, result)
+            reader = self._reader() if since is None else None
+            positions = await self._start(
+                db, state, target, consumer, tps, since, fresh, result, archived=reader is not None
+            )
             # no fence, no checkpoints (the live ones stand); only authentic control events
             store = ChainedStore(target, control_keys=self._control_keys)
+            if reader is not None and not result.resumed:
+                await self._from_archive(reader, consumer, tps, positions, store, result)
+                await state.update_one(
+                    {"_id": STATE_ID},
+                    {
+                        "$set": {
+                            "phase": "running",
+                            "positions": {str(p): o for p, o in positions.items()},
+                        }
+                    },
+                )
             await self._catch_up(consumer, tps, positions, store, state, result)
             result.rebuild_seconds = time.perf_counter() - started
             if swap:
@@ -194,6 +227,8 @@ class Replayer:
         since: datetime | None,
         fresh: bool,
         result: ReplayResult,
+        *,
+        archived: bool = False,
     ) -> dict[int, int]:
         saved = await state.find_one({"_id": STATE_ID})
         if saved and saved.get("phase") == "running" and not fresh:
@@ -215,7 +250,8 @@ class Replayer:
         await state.replace_one(
             {"_id": STATE_ID},
             {
-                "phase": "running",
+                # an interrupted archive phase is not resumable: it starts over
+                "phase": "archive" if archived else "running",
                 "since": since,
                 "started_at": datetime.now(UTC),
                 "positions": {str(p): o for p, o in positions.items()},
@@ -223,6 +259,56 @@ class Replayer:
             upsert=True,
         )
         return positions
+
+    def _reader(self) -> ArchiveReader | None:
+        """The archive, when enabled and it holds events (raises ``ArchiveError`` if broken)."""
+        if not self._archive:
+            return None
+        reader = ArchiveReader(self._settings.archive_path())
+        return reader if reader.partitions(self._settings.topic_events) else None
+
+    async def _from_archive(
+        self,
+        reader: ArchiveReader,
+        consumer: AIOKafkaConsumer,
+        tps: list[TopicPartition],
+        positions: dict[int, int],
+        store: ChainedStore,
+        result: ReplayResult,
+    ) -> None:
+        """Step 0: every archived record of the events topic, then where the topic takes over."""
+        topic = self._settings.topic_events
+        live = {tp.partition: tp for tp in tps}
+        for partition in reader.partitions(topic):
+            entries = reader.entries(topic, partition)
+            result.archive_epochs += len({e.epoch for e in entries})
+            tp = live.get(partition)
+            if tp is not None:
+                held = reader.state(topic, partition)
+                start = decide(held, await probe(consumer, tp, held))
+                if not start.new_epoch:  # the topic continues the archive's latest epoch
+                    positions[partition] = max(positions[partition], start.offset)
+            chunk: list[Record] = []
+            for record in reader.records(entries):
+                chunk.append(record)
+                if len(chunk) >= self._batch_size:
+                    await self._apply(chunk, store, result)
+                    chunk = []
+            if chunk:
+                await self._apply(chunk, store, result)
+
+    async def _apply(
+        self, records: list[Record], store: ChainedStore, result: ReplayResult
+    ) -> None:
+        batch = decode_batch(records, self._limits, self._settings.max_event_bytes, self._gate)
+        written = await store.insert(batch.documents)
+        result.records += len(records)
+        result.archived_records += len(records)
+        result.inserted += written.inserted
+        result.duplicates += written.duplicates
+        result.rejected += len(batch.rejects)
+        if self._on_progress is not None:
+            self._on_progress(result.records, result.records)
 
     async def _copy_before(
         self,
@@ -481,29 +567,6 @@ async def _topic_extent(
     first = await consumer.beginning_offsets(tps)
     ends = await consumer.end_offsets(tps)
     return {tp.partition: (int(first[tp]), int(ends[tp])) for tp in tps}
-
-
-async def true_end_offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[int, int]:
-    """Next offset after the last record of each partition, now.
-
-    Tansu answers ListOffsets(latest) with the last *batch's* base offset + 1,
-    so the tail of a multi-record batch would be missed. Fetching from that
-    offset - 1 returns the whole last batch; its last offset + 1 is the end.
-    On Apache Kafka this reads one record per partition and changes nothing.
-    """
-    reported = await consumer.end_offsets(tps)
-    ends = {tp.partition: int(reported[tp]) for tp in tps}
-    for tp in tps:
-        if ends[tp.partition] == 0:
-            continue
-        consumer.seek(tp, ends[tp.partition] - 1)
-        for _ in range(20):
-            fetched = await consumer.getmany(tp, timeout_ms=500)
-            if fetched.get(tp):
-                last = max(m.offset for m in fetched[tp])
-                ends[tp.partition] = max(ends[tp.partition], last + 1)
-                break
-    return ends
 
 
 async def _sleep(seconds: float) -> None:

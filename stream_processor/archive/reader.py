@@ -24,7 +24,10 @@ class ArchiveError(RuntimeError):
 class ArchiveReader:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.manifest = Manifest.load(self.root)
+        try:
+            self.manifest = Manifest.load(self.root)
+        except ValueError as exc:
+            raise ArchiveError(f"{exc} (auditstream archive verify)") from None
         prev = "0" * 64
         for i, (entry, line) in enumerate(
             zip(self.manifest.entries, self.manifest.lines, strict=True)

@@ -264,3 +264,84 @@ async def test_replay_never_swaps_in_a_store_that_lacks_stored_events(
     whole = await Replayer(settings, grace_seconds=0.2).run()
     assert whole.swapped and whole.ok and whole.refusal is None, whole
     assert await chain_of(store) == before
+
+
+async def test_replay_from_the_archive_after_the_broker_forgot_everything(
+    client: Client,
+    auth: Callable[..., dict[str, str]],
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+    settings: AuditSettings,
+) -> None:
+    """Issue 16: events written while the archiver runs, then the topic's history
+    restarts (deleted and recreated, as a restarted embedded broker starts at offset 0
+    with only the new events). Replay = archive + tail: every event is still stored,
+    the old documents digest-equal, the swap is accepted and the chains verify.
+    Without the archive the same replay is refused (what was lost before issue 16)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from audit_events.topic_admin import ensure_topics
+    from stream_processor.archive.archiver import Archiver
+    from stream_processor.archive.verify import verify_archive
+
+    settings = settings.model_copy(
+        update={
+            "archive_segment_seconds": 0.3,
+            "archiver_group": f"{settings.processor_group}-archiver",
+        }
+    )
+    worker = processors(AUDITSTREAM_CHECKPOINT_SIGNING_KEY=PRIVATE)
+    stop = asyncio.Event()
+    archiver = Archiver(settings)
+    archiving = asyncio.create_task(archiver.run(stop))
+    await produce(settings, 600, "old")
+    await wait_count(store, 600, timeout=120)
+    admin = auth("acme", "events:read events:write events:admin")
+    fix = {"reason": "typo", "set": {"description": "fixed"}}
+    put = await client.put("/v1/events/old-000003?wait=true", json=fix, headers=admin)
+    assert put.status_code == 200
+    await wait_count(store, 601, timeout=120)
+    before = await chain_of(store)
+    count, digest = await store_digest(store)
+
+    async def archived_all() -> bool:
+        return (
+            sum(e.count for e in archiver.manifest.entries if e.topic == settings.topic_events)
+            >= 601
+        )
+
+    await eventually(archived_all, timeout=60)
+    stop.set()
+    await archiving
+    worker.kill()
+
+    # the broker forgets: the topics start over, holding only what comes next
+    kafka = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await kafka.start()
+    try:
+        await kafka.delete_topics([settings.topic_events, settings.topic_checkpoints])
+    finally:
+        await kafka.close()
+    await asyncio.sleep(0.5)
+    await ensure_topics(settings)
+    await produce(settings, 30, "new")
+
+    lost = await Replayer(settings, grace_seconds=0.2, archive=False).run()
+    assert not lost.swapped and lost.refusal is not None  # the topic alone lacks 601 events
+    assert await store_digest(store) == (count, digest)
+
+    result = await Replayer(settings, grace_seconds=0.2).run()
+    assert result.swapped and result.ok, result
+    assert result.archived_records >= 601 and result.records == result.archived_records + 30
+    assert (result.live_count, result.replay_count) == (601, 631)
+    after = await chain_of(store)
+    assert {k: v for k, v in after.items() if k in before} == before  # same seqs and hashes
+    old_ids = [d["_id"] async for d in store.find({"id": {"$regex": "^old-"}}, {"_id": 1})]
+    assert len(old_ids) == 600
+    # the documents of the old events are exactly those the live pipeline stored
+    kept = [d async for d in store.find({}) if (d["tenant"], d["seq"]) in before]
+    subset = store.database["digest_subset"]
+    await subset.insert_many(kept)
+    assert await store_digest(subset) == (count, digest)
+    assert all(r.ok for r in result.reports) and len(result.reports) == 3
+    assert verify_archive(settings.archive_path()).ok
