@@ -15,7 +15,7 @@ from quart import Quart, Response, g, request
 from quart_schema import Info, QuartSchema
 
 from audit_events.settings import AuditSettings, SettingsError
-from query_api import admin, events, export, health, history, token, ui, verify
+from query_api import admin, events, export, health, history, tenants, token, ui, verify
 from query_api.auth import TokenVerifier
 from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
@@ -84,6 +84,7 @@ def create_app(
     app.register_blueprint(ui.bp)
     app.register_blueprint(verify.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(tenants.bp)
 
     @app.before_serving
     async def open_clients() -> None:

@@ -69,6 +69,9 @@ class ListFilters(BaseModel):
     limit: int | None = Field(None, description="1..1000, default 100")
     cursor: str | None = None
     tenant: str | None = Field(None, description="Required for multi-tenant tokens")
+    include_erased: str | None = Field(
+        None, description="true: erased events stay in the list as tombstones"
+    )
 
 
 def _services() -> Services:
@@ -198,13 +201,23 @@ async def _wait_stored(events: list[AuditEvent]) -> bool:
 @document_response(EventPage)
 @require_scope("events:read")
 async def list_events() -> Response:
-    """List the tenant's events, newest first, with keyset cursor pagination."""
-    query = parse_list_query(request.args)
+    """List the tenant's events, newest first, with keyset cursor pagination.
+
+    ``include_erased=true`` keeps erased events in place as tombstones (``erased``:
+    who, when, why; no payload), as the viewer shows them.
+    """
+    query = parse_list_query(request.args, extra_allowed=("include_erased",))
+    include_erased = request.args.get("include_erased", "false")
+    if include_erased not in ("true", "false"):
+        raise Problem(400, "include_erased must be true or false")
     tenant = read_tenant(g.principal, request.args.get("tenant"))
     services = _services()
+    where = mongo_filter(tenant, query)
+    if include_erased == "true":
+        where.pop("erased", None)
 
     async def load() -> bytes:
-        cursor = services.events.find(mongo_filter(tenant, query)).sort(sort_spec(query.order))
+        cursor = services.events.find(where).sort(sort_spec(query.order))
         docs = await cursor.limit(query.limit + 1).to_list()
         page = docs[: query.limit]
         nxt = None
@@ -212,8 +225,9 @@ async def list_events() -> Response:
             nxt = encode_cursor(page[-1]["occurred_at"], page[-1]["_id"])
         return orjson.dumps({"data": [document_to_api(d) for d in page], "next_cursor": nxt})
 
+    key = query.normalized() + ("|erased" if include_erased == "true" else "")
     body, state = await services.cache.get_or_load(
-        "list", tenant, [tenant_generation(tenant)], query.normalized(), load
+        "list", tenant, [tenant_generation(tenant)], key, load
     )
     return _json(body, headers={"X-Cache": state})
 

@@ -9,6 +9,10 @@ const PAGE_SIZE = 50;
 const FILTERS = ["q", "action", "actor", "actor_type", "target_type", "target_id", "source", "outcome", "crud"];
 const RANGES = { "15m": 15 * 60e3, "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
 const CRUD = { c: "create", r: "read", u: "update", d: "delete" };
+const CORRECTED_ACTION = "auditstream.event.corrected";
+const ERASED_ACTION = "auditstream.event.erased";
+const CONTROL_TARGET = "audit_event";
+const SESSION_CHANNEL = "auditstream.session";
 
 const $ = (id) => document.getElementById(id);
 
@@ -20,12 +24,15 @@ const state = {
   utc: localStorage.getItem(UTC_KEY) === "1",
   search: { key: null, params: null, events: [], next: null, loading: false, generation: 0 },
   history: { key: null, type: null, id: null, order: "asc", events: [], next: null, loading: false, generation: 0 },
+  chain: { ok: null, firstBadId: null, firstBadSeq: null, why: "" },
+  lastViewHash: "#/search",
 };
 
 class ApiError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, body = null) {
     super(detail);
     this.status = status;
+    this.body = body;
   }
 }
 class SignedOut extends Error {}
@@ -42,7 +49,7 @@ function h(tag, attrs = {}, ...children) {
     else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -117,20 +124,27 @@ function tenantParams() {
   return state.tenants !== null && state.tenant ? { tenant: state.tenant } : {};
 }
 
-async function problemDetail(resp) {
+async function problemBody(resp) {
   try {
-    const body = await resp.json();
-    return body.detail || body.error_description || body.error || `${resp.status} ${resp.statusText}`;
+    return await resp.json();
   } catch {
-    return `${resp.status} ${resp.statusText}`;
+    return {};
   }
 }
 
-async function api(path, params = {}, { accept = "application/json" } = {}) {
+function detailOf(resp, body) {
+  return (body && (body.detail || body.error_description || body.error)) || `${resp.status} ${resp.statusText}`;
+}
+
+async function problemDetail(resp) {
+  return detailOf(resp, await problemBody(resp));
+}
+
+async function api(path, params = {}, { accept = "application/json", tenantless = false } = {}) {
   if (!state.token) throw new SignedOut();
-  if (state.tenants !== null && !state.tenant) throw new ApiError(400, "Choose a tenant first (top right).");
+  if (!tenantless && state.tenants !== null && !state.tenant) throw new ApiError(400, "Choose a tenant first (top right).");
   const url = new URL(path, window.location.origin);
-  for (const [key, value] of Object.entries({ ...params, ...tenantParams() })) {
+  for (const [key, value] of Object.entries({ ...params, ...(tenantless ? {} : tenantParams()) })) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
   }
   const resp = await fetch(url, { headers: { Authorization: `Bearer ${state.token}`, Accept: accept } });
@@ -139,7 +153,10 @@ async function api(path, params = {}, { accept = "application/json" } = {}) {
     signOut(`You were signed out: ${detail}. Sign in again.`);
     throw new SignedOut();
   }
-  if (!resp.ok) throw new ApiError(resp.status, await problemDetail(resp));
+  if (!resp.ok) {
+    const body = await problemBody(resp);
+    throw new ApiError(resp.status, detailOf(resp, body), body);
+  }
   return resp;
 }
 
@@ -183,6 +200,28 @@ function useToken(token, { persist = true } = {}) {
   }
   renderSession();
   checkChain();
+  if (state.tenants !== null) loadTenants();
+}
+
+// The tenants a multi-tenant token may read (GET /v1/tenants), for the picker.
+async function loadTenants() {
+  try {
+    const body = await (await api("/v1/tenants", {}, { tenantless: true })).json();
+    const names = (body.data || []).map(String);
+    if (body.all_tenants) {
+      $("tenant-list").replaceChildren(...names.map((t) => h("option", { value: t })));
+      if (!state.tenant && names.length) setTenant(names[0]);
+    } else if (names.length) {
+      state.tenants = names;
+      if (!names.includes(state.tenant)) {
+        setTenant(names[0]);
+        return;
+      }
+      renderSession();
+    }
+  } catch (err) {
+    if (!(err instanceof SignedOut)) toast(`Could not list tenants: ${errorText(err)}`);
+  }
 }
 
 function renderSession() {
@@ -209,16 +248,18 @@ function renderSession() {
   }
 }
 
-function setTenant(tenant) {
+function setTenant(tenant, { reroute = true } = {}) {
   state.tenant = tenant.trim();
   localStorage.setItem(TENANT_KEY, state.tenant);
   state.search.key = null;
   state.history.key = null;
+  renderSession();
   checkChain();
-  route();
+  if (reroute) route();
 }
 
-function signOut(message) {
+function signOut(message, { broadcast = true } = {}) {
+  if (broadcast && state.token && session) session.postMessage({ type: "signed-out" });
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
   state.claims = null;
@@ -287,20 +328,80 @@ function signInWithToken(event) {
   }
 }
 
+// Sessions across tabs. The token stays in memory and this tab's sessionStorage
+// (never localStorage, never a cookie). A new tab of the viewer (a middle-click on
+// a target chip, a shared event link) asks the open tabs of this origin over a
+// BroadcastChannel; a signed-in tab hands its token over. Signing out in one tab
+// signs out all of them. Nothing outlives the last open tab.
+const session = "BroadcastChannel" in window ? new BroadcastChannel(SESSION_CHANNEL) : null;
+let waitingForHandoff = null;
+
+function onSessionMessage(event) {
+  const msg = event.data || {};
+  if (msg.type === "ask" && state.token) {
+    session.postMessage({ type: "token", token: state.token, tenant: state.tenant });
+  } else if (msg.type === "token" && waitingForHandoff && typeof msg.token === "string") {
+    const done = waitingForHandoff;
+    waitingForHandoff = null;
+    done(msg);
+  } else if (msg.type === "signed-out" && state.token) {
+    signOut("You signed out in another tab.", { broadcast: false });
+  }
+}
+
+function askOtherTabs(timeoutMs = 400) {
+  if (!session) return Promise.resolve(null);
+  return new Promise((resolve) => {
+    waitingForHandoff = resolve;
+    session.postMessage({ type: "ask" });
+    setTimeout(() => {
+      if (waitingForHandoff === resolve) {
+        waitingForHandoff = null;
+        resolve(null);
+      }
+    }, timeoutMs);
+  });
+}
+
 // ---------------------------------------------------------------- chain status
 
+function renderChainLink() {
+  const link = $("chain-link");
+  const c = state.chain;
+  link.hidden = !c.firstBadId;
+  if (c.firstBadId) {
+    link.href = eventHref(c.firstBadId);
+    link.textContent = `Open event ${c.firstBadId}`;
+    link.title = `The first event that fails verification (seq ${c.firstBadSeq ?? "?"})`;
+  }
+}
+
+let chainGeneration = 0;
+
 async function checkChain() {
+  const generation = ++chainGeneration; // a newer check (another tenant) wins
   const badge = $("chain");
   const text = $("chain-text");
   badge.className = "chain";
   text.textContent = "Chain: checking…";
   badge.title = "Tenant chain verification: click to check again";
+  state.chain = { ok: null, firstBadId: null, firstBadSeq: null, why: "" };
+  renderChainLink();
   try {
     const body = await (await api("/v1/verify")).json();
+    if (generation !== chainGeneration) return;
     const ok = body.ok === true;
+    const checked = Number(body.checked ?? 0);
+    state.chain.ok = ok;
+    if (ok && checked === 0) {
+      // Nothing to verify is not a success: an empty or mistyped tenant looks like this.
+      badge.classList.add("empty");
+      text.textContent = `No events in tenant ${state.tenant || "?"}`;
+      badge.title = "Nothing to verify: this tenant has no stored events. Is the tenant id right? Click to check again.";
+      return;
+    }
     badge.classList.add(ok ? "ok" : "bad");
     if (ok) {
-      const checked = Number(body.checked ?? 0);
       text.textContent = `Chain verified · ${checked} event${checked === 1 ? "" : "s"}`;
       const notes = [`head seq ${body.head_seq ?? "?"}`, `${body.checkpoints ?? 0} signed checkpoints`];
       if (body.unsigned_tail) notes.push(`${body.unsigned_tail} events after the latest checkpoint`);
@@ -309,10 +410,14 @@ async function checkChain() {
       badge.title = `Verified: ${notes.join(", ")}. Click to check again.`;
     } else {
       text.textContent = body.first_bad_seq ? `Chain broken at seq ${body.first_bad_seq}` : "Chain: verification failed";
-      badge.title = [body.reason, body.detail].filter(Boolean).join(": ") || "Verification failed.";
+      const why = [body.reason, body.detail].filter(Boolean).join(": ") || "Verification failed.";
+      badge.title = `${why} Click to check again.`;
+      state.chain = { ok: false, firstBadId: body.first_bad_id || null, firstBadSeq: body.first_bad_seq ?? null, why };
+      renderChainLink();
+      markTampered();
     }
   } catch (err) {
-    if (err instanceof SignedOut) return;
+    if (err instanceof SignedOut || generation !== chainGeneration) return;
     if (err instanceof ApiError && (err.status === 404 || err.status === 405 || err.status === 501)) {
       text.textContent = "Chain: not available";
       badge.title = "This server does not offer chain verification (GET /v1/verify).";
@@ -330,8 +435,8 @@ function showView(name) {
   document.body.dataset.view = name;
 }
 
-function parseHash() {
-  const raw = window.location.hash.replace(/^#/, "") || "/search";
+function parseHash(hash = window.location.hash) {
+  const raw = hash.replace(/^#/, "") || "/search";
   const q = raw.indexOf("?");
   const path = q < 0 ? raw : raw.slice(0, q);
   const params = new URLSearchParams(q < 0 ? "" : raw.slice(q + 1));
@@ -345,8 +450,30 @@ function route() {
     return;
   }
   const { parts, params } = parseHash();
+  if (parts[0] === "event" && parts.length === 2) {
+    // An event's own URL: its details over the view it was opened from (the
+    // search, when the link was opened in a new tab).
+    if (params.get("tenant") && state.tenants !== null && params.get("tenant") !== state.tenant) {
+      setTenant(params.get("tenant"), { reroute: false });
+    }
+    if (document.body.dataset.view !== "search" && document.body.dataset.view !== "history") {
+      const last = parseHash(state.lastViewHash);
+      if (last.parts[0] === "history" && last.parts.length === 3) showHistory(last.parts[1], last.parts[2], last.params);
+      else showSearch(last.params);
+    }
+    openEventById(parts[1]);
+    return;
+  }
+  state.lastViewHash = window.location.hash || "#/search";
+  const dialog = $("event-dialog");
+  if (dialog.open) dialog.close();
   if (parts[0] === "history" && parts.length === 3) showHistory(parts[1], parts[2], params);
   else showSearch(params);
+}
+
+function eventHref(id) {
+  const base = `#/event/${encodeURIComponent(id)}`;
+  return state.tenants !== null && state.tenant ? `${base}?tenant=${encodeURIComponent(state.tenant)}` : base;
 }
 
 function historyHref(type, id, params) {
@@ -357,10 +484,91 @@ function historyHref(type, id, params) {
 
 // ---------------------------------------------------------------- search
 
+// ---- the search box's query syntax, as GitHub's audit log:
+//   actor:alice action:invoice.* outcome:failure since:7d "free words"
+// key:value tokens are filters; everything else is free text (q).
+const QUERY_KEYS = ["action", "actor", "actor_type", "target_type", "target_id", "source", "outcome", "crud", "since", "until"];
+const CRUD_WORDS = { create: "c", read: "r", update: "u", delete: "d" };
+
+function rangeMs(range) {
+  if (RANGES[range]) return RANGES[range];
+  const m = /^(\d+)([mhdw])$/.exec(range || "");
+  if (!m) return null;
+  return Number(m[1]) * { m: 60e3, h: 3600e3, d: 86400e3, w: 7 * 86400e3 }[m[2]];
+}
+
+function parseQuery(text) {
+  const filters = {};
+  const words = [];
+  for (const token of (text || "").match(/(?:[^\s"]+|"[^"]*")+/g) || []) {
+    const m = /^([a-z_]+):(.+)$/.exec(token);
+    if (m && QUERY_KEYS.includes(m[1])) filters[m[1]] = m[2].replace(/"/g, "");
+    else words.push(token.replace(/"/g, ""));
+  }
+  return { filters, words };
+}
+
+function quoteToken(value) {
+  return /[\s"]/.test(value) ? `"${value.replace(/"/g, "")}"` : value;
+}
+
+// The box's text for the URL's parameters: filters as tokens, then the words.
+function queryText(params) {
+  const tokens = [];
+  for (const key of QUERY_KEYS) {
+    if (key === "since" || key === "until") continue;
+    if (params.get(key)) tokens.push(`${key}:${quoteToken(params.get(key))}`);
+  }
+  const range = params.get("range");
+  if (range && range !== "custom") tokens.push(`since:${range}`);
+  if (range === "custom") {
+    for (const key of ["since", "until"]) {
+      if (params.get(key)) tokens.push(`${key}:${isoToInput(params.get(key))}`);
+    }
+  }
+  if (params.get("q")) tokens.push(params.get("q"));
+  return tokens.join(" ");
+}
+
+// Apply the box's key:value tokens the user changed since the box was last filled.
+function applyQueryTokens(params, text) {
+  const typed = parseQuery(text);
+  const before = parseQuery(state.renderedQuery || "").filters;
+  for (const key of QUERY_KEYS) {
+    const now = typed.filters[key];
+    if (now === before[key]) continue; // untouched in the box: the filter panel decides
+    if (key === "since" || key === "until") {
+      if (!now) {
+        if (key === "since" && params.get("range") !== "custom") params.delete("range");
+        params.delete(key);
+      } else if (key === "since" && rangeMs(now)) {
+        params.set("range", now);
+        params.delete("since");
+        params.delete("until");
+      } else {
+        const iso = inputToIso(now.length === 10 ? `${now}T00:00:00` : now);
+        if (!iso) throw new Error(`${key}: expects a time like 7d, 24h or 2026-03-01, got ${now}`);
+        if (params.get("range") && params.get("range") !== "custom") {
+          params.delete("range");
+        }
+        params.set("range", "custom");
+        params.set(key, iso);
+      }
+    } else if (!now) {
+      params.delete(key);
+    } else {
+      params.set(key, key === "crud" ? (CRUD_WORDS[now] || now) : now);
+    }
+  }
+  if (typed.words.length) params.set("q", typed.words.join(" "));
+  return params;
+}
+
 function formToParams() {
   const form = $("search-form");
   const params = new URLSearchParams();
   for (const name of FILTERS) {
+    if (name === "q") continue;
     const value = form.elements[name].value.trim();
     if (value) params.set(name, value);
   }
@@ -375,13 +583,19 @@ function formToParams() {
     params.set("range", range);
   }
   if (form.elements.order.value === "asc") params.set("order", "asc");
-  return params;
+  return applyQueryTokens(params, form.elements.q.value);
 }
 
 function paramsToForm(params) {
   const form = $("search-form");
   for (const name of FILTERS) form.elements[name].value = params.get(name) || "";
-  form.elements.range.value = params.get("range") || "";
+  const range = params.get("range") || "";
+  if (range && ![...form.elements.range.options].some((o) => o.value === range)) {
+    form.elements.range.add(h("option", { value: range }, `Last ${range}`), form.elements.range.options.length - 1);
+  }
+  form.elements.range.value = range;
+  state.renderedQuery = queryText(params);
+  form.elements.q.value = state.renderedQuery;
   form.elements.since.value = isoToInput(params.get("since"));
   form.elements.until.value = isoToInput(params.get("until"));
   form.elements.order.value = params.get("order") === "asc" ? "asc" : "desc";
@@ -400,7 +614,7 @@ function apiFilters(params) {
   const out = {};
   for (const name of FILTERS) if (params.get(name)) out[name] = params.get(name);
   const range = params.get("range");
-  if (range && RANGES[range]) out.since = new Date(Date.now() - RANGES[range]).toISOString();
+  if (range && rangeMs(range)) out.since = new Date(Date.now() - rangeMs(range)).toISOString();
   if (range === "custom") {
     if (params.get("since")) out.since = params.get("since");
     if (params.get("until")) out.until = params.get("until");
@@ -430,7 +644,8 @@ async function loadResults() {
   $("load-more").disabled = true;
   $("results-status").textContent = s.events.length ? `Showing ${s.events.length} events · loading more…` : "Searching…";
   try {
-    const resp = await api("/v1/events", { ...s.filters, limit: PAGE_SIZE, cursor: s.next });
+    // Erased events stay in place as tombstones (the export leaves them out).
+    const resp = await api("/v1/events", { ...s.filters, include_erased: "true", limit: PAGE_SIZE, cursor: s.next });
     const body = await resp.json();
     if (generation !== state.search.generation) return; // a newer search replaced this one
     const start = s.events.length;
@@ -440,9 +655,13 @@ async function loadResults() {
     appendRows(body.data, start);
     const n = s.events.length;
     $("results-status").textContent = n === 0
-      ? "No events match these filters."
+      ? emptyText()
       : s.done ? `${n} matching event${n === 1 ? "" : "s"}, all shown.` : `Showing ${n} events · scroll for more.`;
     $("load-more").hidden = s.done;
+    if (state.revealResults) {
+      state.revealResults = false;
+      revealResults();
+    }
   } catch (err) {
     if (err instanceof SignedOut) return;
     if (generation === state.search.generation) {
@@ -458,13 +677,38 @@ async function loadResults() {
   }
 }
 
+// Filters narrowed nothing down, or the tenant has nothing yet: say which.
+function isFiltered() {
+  const f = state.search.filters || {};
+  return Object.keys(f).some((k) => k !== "order");
+}
+
+function emptyText() {
+  return isFiltered()
+    ? "No events match these filters."
+    : `No events yet in tenant ${state.tenant || "?"}: nothing has been recorded for it.`;
+}
+
+// After "Apply filters" the results may sit below the fold (a narrow window,
+// the filters on top): bring their first row into view.
+function revealResults() {
+  const area = $("results-status");
+  const rect = area.getBoundingClientRect();
+  if (rect.top < 0 || rect.bottom > window.innerHeight) area.scrollIntoView({ block: "start" });
+}
+
 function nearViewport(el) {
   const rect = el.getBoundingClientRect();
   return rect.top < window.innerHeight + 400 && !el.closest("[hidden]");
 }
 
 function targetLinks(targets) {
-  return (targets || []).map((t) => h(
+  return (targets || []).map((t) => t.type === CONTROL_TARGET ? h(
+    "a",
+    { class: "target-link event-link", href: eventHref(t.id), title: `Open event ${t.id}` },
+    h("span", { class: "t-type" }, "event "),
+    t.id,
+  ) : h(
     "a",
     { class: "target-link", href: historyHref(t.type, t.id), title: `History of ${t.type} ${t.id}${t.name ? ` (${t.name})` : ""}` },
     h("span", { class: "t-type" }, `${t.type} `),
@@ -477,24 +721,74 @@ function outcomeBadge(outcome) {
   return h("span", { class: `badge ${o}` }, o);
 }
 
+function corrected(e) {
+  return Array.isArray(e.corrections) && e.corrections.length > 0;
+}
+
+// Badges for what happened to an event after it was recorded, and for control events.
+function stateBadges(e) {
+  const out = [];
+  if (e.erased) {
+    const r = e.erased;
+    out.push(h("span", { class: "badge erased", title: `Erased by ${r.by || "?"} at ${r.at || "?"}: ${r.reason || ""}` }, "erased"));
+  }
+  if (corrected(e)) {
+    const last = e.corrections[e.corrections.length - 1];
+    out.push(h("span", { class: "badge corrected", title: `Corrected by ${last.by || "?"} at ${last.at || "?"}: ${last.reason || ""}` },
+      e.corrections.length > 1 ? `corrected ×${e.corrections.length}` : "corrected"));
+  }
+  if (e.action === CORRECTED_ACTION) out.push(h("span", { class: "badge control" }, "correction"));
+  if (e.action === ERASED_ACTION) out.push(h("span", { class: "badge control" }, "erasure"));
+  if (state.chain.firstBadId && e.id === state.chain.firstBadId) {
+    out.push(h("span", { class: "badge tampered", title: state.chain.why }, "fails verification"));
+  }
+  return out;
+}
+
+// Mark the event that breaks the chain wherever it is already shown.
+function markTampered() {
+  const id = state.chain.firstBadId;
+  if (!id) return;
+  state.search.events.forEach((e, i) => {
+    if (e.id !== id) return;
+    const row = document.querySelector(`#results-body tr[data-index="${i}"]`);
+    if (row && !row.querySelector(".badge.tampered")) {
+      row.classList.add("tampered");
+      row.querySelector(".col-action").append(" ", ...stateBadges(e).filter((b) => b.classList.contains("tampered")));
+    }
+  });
+}
+
 function appendRows(events, start) {
   const body = $("results-body");
   const rows = events.map((e, i) => {
     const actor = e.actor || {};
+    const badges = stateBadges(e);
+    const classes = [e.erased ? "tombstone" : "", corrected(e) ? "corrected" : "", e.id === state.chain.firstBadId ? "tampered" : ""];
+    const desc = e.erased
+      ? h("span", { class: "tombstone-text" }, `Erased by ${e.erased.by || "?"}: ${e.erased.reason || "no reason given"}`)
+      : e.description || "";
     return h(
       "tr",
-      { tabindex: 0, dataset: { index: start + i }, "aria-label": `${e.action} by ${actor.name || actor.id || "unknown"} at ${e.occurred_at}` },
+      {
+        tabindex: 0,
+        class: classes.filter(Boolean).join(" ") || null,
+        dataset: { index: start + i, id: e.id },
+        "aria-label": `${e.action} by ${actor.name || actor.id || "unknown"} at ${e.occurred_at}${badges.length ? ` (${badges.map((b) => b.textContent).join(", ")})` : ""}`,
+      },
       h("td", { class: "col-time", "data-label": "Time" }, timeEl(e.occurred_at)),
-      h("td", { class: "col-action", "data-label": "Action" }, e.action),
+      h("td", { class: "col-action", "data-label": "Action" }, e.action, badges.length ? [" ", ...badges] : null),
       h("td", { class: "col-actor", "data-label": "Actor" },
         actor.id ? [h("span", { class: "actor-name" }, actor.name || actor.id), " ", h("span", { class: "actor-type" }, actor.type || "")] : "—"),
-      h("td", { class: "col-targets", "data-label": "Targets" }, targetLinks(e.targets)),
+      h("td", { class: "col-targets", "data-label": "Targets" }, e.erased ? "—" : targetLinks(e.targets)),
       h("td", { class: "col-outcome", "data-label": "Outcome" }, outcomeBadge(e.outcome)),
-      h("td", { class: "col-desc", "data-label": "Description" }, e.description || ""),
+      h("td", { class: "col-desc", "data-label": "Description" }, desc),
     );
   });
   if (start === 0 && rows.length === 0) {
-    body.replaceChildren(h("tr", {}, h("td", { class: "empty", colspan: 6 }, "No events match these filters.")));
+    const cell = h("td", { class: "empty", colspan: 6 }, emptyText());
+    if (isFiltered()) cell.append(" ", h("a", { href: "#/search" }, "Clear the filters"));
+    body.replaceChildren(h("tr", {}, cell));
     return;
   }
   body.append(...rows);
@@ -505,7 +799,7 @@ function onResultsKey(event) {
   if (!row || event.target !== row) return;
   if (event.key === "Enter" || event.key === " ") {
     event.preventDefault();
-    openEvent(state.search.events[Number(row.dataset.index)]);
+    goToEvent(state.search.events[Number(row.dataset.index)].id);
   } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
     event.preventDefault();
     const next = event.key === "ArrowDown" ? row.nextElementSibling : row.previousElementSibling;
@@ -517,7 +811,13 @@ function onResultsKey(event) {
 function onResultsClick(event) {
   if (event.target.closest("a, button")) return;
   const row = event.target.closest("tr[data-index]");
-  if (row) openEvent(state.search.events[Number(row.dataset.index)]);
+  if (row) goToEvent(state.search.events[Number(row.dataset.index)].id);
+}
+
+// Opening an event is navigating to its own URL (#/event/<id>): shareable, and
+// the browser's back button closes it.
+function goToEvent(id) {
+  window.location.hash = eventHref(id);
 }
 
 // ---------------------------------------------------------------- export
@@ -608,15 +908,50 @@ function changesTable(changes, tableEl) {
   return table;
 }
 
+function eventLink(id, label) {
+  return h("a", { href: eventHref(id), class: "event-link" }, label || id);
+}
+
+// Who changed the event after it was recorded, when and why (newest last).
+function lifecycleNotes(e) {
+  const out = [];
+  if (state.chain.firstBadId === e.id) {
+    out.push(h("div", { class: "alert tampered-note", role: "alert" },
+      h("strong", {}, "This event fails chain verification"),
+      ` (seq ${state.chain.firstBadSeq ?? e.seq ?? "?"}): ${state.chain.why} `,
+      "Its stored content is not what was sealed into the chain: it was altered or a neighbour is missing."));
+  }
+  if (e.erased) {
+    const r = e.erased;
+    out.push(h("div", { class: "note erased-note" },
+      h("strong", {}, "Erased"), ` by ${r.by || "?"} at `, timeEl(r.at), `: ${r.reason || "no reason given"}. `,
+      "Its payload is gone; its place in the chain (seq, hashes) stays. ",
+      r.event_id ? eventLink(r.event_id, "Open the erasure") : null));
+  }
+  for (const c of corrected(e) ? e.corrections : []) {
+    const fields = Object.keys(c.set || {}).sort();
+    out.push(h("div", { class: "note corrected-note" },
+      h("strong", {}, "Corrected"), ` by ${c.by || "?"} at `, timeEl(c.at), `: ${c.reason || "no reason given"}. `,
+      fields.length ? ["Fields set: ", fields.map((f, i) => [i ? ", " : "", h("code", {}, f)]), ". "] : null,
+      c.event_id ? eventLink(c.event_id, "Open the correction") : null));
+  }
+  return out;
+}
+
 function renderEvent(e) {
-  $("event-title").textContent = `${e.action} · ${fmtTime(e.occurred_at)}`;
+  $("event-title").textContent = e.erased
+    ? `Erased event · ${e.action} · ${fmtTime(e.occurred_at)}`
+    : `${e.action} · ${fmtTime(e.occurred_at)}`;
+  $("event-permalink").href = eventHref(e.id);
+  $("event-notes").replaceChildren(...lifecycleNotes(e));
   const actor = e.actor || {};
   const src = e.source || {};
   const ctx = e.context || {};
   const items = [
-    ["Event id", h("code", {}, e.id)],
+    ["Event id", [h("code", {}, e.id), " ", stateBadges(e)]],
     ["When", [timeEl(e.occurred_at), e.received_at ? h("span", { class: "help" }, ` · received ${fmtTime(e.received_at)}`) : null]],
     ["Actor", actor.id ? `${actor.name ? `${actor.name} (${actor.id})` : actor.id} · ${actor.type || "user"}` : "—"],
+    ...(controlTargetOf(e) ? [[e.action === ERASED_ACTION ? "Erased event" : "Corrected event", eventLink(controlTargetOf(e))]] : []),
     ["Targets", e.targets && e.targets.length ? targetLinks(e.targets) : "—"],
     ["Outcome", [outcomeBadge(e.outcome), e.crud ? [" ", h("span", { class: "badge crud" }, CRUD[e.crud] || e.crud)] : null]],
     ["Description", e.description || "—"],
@@ -632,6 +967,19 @@ function renderEvent(e) {
   $("event-dialog").dataset.json = JSON.stringify(e, null, 2);
 }
 
+function controlTargetOf(e) {
+  if (e.action !== CORRECTED_ACTION && e.action !== ERASED_ACTION) return null;
+  const t = (e.targets || []).find((x) => x.type === CONTROL_TARGET);
+  return t ? t.id : null;
+}
+
+// An erased event reads 410 with who, when and why: its tombstone.
+function tombstoneOf(id, err, known) {
+  const erased = err && err.body && err.body.erased;
+  if (!erased) return null;
+  return { ...(known || {}), id, erased };
+}
+
 async function openEvent(e) {
   if (!e) return;
   renderEvent(e);
@@ -643,7 +991,10 @@ async function openEvent(e) {
     const fresh = await (await api(`/v1/events/${encodeURIComponent(e.id)}`)).json();
     if (dialog.open && fresh.id === e.id) renderEvent(fresh);
   } catch (err) {
-    if (!(err instanceof SignedOut) && err.status === 404) toast("This event is no longer available.");
+    if (err instanceof SignedOut) return;
+    const tomb = err.status === 410 ? tombstoneOf(e.id, err, e) : null;
+    if (tomb && dialog.open) renderEvent(tomb);
+    else if (err.status === 404) toast("This event is no longer available.");
   }
 }
 
@@ -659,12 +1010,14 @@ function showHistory(type, id, params) {
   const order = params.get("order") === "desc" ? "desc" : "asc";
   const asOf = params.get("as_of") || "";
   const key = `${type}\u0000${id}\u0000${order}\u0000${state.tenant}\u0000${state.utc}`;
-  $("history-title").replaceChildren("History of ", h("span", { class: "mono" }, `${type} ${id}`));
+  // The object's name (from its events) stays when only as_of or the view changes.
+  const name = key === state.history.key ? state.history.name : null;
+  $("history-title").replaceChildren("History of ", h("span", { class: "mono" }, `${type} ${id}`), name ? ` · ${name}` : "");
   document.title = `${type} ${id} · history · auditstream`;
   $("history-order").value = order;
   $("asof").value = isoToInput(asOf);
   if (key !== state.history.key) {
-    state.history = { key, type, id, order, events: [], next: null, loading: false, done: false, generation: state.history.generation + 1 };
+    state.history = { key, type, id, order, name: null, events: [], next: null, loading: false, done: false, generation: state.history.generation + 1 };
     $("timeline").replaceChildren();
     showAlert("history-error", "");
     loadHistory();
@@ -694,6 +1047,7 @@ async function loadHistory() {
       : `${n} event${n === 1 ? "" : "s"}${s.done ? "" : " so far · scroll for more"}.`;
     $("history-more").hidden = s.done;
     const named = s.events.flatMap((e) => e.targets || []).find((t) => t.type === s.type && t.id === s.id && t.name);
+    if (named) s.name = named.name;
     if (named) $("history-title").replaceChildren("History of ", h("span", { class: "mono" }, `${s.type} ${s.id}`), ` · ${named.name}`);
   } catch (err) {
     if (err instanceof SignedOut) return;
@@ -715,11 +1069,12 @@ function timelineItem(e) {
   const index = state.history.events.indexOf(e);
   return h(
     "li",
-    { class: `outcome-${e.outcome || "success"}`, dataset: { id: e.id } },
+    { class: `outcome-${e.outcome || "success"}${corrected(e) ? " corrected" : ""}`, dataset: { id: e.id } },
     h("div", { class: "tl-head" },
       timeEl(e.occurred_at),
       h("span", { class: "tl-action" }, e.action),
       outcomeBadge(e.outcome),
+      stateBadges(e),
       e.crud ? h("span", { class: "badge crud" }, CRUD[e.crud] || e.crud) : null,
       h("span", {}, "by ", h("strong", {}, actor.name || actor.id || "unknown")),
       h("span", { class: "tl-open" },
@@ -775,7 +1130,10 @@ async function openEventById(id) {
   try {
     openEvent(await (await api(`/v1/events/${encodeURIComponent(id)}`)).json());
   } catch (err) {
-    if (!(err instanceof SignedOut)) toast(errorText(err));
+    if (err instanceof SignedOut) return;
+    const tomb = err.status === 410 ? tombstoneOf(id, err, null) : null;
+    if (tomb) openEvent(tomb);
+    else toast(errorText(err));
   }
 }
 
@@ -807,7 +1165,15 @@ function init() {
 
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    const params = formToParams();
+    let params;
+    try {
+      params = formToParams();
+    } catch (err) {
+      showAlert("search-error", err.message);
+      return;
+    }
+    // "Apply filters" (in the panel): show the results, which may be below the fold.
+    const fromPanel = event.submitter && event.submitter.closest(".filter-actions");
     const hash = `#/search${params.toString() ? `?${params}` : ""}`;
     if (window.location.hash === hash) {
       state.search.key = null;
@@ -815,6 +1181,7 @@ function init() {
     } else {
       window.location.hash = hash;
     }
+    if (fromPanel) state.revealResults = true;
   });
   $("f-range").addEventListener("change", syncRange);
   $("reset").addEventListener("click", () => { window.location.hash = "#/search"; });
@@ -841,18 +1208,32 @@ function init() {
   $("timeline").addEventListener("click", (event) => {
     const button = event.target.closest("button");
     if (!button) return;
-    if (button.dataset.open !== undefined) openEvent(state.history.events[Number(button.dataset.open)]);
+    if (button.dataset.open !== undefined) goToEvent(state.history.events[Number(button.dataset.open)].id);
     if (button.dataset.asof) setHistoryParams({ as_of: button.dataset.asof });
   });
   $("state-body").addEventListener("click", (event) => {
     const link = event.target.closest("a[data-event]");
     if (!link) return;
     event.preventDefault();
-    openEventById(link.dataset.event);
+    goToEvent(link.dataset.event);
   });
 
   const dialog = $("event-dialog");
   $("event-close").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", () => {
+    // Back to the view under the dialog; the event's entry is replaced, so the
+    // back button does not reopen it.
+    if (parseHash().parts[0] === "event") window.location.replace(state.lastViewHash);
+  });
+  $("event-copy-link").addEventListener("click", async () => {
+    const url = new URL($("event-permalink").getAttribute("href"), window.location.href).href;
+    try {
+      await navigator.clipboard.writeText(url);
+      toast("Link to this event copied.");
+    } catch {
+      toast(`Copying is not allowed here: ${url}`);
+    }
+  });
   dialog.addEventListener("click", (event) => { if (event.target === dialog) dialog.close(); });
   dialog.addEventListener("click", (event) => {
     if (event.target.closest("a.target-link")) dialog.close();
@@ -879,6 +1260,7 @@ function init() {
   observe("history-sentinel", () => { if (document.body.dataset.view === "history" && state.history.events.length) loadHistory(); });
   window.addEventListener("hashchange", route);
 
+  if (session) session.addEventListener("message", onSessionMessage);
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) {
     try {
@@ -886,8 +1268,22 @@ function init() {
     } catch (err) {
       signOut(err.message);
     }
+    route();
+    return;
   }
-  route();
+  // A new tab: an open, signed-in tab of this viewer may hand its session over.
+  document.body.dataset.view = "starting";
+  askOtherTabs().then((msg) => {
+    if (msg && !state.token) {
+      try {
+        if (msg.tenant) localStorage.setItem(TENANT_KEY, msg.tenant);
+        useToken(msg.token);
+      } catch (err) {
+        showAlert("signin-error", err.message || String(err));
+      }
+    }
+    route();
+  });
 }
 
 init();

@@ -1,0 +1,40 @@
+"""``GET /v1/tenants``: the tenants a token may read, for the viewer's tenant picker.
+
+A token for one tenant answers that tenant; a token for a list answers the list;
+a token for every tenant (``*``) answers the tenants that have stored events.
+"""
+
+from __future__ import annotations
+
+import orjson
+from pydantic import BaseModel, Field
+from quart import Blueprint, Response, current_app, g, request
+from quart_schema import document_response
+
+from query_api.auth import Principal, require_scope
+from query_api.query import single_values
+from query_api.services import Services
+
+bp = Blueprint("tenants", __name__)
+
+
+class TenantList(BaseModel):
+    data: list[str] = Field(description="Tenant ids, sorted")
+    all_tenants: bool = Field(description="True for a '*' token: any tenant id may be read")
+
+
+@bp.get("/v1/tenants")
+@document_response(TenantList)
+@require_scope("events:read")
+async def list_tenants() -> Response:
+    """The tenants this token may read (for a ``*`` token: those with stored events)."""
+    single_values(request.args, ())
+    principal: Principal = g.principal
+    if principal.tenants is not None:
+        names, every = sorted(principal.tenants), False
+    else:
+        services: Services = current_app.config["AUDITSTREAM_SERVICES"]
+        found = await services.events.distinct("tenant")
+        names, every = sorted(t for t in found if isinstance(t, str)), True
+    body = {"data": names, "all_tenants": every}
+    return Response(orjson.dumps(body), content_type="application/json")

@@ -1,0 +1,517 @@
+"""The viewer's issue-20 items, each driven by a real Chromium against the API.
+
+One server, one browser and one seeded database per module (a new browser
+context per test): corrected and erased events (applied by the processor's own
+control applier), a tampered chain, an empty tenant. Screenshots are written to
+``docs/screenshots/`` (shown in docs/viewer.md). Needs Chromium like
+tests/integration/test_viewer.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from pydantic import SecretStr
+from pymongo import AsyncMongoClient
+
+from audit_events.chain import (
+    CORRECTED_ACTION,
+    ERASED_ACTION,
+    control_keys,
+    load_private_key,
+    sign_control,
+)
+from audit_events.codec import event_wire_dict
+from audit_events.schema import AuditEvent
+from audit_events.settings import AuditSettings
+from audit_events.storage import EVENTS_COLLECTION, event_key
+from auditstream.embedded import free_port
+from query_api.app import create_app
+from query_api.auth import mint_token
+from stream_processor.control import ControlApplier
+from tests.conftest import CONTROL_PRIVATE, CONTROL_PUBLIC, Backends
+from tests.integration.test_viewer import (
+    CHROMIUM_ARGS,
+    chromium_path,
+    realistic_events,
+    seed_chained,
+)
+
+pytestmark = pytest.mark.integration
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+ADMIN = "admin-dana"
+
+
+@dataclass
+class Seed:
+    settings: AuditSettings
+    url: str
+    acme: str  # realistic events, one corrected, one erased
+    tampered: str  # realistic events, one altered after it was sealed
+    empty: str  # no events at all
+    events: list[dict[str, Any]]
+    corrected_id: str
+    erased_id: str
+    correction_id: str
+    erasure_id: str
+    bad_id: str
+    bad_seq: int
+
+    def token(self, tenant: str | list[str], scopes: str = "events:read") -> str:
+        return mint_token(self.settings, subject="viewer", tenant=tenant, scopes=scopes.split())
+
+
+def control_event(
+    tenant: str, action: str, target: str, reason: str, when: datetime, **extra: Any
+) -> dict[str, Any]:
+    """A signed control event, as PUT/DELETE /v1/events/{id} would publish it."""
+    unsigned = AuditEvent.model_validate(
+        {
+            "id": f"ctl-{uuid.uuid4().hex[:8]}",
+            "tenant": tenant,
+            "action": action,
+            "crud": "u" if action == CORRECTED_ACTION else "d",
+            "actor": {"id": ADMIN, "type": "admin"},
+            "targets": [{"type": "audit_event", "id": target}],
+            "description": reason,
+            "occurred_at": when.isoformat(),
+            **extra,
+        }
+    )
+    return sign_control(load_private_key(CONTROL_PRIVATE), event_wire_dict(unsigned))
+
+
+@pytest.fixture(scope="module")
+def settings_mod(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> AuditSettings:
+    unique = uuid.uuid4().hex[:10]
+    return AuditSettings(
+        kafka_bootstrap=backends.kafka,
+        mongo_uri=backends.mongo,
+        redis_url=backends.redis,
+        topic_events=f"audit.events.{unique}",
+        topic_dlq=f"audit.events.dlq.{unique}",
+        topic_checkpoints=f"audit.checkpoints.{unique}",
+        mongo_db=f"t_{unique}",
+        jwt_secret=SecretStr("test-secret-0123456789abcdef-" + unique),
+        control_signing_key=SecretStr(CONTROL_PRIVATE),
+        control_public_keys=[CONTROL_PUBLIC],
+        processor_metrics_port=0,
+        data_dir=str(tmp_path_factory.mktemp("viewer") / "data"),
+    )
+
+
+@pytest.fixture(scope="module")
+async def seed(settings_mod: AuditSettings) -> AsyncIterator[Seed]:
+    settings = settings_mod
+    unique = settings.mongo_db[2:]
+    acme, tampered, empty = f"acme-{unique}", f"globex-{unique}", f"initech-{unique}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
+    store = mongo[settings.mongo_db][EVENTS_COLLECTION]
+
+    events = realistic_events(acme, now)
+    # ev-0001: Bob's update of INV-1042 is corrected (the total was 1260, not 1250);
+    # ev-0003: a document share is erased (it named a private person).
+    corrected_id = events[1]["id"]
+    erased_id = next(e["id"] for e in events if e["action"] == "document.share")
+    correction = control_event(
+        acme,
+        CORRECTED_ACTION,
+        corrected_id,
+        "Total mistyped by the billing import (ticket FIN-88)",
+        now - timedelta(minutes=3),
+        metadata={"set": {"changes": {"total": {"old": 1200, "new": 1260}}}},
+    )
+    erasure = control_event(
+        acme,
+        ERASED_ACTION,
+        erased_id,
+        "GDPR art. 17 request #4411",
+        now - timedelta(minutes=2),
+    )
+    await seed_chained(store, [*events, correction, erasure])
+    applier = ControlApplier(store, control_keys(settings))
+    for control in (correction, erasure):
+        doc = await store.find_one({"_id": event_key(acme, control["id"])})
+        assert doc is not None
+        assert await applier.apply(doc) is not None
+
+    bad = realistic_events(tampered, now)
+    await seed_chained(store, bad)
+    victim = await store.find_one({"tenant": tampered, "seq": 20})
+    assert victim is not None
+    await store.update_one({"_id": victim["_id"]}, {"$set": {"description": "nothing to see"}})
+
+    app = create_app(settings)
+    config = Config()
+    config.bind = [f"127.0.0.1:{free_port()}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    url = f"http://{config.bind[0]}"
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            if server.done():
+                server.result()
+            try:
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    yield Seed(
+        settings=settings,
+        url=url,
+        acme=acme,
+        tampered=tampered,
+        empty=empty,
+        events=events,
+        corrected_id=corrected_id,
+        erased_id=erased_id,
+        correction_id=correction["id"],
+        erasure_id=erasure["id"],
+        bad_id=victim["id"],
+        bad_seq=20,
+    )
+    stop.set()
+    await asyncio.wait_for(server, 10)
+    await mongo.drop_database(settings.mongo_db)
+    await mongo.close()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    executable = chromium_path()
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    ctx = await browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="UTC")
+    yield ctx
+    await ctx.close()
+
+
+async def sign_in(context: BrowserContext, seed: Seed, token: str, hash: str = "") -> Page:
+    """A page of the viewer signed in with ``token`` (pasted, as a user would)."""
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors  # type: ignore[attr-defined]
+    await page.goto(f"{seed.url}/ui/{hash}")
+    await page.get_by_label("Paste a bearer token").fill(token)
+    await page.get_by_role("button", name="Use token").click()
+    await expect(page.locator("#who")).to_contain_text("viewer")
+    return page
+
+
+async def load_all(page: Page) -> None:
+    status = page.locator("#results-status")
+    for _ in range(20):
+        await expect(status).not_to_contain_text("Searching")
+        if "all shown" in (await status.text_content() or ""):
+            return
+        await page.locator("#sentinel").scroll_into_view_if_needed()
+        await asyncio.sleep(0.2)
+    await expect(status).to_contain_text("all shown")
+
+
+def row(page: Page, event_id: str) -> Any:
+    return page.locator(f'#results-body tr[data-id="{event_id}"]')
+
+
+async def test_outcome_row_shows_the_operation_not_object_text(
+    seed: Seed, context: BrowserContext
+) -> None:
+    """Item 10: the dialog's Outcome row was 'success ,[object HTMLSpanElement]'."""
+    page = await sign_in(context, seed, seed.token(seed.acme))
+    newest = max(seed.events, key=lambda e: e["occurred_at"])
+    assert newest["crud"] == "r"
+    first = page.locator("#results-body tr[data-index='0']")  # the newest event
+    await expect(first).to_contain_text(newest["description"])
+    await first.locator(".col-time").click()
+    outcome = page.locator("#event-summary dt:text-is('Outcome') + dd")
+    await expect(outcome).to_have_text("success read")
+    await expect(outcome.locator(".badge.crud")).to_have_text("read")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_corrected_and_erased_events_are_marked_everywhere(
+    seed: Seed, context: BrowserContext
+) -> None:
+    """Item 11: badges in the list and timeline, who/why and links in the dialog, tombstones."""
+    page = await sign_in(context, seed, seed.token(seed.acme))
+    await load_all(page)
+
+    # The list: the corrected event is badged, the erased one is a tombstone in place,
+    # the control events read as a correction and an erasure of their event.
+    await expect(row(page, seed.corrected_id).locator(".badge.corrected")).to_have_text("corrected")
+    tomb = row(page, seed.erased_id)
+    await expect(tomb).to_have_class("tombstone")
+    await expect(tomb.locator(".badge.erased")).to_be_visible()
+    await expect(tomb.locator(".col-desc")).to_have_text(
+        f"Erased by {ADMIN}: GDPR art. 17 request #4411"
+    )
+    erasure = row(page, seed.erasure_id)
+    await expect(erasure.locator(".badge.control")).to_have_text("erasure")
+    await expect(erasure.get_by_role("link", name=f"event {seed.erased_id}")).to_be_visible()
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=str(SCREENSHOTS / "corrections-list.png"))
+
+    # The dialog of the corrected event: who, when, why, which fields, and the link.
+    await row(page, seed.corrected_id).locator(".col-time").click()
+    notes = page.locator("#event-notes")
+    await expect(notes.locator(".corrected-note")).to_contain_text(f"Corrected by {ADMIN} at")
+    await expect(notes.locator(".corrected-note")).to_contain_text("ticket FIN-88")
+    await expect(notes.locator(".corrected-note code")).to_have_text("changes")
+    # The corrected value is what the dialog shows.
+    await expect(page.locator("#event-changes tr").filter(has_text="total")).to_contain_text("1260")
+    await page.locator("#event-dialog").screenshot(path=str(SCREENSHOTS / "event-corrected.png"))
+    await notes.get_by_role("link", name="Open the correction").click()
+    await expect(page.locator("#event-title")).to_contain_text(CORRECTED_ACTION)
+    await expect(page.locator("#event-summary dt:text-is('Corrected event') + dd")).to_have_text(
+        seed.corrected_id
+    )
+    await page.keyboard.press("Escape")
+
+    # The erased event's own URL: a tombstone dialog (the API answers 410 with who/why).
+    await page.goto(f"{seed.url}/ui/#/event/{seed.erased_id}")
+    await expect(page.locator("#event-title")).to_contain_text("Erased event")
+    await expect(page.locator(".erased-note")).to_contain_text(f"Erased by {ADMIN} at")
+    await expect(page.locator(".erased-note")).to_contain_text("GDPR art. 17 request #4411")
+    await page.locator("#event-dialog").screenshot(path=str(SCREENSHOTS / "event-erased.png"))
+    await page.keyboard.press("Escape")
+
+    # The timeline of the corrected invoice badges the corrected entry.
+    await page.goto(f"{seed.url}/ui/#/history/invoice/INV-1042")
+    entry = page.locator(f'#timeline > li[data-id="{seed.corrected_id}"]')
+    await expect(entry.locator(".badge.corrected")).to_have_text("corrected")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_broken_chain_leads_to_the_tampered_event(
+    seed: Seed, context: BrowserContext
+) -> None:
+    """Item 12: the broken badge shows seq, links to the event, whose dialog is flagged."""
+    page = await sign_in(context, seed, seed.token(seed.tampered))
+    await expect(page.locator("#chain")).to_have_class("chain bad")
+    await expect(page.locator("#chain-text")).to_have_text(f"Chain broken at seq {seed.bad_seq}")
+    link = page.locator("#chain-link")
+    await expect(link).to_have_text(f"Open event {seed.bad_id}")
+    await link.click()
+    await expect(page).to_have_url(f"{seed.url}/ui/#/event/{seed.bad_id}")
+    note = page.locator("#event-notes .tampered-note")
+    await expect(note).to_contain_text("This event fails chain verification")
+    await expect(note).to_contain_text(f"seq {seed.bad_seq}")
+    await expect(page.locator("#event-summary")).to_contain_text(f"seq {seed.bad_seq}")
+    await page.screenshot(path=str(SCREENSHOTS / "chain-broken.png"))
+    await page.keyboard.press("Escape")
+    await load_all(page)
+    await expect(row(page, seed.bad_id).locator(".badge.tampered")).to_be_visible()
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_tenants_endpoint_lists_what_a_token_may_read(seed: Seed) -> None:
+    """Item 14: GET /v1/tenants for list and '*' tokens."""
+    async with httpx.AsyncClient(base_url=seed.url) as http:
+
+        async def tenants(token: str) -> Any:
+            resp = await http.get("/v1/tenants", headers={"Authorization": f"Bearer {token}"})
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+
+        listed = await tenants(seed.token([seed.tampered, seed.acme]))
+        assert listed == {"data": sorted([seed.acme, seed.tampered]), "all_tenants": False}
+        assert (await tenants(seed.token(seed.acme))) == {"data": [seed.acme], "all_tenants": False}
+        every = await tenants(seed.token("*"))
+        assert every["all_tenants"] is True
+        assert {seed.acme, seed.tampered} <= set(every["data"])
+        assert seed.empty not in every["data"]
+        resp = await http.get("/v1/tenants")
+        assert resp.status_code == 401
+        resp = await http.get(
+            "/v1/tenants",
+            params={"x": "1"},
+            headers={"Authorization": f"Bearer {seed.token(seed.acme)}"},
+        )
+        assert resp.status_code == 400
+
+
+async def test_tenant_picker_and_honest_empty_states(
+    seed: Seed, context: BrowserContext, browser: Browser
+) -> None:
+    """Item 14: pick a tenant; an empty tenant is not 'verified'; no events vs no match."""
+    page = await sign_in(context, seed, seed.token([seed.acme, seed.empty]))
+    select = page.locator("#tenant-select")
+    await expect(select.locator("option")).to_have_text(sorted([seed.acme, seed.empty]))
+    await select.select_option(seed.acme)
+    await expect(page.locator("#chain-text")).to_have_text(
+        f"Chain verified · {len(seed.events) + 2} events"
+    )
+    # A filter that matches nothing in a tenant that has events.
+    await page.get_by_label("Search text").fill("action:nothing.here")
+    await page.get_by_role("button", name="Search", exact=True).click()
+    await expect(page.locator("#results-status")).to_have_text("No events match these filters.")
+    await expect(page.locator("#results-body")).to_contain_text("Clear the filters")
+    # The empty tenant: neither green nor "verified", and "no events yet".
+    await page.goto(f"{seed.url}/ui/#/search")
+    await select.select_option(seed.empty)
+    chain = page.locator("#chain")
+    await expect(page.locator("#chain-text")).to_have_text(f"No events in tenant {seed.empty}")
+    await expect(chain).to_have_class("chain empty")
+    await expect(page.locator("#results-status")).to_have_text(
+        f"No events yet in tenant {seed.empty}: nothing has been recorded for it."
+    )
+    await page.screenshot(path=str(SCREENSHOTS / "empty-tenant.png"))
+
+    # A '*' token types a tenant, with the tenants that have events suggested
+    # (another browser: this one's open tab would hand its session over).
+    other = await browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        star = await sign_in(other, seed, seed.token("*"))
+        options = star.locator("#tenant-list option")
+        await expect(options.first).to_be_attached()
+        values = await options.evaluate_all("els => els.map(e => e.value)")
+        assert {seed.acme, seed.tampered} <= set(values)
+    finally:
+        await other.close()
+
+
+async def test_every_event_has_a_url_and_the_session_follows_to_new_tabs(
+    seed: Seed, context: BrowserContext, browser: Browser
+) -> None:
+    """Item 13: #/event/<id> opens that event; a new tab of a signed-in viewer is signed in."""
+    page = await sign_in(context, seed, seed.token(seed.acme))
+    target = max(seed.events, key=lambda e: e["occurred_at"])["id"]
+    await row(page, target).locator(".col-time").click()
+    await expect(page).to_have_url(f"{seed.url}/ui/#/event/{target}")
+    href = await page.locator("#event-permalink").get_attribute("href")
+    assert href == f"#/event/{target}"
+    await page.keyboard.press("Escape")
+    await expect(page).to_have_url(f"{seed.url}/ui/#/search")
+
+    # A new tab (as a middle-click opens one): signed in from the open tab, no prompt.
+    tab = await context.new_page()
+    await tab.goto(f"{seed.url}/ui/#/event/{target}")
+    await expect(tab.locator("#event-dialog")).to_be_visible()
+    await expect(tab.locator("#event-json")).to_contain_text(f'"id": "{target}"')
+    await expect(tab.locator("#who")).to_contain_text("viewer")
+    # A middle-click on a target chip: the new tab opens that history, signed in.
+    await tab.keyboard.press("Escape")
+    async with context.expect_page() as new_page:
+        await tab.get_by_role("link", name="invoice Acme Corp · March").first.click(button="middle")
+    history = await new_page.value
+    await expect(history.get_by_role("heading", level=1)).to_contain_text("invoice INV-1042")
+
+    # Signing out in one tab signs out the others.
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(tab.get_by_role("heading", name="Sign in to the audit log")).to_be_visible()
+    await expect(history.get_by_role("heading", name="Sign in to the audit log")).to_be_visible()
+
+    # Another browser (no open, signed-in tab): the link asks for a sign-in, then opens.
+    other = await browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        fresh = await other.new_page()
+        await fresh.goto(f"{seed.url}/ui/#/event/{target}")
+        await expect(fresh.get_by_role("heading", name="Sign in to the audit log")).to_be_visible()
+        await fresh.get_by_label("Paste a bearer token").fill(seed.token(seed.acme))
+        await fresh.get_by_role("button", name="Use token").click()
+        await expect(fresh.locator("#event-json")).to_contain_text(f'"id": "{target}"')
+    finally:
+        await other.close()
+
+
+async def test_smaller_bugs(seed: Seed, context: BrowserContext) -> None:
+    """Item 16: results in view after Apply filters; datetime fields fit; history keeps its name."""
+    page = await sign_in(context, seed, seed.token(seed.acme))
+    await expect(page.locator("#results-body tr[data-index]")).to_have_count(50)
+    # Custom range at 1280 px: the datetime fields show their whole value.
+    await page.get_by_label("Time range").select_option("custom")
+    since = page.get_by_label("From")
+    await since.fill("2026-03-01T12:34:56")
+    box = await since.bounding_box()
+    panel = await page.locator("#filters").bounding_box()
+    assert box is not None and panel is not None
+    assert box["x"] + box["width"] <= panel["x"] + panel["width"], (box, panel)
+    fits = await since.evaluate("el => el.scrollWidth <= el.clientWidth")
+    assert fits
+    await page.get_by_label("Time range").select_option("24h")
+    # Apply filters: the results status and first row are on screen.
+    await page.set_viewport_size({"width": 900, "height": 700})
+    await page.get_by_label("Action").fill("invoice.*")
+    await page.get_by_role("button", name="Apply filters").click()
+    await expect(page.locator("#results-status")).to_contain_text("matching events")
+    await expect(page.locator("#results-status")).to_be_in_viewport()
+    await expect(page.locator("#results-body tr[data-index]").first).to_be_in_viewport()
+
+    # The history title keeps the object's name after "State after".
+    await page.set_viewport_size({"width": 1280, "height": 900})
+    await page.goto(f"{seed.url}/ui/#/history/invoice/INV-1042")
+    title = page.get_by_role("heading", level=1)
+    await expect(title).to_have_text("History of invoice INV-1042 · Acme Corp · March")
+    await page.locator("#timeline > li").nth(2).get_by_role("button", name="State after").click()
+    await expect(page.locator("#state-summary")).to_contain_text("As of")
+    await expect(title).to_have_text("History of invoice INV-1042 · Acme Corp · March")
+
+
+async def test_search_box_query_syntax(seed: Seed, context: BrowserContext) -> None:
+    """Item 15: actor:… action:… outcome:… since:… and free words in one box."""
+    page = await sign_in(context, seed, seed.token(seed.acme))
+    box = page.get_by_label("Search text")
+    await box.fill("actor:svc-billing action:report.* outcome:failure since:7d revenue")
+    await box.press("Enter")
+    expected = [
+        e
+        for e in seed.events
+        if e["action"].startswith("report.")
+        and e.get("outcome") == "failure"
+        and e["actor"]["id"] == "svc-billing"
+    ]
+    await expect(page.locator("#results-status")).to_have_text(
+        f"{len(expected)} matching events, all shown."
+    )
+    url = page.url.replace("%2A", "*")
+    for part in (
+        "actor=svc-billing",
+        "action=report.*",
+        "outcome=failure",
+        "range=7d",
+        "q=revenue",
+    ):
+        assert part in url, url
+    # The filter panel shows the same filters; the box keeps the query.
+    await expect(page.get_by_label("Action")).to_have_value("report.*")
+    await expect(page.get_by_label("Outcome")).to_have_value("failure")
+    await expect(box).to_have_value(
+        "action:report.* actor:svc-billing outcome:failure since:7d revenue"
+    )
+    await page.screenshot(path=str(SCREENSHOTS / "query-syntax.png"))
+    # Removing a token from the box removes that filter.
+    await box.fill("action:report.* since:7d revenue")
+    await box.press("Enter")
+    await expect(page.get_by_label("Outcome")).to_have_value("")
+    n = sum(1 for e in seed.events if e["action"].startswith("report."))
+    await expect(page.locator("#results-status")).to_contain_text(f"{min(n, 50)}")
+    # An unknown time is refused in the page, not sent.
+    await box.fill("since:yesterday")
+    await box.press("Enter")
+    await expect(page.locator("#search-error")).to_contain_text("since: expects a time")
