@@ -315,7 +315,7 @@ class Supervisor:
         if w.embedded and w.server.role == "kafka":
             for other in self.watches:  # reconnect to the empty broker
                 if not other.embedded and other.restart_at is None:
-                    other.server.stop()
+                    other.server.stop(timeout=5.0)
 
     def stop_service(self, name: str) -> None:
         """Stop ``name`` for good (no restart)."""

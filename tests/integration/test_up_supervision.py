@@ -101,6 +101,7 @@ def _event(event_id: str, i: int) -> dict[str, Any]:
         "id": event_id,
         "tenant": TENANT,
         "action": "invoice.update",
+        "occurred_at": "2026-11-30T08:00:00Z",  # a retry is the same event, not a new one
         "actor": {"id": f"user{i % 7}"},
         "targets": [{"type": "invoice", "id": str(i % 50)}],
         "metadata": {"n": i},
@@ -252,3 +253,53 @@ def test_up_restarts_a_killed_worker_and_drains_before_stopping(tmp_path: Path) 
 @pytest.mark.slow
 def test_up_5000_events_through_the_api_with_random_worker_kills(tmp_path: Path) -> None:
     run_kill_test(tmp_path, events=5000, kills=3, window=30.0)
+
+
+def _post_until_stored(port: int, token: str, event_id: str, timeout: float) -> float:
+    """POST ``event_id`` with ``?wait=true`` until it answers 201; the seconds it took."""
+    started = time.monotonic()
+    body = json.dumps(_event(event_id, 1)).encode()
+    last = ""
+    while time.monotonic() - started < timeout:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/events?wait=true",
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                if resp.status == 201:
+                    return time.monotonic() - started
+                last = str(resp.status)
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise AssertionError(f"{event_id} not stored within {timeout}s (last answer: {last})")
+
+
+def test_up_restarts_its_servers_and_says_loudly_when_kafka_dies(tmp_path: Path) -> None:
+    """SIGKILL SecantusDB, then Tansu: ``up`` restarts each on its port and keeps going."""
+    stack = Stack(tmp_path)
+    try:
+        token = stack.wait_ready()
+        _post_until_stored(stack.port, token, "srv-000001", 30)
+        for command, name, n in (
+            ("secantusd-py", "MongoDB", 2),
+            (" broker --listener-url", "Kafka", 3),
+        ):
+            pid = _child_pid(stack.proc.pid, command)
+            assert pid is not None, command
+            os.kill(pid, signal.SIGKILL)
+            took = _post_until_stored(stack.port, token, f"srv-00000{n}", 120)
+            print(f"{name} killed: the next event was stored {took:.1f}s later")
+            assert stack.proc.poll() is None, stack.output()
+            assert _child_pid(stack.proc.pid, command) not in (None, pid)
+        output = stack.output()
+        print(output[output.index("Press Ctrl-C") :])
+        assert re.search(r"MongoDB .* exited with status -9 .* restarting in", output)
+        assert "Kafka (Tansu) died. Its log was in memory" in output
+        stack.proc.send_signal(signal.SIGTERM)
+        assert stack.proc.wait(120) == 0, stack.output()
+    finally:
+        stack.close()
