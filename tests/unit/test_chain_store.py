@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo.errors import BulkWriteError
 
-from audit_events.chain import CORRECTED_ACTION
+from audit_events.chain import CORRECTED_ACTION, key_id, public_key_b64, sign_control
 from audit_events.codec import event_to_document
 from audit_events.schema import AuditEvent
 from stream_processor.chain import ChainedStore, OldLayout, check_layout
@@ -127,21 +128,33 @@ async def test_a_stale_head_re_seals_after_a_duplicate_seq() -> None:
     assert events.docs[2]["hash"] != events.docs[1]["hash"]
 
 
-async def test_a_conflicting_control_event_is_not_applied() -> None:
-    events = FakeEvents()
-    store = ChainedStore(events)  # type: ignore[arg-type]
-    control = {
+def signed_control(key: Ed25519PrivateKey, new_action: str) -> dict[str, Any]:
+    """A correction of event ``a`` with the API's proof (only those are applied)."""
+    fields = {
+        "id": "ctl",
+        "tenant": "acme",
         "action": CORRECTED_ACTION,
+        "occurred_at": "2026-01-01T00:00:00Z",
         "targets": [{"type": "audit_event", "id": "a"}],
         "actor": {"id": "admin", "type": "admin"},
         "description": "fix",
+        "metadata": {"set": {"action": new_action}},
     }
-    await store.insert([doc("a"), doc("ctl", **control, metadata={"set": {"action": "x.y"}})])
+    event = AuditEvent.model_validate(sign_control(key, fields))
+    return event_to_document(event, T0)
+
+
+async def test_a_conflicting_control_event_is_not_applied() -> None:
+    key = Ed25519PrivateKey.generate()
+    events = FakeEvents()
+    keys = {key_id(public_key_b64(key)): key.public_key()}
+    store = ChainedStore(events, control_keys=keys)  # type: ignore[arg-type]
+    await store.insert([doc("a"), signed_control(key, "x.y")])
     applied = len(events.updates)
     assert applied == 1  # the stored control event was applied
-    forged = doc("ctl", **control, metadata={"set": {"action": "evil.z"}})
-    result = await store.insert([forged])
-    assert result.conflicts == (forged,)
+    other = signed_control(key, "evil.z")  # authentic, but its id is taken in acme
+    result = await store.insert([other])
+    assert result.conflicts == (other,)
     assert len(events.updates) == applied  # the conflicting control event changed nothing
 
 
