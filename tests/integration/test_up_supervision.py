@@ -303,3 +303,30 @@ def test_up_restarts_its_servers_and_says_loudly_when_kafka_dies(tmp_path: Path)
         assert stack.proc.wait(120) == 0, stack.output()
     finally:
         stack.close()
+
+
+def test_a_second_sigterm_stops_the_drain_and_says_what_is_lost(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    try:
+        token = stack.wait_ready()
+        pid = _child_pid(stack.proc.pid)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # the restarted worker needs a while to rejoin
+        accepted = post_all(
+            stack.port, token, [f"f-{i:06d}" for i in range(200)], 0.5, time.monotonic() + 60
+        )
+        assert len(accepted) == 200
+        stack.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while "draining:" not in stack.output():
+            assert time.monotonic() < deadline, stack.output()
+            time.sleep(0.1)
+        stack.proc.send_signal(signal.SIGTERM)
+        code = stack.proc.wait(60)
+        output = stack.output()
+        print(output[output.index("stopping …") :])
+        assert code == 1
+        assert re.search(r"stopped before draining: \d+ accepted events were not stored", output)
+        assert "drained" not in output
+    finally:
+        stack.close()
