@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -44,15 +45,63 @@ CORRECTABLE_FIELDS = frozenset(AuditEvent.model_fields) - {"id", "tenant"}
 _NO_LIMITS = Limits(max_metadata_bytes=2**62, max_metadata_depth=2**30)
 _EVENT_FIELDS = frozenset(AuditEvent.model_fields)
 
-REASONS = ("edited", "deleted", "reordered", "inserted", "truncated", "rewritten", "bad_checkpoint")
+REASONS = (
+    "edited",
+    "deleted",
+    "reordered",
+    "inserted",
+    "truncated",
+    "rewritten",
+    "bad_checkpoint",
+    "forged_control",
+    "bad_erasure",
+    "bad_correction",
+)
 
 
 # --- hashing -----------------------------------------------------------------
 
 
-def link(prev_hash: str, content_hash: str) -> str:
-    """``SHA-256(prev ‖ content)`` over the raw 32-byte digests, as hex."""
-    return hashlib.sha256(bytes.fromhex(prev_hash) + bytes.fromhex(content_hash)).hexdigest()
+def link(prev_hash: str, content_hash: str, received_ms: int | None = None) -> str:
+    """``SHA-256(prev ‖ content [‖ received_at])`` over the raw 32-byte digests, as hex.
+
+    ``received_ms`` (``received_at`` in milliseconds since the epoch, 8 bytes
+    big-endian, signed) is in every link the processor seals; a chain sealed
+    before it was added (no third part) still verifies, see :func:`links`.
+    """
+    data = bytes.fromhex(prev_hash) + bytes.fromhex(content_hash)
+    if received_ms is not None:
+        data += received_ms.to_bytes(8, "big", signed=True)
+    return hashlib.sha256(data).hexdigest()
+
+
+def received_ms(value: object) -> int | None:
+    """``received_at`` (a datetime or an RFC 3339 string) in ms, as BSON stores it."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return calendar.timegm(value.utctimetuple()) * 1000 + value.microsecond // 1000
+
+
+def links(prev_hash: str, content_hash: str, doc: dict[str, Any]) -> bool:
+    """Does ``doc``'s stored ``hash`` chain from ``prev_hash`` and its content?
+
+    The processor seals ``link(prev, content, received_at)``; events sealed
+    before ``received_at`` was in the link carry ``link(prev, content)``. Either
+    form verifies, and an edited ``received_at`` matches neither: the stored
+    hash of an event sealed with its ``received_at`` is neither the link of the
+    new time nor the link without one (changing the stored hash breaks the next
+    link — a rewrite, which checkpoints catch).
+    """
+    stored = doc.get("hash")
+    ms = received_ms(doc.get("received_at"))
+    if ms is not None and link(prev_hash, content_hash, ms) == stored:
+        return True
+    return link(prev_hash, content_hash) == stored
 
 
 def event_fields(doc: dict[str, Any]) -> dict[str, Any]:
@@ -86,10 +135,14 @@ def document_content_hash(doc: dict[str, Any]) -> str:
 
 
 def seal(doc: dict[str, Any], seq: int, prev_hash: str) -> str:
-    """Give a new stored document its place in the chain; returns its ``hash``."""
+    """Give a new stored document its place in the chain; returns its ``hash``.
+
+    The link covers the content hash and ``received_at`` (as stored: ms).
+    """
     content = document_content_hash(doc)
-    doc["seq"], doc["content_hash"], doc["hash"] = seq, content, link(prev_hash, content)
-    return str(doc["hash"])
+    hash_ = link(prev_hash, content, received_ms(doc.get("received_at")))
+    doc["seq"], doc["content_hash"], doc["hash"] = seq, content, hash_
+    return hash_
 
 
 def original_view(view: dict[str, Any]) -> dict[str, Any]:
@@ -289,6 +342,8 @@ def control_problem(fields: dict[str, Any], keys: Mapping[str, Ed25519PublicKey]
     ):
         return "no proof (metadata.proof {kid, sig}) that the API issued it"
     key = keys.get(proof["kid"])
+    if key is None and not keys:
+        return "no control public key is configured to check its proof"
     if key is None:
         return f"signed by unknown key id {proof['kid'][:64]!r}"
     try:
@@ -333,6 +388,7 @@ class Report:
     ok: bool = True
     checked: int = 0
     first_bad_seq: int | None = None
+    first_bad_id: str | None = None  # the bad event's id (None: it is missing)
     reason: str | None = None
     detail: str | None = None
     head_seq: int = 0
@@ -343,8 +399,9 @@ class Report:
     latest_checkpoint_seq: int = 0
     unsigned_tail: int = 0
 
-    def fail(self, seq: int, reason: str, detail: str) -> Report:
+    def fail(self, seq: int, reason: str, detail: str, event_id: object = None) -> Report:
         self.ok, self.first_bad_seq, self.reason, self.detail = False, seq, reason, detail
+        self.first_bad_id = None if event_id is None else str(event_id)
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -391,6 +448,99 @@ def _content_of(doc: dict[str, Any]) -> tuple[str | None, str]:
         return None, str(exc)
 
 
+ControlLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+def event_id_of(doc: dict[str, Any]) -> str | None:
+    """The client's id of a stored document (``_id`` in the layout before per-tenant ids)."""
+    value = doc.get("id", doc.get("_id"))
+    return None if value is None else str(value)
+
+
+def _control_target_of(doc: dict[str, Any]) -> str | None:
+    for target in doc.get("targets") or ():
+        if isinstance(target, dict) and target.get("type") == "audit_event":
+            return str(target.get("id"))
+    return None
+
+
+async def _authentic_control(
+    control_id: object,
+    action: str,
+    after_seq: int,
+    lookup: ControlLookup,
+    keys: Mapping[str, Ed25519PublicKey],
+) -> tuple[dict[str, Any] | None, str]:
+    """The stored control event ``control_id`` if it is an authentic ``action``, else why not."""
+    if not isinstance(control_id, str):
+        return None, "it names no control event"
+    control = await lookup(control_id)
+    if control is None:
+        return None, f"no control event {control_id!r} in the chain"
+    if control.get("action") != action or control.get("erased"):
+        return None, f"event {control_id!r} is not a {action.rsplit('.', 1)[-1]} control event"
+    if not isinstance(control.get("seq"), int) or control["seq"] <= after_seq:
+        return None, f"control event {control_id!r} is not later in the chain"
+    try:
+        if document_content_hash(control) != control.get("content_hash"):
+            return None, f"control event {control_id!r} was edited"
+    except ValueError as exc:
+        return None, f"control event {control_id!r}: {exc}"
+    problem = control_problem(event_fields(control), keys)
+    if problem is not None:
+        return None, f"control event {control_id!r}: {problem}"
+    return control, ""
+
+
+async def _control_defect(
+    doc: dict[str, Any], lookup: ControlLookup | None, keys: Mapping[str, Ed25519PublicKey]
+) -> tuple[str, str] | None:
+    """(reason, detail) when ``doc``'s control fields are not backed by authentic events.
+
+    - a stored event in the reserved namespace must carry a valid proof;
+    - an erased event must name an authentic erasure, later in the chain, that
+      targets it (an erased correction: that targets what the correction did);
+    - every correction record must name an authentic correction of this event
+      that sets exactly what the record says.
+    """
+    seq, own_id = int(doc["seq"]), event_id_of(doc)
+    erased = doc.get("erased")
+    if not erased and is_reserved(doc.get("action")):
+        problem = control_problem(event_fields(doc), keys)
+        if problem is not None:
+            return "forged_control", f"control event {own_id!r}: {problem}"
+    if lookup is None:
+        return None
+    if erased:
+        record = erased if isinstance(erased, dict) else {}
+        control, why = await _authentic_control(
+            record.get("event_id"), ERASED_ACTION, seq, lookup, keys
+        )
+        if control is None:
+            return "bad_erasure", f"event {own_id!r} is erased but {why}"
+        target = _control_target_of(control)
+        # an erased correction keeps its targets: the event whose erasure took it along
+        subject = _control_target_of(doc) if doc.get("action") == CORRECTED_ACTION else own_id
+        if target is None or target != subject:
+            return "bad_erasure", (
+                f"event {own_id!r} is erased by {record.get('event_id')!r}, which erases {target!r}"
+            )
+    for record in doc.get("corrections") or ():
+        record = record if isinstance(record, dict) else {}
+        control, why = await _authentic_control(
+            record.get("event_id"), CORRECTED_ACTION, seq, lookup, keys
+        )
+        if control is None:
+            return "bad_correction", f"a correction of {own_id!r}: {why}"
+        wanted = (control.get("metadata") or {}).get("set")
+        if _control_target_of(control) != own_id or wanted != record.get("set"):
+            return "bad_correction", (
+                f"the correction record {record.get('event_id')!r} of {own_id!r}"
+                " differs from the correction event it names"
+            )
+    return None
+
+
 async def verify_chain(
     tenant: str,
     docs: AsyncIterator[dict[str, Any]],
@@ -401,46 +551,66 @@ async def verify_chain(
     prev_hash: str = GENESIS,
     to_end: bool = True,
     on_progress: Callable[[int], None] | None = None,
+    control_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    controls: ControlLookup | None = None,
 ) -> Report:
     """Walk ``docs`` (one tenant, sorted by ``(seq, _id)``) in constant memory.
 
     Recomputes every content hash (erased documents: the stored one is
-    trusted), checks every link and every checkpoint signature, that the store
-    agrees with each signed checkpoint and — when ``to_end`` — that it reaches
-    the latest one. Stops at the first defect, naming its seq and reason.
-    ``start_seq``/``prev_hash`` verify a slice that starts mid-chain.
+    trusted), checks every link (which covers ``received_at``) and every
+    checkpoint signature, that the store agrees with each signed checkpoint and
+    — when ``to_end`` — that it reaches the latest one. With ``control_keys``
+    it also checks every control event's proof and, with ``controls`` (looks a
+    stored event of this tenant up by id), that every erasure and correction
+    record is backed by an authentic control event. Stops at the first defect,
+    naming its seq, the event's id and the reason. ``start_seq``/``prev_hash``
+    verify a slice that starts mid-chain.
     """
     report = Report(tenant)
     cps = _check_checkpoints(report, tenant, checkpoints, public_key)
     if cps is None:
         return report
     expected, prev = start_seq, prev_hash
+    last_signed = start_seq - 1  # the highest seq a checkpoint confirmed so far
     it = aiter(docs)
     cur = await anext(it, None)
     while cur is not None:
         nxt = await anext(it, None)
-        seq = cur.get("seq")
+        seq, cid = cur.get("seq"), event_id_of(cur)
         if not isinstance(seq, int):
-            return report.fail(expected, "edited", f"event {cur.get('_id')} has no seq")
+            return report.fail(expected, "edited", f"event {cid!r} has no seq", cid)
         if seq < expected:
-            return report.fail(seq, "inserted", f"a second event ({cur.get('_id')}) claims seq")
+            return report.fail(seq, "inserted", f"a second event ({cid!r}) claims seq", cid)
         if seq > expected:
             gap = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
             return report.fail(expected, "deleted", f"seq {gap} missing")
         if nxt is not None and nxt.get("seq") == seq:
-            return report.fail(seq, "inserted", f"events {cur.get('_id')} and {nxt.get('_id')}")
+            other = event_id_of(nxt)
+            return report.fail(seq, "inserted", f"events {cid!r} and {other!r}", other)
         content, why = _content_of(cur)
         if content is None:
-            return report.fail(seq, "edited", why)
+            return report.fail(seq, "edited", why, cid)
         if content != cur.get("content_hash"):
-            return report.fail(seq, "edited", "content differs from its content_hash")
-        if link(prev, content) != cur.get("hash"):
+            return report.fail(seq, "edited", "content differs from its content_hash", cid)
+        if not links(prev, content, cur):
             if nxt is not None and _links_from(prev, nxt):
-                return report.fail(seq, "reordered", f"seq {seq + 1} chains from seq {seq - 1}")
-            return report.fail(seq, "edited", f"hash does not chain from seq {seq - 1}")
+                detail = f"seq {seq + 1} chains from seq {seq - 1}"
+                return report.fail(seq, "reordered", detail, cid)
+            detail = f"hash does not chain from seq {seq - 1} (or received_at was changed)"
+            return report.fail(seq, "edited", detail, cid)
         signed = cps.by_seq.get(seq)
         if signed is not None and signed != cur["hash"]:
-            return report.fail(seq, "rewritten", f"chain differs from the signed checkpoint {seq}")
+            detail = (
+                f"chain differs from the signed checkpoint {seq}: an event in seq"
+                f" {last_signed + 1}..{seq} was changed and the rest re-hashed"
+            )
+            return report.fail(seq, "rewritten", detail, cid)
+        if signed is not None:
+            last_signed = seq
+        if control_keys is not None:
+            defect = await _control_defect(cur, controls, control_keys)
+            if defect is not None:
+                return report.fail(seq, defect[0], defect[1], cid)
         report.erased += bool(cur.get("erased"))
         report.corrected += bool(cur.get("corrections"))
         prev, expected = cur["hash"], seq + 1
@@ -462,11 +632,7 @@ async def verify_chain(
 
 def _links_from(prev: str, doc: dict[str, Any]) -> bool:
     content, _ = _content_of(doc)
-    return (
-        content is not None
-        and content == doc.get("content_hash")
-        and (link(prev, content) == doc.get("hash"))
-    )
+    return content is not None and content == doc.get("content_hash") and links(prev, content, doc)
 
 
 Probe = Callable[[int], Awaitable[dict[str, Any] | None]]

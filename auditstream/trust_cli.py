@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from audit_events.chain import (
+    control_keys,
     find_head,
     generate_keypair,
     load_private_key,
@@ -120,7 +121,14 @@ async def _verify(
                     done = n
 
                 report = await verify_tenant(
-                    events, name, checkpoints, key, since=since, until=until, on_progress=progress
+                    events,
+                    name,
+                    checkpoints,
+                    key,
+                    since=since,
+                    until=until,
+                    on_progress=progress,
+                    control_keys=control_keys(settings),
                 )
             if out is not None:
                 out.close()
@@ -138,7 +146,9 @@ async def _verify(
             else:
                 all_ok = False
                 click.secho(
-                    f"BAD {name}: first bad seq {report.first_bad_seq}: {report.reason} "
+                    f"BAD {name}: first bad seq {report.first_bad_seq}"
+                    + (f" (event {report.first_bad_id})" if report.first_bad_id else "")
+                    + f": {report.reason} "
                     f"({report.detail}); {report.checked} events verified before it",
                     fg="red",
                 )

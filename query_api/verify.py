@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pymongo.asynchronous.collection import AsyncCollection
 from quart import Blueprint, Response, current_app, g, request
 
@@ -27,6 +28,7 @@ from audit_events.chain import (
     Report,
     TrustedKeys,
     checkpoint_keys,
+    control_keys,
     find_head,
     first_seq_where,
     key_id,
@@ -38,7 +40,7 @@ from audit_events.chain import (
 )
 from audit_events.codec import _parse_time
 from audit_events.settings import AuditSettings
-from audit_events.storage import CHECKPOINTS_COLLECTION
+from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import single_values
@@ -122,8 +124,14 @@ async def verify_tenant(
     since: datetime | None = None,
     until: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
+    control_keys: Mapping[str, Ed25519PublicKey] | None = None,
 ) -> Report:
-    """Walk ``tenant``'s stored chain (optionally the slice received in [since, until))."""
+    """Walk ``tenant``'s stored chain (optionally the slice received in [since, until)).
+
+    With ``control_keys`` (the control-event public keys by key id), every
+    control event's proof is checked, and every erasure and correction must be
+    backed by an authentic control event in the store (point lookups by id).
+    """
     start_seq, prev, end_seq = 1, GENESIS, None
     if since is not None or until is not None:
         probe, exact = seq_probes(events, tenant, {"seq": 1, "hash": 1, "received_at": 1})
@@ -150,7 +158,19 @@ async def verify_tenant(
         prev_hash=prev,
         to_end=end_seq is None,
         on_progress=on_progress,
+        control_keys=control_keys,
+        controls=_lookup(events, tenant),
     )
+
+
+def _lookup(
+    events: AsyncCollection[dict[str, Any]], tenant: str
+) -> Callable[[str], Awaitable[dict[str, Any] | None]]:
+    async def find(event_id: str) -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = await events.find_one({"_id": event_key(tenant, event_id)})
+        return doc
+
+    return find
 
 
 async def gather_checkpoints(
@@ -185,7 +205,15 @@ async def verify() -> Response:
     events = current_app.config["AUDITSTREAM_SERVICES"].events
     checkpoints, sources = await gather_checkpoints(settings, events, tenant)
     keys = checkpoint_keys(settings)  # current + retired, by key id
-    report = await verify_tenant(events, tenant, checkpoints, keys, since=since, until=until)
+    report = await verify_tenant(
+        events,
+        tenant,
+        checkpoints,
+        keys,
+        since=since,
+        until=until,
+        control_keys=control_keys(settings),
+    )
     body = {**report.as_dict(), "checkpoint_sources": sources, **_signed(report, bool(keys))}
     return Response(orjson.dumps(body), content_type="application/json")
 

@@ -81,8 +81,9 @@ def _record(control: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _erase_update(record: dict[str, Any]) -> dict[str, Any]:
-    return {"$unset": {f: "" for f in (*ERASED_FIELDS, "corrections")}, "$set": {"erased": record}}
+def _erase_update(record: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    unset = {f: "" for f in (*ERASED_FIELDS, "corrections") if f not in keep}
+    return {"$unset": unset, "$set": {"erased": record}}
 
 
 class ControlApplier:
@@ -145,13 +146,11 @@ class ControlApplier:
     async def _erase(
         self, control: dict[str, Any], target: dict[str, Any]
     ) -> dict[str, Any] | None:
-        update = _erase_update(_record(control))
-        result = await self._coll.update_one(
-            {"_id": target["_id"], "tenant": target["tenant"], "erased": {"$exists": False}},
-            update,
-        )
+        record = _record(control)
         # Corrections of the erased event carry its payload: erase them too
-        # (filter on the tenant_target_time index prefix).
+        # (filter on the tenant_target_time index prefix). They keep ``targets``
+        # (the erased event's id), so verify can tell which erasure took them.
+        # First, so a crash before the target's own update redoes both.
         await self._coll.update_many(
             {
                 "tenant": target["tenant"],
@@ -160,6 +159,10 @@ class ControlApplier:
                 "action": CORRECTED_ACTION,
                 "erased": {"$exists": False},
             },
-            update,
+            _erase_update(record, keep=("targets",)),
+        )
+        result = await self._coll.update_one(
+            {"_id": target["_id"], "tenant": target["tenant"], "erased": {"$exists": False}},
+            _erase_update(record),
         )
         return target if result.modified_count else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -10,13 +10,14 @@ import pytest
 from pydantic import SecretStr
 
 from audit_events import chain
-from audit_events.codec import event_wire_dict
+from audit_events.codec import event_to_document, event_wire_dict
 from audit_events.schema import AuditEvent, Limits
 from audit_events.settings import AuditSettings, SettingsError
 from stream_processor.checkpoints import Checkpointer, idle_period
 from stream_processor.control import ControlGate
 from stream_processor.decode import decode_batch
 from stream_processor.records import Record
+from tests.unit.test_chain import T0, build
 
 pytestmark = pytest.mark.unit
 PRIVATE, PUBLIC = chain.generate_keypair()
@@ -215,3 +216,114 @@ def test_up_generates_a_dev_control_key_once_and_the_public_keys_for_everyone(
     env = dev_control_env(configured, tmp_path)
     assert env[CONTROL_SIGNING_ENV] == PRIVATE
     assert orjson.loads(env["AUDITSTREAM_CONTROL_PUBLIC_KEYS"]) == [OLD_PUBLIC, PUBLIC]
+
+
+# --- verify: erasures, corrections and control events against their proofs ----
+
+
+def _chain_with_controls() -> list[dict[str, Any]]:
+    """e0000..e0004, then an API-signed erasure of e0001 and correction of e0002 (applied)."""
+    docs = build(5)
+    key = chain.load_private_key(PRIVATE)
+    for i, (action, target, extra) in enumerate(
+        [
+            (chain.ERASED_ACTION, "e0001", {}),
+            (chain.CORRECTED_ACTION, "e0002", {"metadata": {"set": {"description": "fixed"}}}),
+        ]
+    ):
+        fields = event_wire_dict(
+            AuditEvent.model_validate(
+                {
+                    "id": f"ctl{i}",
+                    "tenant": "acme",
+                    "action": action,
+                    "targets": [{"type": "audit_event", "id": target}],
+                    "description": "why",
+                    **extra,
+                }
+            )
+        )
+        doc = event_to_document(AuditEvent.model_validate(chain.sign_control(key, fields)), T0)
+        chain.seal(doc, len(docs) + 1, docs[-1]["hash"])
+        docs.append(doc)
+    erased = {"event_id": "ctl0", "by": "admin", "at": T0, "reason": "why"}
+    for name in chain.ERASED_FIELDS:
+        docs[1].pop(name, None)
+    docs[1]["erased"] = erased
+    docs[2]["corrections"] = [
+        {"event_id": "ctl1", "set": {"description": "fixed"}, "previous": {"description": None}}
+    ]
+    return docs
+
+
+async def verify_docs(docs: list[dict[str, Any]], keys: Any = KEYS) -> chain.Report:
+    by_id = {chain.event_id_of(d): d for d in docs}
+
+    async def lookup(event_id: str) -> dict[str, Any] | None:
+        return by_id.get(event_id)
+
+    return await chain.verify_chain(
+        "acme",
+        chain.aiter_list(sorted(docs, key=lambda d: d["seq"])),
+        [],
+        None,
+        control_keys=keys,
+        controls=lookup,
+    )
+
+
+async def test_authentic_erasures_and_corrections_verify() -> None:
+    report = await verify_docs(_chain_with_controls())
+    assert (report.ok, report.checked, report.erased, report.corrected) == (True, 7, 1, 1)
+
+
+async def test_a_hand_made_or_borrowed_erasure_is_reported_with_id_and_seq() -> None:
+    docs = _chain_with_controls()
+    for name in chain.ERASED_FIELDS:
+        docs[3].pop(name, None)
+    docs[3]["erased"] = {"event_id": "nothing", "by": "mallory"}
+    report = await verify_docs(docs)
+    assert (report.ok, report.first_bad_seq, report.first_bad_id, report.reason) == (
+        False,
+        4,
+        "e0003",
+        "bad_erasure",
+    )
+    docs[3]["erased"] = dict(docs[1]["erased"])  # the real erasure of e0001
+    report = await verify_docs(docs)
+    assert (report.first_bad_id, report.reason) == ("e0003", "bad_erasure")
+    assert "which erases 'e0001'" in (report.detail or "")
+
+
+async def test_a_correction_record_must_match_its_signed_correction() -> None:
+    docs = _chain_with_controls()
+    docs[2]["corrections"][0]["set"] = {"description": "something else"}
+    report = await verify_docs(docs)
+    assert (report.first_bad_seq, report.first_bad_id, report.reason) == (
+        3,
+        "e0002",
+        "bad_correction",
+    )
+    docs = _chain_with_controls()
+    docs[4]["corrections"] = [{"event_id": "ctl1", "set": {"description": "fixed"}}]
+    assert (await verify_docs(docs)).reason == "bad_correction"  # ctl1 targets e0002
+
+
+async def test_stored_control_events_need_a_known_key() -> None:
+    report = await verify_docs(_chain_with_controls(), keys={})
+    assert (report.first_bad_seq, report.reason) == (2, "bad_erasure")  # e0001's erasure
+    assert "no control public key" in (report.detail or "")
+
+
+async def test_received_at_is_in_the_link_and_old_links_still_verify() -> None:
+    docs = build(4)
+    docs[2]["received_at"] += timedelta(milliseconds=1)
+    report = await verify_docs(docs)
+    assert (report.first_bad_seq, report.first_bad_id, report.reason) == (3, "e0002", "edited")
+    old = build(4)  # sealed before received_at was in the link
+    prev = chain.GENESIS
+    for doc in old:
+        doc["hash"] = prev = chain.link(prev, doc["content_hash"])
+    assert (await verify_docs(old)).ok
+    old[1]["hash"] = chain.link(old[0]["hash"], old[1]["content_hash"], 0)
+    assert (await verify_docs(old)).reason == "edited"

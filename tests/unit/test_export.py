@@ -9,7 +9,14 @@ from typing import Any
 import orjson
 import pytest
 
-from query_api.export import CSV_COLUMNS, CsvChunker, csv_row, ndjson_line, spreadsheet_safe
+from query_api.export import (
+    CSV_COLUMNS,
+    CsvChunker,
+    csv_row,
+    export_view,
+    ndjson_line,
+    spreadsheet_safe,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -125,3 +132,30 @@ def test_ndjson_line_is_one_json_object() -> None:
     line = ndjson_line(FULL)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert orjson.loads(line) == FULL
+
+
+def test_an_erased_event_exports_as_a_tombstone_and_csv_gets_an_erased_column() -> None:
+    stored = {
+        "_id": "acme/e1",
+        "id": "e1",
+        "tenant": "acme",
+        "action": "user.login",
+        "seq": 4,
+        "content_hash": "a" * 64,
+        "hash": "b" * 64,
+        "source": {"service": "auth"},  # left by the erasure; not exported
+        "erased": {"event_id": "x1", "by": "admin", "at": "2026-01-01T00:00:00Z", "reason": "r"},
+    }
+    view = export_view(stored)
+    assert set(view) == {"id", "tenant", "seq", "action", "content_hash", "hash", "erased"}
+    assert view["id"] == "e1"
+    chunker = CsvChunker(erased_column=True)
+    chunker.header()
+    chunker.add(view)
+    chunker.add(FULL)
+    header, tomb, plain = list(csv.reader(io.StringIO(chunker.take().decode(), newline="")))
+    assert header == [*CSV_COLUMNS, "erased"]
+    cells = dict(zip(header, tomb, strict=True))
+    assert orjson.loads(cells["erased"])["reason"] == "r" and cells["actor_id"] == ""
+    assert cells["seq"] == "4" and cells["source_service"] == ""
+    assert plain[-1] == ""  # an event that is not erased
