@@ -170,6 +170,21 @@ class AuditSettings(BaseSettings):
         " the processor and verifiers accept, chosen by key id (JSON list; rotation: old + new).",
     )
 
+    @field_validator("control_signing_key")
+    @classmethod
+    def _control_signing_key_is_ed25519(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # an empty variable means unset (a service that must not sign)
+        _check_raw_key(value.get_secret_value(), "private")
+        return value
+
+    @field_validator("control_public_keys")
+    @classmethod
+    def _control_public_keys_are_ed25519(cls, value: list[str]) -> list[str]:
+        for key in value:
+            _check_raw_key(key, "public")
+        return value
+
     # --- Hostile input and store outages (helper E, issue 14) -------------
     dlq_max_record_bytes: int = Field(
         512 * 1024,

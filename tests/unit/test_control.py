@@ -7,12 +7,12 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from audit_events import chain
 from audit_events.codec import event_to_document, event_wire_dict
 from audit_events.schema import AuditEvent, Limits
-from audit_events.settings import AuditSettings, SettingsError
+from audit_events.settings import AuditSettings
 from stream_processor.checkpoints import Checkpointer, idle_period
 from stream_processor.control import ControlGate
 from stream_processor.decode import decode_batch
@@ -94,8 +94,11 @@ def test_control_keys_from_settings_by_key_id() -> None:
     )
     assert set(chain.control_keys(settings)) == {chain.key_id(PUBLIC), chain.key_id(OLD_PUBLIC)}
     assert chain.control_keys(AuditSettings()) == {}
-    with pytest.raises(SettingsError, match="CONTROL_PUBLIC_KEYS"):
-        chain.control_keys(AuditSettings(control_public_keys=["bm90IGEga2V5"]))
+    with pytest.raises(ValidationError, match="control_public_keys"):
+        AuditSettings(control_public_keys=["bm90IGEga2V5"])
+    with pytest.raises(ValidationError, match="control_signing_key"):
+        AuditSettings(control_signing_key=SecretStr("REPLACE-ME"))
+    assert AuditSettings(control_signing_key=SecretStr("")).control_signing_key is None
 
 
 def record(value: dict[str, Any], offset: int = 0) -> Record:
