@@ -155,6 +155,20 @@ def _accepted(control: AuditEvent, event_id: str) -> Response:
     return resp
 
 
+# Objects a correction amends field by field: ``{"actor": {"id": "u-2"}}`` keeps
+# the actor's type and name (it replaced the whole actor, dropping its type).
+MERGED_FIELDS = ("actor", "source", "context")
+
+
+def _merged(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(changes)
+    for name in MERGED_FIELDS:
+        old, new = current.get(name), changes.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out[name] = {**old, **new}
+    return out
+
+
 @bp.put("/v1/events/<event_id>")
 @require_scope("events:admin")
 async def correct_event(event_id: str) -> Response:
@@ -172,6 +186,7 @@ async def correct_event(event_id: str) -> Response:
     target = await _target(event_id, tenant)
     if target.get("erased"):
         raise Problem(409, f"event {event_id!r} was erased; it cannot be corrected")
+    changes = _merged(corrected_view(target), changes)
     settings = _settings()
     limits = limits_from(settings)
     try:  # the corrected view must still be a valid event
