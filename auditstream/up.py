@@ -138,6 +138,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     click.secho("auditstream up — starting the pipeline", bold=True)
     embedded: list[Server] = []
     worker: Server | None = None
+    archiver: Server | None = None
     api: Server | None = None
     try:
         for role, url, factory in (
@@ -164,6 +165,14 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
             [python, "-m", "auditstream", "processor"],
             data_dir / "logs" / "processor.log",
         )
+        archiver = Server(  # issue 16: the archive under <data dir>/archive
+            "archiver",
+            "archiver",
+            0,
+            "",
+            [python, "-m", "auditstream", "archiver"],
+            data_dir / "logs" / "archiver.log",
+        )
         api = Server(
             "api",
             "query API",
@@ -172,7 +181,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
             [python, "-m", "auditstream", "api"],
             data_dir / "logs" / "api.log",
         )
-        for proc in (worker, api):
+        for proc in (worker, archiver, api):
             t = _step(f"starting the {proc.name}")
             _spawn(proc, env)
             started.append(proc)
@@ -195,7 +204,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     except EmbeddedError as exc:
         click.secho(f"\nerror: {exc}", fg="red", err=True)
         return _shutdown(started, 1)
-    supervisor = Supervisor(env, embedded, [worker, api])
+    supervisor = Supervisor(env, embedded, [worker, archiver, api])
     try:
         while True:
             supervisor.check()

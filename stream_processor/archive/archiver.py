@@ -36,7 +36,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
+from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
+from audit_events.topic_admin import ensure_topics
 from stream_processor.archive import files
 from stream_processor.archive.epochs import Start, decide, probe, record_of
 from stream_processor.archive.manifest import SEGMENTS, Entry, Manifest, segment_path
@@ -177,17 +179,23 @@ class Archiver:
             self.manifest.cut_torn_tail()
             for path in clean_unpublished(self.root, self.manifest):
                 log.warning("removed unpublished file %s (an interrupted write)", path)
+            try:  # as the processor and the API do: the topics exist from the spec
+                await ensure_topics(self.settings)
+            except Exception as exc:  # e.g. not allowed to create: archive what exists
+                log.warning("could not create the topics: %s", exc)
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.settings.kafka_bootstrap,
                 group_id=self.settings.archiver_group,
                 enable_auto_commit=False,
                 auto_offset_reset="none",
                 max_partition_fetch_bytes=4 * 1024 * 1024,
+                **kafka_client_options(self.settings),
             )
             await consumer.start()
             self._consumer = consumer
             try:
                 await self._loop(consumer, stop)
+                await self._drain(consumer)
             finally:
                 with contextlib.suppress(Exception):
                     await self._close([tp for tp, b in self.buffers.items() if b.lines])
@@ -202,7 +210,7 @@ class Archiver:
             if now >= next_check:
                 await self._assign_new(consumer)
                 await self._lag(consumer)
-                next_check = now + 5.0
+                next_check = now + (5.0 if self.buffers else 0.5)
             if not self.buffers:
                 await _wait(stop, 1.0)
                 continue
@@ -228,13 +236,39 @@ class Archiver:
             if due:
                 await self._close(due)
 
+    async def _drain(self, consumer: AIOKafkaConsumer, seconds: float = 10.0) -> None:
+        """At stop: take what the topics hold now (up to ``seconds``), then publish it.
+
+        An embedded broker forgets everything when it stops after us; what the
+        archive lacks then is lost for replay.
+        """
+        deadline = time.monotonic() + seconds
+        quiet = 0
+        while self.buffers and quiet < 2 and time.monotonic() < deadline:
+            try:
+                fetched = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            except OffsetOutOfRangeError:
+                break
+            quiet = 0 if fetched else quiet + 1
+            for tp, messages in fetched.items():
+                buf = self.buffers.get(tp)
+                if buf is None:
+                    continue
+                for m in messages:
+                    buf.add(record_of(m), int(getattr(m, "timestamp_type", 0) or 0))
+        await self._close([tp for tp, b in self.buffers.items() if b.lines])
+        log.info("stopped; %d segments in the manifest", len(self.manifest.entries))
+
     async def _assign_new(self, consumer: AIOKafkaConsumer) -> None:
         """Assign partitions that appeared (topics created after start) and place them."""
-        await consumer.topics()  # refresh metadata
+        # A fresh view of the cluster: consumer.topics() fetches one but keeps only the
+        # names, and partitions_for_topic() reads the client's cached view, which
+        # does not learn of topics created after the start.
+        cluster = await consumer._client.fetch_all_metadata()
         known = set(self.buffers)
         found: set[TopicPartition] = set()
         for topic in self.topics:
-            for p in consumer.partitions_for_topic(topic) or ():
+            for p in cluster.partitions_for_topic(topic) or ():
                 found.add(TopicPartition(topic, p))
         new = sorted(found - known)
         if not new:
@@ -256,6 +290,13 @@ class Archiver:
                 )
                 self.metrics.epochs.labels(tp.topic).inc()
             self.buffers[tp] = Buffer(start.epoch, start.offset, start.reason)
+            log.info(
+                "%s/%d: archiving epoch %d from offset %d",
+                tp.topic,
+                tp.partition,
+                start.epoch,
+                start.offset,
+            )
             consumer.seek(tp, start.offset)
 
     async def _restart(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:

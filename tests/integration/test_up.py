@@ -46,6 +46,7 @@ def test_up_starts_everything_refuses_a_second_and_stops_clean(tmp_path: Path) -
         "AUDITSTREAM_DATA_DIR": str(tmp_path / "state"),
         "AUDITSTREAM_API_PORT": str(port),
         "AUDITSTREAM_PROCESSOR_METRICS_PORT": "0",
+        "AUDITSTREAM_ARCHIVER_METRICS_PORT": "0",
     }
     log = open(tmp_path / "up.out", "w+b")  # noqa: SIM115
     up = subprocess.Popen(
@@ -64,7 +65,7 @@ def test_up_starts_everything_refuses_a_second_and_stops_clean(tmp_path: Path) -
         output = (tmp_path / "up.out").read_text()
         token = output.split("export TOKEN=")[1].split()[0]
         children = _children(up.pid)
-        assert len(children) == 5, children  # kafka, mongodb, redis, processor, api
+        assert len(children) == 6, children  # kafka, mongodb, redis, processor, archiver, api
 
         body = json.dumps(
             {
@@ -111,6 +112,15 @@ def test_up_starts_everything_refuses_a_second_and_stops_clean(tmp_path: Path) -
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
         assert [pid for pid in children if _alive(pid)] == []
+        # the archiver published what it held at SIGTERM: the event is in the archive
+        from stream_processor.archive.reader import ArchiveReader
+        from stream_processor.archive.verify import verify_archive
+
+        archive = tmp_path / "state" / "archive"
+        assert verify_archive(archive).ok
+        reader = ArchiveReader(archive)
+        values = [r.value or b"" for r in reader.records(reader.manifest.entries)]
+        assert any(event_id.encode() in v for v in values), values
     finally:
         if up.poll() is None:
             up.kill()
