@@ -9,7 +9,9 @@ a crash of the worker (DESIGN.md: no record stops the pipeline).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -85,7 +87,25 @@ def _decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | 
         # Not "now" (the schema's default): a redelivery or replay of the record
         # must hash the same, or it would read as another event with the same id.
         event = event.model_copy(update={"occurred_at": received})
+    if "id" not in event.model_fields_set:
+        # Likewise for the id (the schema's default is a fresh UUIDv7): derive it
+        # from where the record sits in the log and what it holds, so a
+        # redelivery or replay finds the stored event instead of adding a copy.
+        event = event.model_copy(
+            update={"id": record_event_id(record.partition, record.offset, ts, value)}
+        )
     return event_to_document(event, received)
+
+
+def record_event_id(partition: int, offset: int, timestamp_ms: int, value: bytes) -> str:
+    """A stable id for a record that carries none: the same record, the same id.
+
+    The topic name is left out (a replay may read a renamed topic); the value and
+    timestamp are in, so a broker whose offsets start over (a new epoch) never
+    gives an earlier event's id to a different record.
+    """
+    digest = hashlib.sha256(f"{partition}:{offset}:{timestamp_ms}:".encode() + value).digest()
+    return str(uuid.UUID(bytes=digest[:16]))
 
 
 def decode_batch(
