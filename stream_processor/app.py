@@ -35,7 +35,7 @@ from audit_events.schema import limits_from
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.topics import topic_spec
 from stream_processor.batching import BatchLoop
-from stream_processor.chain import open_chain_store, topic_publisher
+from stream_processor.chain import OldLayout, open_chain_store, topic_publisher
 from stream_processor.checkpoints import idle_period
 from stream_processor.control import ControlGate
 from stream_processor.flush import FlushPolicy
@@ -205,6 +205,8 @@ def create_app(
         while True:
             try:
                 return await open_clients()
+            except OldLayout as exc:  # not an outage: retrying cannot fix it
+                _exit_without_commit(str(exc))
             except Exception as exc:
                 attempt += 1
                 if retry.should_give_up(started, time.monotonic()):
