@@ -94,7 +94,7 @@ async def _verify(
 ) -> bool:
     from pymongo import AsyncMongoClient
 
-    from query_api.verify import gather_checkpoints, verify_tenant
+    from query_api.verify import gather_checkpoints, known_tenants, verify_tenant
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(  # long walks: ops unbounded
         settings.mongo_uri, tz_aware=True, **mongo_client_options(settings, operations=False)
@@ -105,7 +105,7 @@ async def _verify(
         click.secho("warning: no checkpoint public key configured", fg="yellow", err=True)
     all_ok = True
     try:
-        tenants = [tenant] if tenant else sorted(await events.distinct("tenant"))
+        tenants = [tenant] if tenant else await known_tenants(settings, events)
         for name in tenants:
             checkpoints, sources = await gather_checkpoints(settings, events, name)
             head = await find_head(*seq_probes(events, name, {"seq": 1}))

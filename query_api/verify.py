@@ -173,6 +173,22 @@ def _lookup(
     return find
 
 
+async def known_tenants(
+    settings: AuditSettings, events: AsyncCollection[dict[str, Any]]
+) -> list[str]:
+    """Every tenant with stored events *or* a signed checkpoint (MongoDB or Kafka copy).
+
+    A tenant whose events were all deleted has no events left to list, but its
+    checkpoints still name it: verify then reports it ``truncated``.
+    """
+    names = set(await events.distinct("tenant"))
+    names |= set(await events.database[CHECKPOINTS_COLLECTION].distinct("tenant"))
+    for cp in await kafka_checkpoints(settings) or ():
+        if isinstance(cp.get("tenant"), str):
+            names.add(cp["tenant"])
+    return sorted(names)
+
+
 async def gather_checkpoints(
     settings: AuditSettings, events: AsyncCollection[dict[str, Any]], tenant: str
 ) -> tuple[list[dict[str, Any]], dict[str, int | None]]:

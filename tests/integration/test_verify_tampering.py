@@ -177,3 +177,9 @@ async def test_verify_catches_what_it_missed(
         "recent tail rewritten": (False, 16, "b-004", "rewritten"),
     }
     assert (await verdict())["ok"] is True  # everything undone
+
+    # every event of the tenant deleted: the CLI still finds it by its checkpoints
+    await store.delete_many({"tenant": "acme"})
+    cli = _cli(settings, "verify", "--quiet")
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    assert "BAD acme: first bad seq 1: truncated" in cli.stdout, cli.stdout
