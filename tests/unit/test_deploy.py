@@ -28,7 +28,7 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 ENV_EXAMPLE = ROOT / ".env.example"
 PREFIX = "AUDITSTREAM_"
 VAR_RE = re.compile(r"\bAUDITSTREAM_[A-Z0-9_]+\b")
-APP_SERVICES = ("processor", "api")
+APP_SERVICES = ("processor", "archiver", "api")
 DATA_SERVICES = ("kafka", "mongo", "redis")
 
 
@@ -258,6 +258,30 @@ def test_compose_processor_runs_two_replicas_and_api_publishes_8080() -> None:
 
 
 @pytest.mark.unit
+def test_archiver_runs_once_on_a_persistent_volume_in_compose_and_k8s() -> None:
+    """One archiver per archive (a lock file); its archive (<data dir>/archive) must
+    outlive the container: a named volume in compose, a PersistentVolumeClaim in k8s."""
+    archiver = _services()["archiver"]
+    assert archiver["command"] == ["auditstream", "archiver"]
+    assert archiver["deploy"]["replicas"] == 1
+    assert "archive-data:/var/lib/auditstream" in archiver["volumes"]
+    assert _environment(archiver)["AUDITSTREAM_DATA_DIR"] == "/var/lib/auditstream"
+    assert "9109/healthz" in " ".join(archiver["healthcheck"]["test"])
+    deployment = _deployment("archiver")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    container = _container(deployment)
+    assert container["command"] == ["auditstream", "archiver"]
+    assert _probe_port(container, container["livenessProbe"]["httpGet"]["port"]) == 9109
+    (claim,) = _k8s("PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    (config,) = _k8s("ConfigMap")
+    data = volumes[mounts[config["data"]["AUDITSTREAM_DATA_DIR"]]]
+    assert data["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+@pytest.mark.unit
 def test_compose_kafka_is_kraft_with_idempotent_producers() -> None:
     services = _services()
     kafka = _environment(services["kafka"])
@@ -479,7 +503,7 @@ def test_dockerfile_installs_runtime_only() -> None:
 def test_k8s_kinds_present_and_namespace_less() -> None:
     docs = _k8s_docs()
     kinds = Counter(doc["kind"] for _, doc in docs)
-    assert kinds["Deployment"] == 2
+    assert kinds["Deployment"] == 3  # processor, archiver, api
     assert kinds["Service"] >= 1
     assert kinds["HorizontalPodAutoscaler"] >= 1
     assert kinds["PodDisruptionBudget"] >= 1
@@ -564,7 +588,7 @@ def test_k8s_processor_deployment() -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("component", ["api", "processor"])
+@pytest.mark.parametrize("component", ["api", "processor", "archiver"])
 def test_k8s_pods_are_hardened_and_sized(component: str) -> None:
     deployment = _deployment(component)
     pod = deployment["spec"]["template"]["spec"]
