@@ -17,6 +17,9 @@ from quart_schema import Info, QuartSchema
 from audit_events.settings import AuditSettings, SettingsError
 from query_api import admin, events, export, health, history, tenants, token, ui, verify
 from query_api.auth import TokenVerifier
+from query_api.docs_assets import CSS_URL as DOCS_CSS_URL
+from query_api.docs_assets import JS_URL as DOCS_JS_URL
+from query_api.docs_assets import bp as docs_assets_bp
 from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
 from query_api.services import Services
@@ -68,8 +71,13 @@ def create_app(
     app.config["AUDITSTREAM_VERIFIER"] = verifier = TokenVerifier(settings)
     app.config["AUDITSTREAM_METRICS"] = metrics = ApiMetrics()
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # /docs loads Swagger UI from the API itself (query_api/docs_assets.py), not a CDN.
+    app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = DOCS_JS_URL
+    app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = DOCS_CSS_URL
     QuartSchema(
         app,
+        redoc_ui_path=None,  # CDN-only pages: off
+        scalar_ui_path=None,
         info=Info(title="auditstream", version="1"),
         security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
         security=[{"bearer": []}],
@@ -85,6 +93,7 @@ def create_app(
     app.register_blueprint(verify.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(tenants.bp)
+    app.register_blueprint(docs_assets_bp)
 
     @app.before_serving
     async def open_clients() -> None:

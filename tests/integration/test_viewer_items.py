@@ -526,3 +526,29 @@ async def test_search_box_query_syntax(seed: Seed, context: BrowserContext) -> N
     await box.fill("since:yesterday")
     await box.press("Enter")
     await expect(page.locator("#search-error")).to_contain_text("since: expects a time")
+
+
+async def test_api_docs_render_without_internet(seed: Seed, context: BrowserContext) -> None:
+    """Item 6: /docs draws Swagger UI with every other origin unreachable."""
+    page = await context.new_page()
+    outside: list[str] = []
+
+    async def only_local(route: Any) -> None:
+        if route.request.url.startswith(seed.url):
+            await route.continue_()
+        else:
+            outside.append(route.request.url)
+            await route.abort()
+
+    await page.route("**/*", only_local)
+    await page.goto(f"{seed.url}/docs")
+    await expect(page.locator(".swagger-ui .info .title")).to_contain_text("auditstream")
+    await expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    assert outside == []
+    async with httpx.AsyncClient(base_url=seed.url) as http:
+        for path in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+            resp = await http.get(path)
+            assert resp.status_code == 200 and len(resp.content) > 100_000, path
+        assert (await http.get("/docs/assets/index.html")).status_code == 404
+        assert (await http.get("/docs/assets/..%2Fcore.py")).status_code == 404
+        assert (await http.get("/redocs")).status_code == 404  # CDN-only: off
