@@ -181,3 +181,39 @@ async def test_api_issued_control_events_carry_a_proof_and_apply(
     assert not await stored(store, "beta", str(fields["id"]))
     [letter] = await dead_letters(settings, 1)
     assert letter["reason"].startswith("forged control event: "), letter
+
+
+async def test_replay_applies_only_authentic_control_events(
+    store: AsyncCollection[dict[str, Any]], settings: AuditSettings
+) -> None:
+    from audit_events.codec import event_wire_dict
+    from audit_events.schema import AuditEvent
+    from audit_events.storage import REPLAY_COLLECTION
+    from audit_events.topic_admin import ensure_topics
+    from stream_processor.replay import Replayer
+    from tests.conftest import CONTROL_PRIVATE
+
+    await ensure_topics(settings)
+
+    def erasure(cid: str, target: str) -> dict[str, Any]:
+        event = AuditEvent.model_validate(
+            {
+                "id": cid,
+                "tenant": "acme",
+                "action": chain.ERASED_ACTION,
+                "actor": {"id": "admin", "type": "admin"},
+                "targets": [{"type": "audit_event", "id": target}],
+                "description": "gdpr",
+            }
+        )
+        return event_wire_dict(event)
+
+    signed = chain.sign_control(chain.load_private_key(CONTROL_PRIVATE), erasure("ok", "r-000"))
+    await produce(settings, [event("r-000"), event("r-001"), erasure("forged", "r-001"), signed])
+    result = await Replayer(settings, archive=False, grace_seconds=0.2).run(swap=False)
+    assert (result.records, result.inserted, result.rejected) == (4, 3, 1)
+    rebuilt = store.database[REPLAY_COLLECTION]
+    by_id = {d["id"]: d async for d in rebuilt.find({})}
+    assert set(by_id) == {"r-000", "r-001", "ok"}
+    assert by_id["r-000"].get("erased", {}).get("event_id") == "ok"
+    assert "erased" not in by_id["r-001"] and by_id["r-001"]["description"] == "updated r-001"
