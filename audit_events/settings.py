@@ -15,11 +15,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 ENV_PREFIX = "AUDITSTREAM_"
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
 
 class SettingsError(Exception):
@@ -232,6 +233,52 @@ class AuditSettings(BaseSettings):
     )
     archiver_metrics_port: int = Field(9109, ge=0, le=65535)
 
+    # --- Securing Kafka, MongoDB and Redis (helper K, issue 21 item 1) ----
+    # Built into client keyword arguments by audit_events/connections.py.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka listener protocol (SASL_SSL: SASL over TLS)."
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (with a SASL_* protocol)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (PLAIN, SCRAM).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (PLAIN, SCRAM).")
+    kafka_sasl_oauth_token_file: str | None = Field(
+        None, description="OAUTHBEARER: file holding the current access token (re-read)."
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle the Kafka brokers' certificates are checked against."
+    )
+    kafka_ssl_certfile: str | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: str | None = Field(None, description="Client certificate's private key.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of that key.")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
+    )
+    mongo_tls_ca_file: str | None = Field(None, description="MongoDB CA file (turns TLS on).")
+    mongo_tls_certificate_key_file: str | None = Field(
+        None, description="MongoDB client certificate + key, one PEM file (turns TLS on)."
+    )
+    redis_tls_ca_file: str | None = Field(None, description="Redis CA file (rediss:// URL).")
+    redis_tls_certfile: str | None = Field(None, description="Redis client certificate.")
+    redis_tls_keyfile: str | None = Field(None, description="Redis client certificate's key.")
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> AuditSettings:
+        if self.kafka_security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+            return self
+        if self.kafka_sasl_mechanism == "OAUTHBEARER":
+            if not self.kafka_sasl_oauth_token_file:
+                raise ValueError(
+                    "AUDITSTREAM_KAFKA_SASL_OAUTH_TOKEN_FILE is required with OAUTHBEARER"
+                )
+        elif not self.kafka_sasl_username or self.kafka_sasl_password is None:
+            raise ValueError(
+                "AUDITSTREAM_KAFKA_SASL_USERNAME and AUDITSTREAM_KAFKA_SASL_PASSWORD are"
+                f" required with {self.kafka_sasl_mechanism}"
+            )
+        return self
+
     def archive_path(self) -> str:
         """The archive directory: ``archive_dir`` or ``<data_dir>/archive``."""
         return self.archive_dir or os.path.join(self.data_dir, "archive")
@@ -257,7 +304,9 @@ def mongo_client_options(settings: AuditSettings, *, operations: bool = True) ->
     options = {"serverSelectionTimeoutMS": ms, "connectTimeoutMS": ms}
     if operations:
         options["timeoutMS"] = ms
-    return options
+    from audit_events.connections import mongo_tls_options  # TLS files (issue 21)
+
+    return {**options, **mongo_tls_options(settings)}
 
 
 def _check_raw_key(key: str, kind: str) -> None:
@@ -284,6 +333,8 @@ def settings_env(settings: AuditSettings) -> dict[str, str]:
     for name, value in settings.model_dump(exclude_none=True, exclude=secrets).items():
         if isinstance(value, list):
             text = json.dumps(value)
+        elif isinstance(value, SecretStr):  # e.g. the Kafka SASL password: children need it
+            text = value.get_secret_value()
         elif isinstance(value, bool):
             text = str(value).lower()
         else:

@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings, SettingsError
 from audit_events.topics import TopicSpec, deletes_records, topic_specs
 
@@ -86,7 +87,10 @@ async def live_configs(admin: AIOKafkaAdminClient, topic: str) -> dict[str, str]
 
 def _admin(settings: AuditSettings, **options: Any) -> AIOKafkaAdminClient:
     settings.require("kafka_bootstrap")
-    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **options)
+    security = kafka_client_options(settings)  # SASL/TLS (audit_events/connections.py)
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **{**security, **options}
+    )
 
 
 async def ensure_topics(settings: AuditSettings, **admin_options: Any) -> list[str]:

@@ -78,7 +78,10 @@ def keys_generate(out: Path | None) -> None:
 def verify(tenant: str | None, since: str | None, until: str | None, quiet: bool) -> None:
     """Walk the tenant chains: content hashes, links, signed checkpoints, truncation.
 
-    Exit status 0 when every chain verifies, 1 otherwise.
+    Also checks each control event's proof and that every erasure and correction
+    is backed by one (AUDITSTREAM_CONTROL_PUBLIC_KEYS). A bad chain is reported
+    by the first bad event's seq and id. Exit status 0 when every chain
+    verifies, 1 otherwise.
     """
     settings = _settings()
     ok = asyncio.run(_verify(settings, tenant, _time(since), _time(until), quiet))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from audit_events import topics
+from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
 
 Compression = Literal["gzip", "lz4", "zstd", "snappy"] | None
@@ -74,7 +75,8 @@ class ProducerConfig:
     # --- reconnecting ---
     reconnect_initial: float = 0.2
     reconnect_max: float = 5.0
-    #: Extra keyword arguments for ``AIOKafkaProducer`` (security settings, client_id…).
+    #: Extra keyword arguments for ``AIOKafkaProducer`` (security settings, client_id…);
+    #: the security ones (``KAFKA_SECURITY_KEYS``) also go to the topic-creating admin client.
     kafka_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,5 +104,6 @@ class ProducerConfig:
             partitions=settings.kafka_partitions,
             replication=settings.kafka_replication,
             max_request_bytes=max(1024 * 1024, settings.max_event_bytes * 2),
+            kafka_options=kafka_client_options(settings),  # SASL/TLS settings
         )
         return replace(base, **overrides)

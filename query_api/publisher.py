@@ -8,6 +8,7 @@ import logging
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
 from audit_events.topic_admin import prepare_topics
 
@@ -38,6 +39,7 @@ class Publisher:
             linger_ms=2,
             request_timeout_ms=10_000,
             max_request_size=max(1_048_576, self._settings.max_event_bytes * 2),
+            **kafka_client_options(self._settings),
         )
         await self._producer.start()
 

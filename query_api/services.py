@@ -11,6 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.monitoring import CommandListener
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from audit_events.connections import redis_tls_options
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION, USERS_COLLECTION
 from query_api.cache import ReadCache
@@ -73,6 +74,7 @@ class Services:
             timeout=5.0,  # waiting for a pooled connection, not for Redis itself
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
+            **redis_tls_options(settings),
         )
         redis = Redis.from_pool(pool)  # owns the pool: aclose() closes it
         publisher = Publisher(settings)

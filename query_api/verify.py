@@ -39,6 +39,7 @@ from audit_events.chain import (
     verify_chain,
 )
 from audit_events.codec import _parse_time
+from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
 from query_api.auth import read_tenant, require_scope
@@ -60,6 +61,7 @@ async def kafka_checkpoints(
         enable_auto_commit=False,
         group_id=None,
         request_timeout_ms=int(timeout * 1000),
+        **kafka_client_options(settings),
     )
     out: list[dict[str, Any]] = []
     try:

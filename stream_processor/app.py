@@ -31,6 +31,7 @@ from pymongo.write_concern import WriteConcern
 from redis.asyncio import Redis
 
 from audit_events.chain import control_keys
+from audit_events.connections import faust_broker_options, redis_tls_options
 from audit_events.schema import limits_from
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.topics import topic_spec
@@ -130,6 +131,7 @@ def create_app(
         broker_rebalance_timeout=10.0,
         datadir=os.path.join(settings.data_dir, "faust"),
         stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
+        **faust_broker_options(settings),  # SASL/TLS, as every Kafka client
     )
     events = app.topic(
         settings.topic_events,
@@ -170,7 +172,9 @@ def create_app(
         )
         collection = events_collection(mongo, settings).with_options(write_concern=wc)
         await ensure_indexes(collection)
-        redis = Redis.from_url(settings.redis_url or "", socket_timeout=2.0)
+        redis = Redis.from_url(
+            settings.redis_url or "", socket_timeout=2.0, **redis_tls_options(settings)
+        )
         state["mongo"], state["redis"] = mongo, redis
         store = await open_chain_store(
             settings, collection, topic_publisher(checkpoints), RedisInvalidator(redis)

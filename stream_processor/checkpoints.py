@@ -31,6 +31,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.chain import key_id, load_private_key, public_key_b64, sign_checkpoint
 from audit_events.codec import canonical_json
+from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings, SettingsError
 from audit_events.topic_admin import create_missing
 from audit_events.topics import topic_spec
@@ -173,7 +174,9 @@ async def ensure_checkpoint_topic(settings: AuditSettings) -> None:
     It keeps every checkpoint (``cleanup.policy=delete``, infinite retention):
     compaction by tenant would drop the older ones.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **kafka_client_options(settings)
+    )
     await admin.start()
     try:
         await create_missing(admin, [topic_spec(settings, "checkpoints")])

@@ -69,6 +69,7 @@ from audit_events.chain import (
     verify_chain,
 )
 from audit_events.codec import canonical_json
+from audit_events.connections import kafka_client_options
 from audit_events.schema import Limits
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import (
@@ -168,7 +169,10 @@ class Replayer:
         )
         db = client[s.mongo_db]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False, group_id=None
+            bootstrap_servers=s.kafka_bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            **kafka_client_options(s),
         )
         await consumer.start()
         result = ReplayResult()

@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from audit_events.connections import kafka_client_options
+from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
 from audit_events.topic_admin import ensure_topics
 from stream_processor.archive import files

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -28,8 +29,12 @@ class PartitionStatus:
 
 
 async def archive_status(
-    root: str | Path, bootstrap: str | None, topics: list[str]
+    root: str | Path,
+    bootstrap: str | None,
+    topics: list[str],
+    kafka_options: dict[str, Any] | None = None,
 ) -> list[PartitionStatus]:
+    """``kafka_options``: the client security options (``kafka_client_options``)."""
     manifest = Manifest.load(Path(root))
     state = manifest.state()
     counts: dict[tuple[str, int], int] = {}
@@ -48,7 +53,10 @@ async def archive_status(
         )
     if bootstrap:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            **(kafka_options or {}),
         )
         await consumer.start()
         try:
