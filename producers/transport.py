@@ -14,6 +14,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from audit_events.connections import KAFKA_SECURITY_KEYS
 from audit_events.topic_admin import create_missing
 from audit_events.topics import TopicSpec, topic_configs
 from producers.config import ProducerConfig
@@ -71,8 +72,9 @@ class KafkaTransport:
         # produce would auto-create it with the wrong partition count and the broker's
         # default retention. Create it first, from the core's topic specification.
         cfg = self._config
+        security = {k: v for k, v in cfg.kafka_options.items() if k in KAFKA_SECURITY_KEYS}
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=cfg.bootstrap, request_timeout_ms=cfg.request_timeout_ms
+            bootstrap_servers=cfg.bootstrap, request_timeout_ms=cfg.request_timeout_ms, **security
         )
         await admin.start()
         try:
