@@ -63,6 +63,7 @@ def verify(root: str | None) -> None:
 @click.option("--offline", is_flag=True, help="Do not ask Kafka (no lag).")
 def status(root: str | None, offline: bool) -> None:
     """Last segment and lag (records and seconds) of every partition."""
+    from audit_events.connections import kafka_client_options
     from stream_processor.archive.status import archive_status
 
     settings = load_settings()
@@ -72,6 +73,7 @@ def status(root: str | None, offline: bool) -> None:
             path,
             None if offline else settings.kafka_bootstrap,
             [settings.topic_events, settings.topic_checkpoints],
+            kafka_client_options(settings),
         )
     )
     if not rows:
