@@ -37,7 +37,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from audit_events.connections import kafka_client_options
-from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
 from audit_events.topic_admin import ensure_topics
 from stream_processor.archive import files
@@ -358,7 +357,11 @@ def run_archiver(settings: AuditSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s archiver %(message)s")
     archiver = Archiver(settings)
     if settings.archiver_metrics_port:
-        start_http_server(settings.archiver_metrics_port, registry=archiver.metrics.registry)
+        start_http_server(  # bound like the workers' endpoints
+            settings.archiver_metrics_port,
+            addr=settings.processor_metrics_host,
+            registry=archiver.metrics.registry,
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
