@@ -20,9 +20,10 @@ from audit_events.settings import AuditSettings
 from audit_events.storage import event_key
 from audit_events.topics import partition_key
 from query_api.auth import Principal, read_tenant, require_scope
+from query_api.listing import read_page
 from query_api.problems import Problem
 from query_api.publisher import PublishFailed
-from query_api.query import encode_cursor, mongo_filter, parse_list_query, single_values, sort_spec
+from query_api.query import encode_cursor, parse_list_query, single_values
 from query_api.services import Services
 
 bp = Blueprint("events", __name__)
@@ -212,13 +213,9 @@ async def list_events() -> Response:
         raise Problem(400, "include_erased must be true or false")
     tenant = read_tenant(g.principal, request.args.get("tenant"))
     services = _services()
-    where = mongo_filter(tenant, query)
-    if include_erased == "true":
-        where.pop("erased", None)
 
     async def load() -> bytes:
-        cursor = services.events.find(where).sort(sort_spec(query.order))
-        docs = await cursor.limit(query.limit + 1).to_list()
+        docs = await read_page(services.events, tenant, query, include_erased == "true")
         page = docs[: query.limit]
         nxt = None
         if len(docs) > query.limit:

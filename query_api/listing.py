@@ -1,0 +1,209 @@
+"""One page of ``GET /v1/events`` read through a bounded index range.
+
+The store is asked only what an index answers: the tenant, at most one indexed
+equality (actor, exact action, target, or one search word) and an
+``occurred_at`` range, sorted by ``(occurred_at, _id)``. Every other clause —
+erased, the other filters, the keyset cursor's tie-break — is checked here,
+after the index range, by :func:`matcher` (the same semantics as
+:func:`query_api.query.mongo_filter`).
+
+MongoDB walks ``(tenant[, field], occurred_at, _id)`` in order and stops when
+the page is full. SecantusDB (the development store) materialises every index
+match of a query before it sorts and applies ``limit``, so the range is
+*bounded*: a window of ``FIRST_WINDOW`` next to the page's start, then
+disjoint windows ``GROWTH`` times wider, until the page is full, the query's
+own time bound is reached, or ``MAX_WINDOWS`` windows were read (then one last
+open-ended range). The keyset cursor is unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from query_api.query import ListQuery, search_words, sort_spec
+
+FIRST_WINDOW = timedelta(seconds=60)
+GROWTH = 4
+MAX_WINDOWS = 14  # 60 s · 4^13 ≈ 127 years: past that, one open-ended range
+
+
+def _at_or_after(when: datetime) -> dict[str, Any]:
+    """``occurred_at >= when`` as ``$gt`` one millisecond earlier.
+
+    Stored times have millisecond precision, so both are the same set on
+    MongoDB (the matcher checks the exact bound again); SecantusDB answers
+    ``$gte`` on a descending compound-index field without the entries equal
+    to the bound (``test_listing_store`` shows it), ``$gt`` correctly.
+    """
+    floor = when.replace(microsecond=when.microsecond // 1000 * 1000)
+    return {"$gt": floor - timedelta(milliseconds=1)}
+
+
+def _utc(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _field(doc: dict[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def index_equality(query: ListQuery) -> dict[str, Any]:
+    """The one indexed equality the store filters on (besides the tenant)."""
+    f = query.filters
+    if "target_type" in f and "target_id" in f:
+        return {"targets.type": f["target_type"], "targets.id": f["target_id"]}
+    if "actor" in f:
+        return {"actor.id": f["actor"]}
+    if "action" in f and not f["action"].endswith(".*"):
+        return {"action": f["action"]}
+    if "q" in f:
+        return {"search": search_words(f["q"])[0]}
+    return {}
+
+
+def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]], bool]:
+    """A predicate with :func:`mongo_filter`'s semantics for every clause but the tenant."""
+    f = query.filters
+    simple = [
+        (path, f[name])
+        for name, path in (
+            ("actor", "actor.id"),
+            ("actor_type", "actor.type"),
+            ("outcome", "outcome"),
+            ("crud", "crud"),
+            ("source", "source.service"),
+        )
+        if name in f
+    ]
+    action = f.get("action")
+    prefix = re.compile("^" + re.escape(action[:-1])) if action and action.endswith(".*") else None
+    target = {k: f["target_" + k] for k in ("type", "id") if "target_" + k in f}
+    words = search_words(f["q"]) if "q" in f else []
+    since = datetime.fromisoformat(f["since"]) if "since" in f else None
+    until = datetime.fromisoformat(f["until"]) if "until" in f else None
+    cursor = query.cursor
+    desc = query.order == "desc"
+
+    def match(doc: dict[str, Any]) -> bool:
+        if not include_erased and "erased" in doc:
+            return False
+        for path, value in simple:
+            if _field(doc, path) != value:
+                return False
+        if action is not None:
+            stored = doc.get("action")
+            if not isinstance(stored, str):
+                return False
+            if prefix is not None:
+                if not prefix.match(stored):
+                    return False
+            elif stored != action:
+                return False
+        if target:
+            targets = doc.get("targets")
+            if not isinstance(targets, list) or not any(
+                isinstance(t, dict) and all(t.get(k) == v for k, v in target.items())
+                for t in targets
+            ):
+                return False
+        if words:
+            search = doc.get("search")
+            if not isinstance(search, list) or not all(w in search for w in words):
+                return False
+        when = doc.get("occurred_at")
+        if not isinstance(when, datetime):
+            return False
+        when = _utc(when)
+        if since is not None and when < since:
+            return False
+        if until is not None and when >= until:
+            return False
+        if cursor is not None:
+            at, last_id = cursor
+            key, bound = (when, doc["_id"]), (at, last_id)
+            if (key >= bound) if desc else (key <= bound):
+                return False
+        return True
+
+    return match
+
+
+def windows(query: ListQuery, now: datetime) -> list[dict[str, Any]]:
+    """The ``occurred_at`` ranges to read, in page order, as MongoDB range operators.
+
+    Plain data (no I/O), so the widening schedule is unit-testable.
+    """
+    f = query.filters
+    since = datetime.fromisoformat(f["since"]) if "since" in f else None
+    until = datetime.fromisoformat(f["until"]) if "until" in f else None
+    at = query.cursor[0] if query.cursor else None
+    out: list[dict[str, Any]] = []
+    width = FIRST_WINDOW
+    if query.order == "desc":
+        # The first window's upper end: the cursor (inclusive; its tie-break is
+        # checked by the matcher), else ``until`` (exclusive), else open.
+        upper: dict[str, Any] = {}
+        edge = now
+        if at is not None and (until is None or at < until):
+            upper, edge = {"$lte": at}, at
+        elif until is not None:
+            upper, edge = {"$lt": until}, until
+        for _ in range(MAX_WINDOWS):
+            lower = edge - width
+            if since is not None and lower <= since:
+                out.append({**upper, **_at_or_after(since)})
+                return out
+            out.append({**upper, **_at_or_after(lower)})
+            upper, edge, width = {"$lt": lower}, lower, width * GROWTH
+        out.append({**upper, **(_at_or_after(since) if since else {})})
+        return out
+    lower_op: dict[str, Any] = {}
+    start: datetime | None = None
+    if at is not None and (since is None or at >= since):
+        lower_op, start = _at_or_after(at), at
+    elif since is not None:
+        lower_op, start = _at_or_after(since), since
+    if start is None:  # ascending from the tenant's first event: one open range
+        return [{"$lt": until} if until else {}]
+    for _ in range(MAX_WINDOWS):
+        higher = start + width
+        if until is not None and higher >= until:
+            out.append({**lower_op, "$lt": until})
+            return out
+        out.append({**lower_op, "$lt": higher})
+        lower_op, start, width = _at_or_after(higher), higher, width * GROWTH
+    out.append({**lower_op, **({"$lt": until} if until else {})})
+    return out
+
+
+async def read_page(
+    collection: Any, tenant: str, query: ListQuery, include_erased: bool
+) -> list[dict[str, Any]]:
+    """Up to ``query.limit + 1`` matching documents in page order."""
+    base: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
+    match = matcher(query, include_erased)
+    want = query.limit + 1
+    docs: list[dict[str, Any]] = []
+    seen: set[Any] = set()
+    for time_range in windows(query, datetime.now(UTC)):
+        where = {**base, "occurred_at": time_range} if time_range else base
+        cursor = collection.find(where).sort(sort_spec(query.order))
+        try:
+            async for doc in cursor:
+                if doc["_id"] in seen or not match(doc):
+                    continue
+                seen.add(doc["_id"])
+                docs.append(doc)
+                if len(docs) >= want:
+                    return docs
+        finally:
+            await cursor.close()
+    return docs
