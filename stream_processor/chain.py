@@ -90,6 +90,7 @@ class ChainedStore:
         self._control = ControlApplier(collection, control_keys or {})
         self._heads: dict[str, tuple[int, str]] = {}
         self._fence_generation: object = None
+        self._seeded = False  # stored heads adopted by the checkpointer (first timer tick)
 
     async def insert(self, documents: list[dict[str, Any]]) -> WriteResult:
         if not documents:
@@ -109,8 +110,21 @@ class ChainedStore:
         return result
 
     async def checkpoint_idle(self) -> int:
-        """Checkpoint the heads that moved and then stayed idle (the processor's timer)."""
-        return 0 if self._checkpointer is None else await self._checkpointer.idle()
+        """Checkpoint the heads that moved and then stayed idle (the processor's timer).
+
+        The first call also adopts every stored head that no checkpoint covers
+        (left unsigned by a worker that died), so those are signed too.
+        """
+        if self._checkpointer is None:
+            return 0
+        if not self._seeded:
+            tenants = sorted(await self._coll.distinct("tenant"))
+            heads = {t: await derive_head(self._coll, t) for t in tenants}
+            adopted = await self._checkpointer.seed(heads)
+            if adopted:
+                log.info("%d stored chain heads had no checkpoint; signing them", adopted)
+            self._seeded = True
+        return await self._checkpointer.idle()
 
     async def _check_fence(self) -> None:
         if self._state is None:

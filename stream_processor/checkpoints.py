@@ -86,6 +86,31 @@ class Checkpointer:
             return False
         return seq - last_seq >= self._every_events or now - last_at >= self._every_seconds
 
+    async def seed(self, heads: dict[str, tuple[int, str]]) -> int:
+        """Adopt stored heads no checkpoint covers yet; returns how many.
+
+        A worker that died between storing a batch and signing it left those
+        heads unsigned, and its successor knows nothing of them until the
+        tenant's next event. The processor's timer seeds every stored head once
+        at start; those above the tenant's latest stored checkpoint are signed
+        at the next tick (a tenant this worker never checkpointed is due at once).
+        """
+        signed: dict[str, int] = {}
+        cursor = await self._coll.aggregate(
+            [{"$group": {"_id": "$tenant", "seq": {"$max": "$seq"}}}]
+        )
+        async for row in cursor:
+            if isinstance(row.get("_id"), str) and isinstance(row.get("seq"), int):
+                signed[row["_id"]] = row["seq"]
+        adopted = 0
+        async with self._lock:
+            for tenant, head in heads.items():
+                done = max(signed.get(tenant, 0), self._last.get(tenant, (0, 0.0))[0])
+                if head[0] > done and head[0] > self._pending.get(tenant, (0, ""))[0]:
+                    self._pending[tenant] = head
+                    adopted += 1
+        return adopted
+
     def pending(self) -> dict[str, tuple[int, str]]:
         """Heads not checkpointed yet, by tenant (what :meth:`idle` looks at)."""
         return dict(self._pending)

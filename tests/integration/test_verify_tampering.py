@@ -9,6 +9,7 @@ once), then undone.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -183,3 +184,27 @@ async def test_verify_catches_what_it_missed(
     cli = _cli(settings, "verify", "--quiet")
     assert cli.returncode == 1, cli.stdout + cli.stderr
     assert "BAD acme: first bad seq 1: truncated" in cli.stdout, cli.stdout
+
+
+async def test_a_head_left_unsigned_by_a_dead_worker_is_signed_by_its_successor(
+    client: Client,
+    auth: Callable[..., dict[str, str]],
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+) -> None:
+    slow = {"AUDITSTREAM_CHECKPOINT_SIGNING_KEY": PRIVATE}
+    first = processors(**slow, AUDITSTREAM_CHECKPOINT_EVERY_SECONDS="600")
+    checkpoints = store.database[CHECKPOINTS_COLLECTION]
+    for prefix, n in (("a", 10), ("b", 5)):  # 10 signed at once, 5 not (600 s)
+        resp = await client.post("/v1/events", json={"events": events(prefix, n)}, headers=auth())
+        assert resp.status_code == 202
+        await count_is(store, 10 if prefix == "a" else 15)
+    await asyncio.sleep(3)  # the batch's offsets are committed: nothing to redeliver
+    first.kill()
+    assert await checkpoints.find_one({"tenant": "acme", "seq": 15}) is None
+    processors(**slow, AUDITSTREAM_CHECKPOINT_EVERY_SECONDS="1")
+
+    async def head_signed() -> bool:
+        return await checkpoints.find_one({"tenant": "acme", "seq": 15}) is not None
+
+    await eventually(head_signed, timeout=45)  # before: only the tenant's next event did

@@ -125,6 +125,13 @@ class FakeCollection:
     async def replace_one(self, flt: dict[str, Any], doc: dict[str, Any], upsert: bool) -> None:
         self.docs[flt["_id"]] = doc
 
+    async def aggregate(self, pipeline: list[dict[str, Any]]) -> Any:
+        """Only ``$group`` by tenant with ``$max`` of seq, as Checkpointer.seed uses it."""
+        best: dict[str, int] = {}
+        for doc in self.docs.values():
+            best[doc["tenant"]] = max(best.get(doc["tenant"], 0), doc["seq"])
+        return chain.aiter_list([{"_id": t, "seq": s} for t, s in best.items()])
+
 
 class Clock:
     def __init__(self) -> None:
@@ -196,6 +203,21 @@ async def test_a_failed_idle_checkpoint_stays_pending_and_is_retried() -> None:
     assert cp.pending() == {"acme": (2, "c" * 64)}
     failing = False
     assert await cp.idle() == 1 and cp.pending() == {}
+
+
+async def test_seed_adopts_stored_heads_no_checkpoint_covers() -> None:
+    """A worker that died before signing left heads unsigned: its successor signs them."""
+    clock = Clock()
+    cp, published = checkpointer(clock, every_seconds=60)
+    assert await cp.after_batch({"acme": (10, "a" * 64), "covered": (7, "d" * 64)}) == 2
+    restarted, published = checkpointer(clock, every_seconds=60)
+    restarted._coll = cp._coll  # same checkpoints collection, fresh worker memory
+    heads = {"acme": (15, "b" * 64), "globex": (3, "c" * 64), "initech": (0, "0" * 64)}
+    assert await restarted.seed({**heads, "covered": (7, "d" * 64)}) == 2
+    assert restarted.pending() == {"acme": (15, "b" * 64), "globex": (3, "c" * 64)}
+    assert await restarted.idle() == 2  # never checkpointed by this worker: due at once
+    assert sorted(orjson.loads(v)["seq"] for _, v in published) == [3, 15]
+    assert await restarted.seed(heads) == 0  # now covered
 
 
 def test_idle_period_is_bounded() -> None:
