@@ -41,7 +41,13 @@ from audit_events.settings import AuditSettings
 from audit_events.topic_admin import ensure_topics
 from stream_processor.archive import files
 from stream_processor.archive.epochs import Start, decide, probe, record_of
-from stream_processor.archive.manifest import SEGMENTS, Entry, Manifest, segment_path
+from stream_processor.archive.manifest import (
+    SEGMENTS,
+    Entry,
+    Manifest,
+    PartitionState,
+    segment_path,
+)
 from stream_processor.archive.metrics import ArchiveMetrics
 from stream_processor.archive.segment import (
     ArchivedRecord,
@@ -54,6 +60,7 @@ from stream_processor.records import Record
 
 log = logging.getLogger("auditstream.archiver")
 LOCK = ".lock"
+FULL_PROBE_SECONDS = 60.0  # every partition's history is re-checked this often
 
 
 class ArchiveBusy(RuntimeError):
@@ -169,6 +176,8 @@ class Archiver:
         self.buffers: dict[TopicPartition, Buffer] = {}
         self.manifest = Manifest(self.root)
         self._consumer: AIOKafkaConsumer | None = None
+        self._prober: AIOKafkaConsumer | None = None
+        self._next_full_probe = time.monotonic() + FULL_PROBE_SECONDS
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -191,14 +200,24 @@ class Archiver:
                 max_partition_fetch_bytes=4 * 1024 * 1024,
                 **kafka_client_options(self.settings),
             )
+            # a second consumer, outside the group, for epoch probes while running
+            prober = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                **kafka_client_options(self.settings),
+            )
             await consumer.start()
+            await prober.start()
             self._consumer = consumer
+            self._prober = prober
             try:
                 await self._loop(consumer, stop)
                 await self._drain(consumer)
             finally:
                 with contextlib.suppress(Exception):
                     await self._close([tp for tp, b in self.buffers.items() if b.lines])
+                await prober.stop()
                 await consumer.stop()
         finally:
             os.close(lock)
@@ -341,6 +360,52 @@ class Archiver:
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
                 max(0, int(ends[tp]) - archived)
             )
+        # The topic's end behind our position: perhaps its history restarted. (On
+        # Tansu the reported end can lag the true end by a batch, so this is only a
+        # suspicion; the probe decides.) And every partition once in a while.
+        full = time.monotonic() >= self._next_full_probe
+        if full:
+            self._next_full_probe = time.monotonic() + FULL_PROBE_SECONDS
+        suspects = [tp for tp, b in self.buffers.items() if full or int(ends[tp]) < _position(b)]
+        for tp in suspects:
+            await self._recheck(consumer, tp)
+
+    async def _recheck(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Probe ``tp`` against what we hold of it (buffer, else manifest); on a new
+        epoch, publish the buffer (it is the old history's) and start over there."""
+        if self._prober is None:
+            return
+        b = self.buffers[tp]
+        if b.last is not None:
+            held: PartitionState | None = PartitionState(
+                b.epoch,
+                b.last.offset + 1,
+                record_digest(b.last),
+            )
+        else:
+            held = self.manifest.state().get((tp.topic, tp.partition))
+            if held is not None and held.epoch != b.epoch:
+                held = None  # the buffer opened an epoch with nothing in it yet
+        if held is None:
+            return
+        try:
+            self._prober.assign([tp])
+            start = decide(held, await probe(self._prober, tp, held))
+        except Exception as exc:  # a probe is a check; the loop goes on
+            log.warning("%s/%d: history probe failed: %s", tp.topic, tp.partition, exc)
+            return
+        if not start.new_epoch:
+            return
+        log.warning("%s/%d: epoch %d begins: %s", tp.topic, tp.partition, start.epoch, start.reason)
+        self.metrics.epochs.labels(tp.topic).inc()
+        if b.lines:
+            await self._close([tp])
+        self.buffers[tp] = Buffer(start.epoch, start.offset, start.reason)
+        consumer.seek(tp, start.offset)
+
+
+def _position(b: Buffer) -> int:
+    return b.last.offset + 1 if b.last is not None else b.from_offset
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -82,7 +82,7 @@ class PartitionState:
     epoch: int
     next_offset: int
     last_record: str
-    last: Entry
+    last: Entry | None = None  # None: a running archiver's buffer, not yet published
 
 
 @dataclass

@@ -48,8 +48,8 @@ async def archive_status(
             st.epoch,
             st.next_offset,
             counts[(topic, p)],
-            st.last.path,
-            st.last.written_at,
+            st.last.path if st.last else None,
+            st.last.written_at if st.last else None,
         )
     if bootstrap:
         consumer = AIOKafkaConsumer(

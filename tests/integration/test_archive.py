@@ -280,3 +280,39 @@ async def test_a_restarted_history_opens_a_new_epoch_and_keeps_the_old_segments(
     assert any("before the archived" in r for r in reasons), reasons
     assert any("not the archived one" in r for r in reasons), reasons
     assert verify_archive(root).ok
+
+
+async def test_a_running_archiver_notices_its_topic_start_over(settings: AuditSettings) -> None:
+    """The topic is recreated under a running archiver: fetching past the new end
+    makes it decide again, and the new records go into a new epoch."""
+    await ensure_topics(settings)
+    await produce(settings, 60, "one")
+    first = await topic_records(settings)
+    archiver = Archiver(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(archiver.run(stop))
+    try:
+
+        def count(epoch: int) -> int:
+            return sum(e.count for e in archiver.manifest.entries if e.epoch == epoch)
+
+        deadline = time.monotonic() + 60
+        while count(0) < len(first):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.2)
+        await recreate_topics(settings)
+        await produce(settings, 15, "two")
+        second = await topic_records(settings)
+        deadline = time.monotonic() + 60
+        while count(1) < len(second):
+            assert time.monotonic() < deadline, archiver.manifest.entries[-1]
+            assert not task.done()
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await task
+    by_epoch: dict[int, dict[Key, tuple[Any, ...]]] = {}
+    for k, v, epoch in archived(settings):
+        by_epoch.setdefault(epoch, {})[k] = v
+    assert by_epoch == {0: first, 1: second}
+    assert verify_archive(settings.archive_path()).ok
