@@ -168,3 +168,19 @@ def test_epochs_continue_or_restart() -> None:
     assert (other.epoch, other.offset) == (3, 0) and "not the archived one" in str(other.reason)
     lost = decide(st, TopicView(15, 30, None))
     assert (lost.epoch, lost.offset) == (3, 15) and "10..14" in str(lost.reason)
+
+
+def test_the_verify_command_names_problems_and_exits_1(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from auditstream.cli import main
+
+    m = archive(tmp_path)
+    ok = CliRunner().invoke(main, ["archive", "verify", "--dir", str(tmp_path)])
+    assert ok.exit_code == 0 and "6 entries, 6 segments, 24 records" in ok.output, ok.output
+    (tmp_path / m.entries[0].path).unlink()
+    bad = CliRunner().invoke(main, ["archive", "verify", "--dir", str(tmp_path)])
+    assert bad.exit_code == 1
+    assert f"missing segment: {m.entries[0].path}" in bad.output
+    status = CliRunner().invoke(main, ["archive", "status", "--dir", str(tmp_path), "--offline"])
+    assert status.exit_code == 0 and "audit.events/1 epoch 0 archived to 12" in status.output
