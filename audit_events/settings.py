@@ -262,6 +262,14 @@ class AuditSettings(BaseSettings):
     redis_tls_ca_file: str | None = Field(None, description="Redis CA file (rediss:// URL).")
     redis_tls_certfile: str | None = Field(None, description="Redis client certificate.")
     redis_tls_keyfile: str | None = Field(None, description="Redis client certificate's key.")
+    # --- Processor probes (helper K, issue 21 item 2) ---------------------
+    processor_liveness_seconds: float = Field(
+        30.0,
+        ge=2.0,
+        le=3600,
+        description="/healthz of a worker answers 503 when its batch loop has not stepped for"
+        " this long (a batch being written: its retry deadline plus this).",
+    )
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> AuditSettings:

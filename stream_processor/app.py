@@ -40,6 +40,7 @@ from stream_processor.chain import OldLayout, open_chain_store, topic_publisher
 from stream_processor.checkpoints import idle_period
 from stream_processor.control import ControlGate
 from stream_processor.flush import FlushPolicy
+from stream_processor.health import WorkerProbes
 from stream_processor.kafka import app_class
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
@@ -104,11 +105,13 @@ def create_app(
     metrics: ProcessorMetrics | None = None,
     *,
     before_commit: Callable[[Batch], None] | None = None,
+    probes: WorkerProbes | None = None,
 ) -> faust.App:
     """Build the Faust app. Clients are opened in the worker's start-up hook.
 
     ``before_commit`` runs after each batch is stored and before its offsets are
-    committed; only fault-injection tests pass one.
+    committed; only fault-injection tests pass one. ``probes`` receives what the
+    worker's ``/healthz`` and ``/readyz`` read (stream_processor/health.py).
     """
     settings.require("kafka_bootstrap", "mongo_uri", "redis_url")
     metrics = metrics or ProcessorMetrics()
@@ -159,6 +162,8 @@ def create_app(
         config=topic_spec(settings, "checkpoints").configs,
     )
     state: dict[str, Any] = {}
+    if probes is not None:
+        _connect_probes(app, probes, state)
 
     async def open_clients() -> BatchProcessor:
         wc = WriteConcern(
@@ -245,6 +250,7 @@ def create_app(
             on_batch=lambda batch: _observe_lag(app, metrics, batch),
             before_commit=before_commit,
             on_commit_failed=metrics.commit_failures.inc,
+            heartbeat=probes.heartbeat if probes is not None else None,
         )
         task = asyncio.ensure_future(_run_or_exit(loop))
         try:
@@ -254,6 +260,24 @@ def create_app(
             task.cancel()
 
     return app
+
+
+def _connect_probes(app: faust.App, probes: WorkerProbes, state: dict[str, Any]) -> None:
+    """Readiness: group membership (an assignment, no rebalance running) and the store."""
+
+    def joined(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        probes.joined = True
+
+    async def ping_store() -> bool:
+        mongo = state.get("mongo")
+        if mongo is None or "processor" not in state:
+            return False  # the store is not open yet
+        await mongo.admin.command("ping")
+        return True
+
+    app.on_partitions_assigned.connect(joined)
+    probes.rebalancing = lambda: bool(app.rebalancing)
+    probes.ping_store = ping_store
 
 
 async def _run_or_exit(loop: BatchLoop) -> None:

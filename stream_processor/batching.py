@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from stream_processor.flush import FlushPolicy
+from stream_processor.health import Heartbeat
 from stream_processor.records import Batch, Record
 
 log = logging.getLogger("auditstream.processor")
@@ -50,6 +51,8 @@ class Processor(Protocol):
 class BatchLoop:
     # While offsets wait for a retried commit, wake up this often even when idle.
     COMMIT_RETRY_SECONDS = 1.0
+    # With a heartbeat (the liveness probe), an idle loop still steps this often.
+    TICK_SECONDS = 1.0
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class BatchLoop:
         on_batch: Callable[[Batch], None] | None = None,
         before_commit: Callable[[Batch], None] | None = None,
         on_commit_failed: Callable[[], None] | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._queue = queue
         self._policy = policy
@@ -71,6 +75,7 @@ class BatchLoop:
         self._on_batch = on_batch
         self._before_commit = before_commit
         self._on_commit_failed = on_commit_failed
+        self._heartbeat = heartbeat
         self.pending: list[Record] = []
         self.batch_started: float | None = None
         self.uncommitted: Offsets = {}
@@ -84,6 +89,8 @@ class BatchLoop:
 
     async def step(self) -> None:
         """Flush if due, else wait (bounded by the policy) for one more record."""
+        if self._heartbeat is not None:
+            self._heartbeat.tick()  # liveness: the loop is stepping
         if self._policy.should_flush(self._clock(), self.batch_started, len(self.pending)):
             await self.flush()
             return
@@ -94,6 +101,8 @@ class BatchLoop:
         """Process the pending records, then commit what the stored batch carries."""
         records, self.pending, self.batch_started = self.pending, [], None
         self._queued_since = self._clock()
+        if self._heartbeat is not None:
+            self._heartbeat.flush_started()  # bounded by the retry deadline
         batch = await self._processor.process(records)  # raises → nothing committed
         for tp, offset in batch.committable().items():
             self.uncommitted[tp] = max(offset, self.uncommitted.get(tp, 0))
@@ -102,6 +111,8 @@ class BatchLoop:
         if self._before_commit is not None:
             self._before_commit(batch)  # fault injection in tests: the crash window
         await self._commit()
+        if self._heartbeat is not None:
+            self._heartbeat.flush_done()
 
     async def _commit(self) -> None:
         if not self.uncommitted:
@@ -134,6 +145,9 @@ class BatchLoop:
         if self.uncommitted:
             retry = self.COMMIT_RETRY_SECONDS
             timeout = retry if timeout is None else min(timeout, retry)
+        if self._heartbeat is not None:
+            tick = self.TICK_SECONDS
+            timeout = tick if timeout is None else min(timeout, tick)
         try:
             record = await _get(self._queue, timeout)
         except TimeoutError:

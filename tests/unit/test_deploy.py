@@ -581,6 +581,13 @@ def test_k8s_processor_deployment() -> None:
     live = container["livenessProbe"]["httpGet"]
     assert live["path"] == "/healthz"
     assert _probe_port(container, live["port"]) == 9108
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["path"] == "/readyz"  # group member + store (stream_processor/health.py)
+    assert _probe_port(container, ready["port"]) == 9108
+    # A stuck loop answers 503 after AUDITSTREAM_PROCESSOR_LIVENESS_SECONDS; k8s restarts
+    # it within period x failures more, well before the worker's own watchdog would be late.
+    probe = container["livenessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= 60
     assert processor["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
     (config,) = _k8s("ConfigMap")
     partitions = int(config["data"]["AUDITSTREAM_KAFKA_PARTITIONS"])

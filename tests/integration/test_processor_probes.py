@@ -1,0 +1,64 @@
+"""A real worker's probe endpoints (issue 21 item 2): live while its loop steps,
+ready once it joined the group and its store answers; other paths are 404."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import ProcessorProcess
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            body = resp.read()
+            return resp.status, json.loads(body) if url.endswith("z") else {}
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+    except OSError:
+        return 0, {}
+
+
+def test_a_real_worker_is_live_ready_and_answers_404_elsewhere(
+    processors: Callable[..., ProcessorProcess],
+) -> None:
+    port = _free_port()
+    worker = processors(
+        AUDITSTREAM_PROCESSOR_METRICS_PORT=str(port), AUDITSTREAM_PROCESSOR_LIVENESS_SECONDS="3"
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    ready: tuple[int, dict[str, Any]] = (0, {})
+    while time.monotonic() < deadline:
+        ready = _get(base + "/readyz")
+        if ready[0] == 200:
+            break
+        time.sleep(0.3)
+    assert ready == (
+        200,
+        {"status": "ready", "checks": {"consumer_group": True, "store": True}, "down": []},
+    )
+    time.sleep(4)  # idle for longer than the liveness window: the loop still steps
+    live = _get(base + "/healthz")
+    assert live[0] == 200 and live[1]["state"] == "polling", live
+    assert live[1]["seconds_since_tick"] < 3
+    assert _get(base + "/metrics")[0] == 200
+    assert _get(base + "/nothing-here")[0] == 404
+    assert worker.proc is not None and worker.proc.poll() is None
