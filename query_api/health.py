@@ -27,9 +27,33 @@ async def _check(coro: object, timeout: float = 2.0) -> bool:
         return False
 
 
+def readiness(checks: dict[str, bool]) -> tuple[int, dict[str, object]]:
+    """What the pod can serve, from which dependencies answer.
+
+    Every route needs MongoDB (reads, verify, and the account check of every
+    token), so the pod is ready exactly when MongoDB answers. Kafka down only
+    stops writes (POST/PUT/DELETE answer 503, clients retry), Redis down only
+    the cache and logins' rate limits (reads go to MongoDB, logins answer 503):
+    the pod stays in the Service and says ``degraded``. Taking every pod out on
+    a Kafka blip would take reads and verify down with it.
+    """
+    down = [name for name, ok in checks.items() if not ok]
+    serves = {
+        "reads": checks["mongodb"],
+        "verify": checks["mongodb"],
+        "writes": checks["mongodb"] and checks["kafka"],
+        "cache": checks["redis"],
+        "logins": checks["mongodb"] and checks["redis"],
+    }
+    ready = checks["mongodb"]
+    status = "ok" if not down else ("degraded" if ready else "unavailable")
+    body: dict[str, object] = {"status": status, "checks": checks, "down": down, "serves": serves}
+    return (200 if ready else 503), body
+
+
 @bp.get("/readyz")
 async def readyz() -> Response:
-    """200 when Kafka, MongoDB and Redis answer; 503 naming what is down."""
+    """200 while MongoDB answers (``degraded`` naming Kafka or Redis when they do not)."""
     services: Services | None = current_app.config.get("AUDITSTREAM_SERVICES")
     if services is None:
         starting = {"status": "starting", "down": ["kafka", "mongodb", "redis"]}
@@ -39,17 +63,7 @@ async def readyz() -> Response:
         _check(services.mongo.admin.command("ping")),
         _check(services.redis.ping()),
     )
-    checks = {"kafka": kafka, "mongodb": mongo, "redis": redis}
-    down = [name for name, ok in checks.items() if not ok]
-    status = 200 if not down else 503
-    # Redis down only degrades reads (served from MongoDB): still ready, but say so.
-    if down == ["redis"]:
-        status = 200
-    body: dict[str, object] = {
-        "status": "ok" if not down else ("degraded" if status == 200 else "unavailable"),
-        "checks": checks,
-        "down": down,
-    }
+    status, body = readiness({"kafka": kafka, "mongodb": mongo, "redis": redis})
     return Response(orjson.dumps(body), status, content_type="application/json")
 
 
