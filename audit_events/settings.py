@@ -233,6 +233,35 @@ class AuditSettings(BaseSettings):
     )
     archiver_metrics_port: int = Field(9109, ge=0, le=65535)
 
+    # --- Log streams (helper M, issue 17; docs/streams.md) -------------------
+    streamer_metrics_port: int = Field(9110, ge=0, le=65535)
+    streams_poll_seconds: float = Field(
+        0.5, gt=0, le=60, description="How often the stream worker looks for new events."
+    )
+    streams_retry_base_seconds: float = Field(
+        0.5, gt=0, le=600, description="First retry delay; doubles per attempt (full jitter)."
+    )
+    streams_retry_max_seconds: float = Field(60.0, gt=0, le=3600)
+    streams_dead_letter_after_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="A batch failing this long goes to the destination's dead-letter list.",
+    )
+    streams_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    streams_lease_seconds: float = Field(
+        30.0, ge=1, le=3600, description="One worker at a time delivers a destination (its lease)."
+    )
+    streams_ca_file: str | None = Field(
+        None, description="Extra CA certificates (PEM) trusted for destinations' TLS."
+    )
+    streams_allow_private_hosts: bool = Field(
+        False, description="Allow destinations on loopback/private addresses (development)."
+    )
+    streams_allow_http: bool = Field(False, description="Allow http:// destinations (development).")
+    streams_secret_overlap_seconds: int = Field(
+        86_400, ge=0, description="After a secret rotation the previous one signs this long too."
+    )
+
     # --- Securing Kafka, MongoDB and Redis (helper K, issue 21 item 1) ----
     # Built into client keyword arguments by audit_events/connections.py.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

@@ -204,5 +204,10 @@ from auditstream.archive_cli import archive, archiver  # noqa: E402
 main.add_command(archiver)
 main.add_command(archive)
 
+from auditstream.streams_cli import streamer, streams  # noqa: E402
+
+main.add_command(streams)
+main.add_command(streamer)
+
 if __name__ == "__main__":
     main()

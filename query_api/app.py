@@ -15,7 +15,7 @@ from quart import Quart, Response, g, request
 from quart_schema import Info, QuartSchema
 
 from audit_events.settings import AuditSettings, SettingsError
-from query_api import admin, events, export, health, history, tenants, token, ui, verify
+from query_api import admin, events, export, health, history, streams, tenants, token, ui, verify
 from query_api.auth import TokenVerifier
 from query_api.docs_assets import CSS_URL as DOCS_CSS_URL
 from query_api.docs_assets import JS_URL as DOCS_JS_URL
@@ -94,6 +94,7 @@ def create_app(
     app.register_blueprint(admin.bp)
     app.register_blueprint(tenants.bp)
     app.register_blueprint(docs_assets_bp)
+    app.register_blueprint(streams.bp)
 
     @app.before_serving
     async def open_clients() -> None:

@@ -1,0 +1,284 @@
+"""Log streams (issue 17): a tenant's outbound destinations, as plain data.
+
+The query API stores destinations (``POST/GET/PUT/DELETE /v1/streams``); the
+stream worker (``auditstream streamer``) reads them and delivers the tenant's
+stored events in ``seq`` order. Both share this module; neither imports the
+other. See docs/streams.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from audit_events.chain import CONTROL_ACTIONS, event_fields
+
+STREAMS_COLLECTION = "streams"
+STREAM_DEAD_LETTERS_COLLECTION = "stream_dead_letters"
+KINDS = ("webhook", "splunk_hec", "datadog")
+Kind = Literal["webhook", "splunk_hec", "datadog"]
+Outcome = Literal["success", "failure", "denied"]
+DATADOG_DEFAULT_URL = "https://http-intake.logs.datadoghq.com/api/v2/logs"
+SIGNATURE_HEADER = "X-Auditstream-Signature"
+TIMESTAMP_HEADER = "X-Auditstream-Timestamp"
+# The same action syntax as GET /v1/events?action=: exact, or a prefix 'invoice.*'.
+_ACTION = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*(\.\*)?$")
+
+
+class StreamFilter(BaseModel):
+    """Which events a destination receives (empty lists: all).
+
+    ``actions`` uses ``GET /v1/events``' action syntax (``user.login`` or
+    ``invoice.*``); ``outcomes`` its outcome values. Corrections and erasures
+    (``auditstream.event.*``) are always delivered: they may concern events the
+    destination already holds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    actions: list[str] = Field(default_factory=list, max_length=100)
+    outcomes: list[Outcome] = Field(default_factory=list, max_length=3)
+
+    @field_validator("actions")
+    @classmethod
+    def _actions(cls, value: list[str]) -> list[str]:
+        for action in value:
+            if len(action) > 256 or not _ACTION.match(action):
+                raise ValueError(f"action {action!r} must look like 'user.login' or 'invoice.*'")
+        return value
+
+
+class StreamFields(BaseModel):
+    """What a tenant admin may set on a destination (every field optional for PUT)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=128)
+    url: str | None = Field(None, max_length=2048)
+    secret: str | None = Field(
+        None,
+        min_length=8,
+        max_length=1024,
+        description="webhook signing secret / Splunk HEC token / Datadog API key; never returned",
+    )
+    filters: StreamFilter | None = None
+    batch_size: int | None = Field(None, ge=1, le=1000)
+    enabled: bool | None = None
+    # Splunk HEC / Datadog presentation fields (optional).
+    index: str | None = Field(None, max_length=128, description="Splunk index")
+    sourcetype: str | None = Field(None, max_length=128, description="Splunk sourcetype")
+    service: str | None = Field(None, max_length=128, description="Datadog service")
+    tags: list[str] | None = Field(None, max_length=32, description="Datadog ddtags")
+
+
+class StreamCreate(StreamFields):
+    kind: Kind
+    name: str = Field(min_length=1, max_length=128)
+    secret: str = Field(min_length=8, max_length=1024)
+    start: Literal["now", "beginning"] = Field(
+        "now", description="deliver events stored from now on, or the tenant's whole chain"
+    )
+
+
+def url_problem(url: str, kind: str, *, allow_private: bool, allow_http: bool) -> str | None:
+    """Why ``url`` is no acceptable destination, or None.
+
+    HTTPS only (``allow_http`` for development); hosts that are or resolve to
+    loopback, private, link-local or reserved addresses are refused unless
+    ``allow_private`` (a tenant must not reach the deployment's own services).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "url must be an absolute https:// URL"
+    if parts.scheme == "http" and not allow_http:
+        return "url must use https"
+    if parts.username or parts.password:
+        return "url must not carry credentials; use secret"
+    if allow_private:
+        return None
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return f"host {parts.hostname!r} does not resolve"
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0])
+        if not ip.is_global:
+            return f"host {parts.hostname!r} is a non-public address ({ip})"
+    return None
+
+
+def stream_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """The API view of a stored destination: configuration and status, no secret."""
+    out: dict[str, Any] = {
+        "id": doc["_id"],
+        "tenant": doc["tenant"],
+        "kind": doc["kind"],
+        "name": doc["name"],
+        "url": doc["url"],
+        "enabled": doc.get("enabled", True),
+        "batch_size": doc.get("batch_size", 100),
+        "filters": doc.get("filters") or {"actions": [], "outcomes": []},
+        "secret_set": bool(doc.get("secret")),
+        "previous_secret_valid_until": _iso(doc.get("previous_secret_until")),
+        "position": doc.get("position", 0),
+        "delivered": doc.get("delivered", 0),
+        "dead_lettered": doc.get("dead_lettered", 0),
+        "last_success_at": _iso(doc.get("last_success_at")),
+        "last_error": doc.get("last_error"),
+        "last_error_at": _iso(doc.get("last_error_at")),
+        "created_at": _iso(doc.get("created_at")),
+    }
+    for key in ("index", "sourcetype", "service", "tags"):
+        if doc.get(key) is not None:
+            out[key] = doc[key]
+    return out
+
+
+def _iso(value: Any) -> str | None:
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    text: str = value.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def matches(filters: dict[str, Any] | None, doc: dict[str, Any]) -> bool:
+    """Whether a stored event passes a destination's filters."""
+    if not filters or doc.get("action") in CONTROL_ACTIONS:
+        return True
+    actions = filters.get("actions") or []
+    action = str(doc.get("action", ""))
+    if actions and not any(
+        action.startswith(a[:-1]) if a.endswith(".*") else action == a for a in actions
+    ):
+        return False
+    outcomes = filters.get("outcomes") or []
+    return not outcomes or doc.get("outcome") in outcomes
+
+
+def streamed_event(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a destination receives for one stored event.
+
+    The event as received (corrections are their own ``auditstream.event.corrected``
+    events later in the stream), plus ``seq``, ``received_at`` and
+    ``idempotency_key`` (= the event id). An erased event is a tombstone: id,
+    seq, action, times and the erasure record, never its payload.
+    """
+    if doc.get("erased"):
+        fields: dict[str, Any] = {
+            k: doc[k] for k in ("id", "tenant", "action", "occurred_at") if k in doc
+        }
+        record = dict(doc["erased"])
+        fields["erased"] = {**record, "at": _iso(record.get("at")) or record.get("at")}
+    else:
+        fields = event_fields(doc)
+    out: dict[str, Any] = {
+        k: (_iso(v) if isinstance(v, datetime) else v) for k, v in fields.items()
+    }
+    out["seq"] = doc.get("seq")
+    out["received_at"] = _iso(doc.get("received_at"))
+    out["idempotency_key"] = out.get("id")
+    return out
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """HMAC-SHA256 (hex) of ``"<timestamp>." + body`` with ``secret``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return mac.hexdigest()
+
+
+def verify_signature(
+    header: str, body: bytes, secrets: list[str], *, now: float, tolerance: float = 300.0
+) -> bool:
+    """Receiver side: ``header`` (``t=<ts>,v1=<hex>[,v1=<hex>]``) is valid and fresh.
+
+    Rejects a timestamp more than ``tolerance`` seconds from ``now`` (a replayed
+    request); accepts any ``v1`` made with any of ``secrets``.
+    """
+    parts = [p.split("=", 1) for p in header.split(",") if "=" in p]
+    stamps = [v for k, v in parts if k.strip() == "t"]
+    sigs = [v.strip() for k, v in parts if k.strip() == "v1"]
+    if len(stamps) != 1 or not stamps[0].strip().isdigit() or not sigs:
+        return False
+    ts = int(stamps[0])
+    if abs(now - ts) > tolerance:
+        return False
+    expected = {signature(s, ts, body) for s in secrets}
+    return any(hmac.compare_digest(sig, e) for sig in sigs for e in expected)
+
+
+def new_stream_document(
+    tenant: str, body: StreamCreate, *, head_seq: int, by: str, stream_id: str, now: datetime
+) -> dict[str, Any]:
+    """The stored document of a new destination (API and CLI alike).
+
+    ``head_seq``: the tenant's last stored seq; ``start="now"`` begins after it.
+    """
+    doc: dict[str, Any] = {
+        "_id": stream_id,
+        "tenant": tenant,
+        "kind": body.kind,
+        "name": body.name,
+        "url": body.url or (DATADOG_DEFAULT_URL if body.kind == "datadog" else None),
+        "secret": body.secret,
+        "enabled": True if body.enabled is None else body.enabled,
+        "batch_size": body.batch_size or 100,
+        "filters": body.filters.model_dump() if body.filters else None,
+        "position": 0 if body.start == "beginning" else head_seq,
+        "delivered": 0,
+        "dead_lettered": 0,
+        "created_at": now,
+        "created_by": by,
+    }
+    for key in ("index", "sourcetype", "service", "tags"):
+        if getattr(body, key) is not None:
+            doc[key] = getattr(body, key)
+    return doc
+
+
+def stream_changes(
+    doc: dict[str, Any], body: StreamFields, *, overlap_seconds: int, now: datetime
+) -> dict[str, Any]:
+    """The ``$set`` of an update: only the fields ``body`` names.
+
+    A new secret keeps the previous one valid (signing) ``overlap_seconds`` longer.
+    """
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in body.model_dump(exclude_unset=True).items()
+        if v is not None and k != "secret"
+    }
+    if body.secret is not None and body.secret != doc.get("secret"):
+        changes["secret"] = body.secret
+        changes["previous_secret"] = doc.get("secret")
+        changes["previous_secret_until"] = now + timedelta(seconds=overlap_seconds)
+    return changes
+
+
+async def stream_lag(events: Any, tenant: str, position: int) -> tuple[int, float]:
+    """(events stored after ``position``, age in seconds of the oldest of them).
+
+    ``events``: the events collection (an async PyMongo collection).
+    """
+    head = await events.find_one(
+        {"tenant": tenant, "seq": {"$exists": True}}, {"seq": 1}, sort=[("seq", -1)]
+    )
+    lag = max(0, int(head["seq"]) - position) if head else 0
+    seconds = 0.0
+    if lag:
+        first = await events.find_one(
+            {"tenant": tenant, "seq": {"$gt": position}}, {"received_at": 1}, sort=[("seq", 1)]
+        )
+        at = first.get("received_at") if first else None
+        if isinstance(at, datetime):
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            seconds = max(0.0, (datetime.now(UTC) - at).total_seconds())
+    return lag, round(seconds, 3)

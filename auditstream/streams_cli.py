@@ -1,0 +1,333 @@
+"""``auditstream streams …`` (destinations, dead letters) and ``auditstream streamer``.
+
+The commands work on MongoDB directly, with the same validation as
+``/v1/streams`` (audit_events/streams.py). Secrets are read from stdin or a
+hidden prompt, never from the command line, and never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+import orjson
+from pydantic import ValidationError
+
+from audit_events.settings import AuditSettings, load_settings, mongo_client_options
+from audit_events.storage import EVENTS_COLLECTION
+from audit_events.streams import (
+    KINDS,
+    STREAM_DEAD_LETTERS_COLLECTION,
+    STREAMS_COLLECTION,
+    StreamCreate,
+    StreamFields,
+    new_stream_document,
+    stream_changes,
+    stream_lag,
+    stream_view,
+    url_problem,
+)
+
+T = TypeVar("T")
+Db = Any
+
+
+def _run(action: Callable[[AuditSettings, Db], Awaitable[T]]) -> T:
+    from pymongo import AsyncMongoClient
+
+    settings = load_settings()
+    settings.require("mongo_uri")
+
+    async def main() -> T:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_uri, tz_aware=True, **mongo_client_options(settings)
+        )
+        try:
+            return await action(settings, client[settings.mongo_db])
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+def _secret(from_stdin: bool, prompt: str) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    value: str = click.prompt(prompt, hide_input=True)
+    return value
+
+
+def _validate(model: type[StreamFields], data: dict[str, Any]) -> StreamFields:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise click.ClickException(f"{loc}: {first['msg']}") from None
+
+
+def _check_url(settings: AuditSettings, url: str, kind: str) -> None:
+    problem = url_problem(
+        url,
+        kind,
+        allow_private=settings.streams_allow_private_hosts,
+        allow_http=settings.streams_allow_http,
+    )
+    if problem:
+        raise click.ClickException(problem)
+
+
+def _filters(actions: str | None, outcomes: str | None) -> dict[str, Any] | None:
+    if actions is None and outcomes is None:
+        return None
+    return {"actions": _split(actions), "outcomes": _split(outcomes)}
+
+
+def _split(value: str | None) -> list[str]:
+    return (value or "").replace(",", " ").split()
+
+
+async def _status(db: Db, doc: dict[str, Any]) -> dict[str, Any]:
+    view = stream_view(doc)
+    lag, seconds = await stream_lag(db[EVENTS_COLLECTION], doc["tenant"], view["position"])
+    view["lag_events"], view["lag_seconds"] = lag, seconds
+    view["dead_letter_batches"] = await db[STREAM_DEAD_LETTERS_COLLECTION].count_documents(
+        {"stream_id": doc["_id"]}
+    )
+    return view
+
+
+def _line(v: dict[str, Any]) -> str:
+    state = "enabled" if v["enabled"] else "disabled"
+    err = f" last error {v['last_error_at']}: {v['last_error']}" if v.get("last_error") else ""
+    return (
+        f"{v['id']}  {v['tenant']}  {v['kind']}  {v['name']!r}  {v['url']}  {state}  "
+        f"seq {v['position']}  lag {v['lag_events']} events / {v['lag_seconds']:.1f}s  "
+        f"delivered {v['delivered']}  dead-letter batches {v['dead_letter_batches']}  "
+        f"last success {v['last_success_at'] or '-'}{err}"
+    )
+
+
+@click.group("streams")
+def streams() -> None:
+    """Manage log-stream destinations (webhook, Splunk HEC, Datadog; docs/streams.md)."""
+
+
+@streams.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's destinations.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
+def list_(tenant: str | None, as_json: bool) -> None:
+    """Every destination with its position, lag and health (never its secret)."""
+
+    async def action(settings: AuditSettings, db: Db) -> list[dict[str, Any]]:
+        query = {} if tenant is None else {"tenant": tenant}
+        docs = await db[STREAMS_COLLECTION].find(query).sort("created_at", 1).to_list(None)
+        return [await _status(db, d) for d in docs]
+
+    for view in _run(action):
+        click.echo(orjson.dumps(view).decode() if as_json else _line(view))
+
+
+@streams.command("add")
+@click.option("--tenant", required=True)
+@click.option("--kind", required=True, type=click.Choice(KINDS))
+@click.option("--name", required=True)
+@click.option("--url", default=None, help="Destination URL (Datadog: default US1 intake).")
+@click.option("--secret-stdin", is_flag=True, help="Read the secret/token from stdin.")
+@click.option("--actions", default=None, help="Only these actions (comma/space separated).")
+@click.option("--outcomes", default=None, help="Only these outcomes (comma/space separated).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--from-beginning", is_flag=True, help="Deliver the tenant's whole chain.")
+def add(
+    tenant: str,
+    kind: str,
+    name: str,
+    url: str | None,
+    secret_stdin: bool,
+    actions: str | None,
+    outcomes: str | None,
+    batch_size: int | None,
+    from_beginning: bool,
+) -> None:
+    """Add a destination; prints its id. The secret is the webhook signing secret,
+    the Splunk HEC token or the Datadog API key."""
+    data: dict[str, Any] = {
+        "kind": kind,
+        "name": name,
+        "secret": _secret(secret_stdin, "Secret / token"),
+        "start": "beginning" if from_beginning else "now",
+    }
+    if url is not None:
+        data["url"] = url
+    if batch_size is not None:
+        data["batch_size"] = batch_size
+    if (f := _filters(actions, outcomes)) is not None:
+        data["filters"] = f
+    body = _validate(StreamCreate, data)
+    assert isinstance(body, StreamCreate)
+
+    async def action(settings: AuditSettings, db: Db) -> str:
+        doc = new_stream_document(
+            tenant,
+            body,
+            head_seq=0,
+            by="cli",
+            stream_id="st_" + secrets.token_hex(12),
+            now=datetime.now(UTC),
+        )
+        _check_url(settings, doc["url"] or "", kind)
+        if body.start == "now":
+            head = await db[EVENTS_COLLECTION].find_one(
+                {"tenant": tenant, "seq": {"$exists": True}}, {"seq": 1}, sort=[("seq", -1)]
+            )
+            doc["position"] = int(head["seq"]) if head else 0
+        await db[STREAMS_COLLECTION].insert_one(doc)
+        return str(doc["_id"])
+
+    click.echo(_run(action))
+
+
+@streams.command("show")
+@click.argument("stream_id")
+def show(stream_id: str) -> None:
+    """One destination as JSON: configuration (no secret), lag, last success, last error."""
+
+    async def action(settings: AuditSettings, db: Db) -> dict[str, Any] | None:
+        doc = await db[STREAMS_COLLECTION].find_one({"_id": stream_id})
+        return None if doc is None else await _status(db, doc)
+
+    view = _run(action)
+    if view is None:
+        raise click.ClickException(f"no stream {stream_id!r}")
+    click.echo(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+
+
+@streams.command("update")
+@click.argument("stream_id")
+@click.option("--name", default=None)
+@click.option("--url", default=None)
+@click.option(
+    "--rotate-secret",
+    is_flag=True,
+    help="Read a new secret (stdin with --secret-stdin); the old one stays valid for the "
+    "overlap (AUDITSTREAM_STREAMS_SECRET_OVERLAP_SECONDS).",
+)
+@click.option("--secret-stdin", is_flag=True)
+@click.option("--actions", default=None)
+@click.option("--outcomes", default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--enable/--disable", default=None)
+def update(
+    stream_id: str,
+    name: str | None,
+    url: str | None,
+    rotate_secret: bool,
+    secret_stdin: bool,
+    actions: str | None,
+    outcomes: str | None,
+    batch_size: int | None,
+    enable: bool | None,
+) -> None:
+    """Change the named fields of a destination."""
+    data: dict[str, Any] = {}
+    for key, value in (("name", name), ("url", url), ("batch_size", batch_size)):
+        if value is not None:
+            data[key] = value
+    if enable is not None:
+        data["enabled"] = enable
+    if (f := _filters(actions, outcomes)) is not None:
+        data["filters"] = f
+    if rotate_secret:
+        data["secret"] = _secret(secret_stdin, "New secret / token")
+    body = _validate(StreamFields, data)
+
+    async def action(settings: AuditSettings, db: Db) -> bool:
+        doc = await db[STREAMS_COLLECTION].find_one({"_id": stream_id})
+        if doc is None:
+            return False
+        if body.url is not None:
+            _check_url(settings, body.url, doc["kind"])
+        changes = stream_changes(
+            doc,
+            body,
+            overlap_seconds=settings.streams_secret_overlap_seconds,
+            now=datetime.now(UTC),
+        )
+        if changes:
+            await db[STREAMS_COLLECTION].update_one({"_id": stream_id}, {"$set": changes})
+        return True
+
+    if not _run(action):
+        raise click.ClickException(f"no stream {stream_id!r}")
+    click.echo(f"{stream_id} updated")
+
+
+@streams.command("delete")
+@click.argument("stream_id")
+def delete(stream_id: str) -> None:
+    """Remove a destination and its dead-letter list."""
+
+    async def action(settings: AuditSettings, db: Db) -> int:
+        result = await db[STREAMS_COLLECTION].delete_one({"_id": stream_id})
+        await db[STREAM_DEAD_LETTERS_COLLECTION].delete_many({"stream_id": stream_id})
+        return int(result.deleted_count)
+
+    if not _run(action):
+        raise click.ClickException(f"no stream {stream_id!r}")
+    click.echo(f"{stream_id} deleted")
+
+
+@streams.command("dead-letters")
+@click.argument("stream_id")
+def dead_letters(stream_id: str) -> None:
+    """The destination's dead-letter batches: seq range, events, error, when."""
+
+    async def action(settings: AuditSettings, db: Db) -> list[dict[str, Any]]:
+        cursor = db[STREAM_DEAD_LETTERS_COLLECTION].find({"stream_id": stream_id}, {"events": 0})
+        items: list[dict[str, Any]] = await cursor.sort([("at", 1), ("_id", 1)]).to_list(None)
+        return items
+
+    for item in _run(action):
+        click.echo(f"seq {item['first_seq']}..{item['last_seq']}  at {item['at']}  {item['error']}")
+
+
+@streams.command("redrive")
+@click.argument("stream_id")
+def redrive(stream_id: str) -> None:
+    """Deliver the destination's dead-letter batches again, oldest first.
+
+    A delivered batch leaves the list; the first failure stops (exit status 1)
+    and keeps the rest. Events carry their ids as idempotency keys, so a
+    receiver that already has some of them can drop the duplicates.
+    """
+    from stream_processor.streams.worker import redrive as run_redrive
+
+    settings = load_settings()
+    settings.require("mongo_uri")
+    batches, events, error = asyncio.run(run_redrive(settings, stream_id))
+    click.echo(f"{stream_id}: {batches} batches, {events} events redelivered")
+    if error:
+        click.secho(f"stopped: {error}", fg="red")
+        sys.exit(1)
+
+
+@click.command("streamer")
+def streamer() -> None:
+    """Run the stream worker: deliver every tenant's stored events to its destinations.
+
+    Reads stored events by (tenant, seq) from MongoDB, so erased events go out
+    as tombstones and corrections as correction events. Each destination keeps
+    its own position (the last delivered seq), retries with exponential
+    backoff and jitter, and after AUDITSTREAM_STREAMS_DEAD_LETTER_AFTER_SECONDS
+    moves a failing batch to its dead-letter list (`auditstream streams
+    redrive`). Several workers share destinations (one lease each).
+    Prometheus metrics on AUDITSTREAM_STREAMER_METRICS_PORT.
+    """
+    from stream_processor.streams.worker import run_streamer
+
+    run_streamer(load_settings())

@@ -1,0 +1,229 @@
+"""``/v1/streams``: a tenant's outbound log-stream destinations (issue 17).
+
+Destinations live in MongoDB (``streams``); the stream worker
+(``auditstream streamer``) delivers from them. Secrets (webhook signing
+secret, Splunk HEC token, Datadog API key) are written, never read back: GET
+shows ``secret_set`` only. ``PUT`` changes only the fields it names; a new
+``secret`` keeps the previous one valid for signing during
+AUDITSTREAM_STREAMS_SECRET_OVERLAP_SECONDS (rotation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from pymongo.asynchronous.collection import AsyncCollection
+from quart import Blueprint, Response, current_app, g, request
+from quart_schema import document_request, document_response
+
+from audit_events.schema import parse_json
+from audit_events.settings import AuditSettings
+from audit_events.streams import (
+    DATADOG_DEFAULT_URL,
+    STREAM_DEAD_LETTERS_COLLECTION,
+    STREAMS_COLLECTION,
+    StreamCreate,
+    StreamFields,
+    new_stream_document,
+    stream_changes,
+    stream_lag,
+    stream_view,
+    url_problem,
+)
+from query_api.auth import read_tenant, require_scope
+from query_api.problems import Problem
+from query_api.query import single_values
+from query_api.services import Services
+
+bp = Blueprint("streams", __name__)
+MAX_STREAMS_PER_TENANT = 20
+
+
+class StreamStatus(BaseModel):
+    """A destination: configuration (no secret), position and health."""
+
+    id: str
+    tenant: str
+    kind: str
+    name: str
+    url: str
+    enabled: bool
+    batch_size: int
+    filters: dict[str, Any]
+    secret_set: bool
+    position: int
+    delivered: int
+    dead_lettered: int
+    last_success_at: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    lag_events: int | None = None
+    lag_seconds: float | None = None
+    dead_letter_batches: int | None = None
+
+
+class StreamList(BaseModel):
+    data: list[StreamStatus]
+
+
+def _settings() -> AuditSettings:
+    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    return settings
+
+
+def _collections() -> tuple[
+    AsyncCollection[dict[str, Any]],
+    AsyncCollection[dict[str, Any]],
+    AsyncCollection[dict[str, Any]],
+]:
+    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
+    db = services.mongo[_settings().mongo_db]
+    return db[STREAMS_COLLECTION], db[STREAM_DEAD_LETTERS_COLLECTION], services.events
+
+
+def _tenant() -> str:
+    single_values(request.args, ("tenant",))
+    return read_tenant(g.principal, request.args.get("tenant"))
+
+
+async def _body(model: type[StreamFields]) -> StreamFields:
+    raw = await request.get_data(cache=False, as_text=False)
+    try:
+        data = parse_json(raw) if raw else None
+    except ValueError as exc:
+        raise Problem(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Problem(422, "body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()
+        ]
+        raise Problem(422, "invalid stream", errors=errors) from None
+
+
+async def _check_url(url: str, kind: str) -> None:
+    settings = _settings()
+    problem = await asyncio.to_thread(
+        url_problem,
+        url,
+        kind,
+        allow_private=settings.streams_allow_private_hosts,
+        allow_http=settings.streams_allow_http,
+    )
+    if problem:
+        raise Problem(422, problem, errors=[{"loc": "url", "msg": problem}])
+
+
+async def _head_seq(events: AsyncCollection[dict[str, Any]], tenant: str) -> int:
+    head = await events.find_one(
+        {"tenant": tenant, "seq": {"$exists": True}}, {"seq": 1}, sort=[("seq", -1)]
+    )
+    return int(head["seq"]) if head else 0
+
+
+async def _status(doc: dict[str, Any]) -> dict[str, Any]:
+    """The view plus lag: events stored after the position, age of the oldest of them."""
+    _, dead, events = _collections()
+    view = stream_view(doc)
+    lag, seconds = await stream_lag(events, doc["tenant"], int(doc.get("position", 0)))
+    view["lag_events"], view["lag_seconds"] = lag, seconds
+    view["dead_letter_batches"] = await dead.count_documents({"stream_id": doc["_id"]})
+    return view
+
+
+async def _find(stream_id: str, tenant: str) -> dict[str, Any]:
+    streams, _, _ = _collections()
+    doc = await streams.find_one({"_id": stream_id, "tenant": tenant})
+    if doc is None:
+        raise Problem(404, f"no stream {stream_id!r}")
+    return doc
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type="application/json")
+
+
+@bp.post("/v1/streams")
+@document_request(StreamCreate)
+@document_response(StreamStatus, 201)
+@require_scope("events:admin")
+async def create_stream() -> Response:
+    """Add a destination for the tenant's events (webhook, Splunk HEC, Datadog)."""
+    tenant = _tenant()
+    body = await _body(StreamCreate)
+    assert isinstance(body, StreamCreate)
+    url = body.url or (DATADOG_DEFAULT_URL if body.kind == "datadog" else None)
+    if url is None:
+        raise Problem(422, "url is required", errors=[{"loc": "url", "msg": "required"}])
+    await _check_url(url, body.kind)
+    streams, _, events = _collections()
+    if await streams.count_documents({"tenant": tenant}) >= MAX_STREAMS_PER_TENANT:
+        raise Problem(422, f"a tenant has at most {MAX_STREAMS_PER_TENANT} streams")
+    doc = new_stream_document(
+        tenant,
+        body,
+        head_seq=await _head_seq(events, tenant),
+        by=g.principal.subject,
+        stream_id="st_" + secrets.token_hex(12),
+        now=datetime.now(UTC),
+    )
+    await streams.insert_one(doc)
+    return _json(await _status(doc), 201)
+
+
+@bp.get("/v1/streams")
+@document_response(StreamList)
+@require_scope("events:admin")
+async def list_streams() -> Response:
+    """The tenant's destinations with their position, lag and health."""
+    tenant = _tenant()
+    streams, _, _ = _collections()
+    docs = await streams.find({"tenant": tenant}).sort("created_at", 1).to_list(None)
+    return _json({"data": [await _status(d) for d in docs]})
+
+
+@bp.get("/v1/streams/<stream_id>")
+@document_response(StreamStatus)
+@require_scope("events:admin")
+async def get_stream(stream_id: str) -> Response:
+    """One destination: lag (events, seconds), last success, last error; no secret."""
+    return _json(await _status(await _find(stream_id, _tenant())))
+
+
+@bp.put("/v1/streams/<stream_id>")
+@document_request(StreamFields)
+@document_response(StreamStatus)
+@require_scope("events:admin")
+async def update_stream(stream_id: str) -> Response:
+    """Change the named fields; a new ``secret`` keeps the previous one valid for a while."""
+    tenant = _tenant()
+    doc = await _find(stream_id, tenant)
+    body = await _body(StreamFields)
+    if body.url is not None:
+        await _check_url(body.url, doc["kind"])
+    changes = stream_changes(
+        doc, body, overlap_seconds=_settings().streams_secret_overlap_seconds, now=datetime.now(UTC)
+    )
+    streams, _, _ = _collections()
+    if changes:
+        await streams.update_one({"_id": stream_id, "tenant": tenant}, {"$set": changes})
+    return _json(await _status(await _find(stream_id, tenant)))
+
+
+@bp.delete("/v1/streams/<stream_id>")
+@require_scope("events:admin")
+async def delete_stream(stream_id: str) -> Response:
+    """Remove a destination and its dead-letter list; the worker stops delivering to it."""
+    tenant = _tenant()
+    await _find(stream_id, tenant)
+    streams, dead, _ = _collections()
+    await streams.delete_one({"_id": stream_id, "tenant": tenant})
+    await dead.delete_many({"stream_id": stream_id})
+    return Response(status=204)

@@ -1,0 +1,336 @@
+"""The stream worker (``auditstream streamer``).
+
+Reads the tenant's *stored* events from MongoDB in ``seq`` order rather than
+the Kafka topic: the store knows erasures (tombstones, no payload) and holds
+corrections as their own events in the chain, and a destination's committed
+position is simply the last seq it has been given — in order per tenant,
+independent of partitions and of every other destination. Ingestion never
+waits for a destination: the processor does not know streams exist.
+
+One asyncio task per destination: a slow or dead destination only delays its
+own position. A destination is delivered by one worker at a time (a lease in
+its document, renewed every batch); several workers share destinations.
+At least once: the position advances only after the destination accepted the
+batch (2xx); a worker killed between the two re-delivers that batch (receivers
+deduplicate on ``idempotency_key`` = event id). A batch failing longer than
+AUDITSTREAM_STREAMS_DEAD_LETTER_AFTER_SECONDS (retries: exponential backoff,
+full jitter) goes to the destination's dead-letter list, and the position moves
+on; ``auditstream streams redrive`` delivers those later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+from audit_events.settings import AuditSettings, mongo_client_options
+from audit_events.storage import EVENTS_COLLECTION
+from audit_events.streams import (
+    STREAM_DEAD_LETTERS_COLLECTION,
+    STREAMS_COLLECTION,
+    matches,
+    stream_lag,
+    streamed_event,
+)
+from stream_processor.streams.formats import build_request
+from stream_processor.streams.metrics import StreamMetrics
+
+log = logging.getLogger("auditstream.streamer")
+MAX_ERROR = 500
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
+
+
+def http_client(settings: AuditSettings) -> httpx.AsyncClient:
+    ctx = ssl.create_default_context()
+    if settings.streams_ca_file:
+        ctx.load_verify_locations(settings.streams_ca_file)
+    return httpx.AsyncClient(
+        verify=ctx, timeout=settings.streams_timeout_seconds, follow_redirects=False
+    )
+
+
+async def send(
+    client: httpx.AsyncClient, dest: dict[str, Any], events: list[dict[str, Any]]
+) -> str | None:
+    """Deliver one batch once; None on a 2xx, else why it failed."""
+    headers, body = build_request(dest, events, datetime.now(UTC))
+    try:
+        resp = await client.post(dest["url"], content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+    if 200 <= resp.status_code < 300:
+        return None
+    return f"HTTP {resp.status_code}: {resp.text[:200]}"[:MAX_ERROR]
+
+
+class Streamer:
+    def __init__(self, settings: AuditSettings, metrics: StreamMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or StreamMetrics()
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        settings = self.settings
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_uri, **mongo_client_options(settings), tz_aware=True
+        )
+        db = mongo[settings.mongo_db]
+        self.streams = db[STREAMS_COLLECTION]
+        self.dead = db[STREAM_DEAD_LETTERS_COLLECTION]
+        self.events = db[EVENTS_COLLECTION]
+        self.client = http_client(settings)
+        log.info("streamer %s started", self.owner)
+        try:
+            while not stop.is_set():
+                try:
+                    await self._schedule(stop)
+                except PyMongoError as exc:
+                    log.warning("store unavailable: %s", exc)
+                await _wait(stop, settings.streams_poll_seconds)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            for task in self._tasks.values():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._release_all()
+            await self.client.aclose()
+            await mongo.close()
+
+    async def _release_all(self) -> None:
+        with contextlib.suppress(PyMongoError):
+            await self.streams.update_many(
+                {"lease.owner": self.owner}, {"$set": {"lease.until": datetime.now(UTC)}}
+            )
+
+    async def _schedule(self, stop: asyncio.Event) -> None:
+        """Start a task for each enabled destination whose lease this worker gets."""
+        for sid, task in list(self._tasks.items()):
+            if task.done():
+                del self._tasks[sid]
+        docs = await self.streams.find({"enabled": True}, {"_id": 1}).to_list(None)
+        for doc in docs:
+            sid = doc["_id"]
+            if sid not in self._tasks and await self._lease(sid):
+                self._tasks[sid] = asyncio.create_task(self._deliver_loop(sid, stop))
+
+    async def _lease(self, sid: str) -> bool:
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=self.settings.streams_lease_seconds)
+        got = await self.streams.find_one_and_update(
+            {
+                "_id": sid,
+                "enabled": True,
+                "$or": [
+                    {"lease": {"$exists": False}},
+                    {"lease.owner": self.owner},
+                    {"lease.until": {"$lt": now}},
+                ],
+            },
+            {"$set": {"lease": {"owner": self.owner, "until": until}}},
+            projection={"_id": 1},
+        )
+        return got is not None
+
+    async def _deliver_loop(self, sid: str, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                if not await self._lease(sid):
+                    return  # deleted, disabled, or another worker holds it
+                dest = await self.streams.find_one({"_id": sid})
+                if dest is None:
+                    return
+                moved = await self._step(dest, stop)
+            except PyMongoError as exc:
+                log.warning("stream %s: store unavailable: %s", sid, exc)
+                moved = False
+            if not moved:
+                await _wait(stop, self.settings.streams_poll_seconds)
+
+    def _labels(self, dest: dict[str, Any]) -> tuple[str, str, str]:
+        return (str(dest["_id"]), str(dest["tenant"]), str(dest["kind"]))
+
+    async def _lag(self, dest: dict[str, Any], position: int) -> None:
+        lag, seconds = await stream_lag(self.events, dest["tenant"], position)
+        labels = self._labels(dest)
+        self.metrics.lag_events.labels(*labels).set(lag)
+        self.metrics.lag_seconds.labels(*labels).set(seconds)
+
+    async def _step(self, dest: dict[str, Any], stop: asyncio.Event) -> bool:
+        """Deliver the next batch; True when the position moved."""
+        position = int(dest.get("position", 0))
+        docs = (
+            await self.events.find({"tenant": dest["tenant"], "seq": {"$gt": position}})
+            .sort("seq", 1)
+            .limit(int(dest.get("batch_size", 100)))
+            .to_list(None)
+        )
+        await self._lag(dest, position)
+        if not docs:
+            return False
+        last = int(docs[-1]["seq"])
+        events = [streamed_event(d) for d in docs if matches(dest.get("filters"), d)]
+        delivered = dead = 0
+        if events:
+            error = await self._deliver(dest, events, stop)
+            if error is None:
+                delivered = len(events)
+            elif error == "stopped":
+                return False
+            else:
+                dead = len(events)
+                await self.dead.insert_one(
+                    {
+                        "stream_id": dest["_id"],
+                        "tenant": dest["tenant"],
+                        "first_seq": events[0]["seq"],
+                        "last_seq": events[-1]["seq"],
+                        "events": events,
+                        "error": error,
+                        "at": datetime.now(UTC),
+                    }
+                )
+                self.metrics.dead_lettered.labels(*self._labels(dest)).inc(dead)
+                log.warning(
+                    "stream %s: batch up to seq %d dead-lettered: %s", dest["_id"], last, error
+                )
+        now = datetime.now(UTC)
+        update: dict[str, Any] = {"$set": {"position": last}, "$inc": {}}
+        if delivered:
+            update["$set"]["last_success_at"] = now
+            update["$inc"]["delivered"] = delivered
+        if dead:
+            update["$inc"]["dead_lettered"] = dead
+        if not update["$inc"]:
+            del update["$inc"]
+        # Only while this worker holds the lease and nobody moved the position.
+        await self.streams.update_one(
+            {"_id": dest["_id"], "lease.owner": self.owner, "position": position}, update
+        )
+        if delivered:
+            labels = self._labels(dest)
+            self.metrics.delivered.labels(*labels).inc(delivered)
+            self.metrics.batches.labels(*labels).inc()
+            self.metrics.last_success.labels(*labels).set(now.timestamp())
+        return True
+
+    async def _deliver(
+        self, dest: dict[str, Any], events: list[dict[str, Any]], stop: asyncio.Event
+    ) -> str | None:
+        """Deliver with retries; None when delivered, "stopped", or the last error."""
+        settings = self.settings
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            error = await send(self.client, dest, events)
+            if error is None:
+                return None
+            self.metrics.failures.labels(*self._labels(dest)).inc()
+            with contextlib.suppress(PyMongoError):
+                await self.streams.update_one(
+                    {"_id": dest["_id"]},
+                    {"$set": {"last_error": error, "last_error_at": datetime.now(UTC)}},
+                )
+            if time.monotonic() - started >= settings.streams_dead_letter_after_seconds:
+                return error
+            delay = backoff(
+                attempt, settings.streams_retry_base_seconds, settings.streams_retry_max_seconds
+            )
+            attempt += 1
+            if await _wait(stop, delay):
+                return "stopped"
+            if not await self._lease(dest["_id"]):
+                return "stopped"
+            fresh = await self.streams.find_one({"_id": dest["_id"]})
+            if fresh is None or int(fresh.get("position", 0)) != int(dest.get("position", 0)):
+                return "stopped"
+            dest = fresh  # a PUT (new URL, rotated secret) applies to the next attempt
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` or until ``stop``; True when stopped."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+async def redrive(settings: AuditSettings, stream_id: str) -> tuple[int, int, str | None]:
+    """Deliver a destination's dead-letter batches oldest first, once each.
+
+    Returns (batches delivered, events delivered, first error). A delivered
+    batch leaves the list; the first failure stops (the rest stay, in order).
+    """
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, **mongo_client_options(settings), tz_aware=True
+    )
+    db = mongo[settings.mongo_db]
+    streams: AsyncCollection[dict[str, Any]] = db[STREAMS_COLLECTION]
+    dead: AsyncCollection[dict[str, Any]] = db[STREAM_DEAD_LETTERS_COLLECTION]
+    batches = events = 0
+    try:
+        dest = await streams.find_one({"_id": stream_id})
+        if dest is None:
+            return 0, 0, f"no stream {stream_id!r}"
+        async with http_client(settings) as client:
+            async for item in dead.find({"stream_id": stream_id}).sort([("at", 1), ("_id", 1)]):
+                error = await send(client, dest, item["events"])
+                if error is not None:
+                    return batches, events, error
+                await dead.delete_one({"_id": item["_id"]})
+                await streams.update_one(
+                    {"_id": stream_id},
+                    {
+                        "$inc": {"delivered": len(item["events"])},
+                        "$set": {"last_success_at": datetime.now(UTC)},
+                    },
+                )
+                batches += 1
+                events += len(item["events"])
+        return batches, events, None
+    finally:
+        await mongo.close()
+
+
+def run_streamer(settings: AuditSettings) -> None:
+    """``auditstream streamer``: run until SIGINT/SIGTERM."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    settings.require("mongo_uri")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s streamer %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    streamer = Streamer(settings)
+    if settings.streamer_metrics_port:
+        start_http_server(
+            settings.streamer_metrics_port,
+            addr=settings.processor_metrics_host,
+            registry=streamer.metrics.registry,
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await streamer.run(stop)
+
+    asyncio.run(main())

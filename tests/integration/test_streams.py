@@ -1,0 +1,497 @@
+"""Log streams (issue 17): /v1/streams, the stream worker, real HTTPS receivers on loopback.
+
+Stored events are seeded straight into the real MongoDB with their seq (what the
+processor writes); the worker reads them by (tenant, seq). The end-to-end test
+at the bottom runs the real processor and API instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from quart import Quart
+
+from audit_events.settings import AuditSettings, settings_env
+from audit_events.storage import EVENTS_COLLECTION, event_key
+from audit_events.streams import STREAM_DEAD_LETTERS_COLLECTION, STREAMS_COLLECTION
+from query_api.app import create_app
+from stream_processor.streams.worker import Streamer, redrive
+from tests.integration.conftest import eventually
+from tests.stream_receivers import Receiver, self_signed
+
+pytestmark = pytest.mark.integration
+SECRET = "whsec-first-0123456789"
+ADMIN = "events:read events:write events:admin"
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[Path, Path]:
+    return self_signed(tmp_path)
+
+
+@pytest.fixture
+def sset(settings: AuditSettings, tls: tuple[Path, Path]) -> AuditSettings:
+    return settings.model_copy(
+        update={
+            "streams_ca_file": str(tls[0]),
+            "streams_allow_private_hosts": True,  # the receivers are on loopback
+            "streams_poll_seconds": 0.05,
+            "streams_retry_base_seconds": 0.05,
+            "streams_retry_max_seconds": 0.3,
+            "streams_lease_seconds": 2.0,
+            "streamer_metrics_port": 0,
+        }
+    )
+
+
+@pytest.fixture
+async def db(sset: AuditSettings) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(sset.mongo_uri, tz_aware=True)
+    yield client[sset.mongo_db]
+    await client.close()
+
+
+@pytest.fixture
+async def sapi(sset: AuditSettings) -> AsyncIterator[Quart]:
+    app = create_app(sset)
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture
+def receivers(tls: tuple[Path, Path]) -> Callable[..., Receiver]:
+    started: list[Receiver] = []
+
+    def make(**kw: Any) -> Receiver:
+        r = Receiver(tls[0], tls[1], **kw).start()
+        started.append(r)
+        return r
+
+    yield make  # type: ignore[misc]
+    for r in started:
+        r.stop()
+
+
+@pytest.fixture
+async def worker(sset: AuditSettings) -> AsyncIterator[Callable[..., Streamer]]:
+    tasks: list[tuple[asyncio.Task[None], asyncio.Event]] = []
+
+    def start(settings: AuditSettings | None = None) -> Streamer:
+        streamer = Streamer(settings or sset)
+        stop = asyncio.Event()
+        tasks.append((asyncio.create_task(streamer.run(stop)), stop))
+        return streamer
+
+    yield start
+    for task, stop in tasks:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def seed(
+    db: AsyncDatabase[dict[str, Any]], tenant: str, first: int, n: int, **fields: Any
+) -> None:
+    """``n`` stored events with seq first..first+n-1, as the processor lays them out."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    docs = []
+    for seq in range(first, first + n):
+        eid = f"ev-{tenant}-{seq:06d}"
+        doc = {
+            "_id": event_key(tenant, eid),
+            "id": eid,
+            "tenant": tenant,
+            "action": "user.login",
+            "outcome": "success",
+            "actor": {"id": f"user-{seq}", "type": "user"},
+            "occurred_at": now,
+            "received_at": now,
+            "seq": seq,
+            "content_hash": "0" * 64,
+            "hash": "0" * 64,
+        }
+        doc.update(fields)
+        docs.append(doc)
+    await db[EVENTS_COLLECTION].insert_many(docs)
+
+
+def headers(token: Callable[..., str], tenant: str = "acme", scopes: str = ADMIN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(tenant, scopes)}"}
+
+
+async def create(
+    sapi: Quart, token: Callable[..., str], tenant: str = "acme", **body: Any
+) -> dict[str, Any]:
+    body = {"kind": "webhook", "name": "hook", "secret": SECRET, "start": "beginning", **body}
+    resp = await sapi.test_client().post("/v1/streams", json=body, headers=headers(token, tenant))
+    assert resp.status_code == 201, await resp.get_data(as_text=True)
+    out: dict[str, Any] = await resp.get_json()
+    return out
+
+
+async def status(sapi: Quart, token: Callable[..., str], sid: str) -> dict[str, Any]:
+    resp = await sapi.test_client().get(f"/v1/streams/{sid}", headers=headers(token))
+    assert resp.status_code == 200
+    out: dict[str, Any] = await resp.get_json()
+    return out
+
+
+async def test_streams_api_crud_never_returns_secrets(
+    sapi: Quart, settings: AuditSettings, token: Callable[..., str], receivers: Any
+) -> None:
+    client = sapi.test_client()
+    rec = receivers()
+    st = await create(sapi, token, url=rec.url, filters={"actions": ["invoice.*"]})
+    assert st["secret_set"] is True and st["kind"] == "webhook" and st["lag_events"] == 0
+    assert st["id"].startswith("st_")
+    listed = await client.get("/v1/streams", headers=headers(token))
+    assert [s["id"] for s in (await listed.get_json())["data"]] == [st["id"]]
+    rotated = await client.put(
+        f"/v1/streams/{st['id']}",
+        json={"secret": "whsec-second-0123456789", "batch_size": 5},
+        headers=headers(token),
+    )
+    view = await rotated.get_json()
+    assert rotated.status_code == 200 and view["batch_size"] == 5
+    assert view["previous_secret_valid_until"] is not None
+    for resp in (
+        listed,
+        rotated,
+        await client.get(f"/v1/streams/{st['id']}", headers=headers(token)),
+    ):
+        text = await resp.get_data(as_text=True)
+        assert SECRET not in text and "whsec-second" not in text
+    # errors: problem+json, never 500
+    cases = [
+        (client.get(f"/v1/streams/{st['id']}", headers=headers(token, "other")), 404),
+        (client.get("/v1/streams", headers=headers(token, scopes="events:read")), 403),
+        (client.post("/v1/streams", json={"kind": "ftp"}, headers=headers(token)), 422),
+        (client.post("/v1/streams", data=b"{", headers=headers(token)), 400),
+        (
+            client.post(
+                "/v1/streams",
+                json={"kind": "webhook", "name": "x", "secret": SECRET, "url": "http://e.com/"},
+                headers=headers(token),
+            ),
+            422,
+        ),
+        (
+            client.put(
+                f"/v1/streams/{st['id']}",
+                json={"filters": {"actions": ["bad action"]}},
+                headers=headers(token),
+            ),
+            422,
+        ),
+        (client.get("/v1/streams?bogus=1", headers=headers(token)), 400),
+    ]
+    for call, expected in cases:
+        resp = await call
+        assert resp.status_code == expected, await resp.get_data(as_text=True)
+        assert resp.content_type == "application/problem+json"
+    # loopback destinations are refused unless the deployment allows them
+    strict = create_app(settings)
+    async with strict.test_app():
+        resp = await strict.test_client().post(
+            "/v1/streams",
+            json={"kind": "webhook", "name": "x", "secret": SECRET, "url": rec.url},
+            headers=headers(token),
+        )
+        assert resp.status_code == 422
+        assert "non-public" in (await resp.get_json())["detail"]
+    gone = await client.delete(f"/v1/streams/{st['id']}", headers=headers(token))
+    assert gone.status_code == 204
+    missing = await client.get(f"/v1/streams/{st['id']}", headers=headers(token))
+    assert missing.status_code == 404
+    spec = await (await client.get("/openapi.json")).get_json()
+    assert {"get", "post"} <= set(spec["paths"]["/v1/streams"])
+    assert {"get", "put", "delete"} <= set(spec["paths"]["/v1/streams/{stream_id}"])
+
+
+async def test_webhook_delivers_in_order_signed_with_rotation_and_tombstones(
+    sapi: Quart,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+) -> None:
+    rec = receivers(secrets=[SECRET])
+    await seed(db, "acme", 1, 250)
+    await seed(db, "other", 1, 5)  # another tenant's events never reach acme's stream
+    erased_at = datetime.now(UTC)
+    await db[EVENTS_COLLECTION].update_one(
+        {"_id": event_key("acme", "ev-acme-000007")},
+        {
+            "$unset": {"actor": ""},
+            "$set": {
+                "erased": {"event_id": "ctl-1", "by": "admin", "at": erased_at, "reason": "gdpr"}
+            },
+        },
+    )
+    st = await create(sapi, token, url=rec.url, batch_size=50)
+    worker()
+
+    async def all_in() -> bool:
+        return len(rec.events()) >= 250
+
+    await eventually(all_in, 30)
+    events = rec.events()
+    assert [e["seq"] for e in events] == list(range(1, 251))  # in order, once each
+    assert all(e["idempotency_key"] == e["id"] and e["tenant"] == "acme" for e in events)
+    assert rec.bad_signatures == 0
+    tomb = events[6]
+    assert tomb["erased"]["reason"] == "gdpr" and "actor" not in tomb
+    assert events[7]["actor"]["id"] == "user-8"
+    first = rec.batches[0]["headers"]
+    assert first["idempotency-key"] == f"{st['id']}:1-50"
+    view = await status(sapi, token, st["id"])
+    assert view["position"] == 250 and view["lag_events"] == 0 and view["delivered"] == 250
+    assert view["last_success_at"] is not None
+
+    # Rotation: during the overlap both secrets sign, so a receiver still on the
+    # old secret and one already on the new one both accept.
+    await sapi.test_client().put(
+        f"/v1/streams/{st['id']}",
+        json={"secret": "whsec-second-0123456789"},
+        headers=headers(token),
+    )
+    rec.secrets = ["whsec-second-0123456789"]
+    await seed(db, "acme", 251, 10)
+    await eventually(lambda: _count(rec, 260), 30)
+    rec.secrets = [SECRET]
+    await seed(db, "acme", 261, 10)
+    await eventually(lambda: _count(rec, 270), 30)
+    assert rec.bad_signatures == 0
+    sig = rec.batches[-1]["headers"]["x-auditstream-signature"]
+    assert sig.count("v1=") == 2
+    # A replayed request (old timestamp) is rejected by the receiver's check.
+    hdrs, body = rec.requests[0]
+    from audit_events.streams import verify_signature
+
+    assert not verify_signature(
+        hdrs["x-auditstream-signature"], body, [SECRET], now=time.time() + 3600
+    )
+
+
+async def _count(rec: Receiver, n: int) -> bool:
+    return len(rec.events()) >= n
+
+
+async def test_one_destination_down_the_other_keeps_delivering(
+    sapi: Quart,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+) -> None:
+    up = receivers(secrets=[SECRET])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    down_port = sock.getsockname()[1]
+    sock.close()  # nothing listens there: connection refused
+    a = await create(sapi, token, url=up.url, name="up", batch_size=20)
+    b = await create(sapi, token, url=f"https://127.0.0.1:{down_port}/hook", name="down")
+    worker()
+    await seed(db, "acme", 1, 100)
+    await eventually(lambda: _count(up, 100), 30)
+    await seed(db, "acme", 101, 100)  # ingestion goes on while b is down
+    await eventually(lambda: _count(up, 200), 30)
+    down = await status(sapi, token, b["id"])
+    assert down["lag_events"] == 200 and down["position"] == 0
+    assert down["lag_seconds"] >= 0 and "ConnectError" in (down["last_error"] or "")
+    assert (await status(sapi, token, a["id"]))["lag_events"] == 0
+    # b comes back: its lag drains, in order
+    back = receivers(secrets=[SECRET], port=down_port)
+    await eventually(lambda: _count(back, 200), 30)
+    assert [e["seq"] for e in back.events()] == list(range(1, 201))
+    assert (await status(sapi, token, b["id"]))["lag_events"] == 0
+
+
+async def test_failing_batch_dead_letters_then_redrive(
+    sapi: Quart,
+    sset: AuditSettings,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+) -> None:
+    rec = receivers(secrets=[SECRET], status=503)
+    st = await create(sapi, token, url=rec.url, batch_size=10)
+    await seed(db, "acme", 1, 30)
+    worker(sset.model_copy(update={"streams_dead_letter_after_seconds": 0.3}))
+
+    async def dead_lettered() -> bool:
+        return (await status(sapi, token, st["id"]))["dead_lettered"] == 30
+
+    await eventually(dead_lettered, 30)
+    view = await status(sapi, token, st["id"])
+    assert view["position"] == 30 and view["dead_letter_batches"] == 3
+    assert view["last_error"].startswith("HTTP 503")
+    rec.status = 200
+    batches, events, error = await redrive(sset, st["id"])
+    assert (batches, events, error) == (3, 30, None)
+    assert sorted(e["seq"] for e in rec.events()) == list(range(1, 31))
+    assert await db[STREAM_DEAD_LETTERS_COLLECTION].count_documents({}) == 0
+
+
+async def test_splunk_hec_and_datadog_shapes_and_filters(
+    sapi: Quart,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+) -> None:
+    splunk, dd = receivers(), receivers()
+    await create(
+        sapi,
+        token,
+        kind="splunk_hec",
+        name="s",
+        secret="hec-token-123",
+        url=splunk.url,
+        index="audit",
+        filters={"actions": ["invoice.*"], "outcomes": ["failure"]},
+    )
+    await create(
+        sapi, token, kind="datadog", name="d", secret="dd-key-12345", url=dd.url, tags=["env:test"]
+    )
+    await seed(db, "acme", 1, 3, action="invoice.paid", outcome="failure")
+    await seed(db, "acme", 4, 3, action="invoice.paid", outcome="success")
+    await seed(db, "acme", 7, 1, action="auditstream.event.erased")
+    worker()
+
+    async def both() -> bool:
+        return (
+            len(splunk.batches) >= 1 and sum(len(orjson.loads(b["body"])) for b in dd.batches) >= 7
+        )
+
+    await eventually(both, 30)
+    h = splunk.batches[0]["headers"]
+    assert h["authorization"] == "Splunk hec-token-123"
+    lines = [orjson.loads(x) for x in splunk.batches[0]["body"].split(b"\n")]
+    # filtered: 3 failures + the control event (always delivered)
+    assert [x["event"]["seq"] for x in lines] == [1, 2, 3, 7]
+    assert lines[0]["index"] == "audit" and lines[0]["sourcetype"] == "auditstream:event"
+    assert lines[0]["fields"]["idempotency_key"] == lines[0]["event"]["id"]
+    assert isinstance(lines[0]["time"], float)
+    entries = [e for b in dd.batches for e in orjson.loads(b["body"])]
+    assert dd.batches[0]["headers"]["dd-api-key"] == "dd-key-12345"
+    assert [e["auditstream"]["seq"] for e in entries] == list(range(1, 8))
+    assert (
+        entries[0]["ddsource"] == "auditstream" and entries[0]["ddtags"] == "tenant:acme,env:test"
+    )
+    assert entries[0]["idempotency_key"] == entries[0]["auditstream"]["id"]
+
+
+def _streamer(sset: AuditSettings, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
+        **settings_env(sset),
+    }
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "auditstream", "streamer"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def test_sigkill_streamer_during_delivery_loses_nothing(
+    sapi: Quart,
+    sset: AuditSettings,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    tmp_path: Path,
+) -> None:
+    rec = receivers(secrets=[SECRET], delay=0.05)
+    total = 600
+    st = await create(sapi, token, url=rec.url, batch_size=20)
+    await seed(db, "acme", 1, total)
+    sset = sset.model_copy(update={"streams_lease_seconds": 1.0})  # a killed lease expires fast
+    proc = _streamer(sset, tmp_path / "streamer.log")
+    kills = 0
+    try:
+        for i in range(3):
+            seen = len(rec.requests)
+
+            async def delivering(seen: int = seen) -> bool:
+                return len(rec.requests) >= seen + 2
+
+            await eventually(delivering, 30, 0.01)  # the worker is mid-stream
+            if i == 1:  # anywhere in a batch cycle
+                await asyncio.sleep(random.uniform(0.0, 0.15))
+            else:  # while the receiver handles a batch: the worker never sees the 200
+
+                async def inside() -> bool:
+                    return rec.in_flight > 0
+
+                await eventually(inside, 30, 0.005)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            kills += 1
+            proc = _streamer(sset, tmp_path / "streamer.log")
+        await eventually(lambda: _unique(rec, total), 60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    seqs = [e["seq"] for e in rec.events()]
+    counts = Counter(seqs)
+    duplicates = sum(c - 1 for c in counts.values())
+    assert set(counts) == set(range(1, total + 1))  # every event at least once
+    # in order: each accepted batch continues from the previous or restarts behind it
+    for batch in rec.batches:
+        b = [e["seq"] for e in orjson.loads(batch["body"])["events"]]
+        assert b == list(range(b[0], b[0] + len(b)))
+    view = await status(sapi, token, st["id"])
+    assert view["position"] == total and view["lag_events"] == 0
+    print(
+        f"\nSIGKILL x{kills}: {total}/{total} delivered, {duplicates} duplicates, "
+        f"{len(rec.requests)} requests"
+    )
+    assert kills == 3
+
+
+async def _unique(rec: Receiver, n: int) -> bool:
+    return len({e["seq"] for e in rec.events()}) >= n
+
+
+async def test_metrics_per_destination(
+    sapi: Quart,
+    sset: AuditSettings,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+) -> None:
+    rec = receivers(secrets=[SECRET])
+    st = await create(sapi, token, url=rec.url)
+    await seed(db, "acme", 1, 12)
+    streamer = worker()
+    await eventually(lambda: _count(rec, 12), 30)
+    from prometheus_client import generate_latest
+
+    await asyncio.sleep(0.3)
+    text = generate_latest(streamer.metrics.registry).decode()
+    label = f'{{kind="webhook",stream="{st["id"]}",tenant="acme"}}'
+    assert f"auditstream_stream_events_delivered_total{label} 12.0" in text
+    assert f"auditstream_stream_lag_events{label} 0.0" in text
+    assert "auditstream_stream_last_success_timestamp_seconds" in text
+    assert await db[STREAMS_COLLECTION].count_documents({}) == 1
