@@ -1,4 +1,4 @@
-"""``GET /v1/tenants``: the tenants a token may read, for the viewer's tenant picker.
+"""``GET /v1/tenants`` (the tenants a token may read) and ``GET /v1/suggestions``.
 
 A token for one tenant answers that tenant; a token for a list answers the list;
 a token for every tenant (``*``) answers the tenants that have stored events.
@@ -6,12 +6,14 @@ a token for every tenant (``*``) answers the tenants that have stored events.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response, current_app, g, request
 from quart_schema import document_response
 
-from query_api.auth import Principal, require_scope
+from query_api.auth import Principal, read_tenant, require_scope
 from query_api.query import single_values
 from query_api.services import Services
 
@@ -37,4 +39,37 @@ async def list_tenants() -> Response:
         found = await services.events.distinct("tenant")
         names, every = sorted(t for t in found if isinstance(t, str)), True
     body = {"data": names, "all_tenants": every}
+    return Response(orjson.dumps(body), content_type="application/json")
+
+
+SUGGESTED = {"actions": "action", "actors": "actor.id", "target_types": "targets.type"}
+MAX_SUGGESTIONS = 500
+
+
+class Suggestions(BaseModel):
+    actions: list[str]
+    actors: list[str]
+    target_types: list[str]
+
+
+@bp.get("/v1/suggestions")
+@document_response(Suggestions)
+@require_scope("events:read")
+async def suggestions() -> Response:
+    """The tenant's distinct actions, actor ids and target types (for search completion).
+
+    At most 500 of each, sorted; erased events (no actor, no targets) add nothing.
+    """
+    args = single_values(request.args, ("tenant",))
+    tenant = read_tenant(g.principal, args.get("tenant"))
+    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
+    body: dict[str, list[str]] = {}
+    for name, field in SUGGESTED.items():
+        pipeline: list[dict[str, Any]] = [{"$match": {"tenant": tenant}}]
+        if field.startswith("targets."):
+            pipeline.append({"$unwind": "$targets"})
+        pipeline += [{"$group": {"_id": f"${field}"}}, {"$limit": 10 * MAX_SUGGESTIONS}]
+        cursor = await services.events.aggregate(pipeline)
+        found = [d["_id"] async for d in cursor]
+        body[name] = sorted(v for v in found if isinstance(v, str))[:MAX_SUGGESTIONS]
     return Response(orjson.dumps(body), content_type="application/json")

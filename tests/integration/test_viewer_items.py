@@ -10,6 +10,7 @@ tests/integration/test_viewer.py.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -303,6 +304,7 @@ async def test_corrected_and_erased_events_are_marked_everywhere(
         seed.corrected_id
     )
     await page.keyboard.press("Escape")
+    await expect(page).to_have_url(f"{seed.url}/ui/#/search")
 
     # The erased event's own URL: a tombstone dialog (the API answers 410 with who/why).
     await page.goto(f"{seed.url}/ui/#/event/{seed.erased_id}")
@@ -311,6 +313,7 @@ async def test_corrected_and_erased_events_are_marked_everywhere(
     await expect(page.locator(".erased-note")).to_contain_text("GDPR art. 17 request #4411")
     await page.locator("#event-dialog").screenshot(path=str(SCREENSHOTS / "event-erased.png"))
     await page.keyboard.press("Escape")
+    await expect(page).to_have_url(f"{seed.url}/ui/#/search")
 
     # The timeline of the corrected invoice badges the corrected entry.
     await page.goto(f"{seed.url}/ui/#/history/invoice/INV-1042")
@@ -328,13 +331,14 @@ async def test_broken_chain_leads_to_the_tampered_event(
     await expect(page.locator("#chain-text")).to_have_text(f"Chain broken at seq {seed.bad_seq}")
     link = page.locator("#chain-link")
     await expect(link).to_have_text(f"Open event {seed.bad_id}")
+    await page.screenshot(path=str(SCREENSHOTS / "chain-broken.png"))
     await link.click()
     await expect(page).to_have_url(f"{seed.url}/ui/#/event/{seed.bad_id}")
     note = page.locator("#event-notes .tampered-note")
     await expect(note).to_contain_text("This event fails chain verification")
     await expect(note).to_contain_text(f"seq {seed.bad_seq}")
     await expect(page.locator("#event-summary")).to_contain_text(f"seq {seed.bad_seq}")
-    await page.screenshot(path=str(SCREENSHOTS / "chain-broken.png"))
+    await page.locator("#event-dialog").screenshot(path=str(SCREENSHOTS / "event-tampered.png"))
     await page.keyboard.press("Escape")
     await load_all(page)
     await expect(row(page, seed.bad_id).locator(".badge.tampered")).to_be_visible()
@@ -552,3 +556,39 @@ async def test_api_docs_render_without_internet(seed: Seed, context: BrowserCont
         assert (await http.get("/docs/assets/index.html")).status_code == 404
         assert (await http.get("/docs/assets/..%2Fcore.py")).status_code == 404
         assert (await http.get("/redocs")).status_code == 404  # CDN-only: off
+
+
+async def test_suggestions_and_relative_times(seed: Seed, context: BrowserContext) -> None:
+    """Item 15: completions from the tenant's data; relative times, exact time and zone on hover."""
+    async with httpx.AsyncClient(base_url=seed.url) as http:
+        resp = await http.get(
+            "/v1/suggestions", headers={"Authorization": f"Bearer {seed.token(seed.acme)}"}
+        )
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+    assert {"invoice.create", "report.export", CORRECTED_ACTION} <= set(body["actions"])
+    assert {"u-alice", "svc-billing", ADMIN} <= set(body["actors"])
+    assert {"invoice", "document", "audit_event"} <= set(body["target_types"])
+
+    page = await sign_in(context, seed, seed.token(seed.acme))
+    box = page.get_by_label("Search text")
+    await box.fill("outcome:failure action:inv")
+    options = page.locator("#query-suggest option")
+    await expect(options.first).to_be_attached()
+    values = await options.evaluate_all("els => els.map(e => e.value)")
+    assert values == [
+        "outcome:failure action:invoice.create",
+        "outcome:failure action:invoice.pay",
+        "outcome:failure action:invoice.send",
+        "outcome:failure action:invoice.update",
+    ]
+    await box.fill("act")
+    await expect(options).to_have_count(3)
+    values = await options.evaluate_all("els => els.map(e => e.value)")
+    assert values == ["action:", "actor:", "actor_type:"]
+    await expect(page.locator("#list-actor option[value='u-alice']")).to_be_attached()
+
+    first = page.locator("#results-body tr[data-index='0'] .col-time")
+    await expect(first.locator(".rel-time")).to_have_text(re.compile(r"^\d+ minutes? ago$"))
+    title = await first.locator("time").get_attribute("title")
+    assert title is not None and " UTC · " in title, title

@@ -84,8 +84,40 @@ function fmtTime(iso) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+function zoneName() {
+  if (state.utc) return "UTC";
+  try {
+    return Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+  } catch {
+    return "local time";
+  }
+}
+
+// The exact time, in the zone shown, named: the tooltip of every time.
+function exactTitle(iso) {
+  return `${fmtTime(iso)} ${zoneName()} · ${iso}`;
+}
+
 function timeEl(iso) {
-  return h("time", { datetime: iso, title: iso }, fmtTime(iso));
+  return h("time", { datetime: iso, title: exactTitle(iso) }, fmtTime(iso));
+}
+
+const RELATIVE = typeof Intl.RelativeTimeFormat === "function" ? new Intl.RelativeTimeFormat("en", { numeric: "auto" }) : null;
+
+// "5 minutes ago", "yesterday", "3 days ago" (within 30 days), else nothing.
+function relTime(iso) {
+  const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+  if (!RELATIVE || Number.isNaN(seconds) || Math.abs(seconds) > 30 * 86400) return "";
+  const abs = Math.abs(seconds);
+  if (abs < 45) return "just now";
+  if (abs < 3600) return RELATIVE.format(Math.round(seconds / 60), "minute");
+  if (abs < 86400) return RELATIVE.format(Math.round(seconds / 3600), "hour");
+  return RELATIVE.format(Math.round(seconds / 86400), "day");
+}
+
+function relTimeEl(iso) {
+  const text = relTime(iso);
+  return text ? h("span", { class: "rel-time", title: exactTitle(iso) }, text) : null;
 }
 
 // datetime-local value <-> RFC 3339, in local time or UTC as the toggle says.
@@ -104,7 +136,7 @@ function isoToInput(iso) {
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
-function tzLabel() { return state.utc ? "(UTC)" : "(local time)"; }
+function tzLabel() { return `(${zoneName()})`; }
 
 function fmtBytes(n) {
   if (n < 1024) return `${n} B`;
@@ -564,6 +596,48 @@ function applyQueryTokens(params, text) {
   return params;
 }
 
+// ---- suggestions from the tenant's data (GET /v1/suggestions)
+const SUGGEST_KEYS = { action: "actions", actor: "actors", target_type: "target_types" };
+const FIXED_SUGGESTIONS = { outcome: ["success", "failure", "denied"], crud: ["create", "read", "update", "delete"], since: ["15m", "1h", "24h", "7d", "30d"] };
+let suggestionsFor = null;
+let suggestionsData = { actions: [], actors: [], target_types: [] };
+
+async function loadSuggestions() {
+  if (suggestionsFor === state.tenant) return;
+  suggestionsFor = state.tenant;
+  try {
+    const body = await (await api("/v1/suggestions")).json();
+    if (suggestionsFor !== state.tenant) return;
+    suggestionsData = body;
+    for (const [key, name] of Object.entries(SUGGEST_KEYS)) {
+      $(`list-${key}`).replaceChildren(...(body[name] || []).map((v) => h("option", { value: v })));
+    }
+    suggestQuery();
+  } catch (err) {
+    suggestionsFor = null;
+    if (!(err instanceof SignedOut)) console.warn("suggestions unavailable", err);
+  }
+}
+
+// Completions for the box's last token: "act" -> "action:", "action:inv" ->
+// "action:invoice.update" (each option is the whole box text, as a datalist needs).
+function suggestQuery() {
+  const box = $("f-q");
+  const text = box.value;
+  const cut = text.search(/\S*$/);
+  const before = text.slice(0, cut);
+  const last = text.slice(cut);
+  const options = [];
+  const m = /^([a-z_]+):(.*)$/.exec(last);
+  if (m) {
+    const values = SUGGEST_KEYS[m[1]] ? suggestionsData[SUGGEST_KEYS[m[1]]] || [] : FIXED_SUGGESTIONS[m[1]] || [];
+    for (const v of values) if (v.startsWith(m[2])) options.push(`${before}${m[1]}:${quoteToken(v)}`);
+  } else if (last) {
+    for (const key of QUERY_KEYS) if (key.startsWith(last)) options.push(`${before}${key}:`);
+  }
+  $("query-suggest").replaceChildren(...options.slice(0, 50).map((v) => h("option", { value: v })));
+}
+
 function formToParams() {
   const form = $("search-form");
   const params = new URLSearchParams();
@@ -625,6 +699,7 @@ function apiFilters(params) {
 
 function showSearch(params) {
   showView("search");
+  loadSuggestions();
   for (const el of document.querySelectorAll(".tz-hint")) el.textContent = tzLabel();
   const key = `${params.toString()}|${state.tenant}|${state.utc}`;
   if (key === state.search.key) return; // back from a history: keep results and scroll
@@ -776,7 +851,7 @@ function appendRows(events, start) {
         dataset: { index: start + i, id: e.id },
         "aria-label": `${e.action} by ${actor.name || actor.id || "unknown"} at ${e.occurred_at}${badges.length ? ` (${badges.map((b) => b.textContent).join(", ")})` : ""}`,
       },
-      h("td", { class: "col-time", "data-label": "Time" }, timeEl(e.occurred_at)),
+      h("td", { class: "col-time", "data-label": "Time" }, timeEl(e.occurred_at), relTimeEl(e.occurred_at)),
       h("td", { class: "col-action", "data-label": "Action" }, e.action, badges.length ? [" ", ...badges] : null),
       h("td", { class: "col-actor", "data-label": "Actor" },
         actor.id ? [h("span", { class: "actor-name" }, actor.name || actor.id), " ", h("span", { class: "actor-type" }, actor.type || "")] : "—"),
@@ -918,7 +993,7 @@ function lifecycleNotes(e) {
   if (state.chain.firstBadId === e.id) {
     out.push(h("div", { class: "alert tampered-note", role: "alert" },
       h("strong", {}, "This event fails chain verification"),
-      ` (seq ${state.chain.firstBadSeq ?? e.seq ?? "?"}): ${state.chain.why} `,
+      ` (seq ${state.chain.firstBadSeq ?? e.seq ?? "?"}): ${state.chain.why.replace(/[.!]?$/, ".")} `,
       "Its stored content is not what was sealed into the chain: it was altered or a neighbour is missing."));
   }
   if (e.erased) {
@@ -1184,6 +1259,7 @@ function init() {
     if (fromPanel) state.revealResults = true;
   });
   $("f-range").addEventListener("change", syncRange);
+  $("f-q").addEventListener("input", suggestQuery);
   $("reset").addEventListener("click", () => { window.location.hash = "#/search"; });
   $("results-body").addEventListener("keydown", onResultsKey);
   $("results-body").addEventListener("click", onResultsClick);
