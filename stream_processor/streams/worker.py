@@ -49,6 +49,7 @@ from stream_processor.streams.metrics import StreamMetrics
 
 log = logging.getLogger("auditstream.streamer")
 MAX_ERROR = 500
+LAG_EVERY = 1.0  # seconds between lag measurements of a destination that is busy
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -85,6 +86,7 @@ class Streamer:
         self.metrics = metrics or StreamMetrics()
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lag_at: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -151,13 +153,19 @@ class Streamer:
         return got is not None
 
     async def _deliver_loop(self, sid: str, stop: asyncio.Event) -> None:
+        renewed = time.monotonic()  # _schedule just took the lease
         while not stop.is_set():
             try:
-                if not await self._lease(sid):
-                    return  # deleted, disabled, or another worker holds it
+                # Renew once half the lease is gone (not every batch: one store call less).
+                if time.monotonic() - renewed > self.settings.streams_lease_seconds / 2:
+                    if not await self._lease(sid):
+                        return  # deleted, disabled, or another worker holds it
+                    renewed = time.monotonic()
                 dest = await self.streams.find_one({"_id": sid})
-                if dest is None:
+                if dest is None or not dest.get("enabled", True):
                     return
+                if (dest.get("lease") or {}).get("owner") != self.owner:
+                    return  # taken over after this worker's lease expired
                 moved = await self._step(dest, stop)
             except PyMongoError as exc:
                 log.warning("stream %s: store unavailable: %s", sid, exc)
@@ -183,9 +191,14 @@ class Streamer:
             .limit(int(dest.get("batch_size", 100)))
             .to_list(None)
         )
-        await self._lag(dest, position)
-        if not docs:
+        if not docs:  # caught up
+            self.metrics.lag_events.labels(*self._labels(dest)).set(0)
+            self.metrics.lag_seconds.labels(*self._labels(dest)).set(0)
             return False
+        now_m = time.monotonic()
+        if now_m - self._lag_at.get(dest["_id"], 0.0) >= LAG_EVERY:
+            self._lag_at[dest["_id"]] = now_m
+            await self._lag(dest, position)
         last = int(docs[-1]["seq"])
         events = [streamed_event(d) for d in docs if matches(dest.get("filters"), d)]
         delivered = dead = 0
