@@ -9,14 +9,14 @@ their CDN pages (``/redocs``, ``/scalar``) are turned off.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
-import swagger_ui
 from quart import Blueprint, Response, abort, send_from_directory
 from quart_schema import hide
 
 bp = Blueprint("docs_assets", __name__)
-ASSETS = Path(swagger_ui.__file__).parent / "static"
+ASSETS = Path(str(files("swagger_ui") / "static"))  # the swagger-ui-py package's dist files
 SERVED = ("swagger-ui-bundle.js", "swagger-ui.css")
 JS_URL = "/docs/assets/swagger-ui-bundle.js"
 CSS_URL = "/docs/assets/swagger-ui.css"
