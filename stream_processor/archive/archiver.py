@@ -422,11 +422,14 @@ def run_archiver(settings: AuditSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s archiver %(message)s")
     archiver = Archiver(settings)
     if settings.archiver_metrics_port:
-        start_http_server(  # bound like the workers' endpoints
-            settings.archiver_metrics_port,
-            addr=settings.processor_metrics_host,
-            registry=archiver.metrics.registry,
-        )
+        try:
+            start_http_server(  # bound like the workers' endpoints
+                settings.archiver_metrics_port,
+                addr=settings.processor_metrics_host,
+                registry=archiver.metrics.registry,
+            )
+        except OSError as exc:  # metrics are not worth losing the archive over
+            log.warning("no metrics endpoint on port %s: %s", settings.archiver_metrics_port, exc)
 
     async def main() -> None:
         stop = asyncio.Event()

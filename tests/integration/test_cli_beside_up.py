@@ -4,8 +4,9 @@ A real ``auditstream up`` runs in a project folder; ``status``, ``token``,
 ``verify`` and ``replay`` run in the same folder with no AUDITSTREAM_* variable
 and find the stack through ``.auditstream/stack.json``. Then ``up`` restarts: the
 embedded Kafka (Tansu) keeps its log in memory, so the topic is empty while
-MongoDB keeps every event; ``replay`` must refuse with one line and leave the
-store as it was.
+MongoDB keeps every event; ``replay --no-archive`` (the topic alone) must refuse
+with one line and leave the store as it was, and ``replay`` (issue 16: the
+archive ``up``'s archiver wrote, then the topic's tail) rebuilds every event.
 """
 
 from __future__ import annotations
@@ -139,13 +140,23 @@ def test_cli_beside_up_needs_no_setup_and_replay_never_empties_the_store(
         before = _cli(tmp_path, "verify", "--quiet")
         assert "ok  demo: 5 events checked" in before.stdout, before.stdout + before.stderr
 
-        replay = _cli(tmp_path, "replay")
+        replay = _cli(tmp_path, "replay", "--no-archive")
         print(replay.stdout, replay.stderr)
         assert replay.returncode == 1, replay.stdout + replay.stderr
         lines = replay.stderr.strip().splitlines()
         assert len(lines) == 1, replay.stderr
         assert lines[0].startswith("replay refused: tenant demo has 5 stored events, the topic")
         assert lines[0].endswith("live store untouched, rebuilt copy kept in events_replay")
+        after = _cli(tmp_path, "verify", "--quiet")
+        assert after.returncode == 0 and "ok  demo: 5 events checked" in after.stdout, (
+            after.stdout + after.stderr
+        )
+
+        # archive + tail: the first run's archiver kept the 5 events the broker forgot
+        replay = _cli(tmp_path, "replay")
+        print(replay.stdout, replay.stderr)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert "5 from the archive" in replay.stdout and "swapped in" in replay.stdout
         after = _cli(tmp_path, "verify", "--quiet")
         assert after.returncode == 0 and "ok  demo: 5 events checked" in after.stdout, (
             after.stdout + after.stderr
