@@ -64,6 +64,10 @@ def index_equality(query: ListQuery) -> dict[str, Any]:
         return {"actor.id": f["actor"]}
     if "action" in f and not f["action"].endswith(".*"):
         return {"action": f["action"]}
+    if "target_id" in f:  # the API's own READ_INDEXES (query_api/services.py)
+        return {"targets.id": f["target_id"]}
+    if "source" in f:
+        return {"source.service": f["source"]}
     if "q" in f:
         return {"search": search_words(f["q"])[0]}
     return {}
