@@ -9,7 +9,6 @@ corrected view) / 204 once applied, or 202 if that takes longer than 5 s.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -37,6 +36,7 @@ from query_api.problems import Problem
 from query_api.publisher import PublishFailed
 from query_api.query import single_values
 from query_api.services import Services
+from query_api.stored_waits import StoredWaits
 
 bp = Blueprint("admin", __name__)
 WAIT_SECONDS = 5.0
@@ -127,17 +127,24 @@ def _control(
         raise Problem(422, f"the control event would be invalid: {why}") from None
 
 
-async def _wait_for(query: dict[str, Any]) -> dict[str, Any] | None:
+async def _wait_for(tenant: str, query: dict[str, Any]) -> dict[str, Any] | None:
     # None (answer 202: the control event is in Kafka) also when the store is away.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS
+    # Looks again when the processor announces a stored batch of ``tenant``
+    # (query_api/stored_waits.py), not every 50 ms.
+    services = _services()
+    found: list[dict[str, Any]] = []
+
+    async def stored() -> bool:
+        doc = await services.events.find_one(query)
+        if doc is not None:
+            found.append(doc)
+        return doc is not None
+
     try:
         with pymongo.timeout(WAIT_SECONDS):
-            while loop.time() < deadline:
-                doc = await _services().events.find_one(query)
-                if doc is not None:
-                    return doc
-                await asyncio.sleep(0.05)
+            waits = services.waits or StoredWaits(None)
+            if await waits.wait_until({tenant}, stored, WAIT_SECONDS):
+                return found[-1]
     except PyMongoError as exc:
         current_app.logger.warning("?wait=true could not confirm the change: %s", exc)
     return None
@@ -204,7 +211,7 @@ async def correct_event(event_id: str) -> Response:
     )
     await _publish(control)
     if wait:
-        doc = await _wait_for({"_id": target["_id"], "corrections.event_id": control.id})
+        doc = await _wait_for(tenant, {"_id": target["_id"], "corrections.event_id": control.id})
         if doc is not None:
             return Response(orjson.dumps(document_to_api(doc)), content_type="application/json")
     return _accepted(control, event_id)
@@ -222,6 +229,6 @@ async def erase_event(event_id: str) -> Response:
         return Response(status=204)  # a second erasure is a no-op
     control = _control(g.principal, tenant, ERASED_ACTION, event_id, reason)
     await _publish(control)
-    if wait and await _wait_for({"_id": target["_id"], "erased": {"$exists": True}}):
+    if wait and await _wait_for(tenant, {"_id": target["_id"], "erased": {"$exists": True}}):
         return Response(status=204)
     return _accepted(control, event_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from query_api.problems import Problem
 from query_api.publisher import PublishFailed
 from query_api.query import encode_cursor, parse_list_query, single_values
 from query_api.services import Services
+from query_api.stored_waits import StoredWaits
 
 bp = Blueprint("events", __name__)
 WAIT_SECONDS = 5.0
@@ -182,19 +182,19 @@ async def _wait_stored(events: list[AuditEvent]) -> bool:
     its tenant already used for another content is dead-lettered, never stored,
     so it is not reported as stored; another tenant's events are never seen.
     """
-    coll = _services().events
+    services = _services()
+    coll = services.events
     wanted = {event_key(e.tenant, e.id): content_hash(e) for e in events}
     query: dict[str, Any] = {"_id": {"$in": sorted(wanted)}}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS
-    while loop.time() < deadline:
+
+    async def stored() -> bool:
         found = {
             d["_id"]: d.get("content_hash") async for d in coll.find(query, {"content_hash": 1})
         }
-        if found == wanted:
-            return True
-        await asyncio.sleep(0.05)
-    return False
+        return found == wanted
+
+    waits = services.waits or StoredWaits(None)  # no Redis: the fallback period only
+    return await waits.wait_until({e.tenant for e in events}, stored, WAIT_SECONDS)
 
 
 @bp.get("/v1/events")

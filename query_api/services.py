@@ -16,6 +16,7 @@ from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION, USERS_COLLECTION
 from query_api.cache import ReadCache
 from query_api.publisher import Publisher, ensure_topics
+from query_api.stored_waits import StoredWaits
 from query_api.throttle import LOCKOUTS_COLLECTION, LoginThrottle
 from query_api.users import UserStore
 
@@ -44,6 +45,7 @@ class Services:
     publisher: Publisher
     users: UserStore
     throttle: LoginThrottle
+    waits: StoredWaits | None = None  # ?wait=true wake-ups (query_api/stored_waits.py)
 
     @classmethod
     async def open(
@@ -87,6 +89,8 @@ class Services:
             lockouts=db[LOCKOUTS_COLLECTION],  # lockouts outlive a Redis restart
         )
         await throttle.create_indexes()
+        waits = StoredWaits(redis)
+        waits.start()
         return cls(
             mongo,
             events,
@@ -95,9 +99,12 @@ class Services:
             publisher,
             UserStore(db[USERS_COLLECTION]),
             throttle,
+            waits,
         )
 
     async def close(self) -> None:
+        if self.waits is not None:
+            await self.waits.stop()
         await self.publisher.stop()
         await self.redis.aclose()
         await self.mongo.close()

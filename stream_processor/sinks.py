@@ -17,7 +17,14 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio import Redis
 
-from audit_events.cache_keys import target_generation, tenant_generation
+from audit_events.cache_keys import (
+    BUMP_SCRIPT,
+    generation_ttl_seconds,
+    new_generation,
+    target_generation,
+    tenant_generation,
+)
+from audit_events.notify import stored_channel
 from stream_processor.records import Record
 
 DUPLICATE_KEY = 11000
@@ -81,8 +88,17 @@ def generation_keys(documents: list[dict[str, Any]]) -> list[str]:
 
 
 class RedisInvalidator:
-    def __init__(self, redis: Redis) -> None:
+    """Bumps the cache generations of a stored batch (audit_events/cache_keys.py).
+
+    A missing counter (lost in a restart, a flush, an eviction, or expired) is
+    created at a fresh random value before the increment, atomically, and every
+    bump renews the counter's expiry: counters never repeat a lost value and
+    their memory stays bounded.
+    """
+
+    def __init__(self, redis: Redis, cache_ttl_seconds: int = 300) -> None:
         self._redis = redis
+        self._ttl = generation_ttl_seconds(cache_ttl_seconds)
 
     async def bump(self, documents: list[dict[str, Any]]) -> None:
         keys = generation_keys(documents)
@@ -90,7 +106,10 @@ class RedisInvalidator:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.incr(key)
+                pipe.eval(BUMP_SCRIPT, 1, key, self._ttl, new_generation())
+            # ?wait=true requests wake on this (audit_events/notify.py), same round trip
+            for tenant in sorted({doc["tenant"] for doc in documents}):
+                pipe.publish(stored_channel(tenant), tenant)
             await pipe.execute()
 
 
