@@ -495,3 +495,50 @@ async def test_metrics_per_destination(
     assert f"auditstream_stream_lag_events{label} 0.0" in text
     assert "auditstream_stream_last_success_timestamp_seconds" in text
     assert await db[STREAMS_COLLECTION].count_documents({}) == 1
+
+
+async def test_pipeline_corrections_and_erasures_reach_the_stream_as_events(
+    sapi: Quart,
+    sset: AuditSettings,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+    processors: Callable[..., Any],
+) -> None:
+    """The real processor stores events, a correction and an erasure; the stream
+    gets the originals, then the correction and erasure events; a stream created
+    afterwards from the beginning gets the erased event as a tombstone."""
+    processors()
+    client = sapi.test_client()
+    live = receivers(secrets=[SECRET])
+    await create(sapi, token, url=live.url, name="live")
+    worker()
+    batch = [
+        {"id": f"p-{i}", "tenant": "acme", "action": "invoice.paid", "actor": {"id": "alice"}}
+        for i in range(5)
+    ]
+    resp = await client.post("/v1/events?wait=true", json={"events": batch}, headers=headers(token))
+    assert resp.status_code in (201, 202), await resp.get_data(as_text=True)
+    await eventually(lambda: _count(live, 5), 60)
+    fix = {"reason": "typo", "set": {"description": "credited"}}
+    resp = await client.put("/v1/events/p-1?wait=true", json=fix, headers=headers(token))
+    assert resp.status_code == 200, await resp.get_data(as_text=True)
+    resp = await client.delete("/v1/events/p-2?wait=true&reason=gdpr", headers=headers(token))
+    assert resp.status_code == 204
+    await eventually(lambda: _count(live, 7), 60)
+    got = live.events()
+    assert [e["seq"] for e in got] == list(range(1, 8))
+    assert got[2]["actor"]["id"] == "alice"  # delivered before it was erased
+    corrected, erased = got[5], got[6]
+    assert corrected["action"] == "auditstream.event.corrected"
+    assert corrected["targets"][0]["id"] == "p-1"
+    assert erased["action"] == "auditstream.event.erased"
+    assert erased["targets"][0]["id"] == "p-2"
+    late = receivers(secrets=[SECRET])
+    await create(sapi, token, url=late.url, name="late", start="beginning")
+    await eventually(lambda: _count(late, 7), 60)
+    tomb = late.events()[2]
+    assert tomb["id"] == "p-2" and "actor" not in tomb and tomb["erased"]["reason"] == "gdpr"
+    assert "description" not in late.events()[1]  # the original; the fix is event 6
+    assert late.events()[5]["metadata"] == corrected["metadata"]
