@@ -20,6 +20,7 @@ from query_api.auth import TokenVerifier
 from query_api.docs_assets import CSS_URL as DOCS_CSS_URL
 from query_api.docs_assets import JS_URL as DOCS_JS_URL
 from query_api.docs_assets import bp as docs_assets_bp
+from query_api.histogram import bp as histogram_bp
 from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
 from query_api.services import Services
@@ -94,6 +95,7 @@ def create_app(
     app.register_blueprint(admin.bp)
     app.register_blueprint(tenants.bp)
     app.register_blueprint(docs_assets_bp)
+    app.register_blueprint(histogram_bp)
     app.register_blueprint(streams.bp)
 
     @app.before_serving

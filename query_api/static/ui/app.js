@@ -706,6 +706,7 @@ function showSearch(params) {
   paramsToForm(params);
   state.search = { key, params, filters: apiFilters(params), events: [], next: null, loading: false, generation: state.search.generation + 1, done: false };
   $("results-body").replaceChildren();
+  $("histogram-wrap").hidden = true;
   $("load-more").hidden = true;
   showAlert("search-error", "");
   loadResults();
@@ -724,6 +725,7 @@ async function loadResults() {
     const body = await resp.json();
     if (generation !== state.search.generation) return; // a newer search replaced this one
     const start = s.events.length;
+    if (start === 0) loadHistogram(s.filters, generation);
     s.events.push(...body.data);
     s.next = body.next_cursor;
     s.done = !body.next_cursor;
@@ -750,6 +752,85 @@ async function loadResults() {
       if (!s.done && s.events.length && nearViewport($("sentinel"))) loadResults();
     }
   }
+}
+
+// ---- volume over time above the results; dragging across it narrows the range
+async function loadHistogram(filters, generation) {
+  try {
+    const body = await (await api("/v1/histogram", { ...filters, include_erased: "true", buckets: 60 })).json();
+    if (generation !== state.search.generation) return;
+    state.histogram = body;
+    renderHistogram(body);
+  } catch (err) {
+    if (!(err instanceof SignedOut)) $("histogram-wrap").hidden = true;
+  }
+}
+
+function renderHistogram(b) {
+  const wrap = $("histogram-wrap");
+  wrap.hidden = !b.counts || b.total === 0;
+  if (wrap.hidden) return;
+  const max = Math.max(...b.counts);
+  const start = new Date(b.since).getTime();
+  const bars = b.counts.map((n, i) => {
+    const from = new Date(start + i * b.bucket_seconds * 1000).toISOString();
+    const bar = h("div", { class: n ? "bar" : "bar empty", title: `${n} event${n === 1 ? "" : "s"} from ${exactTitle(from)}` });
+    bar.style.height = n ? `${Math.max(6, (n / max) * 100)}%` : "1px"; // CSSOM: allowed by the CSP
+    return bar;
+  });
+  const chart = $("histogram");
+  chart.replaceChildren(...bars, h("div", { class: "hist-selection", id: "hist-selection", hidden: true }));
+  chart.setAttribute("aria-label", `${b.total} events between ${fmtTime(b.since)} and ${fmtTime(b.until)} ${tzLabel()}; drag across the chart to zoom into a period`);
+  $("hist-from").textContent = fmtTime(b.since);
+  $("hist-to").textContent = `${fmtTime(b.until)} ${tzLabel()}`;
+  $("hist-total").textContent = `${b.total} event${b.total === 1 ? "" : "s"}${b.truncated ? " (first 200,000 counted)" : ""} · drag to zoom`;
+}
+
+let histDrag = null;
+
+function histX(event) {
+  const rect = $("histogram").getBoundingClientRect();
+  return Math.min(Math.max(event.clientX - rect.left, 0), rect.width);
+}
+
+function onHistDown(event) {
+  if (!state.histogram || !state.histogram.total) return;
+  event.preventDefault();
+  $("histogram").setPointerCapture(event.pointerId);
+  histDrag = { x0: histX(event) };
+  onHistMove(event);
+}
+
+function onHistMove(event) {
+  if (!histDrag) return;
+  const x = histX(event);
+  const sel = $("hist-selection");
+  sel.hidden = false;
+  sel.style.left = `${Math.min(histDrag.x0, x)}px`;
+  sel.style.width = `${Math.abs(x - histDrag.x0)}px`;
+}
+
+function onHistUp(event) {
+  if (!histDrag) return;
+  const b = state.histogram;
+  const width = $("histogram").getBoundingClientRect().width;
+  let x0 = Math.min(histDrag.x0, histX(event));
+  let x1 = Math.max(histDrag.x0, histX(event));
+  histDrag = null;
+  if (x1 - x0 < 3) { // a click: that one bar
+    const i = Math.min(Math.floor((x0 / width) * b.counts.length), b.counts.length - 1);
+    x0 = (i / b.counts.length) * width;
+    x1 = ((i + 1) / b.counts.length) * width;
+  }
+  const start = new Date(b.since).getTime();
+  const span = new Date(b.until).getTime() - start;
+  const since = new Date(Math.floor((start + (x0 / width) * span) / 1000) * 1000);
+  const until = new Date(Math.ceil((start + (x1 / width) * span) / 1000) * 1000);
+  const params = new URLSearchParams(state.search.params || "");
+  params.set("range", "custom");
+  params.set("since", since.toISOString());
+  params.set("until", until.toISOString());
+  window.location.hash = `#/search?${params}`;
 }
 
 // Filters narrowed nothing down, or the tenant has nothing yet: say which.
@@ -1260,6 +1341,9 @@ function init() {
   });
   $("f-range").addEventListener("change", syncRange);
   $("f-q").addEventListener("input", suggestQuery);
+  $("histogram").addEventListener("pointerdown", onHistDown);
+  $("histogram").addEventListener("pointermove", onHistMove);
+  $("histogram").addEventListener("pointerup", onHistUp);
   $("reset").addEventListener("click", () => { window.location.hash = "#/search"; });
   $("results-body").addEventListener("keydown", onResultsKey);
   $("results-body").addEventListener("click", onResultsClick);
