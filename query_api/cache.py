@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from audit_events.cache_keys import query_key
+from audit_events.cache_keys import generation_ttl_seconds, new_generation, query_key
 
 log = logging.getLogger("auditstream.api.cache")
 
@@ -39,6 +39,7 @@ class ReadCache:
     def __init__(self, redis: Redis | None, ttl_seconds: int) -> None:
         self._redis = redis
         self._ttl = ttl_seconds
+        self._generation_ttl = generation_ttl_seconds(ttl_seconds)
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
         self._redis_down_until = 0.0
         self.hits = 0
@@ -63,8 +64,8 @@ class ReadCache:
         if self._redis is None or time.monotonic() < self._redis_down_until:
             return await self._bypass(kind, tenant, normalized_query, loader)
         try:
-            gens = await self._redis.mget(generation_keys)
-            key = query_key(kind, tenant, [int(g or 0) for g in gens], normalized_query)
+            gens = await self._generations(generation_keys)
+            key = query_key(kind, tenant, gens, normalized_query)
             cached = await self._redis.get(key)
         except (RedisError, OSError) as exc:
             log.warning("redis unavailable, reading from MongoDB: %s", exc)
@@ -75,6 +76,24 @@ class ReadCache:
             return cached if isinstance(cached, bytes) else cached.encode(), "hit"
         self.misses += 1
         return await asyncio.shield(self._flight(key, loader, store=True)), "miss"
+
+    async def _generations(self, keys: list[str]) -> list[int]:
+        """The scopes' current generations; a missing counter is created first.
+
+        Never read a missing counter as 0: entries cached under a counter that
+        was lost (restart, flush, eviction, expiry) could match again once it
+        counted back up. ``SET NX`` with a fresh random value (whoever is first,
+        reader or processor, creates it) makes a lost counter's values unreachable.
+        """
+        assert self._redis is not None
+        values = await self._redis.mget(keys)
+        missing = [k for k, v in zip(keys, values, strict=True) if v is None]
+        if missing:  # rare: once per scope and counter lifetime (2 x the TTL)
+            for k in missing:
+                await self._redis.set(k, new_generation(), nx=True, ex=self._generation_ttl)
+            values = await self._redis.mget(keys)
+        # Gone again already (eviction): a value nobody shares, i.e. effectively uncached.
+        return [int(v) if v is not None else new_generation() for v in values]
 
     async def _bypass(
         self, kind: str, tenant: str, normalized_query: str, loader: Loader

@@ -182,7 +182,10 @@ def create_app(
         )
         state["mongo"], state["redis"] = mongo, redis
         store = await open_chain_store(
-            settings, collection, topic_publisher(checkpoints), RedisInvalidator(redis)
+            settings,
+            collection,
+            topic_publisher(checkpoints),
+            RedisInvalidator(redis, settings.cache_ttl_seconds),
         )
         state["store"] = store  # the idle-checkpoint timer uses it
         keys = control_keys(settings)
@@ -193,7 +196,7 @@ def create_app(
             )
         return BatchProcessor(
             store,
-            RedisInvalidator(redis),
+            RedisInvalidator(redis, settings.cache_ttl_seconds),
             FaustDeadLetters(dlq, settings.dlq_max_record_bytes),
             limits=limits_from(settings),
             max_event_bytes=settings.max_event_bytes,

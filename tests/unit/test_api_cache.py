@@ -32,9 +32,11 @@ class FakeRedis:
         await asyncio.sleep(0)
         return self.data.get(key)
 
-    async def set(self, key: str, value: bytes, ex: int) -> None:
+    async def set(self, key: str, value: bytes | int, ex: int, nx: bool = False) -> None:
         self._check()
-        self.data[key] = value
+        if nx and key in self.data:
+            return
+        self.data[key] = value if isinstance(value, bytes) else str(value).encode()
 
 
 async def test_concurrent_misses_load_once_then_hit() -> None:
