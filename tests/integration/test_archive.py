@@ -193,14 +193,21 @@ class ArchiverProcess:
         self.proc.wait(30)
 
 
+@pytest.mark.parametrize(
+    "n",
+    [
+        pytest.param(3000, marks=pytest.mark.timeout(300)),
+        pytest.param(20_000, marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+    ],
+)
 async def test_sigkilled_archiver_loses_and_repeats_nothing(
-    settings: AuditSettings, tmp_path: Path
+    n: int, settings: AuditSettings, tmp_path: Path
 ) -> None:
-    """SIGKILL at random moments during an ingest of 3,000 events: each record is
+    """SIGKILL at random moments during an ingest (at least 5 kills): each record is
     archived exactly once (by partition and offset), no manifest gap, verify passes."""
     await ensure_topics(settings)
     arch = ArchiverProcess(settings, tmp_path / "archiver.log")
-    ingest = asyncio.create_task(produce(settings, 3000, "k", pause_every=150, pause=0.25))
+    ingest = asyncio.create_task(produce(settings, n, "k", pause_every=150, pause=0.25))
     rng = random.Random(16)
     kills = 0
     try:
