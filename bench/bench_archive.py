@@ -69,10 +69,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     stack = Stack(workdir)
     stack.start()
     try:
-        settings = stack.settings(
-            "archive", archiver_metrics_port=0, archiver_group="bench-archiver",
-            archive_segment_seconds=0.2, archive_segment_bytes=1024 * 1024,
-        )  # fmt: skip  (small segments: progress is seen as it happens)
+        settings = stack.settings(  # small segments: progress is seen as it happens
+            "archive",
+            archiver_metrics_port=0,
+            archiver_group="bench-archiver",
+            archive_segment_seconds=0.2,
+            archive_segment_bytes=1024 * 1024,
+        )
         events = list(generate_events(args.events, tenants=args.tenants, seed=1))
         produced = await produce(settings, events)
         root = Path(settings.archive_path())
