@@ -96,6 +96,19 @@ def _deployment(component: str) -> dict[str, Any]:
     return found
 
 
+ROLES = ("api", "processor", "archiver", "topics")
+
+
+def _role_secret(role: str) -> dict[str, Any]:
+    (found,) = [s for s in _k8s("Secret") if s["metadata"]["name"] == f"auditstream-{role}-secrets"]
+    return found
+
+
+def _workload(role: str) -> dict[str, Any]:
+    """The Deployment (or, for ``topics``, the Job) of a role."""
+    return _k8s("Job")[0] if role == "topics" else _deployment(role)
+
+
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert isinstance(container, dict)
@@ -142,15 +155,24 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Audi
     return AuditSettings(_env_file=None)
 
 
-REAL_SIGNING_KEY, _ = generate_keypair()
+REAL_SIGNING_KEY, REAL_PUBLIC_KEY = generate_keypair()
+REAL_CONTROL_KEY, REAL_CONTROL_PUBLIC = generate_keypair()
 
 
 def _with_real_secret(env: dict[str, str]) -> dict[str, str]:
-    """The files ship placeholder secrets; validate the rest with real ones."""
-    return {
-        **env,
+    """The files ship placeholder secrets and keys; validate the rest with real ones
+    (only those the file sets: each k8s role's Secret holds its own)."""
+    real = {
         "AUDITSTREAM_JWT_SECRET": "s" * 48,
         "AUDITSTREAM_CHECKPOINT_SIGNING_KEY": REAL_SIGNING_KEY,
+        "AUDITSTREAM_CHECKPOINT_PUBLIC_KEY": REAL_PUBLIC_KEY,
+        "AUDITSTREAM_CONTROL_SIGNING_KEY": REAL_CONTROL_KEY,
+        "AUDITSTREAM_CONTROL_PUBLIC_KEYS": f'["{REAL_CONTROL_PUBLIC}"]',
+    }
+    compose_style = "AUDITSTREAM_MONGO_URI" not in env  # .env.example: one file, every key
+    return {
+        **env,
+        **{k: v for k, v in real.items() if k in env or compose_style},
     }
 
 
@@ -406,7 +428,7 @@ def test_checkpoint_signing_key_is_set_everywhere_and_placeholders_refused(
 ) -> None:
     """compose (.env, every app container) and k8s (the Secret, every pod) set the key;
     the shipped placeholders stop the services instead of running unsigned."""
-    (secret,) = _k8s("Secret")
+    secret = _role_secret("processor")
     name = "AUDITSTREAM_CHECKPOINT_SIGNING_KEY"
     placeholders = {_env_example()[name], secret["stringData"][name]}
     assert placeholders == {"REPLACE-ME"}
@@ -417,9 +439,11 @@ def test_checkpoint_signing_key_is_set_everywhere_and_placeholders_refused(
     for service in APP_SERVICES:
         assert services[service]["env_file"] == ".env", service
         assert name not in _environment(services[service]), "secrets only in .env"
-    for deployment in _k8s("Deployment"):
-        refs = _container(deployment)["envFrom"]
-        assert {"secretRef": {"name": secret["metadata"]["name"]}} in refs
+    processor = _container(_deployment("processor"))["envFrom"]
+    assert {"secretRef": {"name": secret["metadata"]["name"]}} in processor
+    for other in _k8s("Secret"):
+        if other["metadata"]["name"] != secret["metadata"]["name"]:
+            assert name not in other["stringData"], other["metadata"]["name"]
     assert "AUDITSTREAM_CHECKPOINT_RETIRED_PUBLIC_KEYS" in _env_example()
     (config,) = _k8s("ConfigMap")
     assert "AUDITSTREAM_CHECKPOINT_RETIRED_PUBLIC_KEYS" in config["data"]
@@ -432,7 +456,7 @@ def test_checkpoint_signing_key_is_set_everywhere_and_placeholders_refused(
 @pytest.mark.unit
 def test_placeholder_jwt_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A forgotten placeholder must stop the services, not sign tokens."""
-    (secret,) = _k8s("Secret")
+    secret = _role_secret("api")
     placeholders = {
         _env_example()["AUDITSTREAM_JWT_SECRET"],
         secret["stringData"]["AUDITSTREAM_JWT_SECRET"],
@@ -508,7 +532,8 @@ def test_k8s_kinds_present_and_namespace_less() -> None:
     assert kinds["HorizontalPodAutoscaler"] >= 1
     assert kinds["PodDisruptionBudget"] >= 1
     assert kinds["ConfigMap"] == 1
-    assert kinds["Secret"] == 1
+    assert kinds["Secret"] == 4  # one per role: api, processor, archiver, topics
+    assert kinds["NetworkPolicy"] >= 5  # default deny + one per role
     assert kinds["Job"] == 1
     for path, doc in docs:
         assert "namespace" not in doc["metadata"], f"{path.name}: {doc['metadata']['name']}"
@@ -523,27 +548,27 @@ def test_k8s_kinds_present_and_namespace_less() -> None:
 @pytest.mark.unit
 def test_k8s_settings_are_real_and_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     (config,) = _k8s("ConfigMap")
-    (secret,) = _k8s("Secret")
-    assert "data" not in secret, "placeholders go in stringData"
-    names = set(config["data"]) | set(secret["stringData"])
-    assert all(n.startswith(PREFIX) for n in names)
-    assert not _unknown(names)
-    assert not set(config["data"]) & set(secret["stringData"])
-    assert "AUDITSTREAM_JWT_SECRET" in secret["stringData"]
     assert "AUDITSTREAM_JWT_SECRET" not in config["data"]
-    for value in secret["stringData"].values():
-        assert "REPLACE-ME" in value
     secret_text = (K8S_DIR / "secret.yaml").read_text(encoding="utf-8")
     assert "replace" in secret_text.lower()
-    env = {**config["data"], **secret["stringData"]}
-    settings = _settings_from(_with_real_secret(env), monkeypatch)
-    assert settings.kafka_idempotence is True
-    assert settings.api_port == 8080
-    assert settings.processor_metrics_port == 9108
+    for role in ROLES:
+        secret = _role_secret(role)
+        assert "data" not in secret, "placeholders go in stringData"
+        names = set(config["data"]) | set(secret["stringData"])
+        assert all(n.startswith(PREFIX) for n in names)
+        assert not _unknown(names)
+        assert not set(config["data"]) & set(secret["stringData"])
+        for value in secret["stringData"].values():
+            assert "REPLACE-ME" in value
+        env = {**config["data"], **secret["stringData"]}
+        settings = _settings_from(_with_real_secret(env), monkeypatch)
+        assert settings.kafka_idempotence is True
+        assert settings.api_port == 8080
+        assert settings.processor_metrics_port == 9108
+    assert "AUDITSTREAM_JWT_SECRET" in _role_secret("api")["stringData"]
     for deployment in _k8s("Deployment"):
         refs = _container(deployment)["envFrom"]
         assert {"configMapRef": {"name": config["metadata"]["name"]}} in refs
-        assert {"secretRef": {"name": secret["metadata"]["name"]}} in refs
 
 
 def _probe_port(container: dict[str, Any], port: int | str) -> int:
@@ -639,7 +664,8 @@ def test_k8s_topics_job_creates_the_topics_from_the_spec(monkeypatch: pytest.Mon
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     (config,) = _k8s("ConfigMap")
     assert {"configMapRef": {"name": config["metadata"]["name"]}} in container["envFrom"]
-    settings = _settings_from(config["data"], monkeypatch)
+    secret = _role_secret("topics")["stringData"]
+    settings = _settings_from(_with_real_secret({**config["data"], **secret}), monkeypatch)
     specs = topic_specs(settings)
     assert {s.name for s in specs} == {
         config["data"]["AUDITSTREAM_TOPIC_EVENTS"],
@@ -650,3 +676,178 @@ def test_k8s_topics_job_creates_the_topics_from_the_spec(monkeypatch: pytest.Mon
         assert spec.replication == 3 and spec.partitions == 12
         assert deletes_records(spec.configs) is None
         assert spec.configs["min.insync.replicas"] == "2"  # acks=all survives one broker
+
+
+# --- issue 21: secrets per role, probes, NetworkPolicies (helper K) ------------
+
+ROLE_SECRET_KEYS = {
+    # Only what each role needs; the API never holds the checkpoint signing key.
+    "api": {
+        "AUDITSTREAM_JWT_SECRET",
+        "AUDITSTREAM_CONTROL_SIGNING_KEY",
+        "AUDITSTREAM_MONGO_URI",
+        "AUDITSTREAM_REDIS_URL",
+        "AUDITSTREAM_KAFKA_SASL_USERNAME",
+        "AUDITSTREAM_KAFKA_SASL_PASSWORD",
+    },
+    "processor": {
+        "AUDITSTREAM_CHECKPOINT_SIGNING_KEY",
+        "AUDITSTREAM_MONGO_URI",
+        "AUDITSTREAM_REDIS_URL",
+        "AUDITSTREAM_KAFKA_SASL_USERNAME",
+        "AUDITSTREAM_KAFKA_SASL_PASSWORD",
+    },
+    "archiver": {"AUDITSTREAM_KAFKA_SASL_USERNAME", "AUDITSTREAM_KAFKA_SASL_PASSWORD"},
+    "topics": {"AUDITSTREAM_KAFKA_SASL_USERNAME", "AUDITSTREAM_KAFKA_SASL_PASSWORD"},
+}
+
+
+def _secret_settings() -> set[str]:
+    """AUDITSTREAM_* names whose values are secrets: SecretStr fields and credential URIs."""
+    from pydantic import SecretStr
+
+    names = {"AUDITSTREAM_MONGO_URI", "AUDITSTREAM_REDIS_URL"}
+    for name, field in AuditSettings.model_fields.items():
+        if SecretStr in getattr(field.annotation, "__args__", (field.annotation,)):
+            names.add(PREFIX + name.upper())
+    return names
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("role", ROLES)
+def test_k8s_one_secret_per_role(role: str) -> None:
+    secret = _role_secret(role)
+    assert set(secret["stringData"]) == ROLE_SECRET_KEYS[role]
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == role
+    pod = _workload(role)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    refs = [r["secretRef"]["name"] for r in container.get("envFrom", []) if "secretRef" in r]
+    assert refs == [secret["metadata"]["name"]], "each role mounts its own Secret only"
+    assert "env" not in container or all("valueFrom" not in e for e in container["env"])
+    assert not any("secret" in v for v in pod.get("volumes", [])), "no other Secret mounted"
+
+
+@pytest.mark.unit
+def test_k8s_the_api_never_holds_the_checkpoint_signing_key() -> None:
+    api = _role_secret("api")["stringData"]
+    assert "AUDITSTREAM_CHECKPOINT_SIGNING_KEY" not in api
+    processor = _role_secret("processor")["stringData"]
+    assert {"AUDITSTREAM_JWT_SECRET", "AUDITSTREAM_CONTROL_SIGNING_KEY"}.isdisjoint(processor)
+    (config,) = _k8s("ConfigMap")
+    # ...the API verifies with the public key from the ConfigMap instead.
+    assert "AUDITSTREAM_CHECKPOINT_PUBLIC_KEY" in config["data"]
+    assert "AUDITSTREAM_CONTROL_PUBLIC_KEYS" in config["data"]
+
+
+@pytest.mark.unit
+def test_k8s_no_secret_in_a_configmap() -> None:
+    secrets = _secret_settings()
+    assert {"AUDITSTREAM_JWT_SECRET", "AUDITSTREAM_KAFKA_SASL_PASSWORD"} <= secrets
+    for config in _k8s("ConfigMap"):
+        for name, value in config["data"].items():
+            assert name not in secrets, f"{name} is a secret: put it in its role's Secret"
+            assert not re.search(r"://[^/\s]*:[^/\s]*@", value), f"{name} carries credentials"
+            assert "PRIVATE KEY" not in value
+
+
+def _served_api_paths() -> set[str]:
+    from query_api.app import create_app
+
+    app = create_app(
+        AuditSettings(
+            _env_file=None,
+            jwt_secret="s" * 48,
+            kafka_bootstrap="k:1",
+            mongo_uri="mongodb://m",
+            redis_url="redis://r",
+        )
+    )  # type: ignore[call-arg]
+    return {rule.rule for rule in app.url_map.iter_rules()}
+
+
+def _processor_answers(path: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from stream_processor.health import Heartbeat, ProbeServer
+
+    server = ProbeServer("127.0.0.1", 0, CollectorRegistry(), Heartbeat(30, 30)).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    finally:
+        server.stop()
+
+
+@pytest.mark.unit
+def test_probes_point_at_endpoints_that_exist_and_mean_what_they_say() -> None:
+    api_paths = _served_api_paths()
+    container = _container(_deployment("api"))
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        path = container[kind]["httpGet"]["path"]
+        assert path in api_paths, (kind, path)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    processor = _container(_deployment("processor"))
+    live = processor["livenessProbe"]["httpGet"]["path"]
+    ready = processor["readinessProbe"]["httpGet"]["path"]
+    assert (live, ready) == ("/healthz", "/readyz")
+    # The worker's server answers those paths (here 200 live / 503 not ready: no
+    # worker loop yet) and 404 anything else, unlike a metrics server answering all.
+    assert _processor_answers("/healthz") == 200
+    assert _processor_answers("/readyz") == 503
+    assert _processor_answers("/no-such-probe") == 404
+    compose = " ".join(_services()["processor"]["healthcheck"]["test"])
+    assert "/healthz" in compose
+
+
+def _policy(name: str) -> dict[str, Any]:
+    (found,) = [p for p in _k8s("NetworkPolicy") if p["metadata"]["name"] == name]
+    return found
+
+
+def _ports(rules: list[dict[str, Any]]) -> set[int]:
+    out: set[int] = set()
+    for rule in rules:
+        assert rule.get("ports"), "a rule without ports allows every port"
+        out |= {int(p["port"]) for p in rule["ports"]}
+    return out
+
+
+@pytest.mark.unit
+def test_k8s_network_policies_allow_only_the_paths_the_design_needs() -> None:
+    deny = _policy("auditstream-default-deny")
+    assert deny["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/part-of": "auditstream"
+    }
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+    for role in ROLES:  # every pod carries the label the default deny selects
+        labels = _workload(role)["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "auditstream"
+    expected = {
+        # role: (ingress ports, egress ports)
+        "api": ({8080}, {53, 9092, 9093, 27017, 6379, 443}),
+        "processor": ({9108}, {53, 9092, 9093, 27017, 6379}),
+        "archiver": ({9109}, {53, 9092, 9093, 443}),
+        "topics": (set(), {53, 9092, 9093}),
+    }
+    for role, (ingress, egress) in expected.items():
+        spec = _policy(f"auditstream-{role}")["spec"]
+        labels = _workload(role)["spec"]["template"]["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+        assert _ports(spec.get("ingress", [])) == ingress, role
+        assert _ports(spec["egress"]) == egress, role
+    for role in ("processor", "archiver"):  # metrics: Prometheus' namespace only
+        (rule,) = _policy(f"auditstream-{role}")["spec"]["ingress"]
+        assert rule["from"] and all("namespaceSelector" in f for f in rule["from"])
+    for store in ("mongodb", "redis"):  # the stores: api and processor only
+        spec = _policy(f"auditstream-{store}-clients")["spec"]
+        clients = spec["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
+        assert sorted(clients["values"]) == ["api", "processor"]
+    kafka = _policy("auditstream-kafka-clients")["spec"]["ingress"][0]["from"]
+    assert kafka[0]["podSelector"]["matchExpressions"][0]["values"] == list(ROLES)
