@@ -13,6 +13,7 @@ const CORRECTED_ACTION = "auditstream.event.corrected";
 const ERASED_ACTION = "auditstream.event.erased";
 const CONTROL_TARGET = "audit_event";
 const SESSION_CHANNEL = "auditstream.session";
+const SIDE_PANEL = window.matchMedia("(min-width: 1100px)");
 
 const $ = (id) => document.getElementById(id);
 
@@ -1064,6 +1065,14 @@ function changesTable(changes, tableEl) {
   return table;
 }
 
+// The row of the event shown in the panel.
+function markSelected(id) {
+  for (const r of document.querySelectorAll("#results-body tr.selected")) r.classList.remove("selected");
+  if (!id) return;
+  const row = document.querySelector(`#results-body tr[data-id="${CSS.escape(id)}"]`);
+  if (row) row.classList.add("selected");
+}
+
 function eventLink(id, label) {
   return h("a", { href: eventHref(id), class: "event-link" }, label || id);
 }
@@ -1099,6 +1108,7 @@ function renderEvent(e) {
     ? `Erased event · ${e.action} · ${fmtTime(e.occurred_at)}`
     : `${e.action} · ${fmtTime(e.occurred_at)}`;
   $("event-permalink").href = eventHref(e.id);
+  markSelected(e.id);
   $("event-notes").replaceChildren(...lifecycleNotes(e));
   const actor = e.actor || {};
   const src = e.source || {};
@@ -1140,7 +1150,15 @@ async function openEvent(e) {
   if (!e) return;
   renderEvent(e);
   const dialog = $("event-dialog");
-  if (!dialog.open) dialog.showModal();
+  if (!dialog.open) {
+    // Wide screens: a side panel beside the list (which stays visible and usable);
+    // narrow screens: a modal dialog.
+    const side = SIDE_PANEL.matches && document.body.dataset.view === "search";
+    dialog.classList.toggle("side", side);
+    document.body.classList.toggle("panel-open", side);
+    if (side) dialog.show();
+    else dialog.showModal();
+  }
   $("event-close").focus();
   try {
     // The stored event may have changed since the list was read (a redaction, a correction).
@@ -1381,6 +1399,8 @@ function init() {
   const dialog = $("event-dialog");
   $("event-close").addEventListener("click", () => dialog.close());
   dialog.addEventListener("close", () => {
+    document.body.classList.remove("panel-open");
+    markSelected(null);
     // Back to the view under the dialog; the event's entry is replaced, so the
     // back button does not reopen it.
     if (parseHash().parts[0] === "event") window.location.replace(state.lastViewHash);
@@ -1408,6 +1428,12 @@ function init() {
   });
 
   document.addEventListener("keydown", (event) => {
+    // The side panel is not modal: Escape closes it from anywhere on the page.
+    if (event.key === "Escape" && dialog.open && dialog.classList.contains("side")) {
+      event.preventDefault();
+      dialog.close();
+      return;
+    }
     const typing = event.target.closest("input, textarea, select, [contenteditable]");
     if (event.key === "/" && !typing && !dialog.open && document.body.dataset.view === "search") {
       event.preventDefault();
