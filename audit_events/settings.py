@@ -300,6 +300,13 @@ class AuditSettings(BaseSettings):
         " this long (a batch being written: its retry deadline plus this).",
     )
 
+    @field_validator("jwt_secret", "checkpoint_signing_key", "control_signing_key", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        # compose blanks the secrets a role must not hold (docker-compose.yml): an
+        # empty variable means unset, as for the public keys.
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> AuditSettings:
         if self.kafka_security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):

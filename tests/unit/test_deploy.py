@@ -438,7 +438,8 @@ def test_checkpoint_signing_key_is_set_everywhere_and_placeholders_refused(
     services = _services()
     for service in APP_SERVICES:
         assert services[service]["env_file"] == ".env", service
-        assert name not in _environment(services[service]), "secrets only in .env"
+        # secrets only in .env; a service may only blank one its role must not hold
+        assert _environment(services[service]).get(name, "") == "", "secrets only in .env"
     processor = _container(_deployment("processor"))["envFrom"]
     assert {"secretRef": {"name": secret["metadata"]["name"]}} in processor
     for other in _k8s("Secret"):
@@ -851,3 +852,33 @@ def test_k8s_network_policies_allow_only_the_paths_the_design_needs() -> None:
         assert sorted(clients["values"]) == ["api", "processor"]
     kafka = _policy("auditstream-kafka-clients")["spec"]["ingress"][0]["from"]
     assert kafka[0]["podSelector"]["matchExpressions"][0]["values"] == list(ROLES)
+
+
+COMPOSE_BLANKED = {
+    # service: the secrets from .env it must not hold (blanked in its environment)
+    "api": {"AUDITSTREAM_CHECKPOINT_SIGNING_KEY"},
+    "processor": {"AUDITSTREAM_JWT_SECRET", "AUDITSTREAM_CONTROL_SIGNING_KEY"},
+    "archiver": {
+        "AUDITSTREAM_JWT_SECRET",
+        "AUDITSTREAM_CHECKPOINT_SIGNING_KEY",
+        "AUDITSTREAM_CONTROL_SIGNING_KEY",
+    },
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_compose_each_service_holds_only_its_roles_secrets(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {**_with_real_secret(_env_example()), **_environment(_services()[service])}
+    settings = _settings_from(env, monkeypatch)
+    blanked = COMPOSE_BLANKED[service]
+    for name in blanked:
+        assert getattr(settings, name.removeprefix(PREFIX).lower()) is None, name
+    if service == "api":
+        assert settings.checkpoint_public_key == REAL_PUBLIC_KEY  # verifies, never signs
+        assert settings.jwt_secret is not None and settings.control_signing_key is not None
+    if service == "processor":
+        assert settings.checkpoint_signing_key is not None
+        assert settings.control_public_keys == [REAL_CONTROL_PUBLIC]
