@@ -882,3 +882,11 @@ def test_compose_each_service_holds_only_its_roles_secrets(
     if service == "processor":
         assert settings.checkpoint_signing_key is not None
         assert settings.control_public_keys == [REAL_CONTROL_PUBLIC]
+
+
+@pytest.mark.unit
+def test_the_replay_procedure_is_online_and_never_drops_the_database() -> None:
+    guide = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
+    assert "auditstream replay" in guide
+    assert "--reset-offsets --to-earliest" not in guide, "replay is `auditstream replay`"
+    assert not re.search(r"\(or drop it\)|dropDatabase|db\.dropDatabase", guide)
