@@ -108,6 +108,25 @@ class AuditSettings(BaseSettings):
         min_length=1,
         description="Address the worker's Prometheus endpoint binds (0.0.0.0: every interface).",
     )
+    # --- Viewer: links from a target to the application (helper J, issue 20) --
+    target_url_templates: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description=(
+            'JSON {tenant or "*": {target type: "https://app.example/invoices/{id}"}}: the '
+            "viewer links a target to its page in the application ({id}, {type}, {tenant})."
+        ),
+    )
+
+    @field_validator("target_url_templates")
+    @classmethod
+    def _http_templates(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for tenant, templates in value.items():
+            for kind, template in templates.items():
+                if not re.match(r"^https?://[^\s]+$", template) or "{id}" not in template:
+                    raise ValueError(
+                        f"{tenant}/{kind}: a template is an http(s) URL containing {{id}}"
+                    )
+        return value
 
     # --- Tenant chain checkpoints (docs/chain.md) ------------------------
     checkpoint_signing_key: SecretStr | None = Field(
@@ -370,12 +389,13 @@ def _check_raw_key(key: str, kind: str) -> None:
 def settings_env(settings: AuditSettings) -> dict[str, str]:
     """``AUDITSTREAM_*`` variables reproducing ``settings`` in a child process.
 
-    Secrets and unset values are left out; lists are JSON, as pydantic-settings reads them.
+    Secrets and unset values are left out; lists and dicts are JSON, as pydantic-settings
+    reads them.
     """
     env: dict[str, str] = {}
     secrets = {"jwt_secret", "checkpoint_signing_key", "control_signing_key"}
     for name, value in settings.model_dump(exclude_none=True, exclude=secrets).items():
-        if isinstance(value, list):
+        if isinstance(value, (list, dict)):
             text = json.dumps(value)
         elif isinstance(value, SecretStr):  # e.g. the Kafka SASL password: children need it
             text = value.get_secret_value()

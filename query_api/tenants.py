@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response, current_app, g, request
 from quart_schema import document_response
 
+from audit_events.settings import AuditSettings
 from query_api.auth import Principal, read_tenant, require_scope
 from query_api.query import single_values
 from query_api.services import Services
@@ -73,3 +74,26 @@ async def suggestions() -> Response:
         found = [d["_id"] async for d in cursor]
         body[name] = sorted(v for v in found if isinstance(v, str))[:MAX_SUGGESTIONS]
     return Response(orjson.dumps(body), content_type="application/json")
+
+
+class TargetLinks(BaseModel):
+    templates: dict[str, str] = Field(
+        description="URL template by target type ({id}, {type}, {tenant} filled in)"
+    )
+
+
+@bp.get("/v1/target-links")
+@document_response(TargetLinks)
+@require_scope("events:read")
+async def target_links() -> Response:
+    """The tenant's links from a target to the application's page for it.
+
+    From ``AUDITSTREAM_TARGET_URL_TEMPLATES``: the tenant's templates over the
+    ``"*"`` ones.
+    """
+    args = single_values(request.args, ("tenant",))
+    tenant = read_tenant(g.principal, args.get("tenant"))
+    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    configured = settings.target_url_templates
+    templates = {**configured.get("*", {}), **configured.get(tenant, {})}
+    return Response(orjson.dumps({"templates": templates}), content_type="application/json")

@@ -110,6 +110,10 @@ def settings_mod(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -
         control_public_keys=[CONTROL_PUBLIC],
         processor_metrics_port=0,
         data_dir=str(tmp_path_factory.mktemp("viewer") / "data"),
+        target_url_templates={
+            f"acme-{unique}": {"invoice": "https://billing.example/{tenant}/invoices/{id}"},
+            "*": {"document": "https://docs.example/d/{id}", "invoice": "https://x.example/{id}"},
+        },
     )
 
 
@@ -661,3 +665,28 @@ async def test_event_side_panel_keeps_the_list_visible(seed: Seed, context: Brow
     await page.keyboard.press("Escape")
     await expect(panel).to_be_hidden()
     await expect(page.locator("#filters")).to_be_visible()
+
+
+async def test_targets_link_to_the_application(seed: Seed, context: BrowserContext) -> None:
+    """Item 15: a per-tenant URL template links a target to the application's own page."""
+    async with httpx.AsyncClient(base_url=seed.url) as http:
+        resp = await http.get(
+            "/v1/target-links", headers={"Authorization": f"Bearer {seed.token(seed.acme)}"}
+        )
+    assert resp.json() == {
+        "templates": {
+            "document": "https://docs.example/d/{id}",
+            "invoice": "https://billing.example/{tenant}/invoices/{id}",
+        }
+    }
+    page = await sign_in(context, seed, seed.token(seed.acme))
+    await page.goto(f"{seed.url}/ui/#/search?target_id=INV-1042")
+    link = page.get_by_role("link", name="Open invoice INV-1042 in the application").first
+    await expect(link).to_have_attribute(
+        "href", f"https://billing.example/{seed.acme}/invoices/INV-1042"
+    )
+    await expect(link).to_have_attribute("rel", "noopener noreferrer")
+    # Types without a template (customer) have no such link.
+    await expect(
+        page.get_by_role("link", name="Open customer C-77 in the application")
+    ).to_have_count(0)

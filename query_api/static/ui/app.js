@@ -603,9 +603,38 @@ const FIXED_SUGGESTIONS = { outcome: ["success", "failure", "denied"], crud: ["c
 let suggestionsFor = null;
 let suggestionsData = { actions: [], actors: [], target_types: [] };
 
+let targetTemplates = {};
+
+// The application's own page for a target, from the tenant's URL template.
+function appUrl(t) {
+  const template = targetTemplates[t.type];
+  if (!template) return null;
+  const url = template
+    .replaceAll("{id}", encodeURIComponent(t.id))
+    .replaceAll("{type}", encodeURIComponent(t.type))
+    .replaceAll("{tenant}", encodeURIComponent(state.tenant || ""));
+  return /^https?:\/\//.test(url) ? url : null;
+}
+
+async function loadTargetLinks() {
+  try {
+    const body = await (await api("/v1/target-links")).json();
+    targetTemplates = body.templates || {};
+    // Rows already drawn get their links now.
+    for (const [i, e] of state.search.events.entries()) {
+      const cell = document.querySelector(`#results-body tr[data-index="${i}"] .col-targets`);
+      if (cell && !e.erased) cell.replaceChildren(...targetLinks(e.targets).flat());
+    }
+  } catch (err) {
+    targetTemplates = {};
+  }
+}
+
 async function loadSuggestions() {
   if (suggestionsFor === state.tenant) return;
   suggestionsFor = state.tenant;
+  targetTemplates = {};
+  loadTargetLinks();
   try {
     const body = await (await api("/v1/suggestions")).json();
     if (suggestionsFor !== state.tenant) return;
@@ -860,17 +889,22 @@ function nearViewport(el) {
 }
 
 function targetLinks(targets) {
-  return (targets || []).map((t) => t.type === CONTROL_TARGET ? h(
-    "a",
-    { class: "target-link event-link", href: eventHref(t.id), title: `Open event ${t.id}` },
-    h("span", { class: "t-type" }, "event "),
-    t.id,
-  ) : h(
-    "a",
-    { class: "target-link", href: historyHref(t.type, t.id), title: `History of ${t.type} ${t.id}${t.name ? ` (${t.name})` : ""}` },
-    h("span", { class: "t-type" }, `${t.type} `),
-    t.name || t.id,
-  ));
+  return (targets || []).map((t) => {
+    if (t.type === CONTROL_TARGET) {
+      return h("a", { class: "target-link event-link", href: eventHref(t.id), title: `Open event ${t.id}` },
+        h("span", { class: "t-type" }, "event "), t.id);
+    }
+    const chip = h("a",
+      { class: "target-link", href: historyHref(t.type, t.id), title: `History of ${t.type} ${t.id}${t.name ? ` (${t.name})` : ""}` },
+      h("span", { class: "t-type" }, `${t.type} `),
+      t.name || t.id);
+    const url = appUrl(t);
+    if (!url) return chip;
+    return [chip, h("a", {
+      class: "app-link", href: url, target: "_blank", rel: "noopener noreferrer",
+      title: `Open ${t.type} ${t.id} in the application`, "aria-label": `Open ${t.type} ${t.id} in the application`,
+    }, "↗")];
+  });
 }
 
 function outcomeBadge(outcome) {
