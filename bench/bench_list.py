@@ -6,7 +6,10 @@ Starts SecantusDB (temporary data dir), creates EVENT_INDEXES, inserts events of
 one tenant one second apart ending now (a live tenant), 1 in 20 erased, and
 times, per size, p50 of:
 - reference: the direct indexed query ``{tenant, occurred_at >= newest - 60 s}``
-  sorted ``(occurred_at, _id)`` desc, limit 51 (the issue's bounded-range floor);
+  sorted ``(occurred_at, _id)`` desc, limit 51 (the issue's bounded-range floor;
+  for a sparse filter this window holds less than a page);
+- direct: the old query without the ``erased`` clause (the issue's "same query
+  without the erased clause"; unbounded, so it grows with the stored events);
 - old: ``mongo_filter`` (with ``erased: {$exists: false}``) sorted, limit 51;
 - new: ``read_page`` (bounded windows, erased checked after the range);
 each for the unfiltered page and ``actor=user-7``, and a cursor page 3 pages in.
@@ -104,7 +107,14 @@ async def measure(coll: Any, count: int, top: datetime, repeat: int) -> list[dic
             async def new(q: Any = q) -> list[str]:
                 return [d["_id"] for d in await read_page(coll, TENANT, q, False)]
 
+            async def direct(q: Any = q) -> list[str]:
+                where = mongo_filter(TENANT, q)
+                where.pop("erased")  # the same query without the erased clause
+                find = coll.find(where).sort(sort_spec("desc")).limit(51)
+                return [d["_id"] async for d in find]
+
             t_ref, _ = await timed(ref, repeat)
+            t_direct, _ = await timed(direct, max(3, repeat // 3))
             t_old, ids_old = await timed(old, max(3, repeat // 3))
             t_new, ids_new = await timed(new, repeat)
             if ids_old != ids_new:
@@ -114,10 +124,12 @@ async def measure(coll: Any, count: int, top: datetime, repeat: int) -> list[dic
                     "events": count,
                     "query": f"{label}/{page}",
                     "reference_ms": t_ref,
+                    "direct_no_erased_ms": t_direct,
                     "old_ms": t_old,
                     "new_ms": t_new,
                     "new_vs_reference": round(t_new / t_ref, 2),
                     "old_vs_reference": round(t_old / t_ref, 2),
+                    "new_vs_direct": round(t_new / t_direct, 2),
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

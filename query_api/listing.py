@@ -11,15 +11,16 @@ MongoDB walks ``(tenant[, field], occurred_at, _id)`` in order and stops when
 the page is full. SecantusDB (the development store) materialises every index
 match of a query before it sorts and applies ``limit``, so the range is
 *bounded*: a window of ``FIRST_WINDOW`` next to the page's start, then
-disjoint windows ``GROWTH`` times wider, until the page is full, the query's
-own time bound is reached, or ``MAX_WINDOWS`` windows were read (then one last
-open-ended range). The keyset cursor is unchanged.
+disjoint windows ``GROWTH`` times wider (or as wide as the last window's
+density says the rest of the page needs), until the page is full, the query's
+own time bound is reached, or a window would be wider than ``MAX_WIDTH`` (then
+one last open-ended range). The keyset cursor is unchanged.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ from query_api.query import ListQuery, search_words, sort_spec
 
 FIRST_WINDOW = timedelta(seconds=60)
 GROWTH = 4
-MAX_WINDOWS = 14  # 60 s · 4^13 ≈ 127 years: past that, one open-ended range
+MAX_WIDTH = timedelta(days=100 * 365)  # wider windows: one open-ended range instead
 
 
 def _at_or_after(when: datetime) -> dict[str, Any]:
@@ -39,7 +40,10 @@ def _at_or_after(when: datetime) -> dict[str, Any]:
     to the bound (``test_listing_store`` shows it), ``$gt`` correctly.
     """
     floor = when.replace(microsecond=when.microsecond // 1000 * 1000)
-    return {"$gt": floor - timedelta(milliseconds=1)}
+    try:
+        return {"$gt": floor - timedelta(milliseconds=1)}
+    except OverflowError:  # the calendar's first millisecond: no lower bound at all
+        return {}
 
 
 def _utc(when: datetime) -> datetime:
@@ -140,16 +144,17 @@ def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]]
     return match
 
 
-def windows(query: ListQuery, now: datetime) -> list[dict[str, Any]]:
+def windows(query: ListQuery, now: datetime) -> Generator[dict[str, Any], float, None]:
     """The ``occurred_at`` ranges to read, in page order, as MongoDB range operators.
 
-    Plain data (no I/O), so the widening schedule is unit-testable.
+    A generator without I/O: ``send(factor)`` makes the next window ``factor``
+    times wider than the last (``next()``: ``GROWTH``). Past ``MAX_WIDTH`` (or
+    the calendar's edge) the last range is open-ended.
     """
     f = query.filters
     since = datetime.fromisoformat(f["since"]) if "since" in f else None
     until = datetime.fromisoformat(f["until"]) if "until" in f else None
     at = query.cursor[0] if query.cursor else None
-    out: list[dict[str, Any]] = []
     width = FIRST_WINDOW
     if query.order == "desc":
         # The first window's upper end: the cursor (inclusive; its tie-break is
@@ -160,15 +165,17 @@ def windows(query: ListQuery, now: datetime) -> list[dict[str, Any]]:
             upper, edge = {"$lte": at}, at
         elif until is not None:
             upper, edge = {"$lt": until}, until
-        for _ in range(MAX_WINDOWS):
-            lower = edge - width
+        while width <= MAX_WIDTH:
+            try:
+                lower = edge - width
+            except OverflowError:
+                break
             if since is not None and lower <= since:
-                out.append({**upper, **_at_or_after(since)})
-                return out
-            out.append({**upper, **_at_or_after(lower)})
-            upper, edge, width = {"$lt": lower}, lower, width * GROWTH
-        out.append({**upper, **(_at_or_after(since) if since else {})})
-        return out
+                break
+            factor = yield {**upper, **_at_or_after(lower)}
+            upper, edge, width = {"$lt": lower}, lower, width * (factor or GROWTH)
+        yield {**upper, **(_at_or_after(since) if since else {})}
+        return
     lower_op: dict[str, Any] = {}
     start: datetime | None = None
     if at is not None and (since is None or at >= since):
@@ -176,16 +183,18 @@ def windows(query: ListQuery, now: datetime) -> list[dict[str, Any]]:
     elif since is not None:
         lower_op, start = _at_or_after(since), since
     if start is None:  # ascending from the tenant's first event: one open range
-        return [{"$lt": until} if until else {}]
-    for _ in range(MAX_WINDOWS):
-        higher = start + width
+        yield {"$lt": until} if until else {}
+        return
+    while width <= MAX_WIDTH:
+        try:
+            higher = start + width
+        except OverflowError:
+            break
         if until is not None and higher >= until:
-            out.append({**lower_op, "$lt": until})
-            return out
-        out.append({**lower_op, "$lt": higher})
-        lower_op, start, width = _at_or_after(higher), higher, width * GROWTH
-    out.append({**lower_op, **({"$lt": until} if until else {})})
-    return out
+            break
+        factor = yield {**lower_op, "$lt": higher}
+        lower_op, start, width = _at_or_after(higher), higher, width * (factor or GROWTH)
+    yield {**lower_op, **({"$lt": until} if until else {})}
 
 
 async def read_page(
@@ -197,17 +206,26 @@ async def read_page(
     want = query.limit + 1
     docs: list[dict[str, Any]] = []
     seen: set[Any] = set()
-    for time_range in windows(query, datetime.now(UTC)):
+    ranges = windows(query, datetime.now(UTC))
+    time_range = next(ranges)
+    while True:
         where = {**base, "occurred_at": time_range} if time_range else base
         cursor = collection.find(where).sort(sort_spec(query.order))
+        found = 0
         try:
             async for doc in cursor:
                 if doc["_id"] in seen or not match(doc):
                     continue
                 seen.add(doc["_id"])
                 docs.append(doc)
+                found += 1
                 if len(docs) >= want:
                     return docs
         finally:
             await cursor.close()
-    return docs
+        # Wide enough for the rest of the page at this window's density (x1.25).
+        factor = GROWTH if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
+        try:
+            time_range = ranges.send(factor)
+        except StopIteration:
+            return docs
