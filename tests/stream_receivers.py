@@ -79,6 +79,8 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+
             def log_message(self, *args: Any) -> None:
                 pass
 

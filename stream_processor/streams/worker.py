@@ -50,6 +50,7 @@ from stream_processor.streams.metrics import StreamMetrics
 log = logging.getLogger("auditstream.streamer")
 MAX_ERROR = 500
 LAG_EVERY = 1.0  # seconds between lag measurements of a destination that is busy
+CONFIG_EVERY = 1.0  # seconds between re-reads of a busy destination's configuration
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -154,6 +155,8 @@ class Streamer:
 
     async def _deliver_loop(self, sid: str, stop: asyncio.Event) -> None:
         renewed = time.monotonic()  # _schedule just took the lease
+        dest: dict[str, Any] | None = None
+        loaded = 0.0
         while not stop.is_set():
             try:
                 # Renew once half the lease is gone (not every batch: one store call less).
@@ -161,11 +164,15 @@ class Streamer:
                     if not await self._lease(sid):
                         return  # deleted, disabled, or another worker holds it
                     renewed = time.monotonic()
-                dest = await self.streams.find_one({"_id": sid})
-                if dest is None or not dest.get("enabled", True):
-                    return
-                if (dest.get("lease") or {}).get("owner") != self.owner:
-                    return  # taken over after this worker's lease expired
+                # The configuration is re-read at most every CONFIG_EVERY seconds
+                # (a PUT applies within that), and after any surprise.
+                if dest is None or dest.get("_stale") or time.monotonic() - loaded >= CONFIG_EVERY:
+                    dest = await self.streams.find_one({"_id": sid})
+                    loaded = time.monotonic()
+                    if dest is None or not dest.get("enabled", True):
+                        return
+                    if (dest.get("lease") or {}).get("owner") != self.owner:
+                        return  # taken over after this worker's lease expired
                 moved = await self._step(dest, stop)
             except PyMongoError as exc:
                 log.warning("stream %s: store unavailable: %s", sid, exc)
@@ -207,6 +214,7 @@ class Streamer:
             if error is None:
                 delivered = len(events)
             elif error == "stopped":
+                dest["_stale"] = True
                 return False
             else:
                 dead = len(events)
@@ -235,9 +243,13 @@ class Streamer:
         if not update["$inc"]:
             del update["$inc"]
         # Only while this worker holds the lease and nobody moved the position.
-        await self.streams.update_one(
+        result = await self.streams.update_one(
             {"_id": dest["_id"], "lease.owner": self.owner, "position": position}, update
         )
+        if result.matched_count:
+            dest["position"] = last
+        else:  # lease lost, or the position moved under us: re-read before going on
+            dest["_stale"] = True
         if delivered:
             labels = self._labels(dest)
             self.metrics.delivered.labels(*labels).inc(delivered)
