@@ -890,3 +890,20 @@ def test_the_replay_procedure_is_online_and_never_drops_the_database() -> None:
     assert "auditstream replay" in guide
     assert "--reset-offsets --to-earliest" not in guide, "replay is `auditstream replay`"
     assert not re.search(r"\(or drop it\)|dropDatabase|db\.dropDatabase", guide)
+
+
+@pytest.mark.unit
+def test_alert_rules_use_metrics_that_exist() -> None:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text("utf-8"))
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    assert len(exprs) >= 10
+    source = "".join(
+        p.read_text(encoding="utf-8")
+        for folder in ("stream_processor", "query_api")
+        for p in (ROOT / folder).rglob("*.py")
+    )
+    defined = set(re.findall(r'"(auditstream_[a-z_]+)"', source))
+    for expr in exprs:
+        for name in re.findall(r"\bauditstream_[a-z_]+", expr):
+            base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+            assert base in defined, f"{name} in {expr!r} is not a metric the code exports"
