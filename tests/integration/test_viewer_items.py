@@ -2,14 +2,16 @@
 
 One server, one browser and one seeded database per module (a new browser
 context per test): corrected and erased events (applied by the processor's own
-control applier), a tampered chain, an empty tenant. Screenshots are written to
-``docs/screenshots/`` (shown in docs/viewer.md). Needs Chromium like
+control applier), a tampered chain, an empty tenant. Screenshots go to
+``tests/artifacts/viewer-items/``, or with ``AUDITSTREAM_SCREENSHOTS=docs`` to the
+``docs/screenshots/`` shown in docs/viewer.md. Needs Chromium like
 tests/integration/test_viewer.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -51,7 +53,14 @@ from tests.integration.test_viewer import (
 
 pytestmark = pytest.mark.integration
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# AUDITSTREAM_SCREENSHOTS=docs refreshes the committed docs/screenshots/; otherwise
+# they go to tests/artifacts/viewer-items/ (a test run leaves the tree clean).
+_ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = (
+    _ROOT / "docs" / "screenshots"
+    if os.environ.get("AUDITSTREAM_SCREENSHOTS") == "docs"
+    else _ROOT / "tests" / "artifacts" / "viewer-items"
+)
 ADMIN = "admin-dana"
 
 
@@ -201,6 +210,7 @@ async def seed(settings_mod: AuditSettings) -> AsyncIterator[Seed]:
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
     executable = chromium_path()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as pw:
         chromium = await pw.chromium.launch(
             executable_path=executable, headless=True, args=CHROMIUM_ARGS
