@@ -139,6 +139,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     embedded: list[Server] = []
     worker: Server | None = None
     archiver: Server | None = None
+    streamer: Server | None = None
     api: Server | None = None
     try:
         for role, url, factory in (
@@ -173,6 +174,14 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
             [python, "-m", "auditstream", "archiver"],
             data_dir / "logs" / "archiver.log",
         )
+        streamer = Server(  # issue 17: log streams to the tenants' destinations
+            "streamer",
+            "stream worker",
+            0,
+            "",
+            [python, "-m", "auditstream", "streamer"],
+            data_dir / "logs" / "streamer.log",
+        )
         api = Server(
             "api",
             "query API",
@@ -181,7 +190,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
             [python, "-m", "auditstream", "api"],
             data_dir / "logs" / "api.log",
         )
-        for proc in (worker, archiver, api):
+        for proc in (worker, archiver, streamer, api):
             t = _step(f"starting the {proc.name}")
             _spawn(proc, env)
             started.append(proc)
@@ -204,7 +213,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     except EmbeddedError as exc:
         click.secho(f"\nerror: {exc}", fg="red", err=True)
         return _shutdown(started, 1)
-    supervisor = Supervisor(env, embedded, [worker, archiver, api])
+    supervisor = Supervisor(env, embedded, [worker, archiver, streamer, api])
     try:
         while True:
             supervisor.check()

@@ -65,7 +65,8 @@ def test_up_starts_everything_refuses_a_second_and_stops_clean(tmp_path: Path) -
         output = (tmp_path / "up.out").read_text()
         token = output.split("export TOKEN=")[1].split()[0]
         children = _children(up.pid)
-        assert len(children) == 6, children  # kafka, mongodb, redis, processor, archiver, api
+        # kafka, mongodb, redis, processor, archiver, streamer, api
+        assert len(children) == 7, children
 
         body = json.dumps(
             {
