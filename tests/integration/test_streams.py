@@ -543,3 +543,57 @@ async def test_pipeline_corrections_and_erasures_reach_the_stream_as_events(
     assert tomb["id"] == "p-2" and "actor" not in tomb and tomb["erased"]["reason"] == "gdpr"
     assert "description" not in late.events()[1]  # the original; the fix is event 6
     assert late.events()[5]["metadata"] == corrected["metadata"]
+
+
+def _cli(sset: AuditSettings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
+        **settings_env(sset),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "auditstream", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_streams_cli(
+    sset: AuditSettings, db: AsyncDatabase[dict[str, Any]], receivers: Any
+) -> None:
+    rec = receivers(secrets=[SECRET])
+    await seed(db, "acme", 1, 4)
+    add = _cli(
+        sset, "streams", "add", "--tenant", "acme", "--kind", "webhook", "--name", "cli",
+        "--url", rec.url, "--secret-stdin", "--actions", "user.*", stdin=SECRET + "\n",
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    sid = add.stdout.strip()
+    listed = _cli(sset, "streams", "list", "--tenant", "acme")
+    assert sid in listed.stdout and "lag 0 events" in listed.stdout  # starts after seq 4
+    await seed(db, "acme", 5, 3)
+    shown = _cli(sset, "streams", "show", sid)
+    view = orjson.loads(shown.stdout)
+    assert view["lag_events"] == 3 and view["filters"]["actions"] == ["user.*"]
+    assert SECRET not in shown.stdout + listed.stdout
+    rotate = _cli(sset, "streams", "update", sid, "--rotate-secret", "--secret-stdin",
+                  "--disable", stdin="whsec-rotated-0123456789\n")  # fmt: skip
+    assert rotate.returncode == 0, rotate.stderr
+    doc = await db[STREAMS_COLLECTION].find_one({"_id": sid})
+    assert doc is not None and doc["enabled"] is False and doc["previous_secret"] == SECRET
+    bad = _cli(sset, "streams", "update", sid, "--url", "http://example.com/")
+    assert bad.returncode == 1 and "https" in bad.stderr
+    await db[STREAM_DEAD_LETTERS_COLLECTION].insert_one(
+        {"stream_id": sid, "tenant": "acme", "first_seq": 5, "last_seq": 5, "at": datetime.now(UTC),
+         "error": "HTTP 500", "events": [{"id": "ev-acme-000005", "seq": 5}]}
+    )  # fmt: skip
+    dl = _cli(sset, "streams", "dead-letters", sid)
+    assert "seq 5..5" in dl.stdout and "HTTP 500" in dl.stdout
+    rec.secrets = ["whsec-rotated-0123456789"]
+    redriven = _cli(sset, "streams", "redrive", sid)
+    assert redriven.returncode == 0, redriven.stdout + redriven.stderr
+    assert "1 batches, 1 events" in redriven.stdout and rec.events()[0]["seq"] == 5
+    assert _cli(sset, "streams", "delete", sid).returncode == 0
+    assert _cli(sset, "streams", "show", sid).returncode == 1
