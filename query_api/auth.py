@@ -183,12 +183,41 @@ class TokenVerifier:
             allowed -= {"RS256", "ES256"}
         self.algorithms = frozenset(allowed)
         self.accounts = AccountCache(settings.account_check_seconds)
+        # Verified tokens (issue 18): a token is parsed and its signature checked
+        # once, then served from here until its exp (or VERIFIED_SECONDS, so a
+        # key removed from the JWKS stops its tokens soon). Only the signature
+        # check is cached: authenticate() still checks the account every request.
+        self._verified: dict[str, tuple[Principal, float, str | None, Any]] = {}
+        self.clock: Callable[[], float] = time.time
+
+    VERIFIED_MAX = 1024
+    VERIFIED_SECONDS = 60.0
 
     async def start(self) -> None:
         await self.keys.start()
 
     async def verify(self, token: str) -> Principal:
         """The token's principal; raises :class:`Problem` 401 on any defect."""
+        now = self.clock()
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, until, kid, jwk = hit
+            # A JWKS token only while its key is still the set's key of that kid.
+            if now < until and (kid is None or await self.keys.key_for(kid) is jwk):
+                return principal
+            del self._verified[token]
+        claims, kid, jwk = await self._verified_claims(token)
+        principal = _claims_to_principal(claims)
+        until = min(float(claims["exp"]), now + self.VERIFIED_SECONDS)
+        if len(self._verified) >= self.VERIFIED_MAX:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[token] = (principal, until, kid, jwk)
+        return principal
+
+    async def _verified_claims(self, token: str) -> tuple[dict[str, Any], str | None, Any]:
+        """The token's checked claims, and the JWKS kid and key that signed it (or None)."""
+        kid: str | None = None
+        jwk: Any = None
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -233,7 +262,7 @@ class TokenVerifier:
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if value is not None and not number:
                 raise _unauthorized(f"token {name} claim must be a number (NumericDate)")
-        return _claims_to_principal(claims)
+        return claims, kid, jwk
 
     async def check_account(self, principal: Principal, lookup: AccountLookup) -> None:
         """401 when the token's account is disabled or its tokens were revoked."""
