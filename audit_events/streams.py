@@ -17,14 +17,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from audit_events.chain import CONTROL_ACTIONS, event_fields
 
 STREAMS_COLLECTION = "streams"
 STREAM_DEAD_LETTERS_COLLECTION = "stream_dead_letters"
-KINDS = ("webhook", "splunk_hec", "datadog")
-Kind = Literal["webhook", "splunk_hec", "datadog"]
+KINDS = ("webhook", "splunk_hec", "datadog", "syslog")
+Kind = Literal["webhook", "splunk_hec", "datadog", "syslog"]
+SYSLOG_SCHEME = "syslog+tls"  # syslog+tls://host:6514 (RFC 5425: RFC 5424 over TLS)
 Outcome = Literal["success", "failure", "denied"]
 DATADOG_DEFAULT_URL = "https://http-intake.logs.datadoghq.com/api/v2/logs"
 SIGNATURE_HEADER = "X-Auditstream-Signature"
@@ -80,21 +81,30 @@ class StreamFields(BaseModel):
 class StreamCreate(StreamFields):
     kind: Kind
     name: str = Field(min_length=1, max_length=128)
-    secret: str = Field(min_length=8, max_length=1024)
     start: Literal["now", "beginning"] = Field(
         "now", description="deliver events stored from now on, or the tenant's whole chain"
     )
+
+    @model_validator(mode="after")
+    def _secret_required(self) -> StreamCreate:
+        if self.secret is None and self.kind != "syslog":
+            raise ValueError(f"a {self.kind} destination needs a secret")
+        return self
 
 
 def url_problem(url: str, kind: str, *, allow_private: bool, allow_http: bool) -> str | None:
     """Why ``url`` is no acceptable destination, or None.
 
-    HTTPS only (``allow_http`` for development); hosts that are or resolve to
-    loopback, private, link-local or reserved addresses are refused unless
-    ``allow_private`` (a tenant must not reach the deployment's own services).
+    HTTPS only (``allow_http`` for development), ``syslog+tls://host:port`` for
+    syslog; hosts that are or resolve to loopback, private, link-local or
+    reserved addresses are refused unless ``allow_private`` (a tenant must not
+    reach the deployment's own services).
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    if kind == "syslog":
+        if parts.scheme != SYSLOG_SCHEME or not parts.hostname or not parts.port:
+            return f"url must look like {SYSLOG_SCHEME}://host:6514"
+    elif parts.scheme not in ("https", "http") or not parts.hostname:
         return "url must be an absolute https:// URL"
     if parts.scheme == "http" and not allow_http:
         return "url must use https"
@@ -124,7 +134,7 @@ def stream_view(doc: dict[str, Any]) -> dict[str, Any]:
         "enabled": doc.get("enabled", True),
         "batch_size": doc.get("batch_size", 100),
         "filters": doc.get("filters") or {"actions": [], "outcomes": []},
-        "secret_set": bool(doc.get("secret")),
+        "secret_set": bool(doc.get("secret")),  # syslog: none (TLS server auth)
         "previous_secret_valid_until": _iso(doc.get("previous_secret_until")),
         "position": doc.get("position", 0),
         "delivered": doc.get("delivered", 0),

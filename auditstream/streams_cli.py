@@ -115,7 +115,8 @@ def _line(v: dict[str, Any]) -> str:
 
 @click.group("streams")
 def streams() -> None:
-    """Manage log-stream destinations (webhook, Splunk HEC, Datadog; docs/streams.md)."""
+    """Manage log-stream destinations (webhook, Splunk HEC, Datadog, syslog over TLS;
+    docs/streams.md)."""
 
 
 @streams.command("list")
@@ -155,13 +156,15 @@ def add(
     from_beginning: bool,
 ) -> None:
     """Add a destination; prints its id. The secret is the webhook signing secret,
-    the Splunk HEC token or the Datadog API key."""
+    the Splunk HEC token or the Datadog API key (syslog: none; url
+    syslog+tls://host:6514)."""
     data: dict[str, Any] = {
         "kind": kind,
         "name": name,
-        "secret": _secret(secret_stdin, "Secret / token"),
         "start": "beginning" if from_beginning else "now",
     }
+    if kind != "syslog" or secret_stdin:  # syslog needs none (TLS server auth)
+        data["secret"] = _secret(secret_stdin, "Secret / token")
     if url is not None:
         data["url"] = url
     if batch_size is not None:

@@ -11,11 +11,16 @@
   (``ddsource``, ``ddtags``, ``service``, ``message`` + attributes);
   ``DD-API-KEY: <key>``.
 
-Every event carries ``idempotency_key`` = its id (Splunk: also in ``fields``).
+- ``syslog``: RFC 5424 messages, octet-counted, over TLS (RFC 5425) to
+  ``syslog+tls://host:port``; see :func:`syslog_message`.
+
+Every event carries ``idempotency_key`` = its id (Splunk: also in ``fields``;
+syslog: ``id`` in the structured data and the JSON).
 """
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,3 +104,44 @@ def build_request(
             "DD-API-KEY": str(dest["secret"]),
         }, orjson.dumps(entries)
     raise ValueError(f"unknown destination kind {kind!r}")
+
+
+# --- syslog: RFC 5424 messages, octet-counted over TLS (RFC 5425) ----------------
+
+SYSLOG_FACILITY = 13  # log audit
+_SD_ESCAPE = str.maketrans({'"': '\\"', "\\": "\\\\", "]": "\\]"})
+_HOST = socket.gethostname()[:255] or "-"
+
+
+def _printable(value: str, limit: int) -> str:
+    out = "".join(c if 33 <= ord(c) <= 126 else "_" for c in value)[:limit]
+    return out or "-"
+
+
+def syslog_message(dest: dict[str, Any], ev: dict[str, Any]) -> bytes:
+    """One RFC 5424 message: ``<PRI>1 TIMESTAMP HOST auditstream - MSGID [SD] BOM JSON``.
+
+    Facility 13 (log audit); severity 6 (informational) for a success, 4
+    (warning) for a failure or denial. MSGID is the action (32 printable
+    characters at most); the structured data names tenant, id and seq
+    (``auditstream@32473``: 32473 is the example enterprise number of RFC 5424);
+    the message is the event as JSON.
+    """
+    severity = 6 if ev.get("outcome", "success") == "success" else 4
+    pri = SYSLOG_FACILITY * 8 + severity
+    sd_values = {"tenant": dest["tenant"], "id": ev.get("id"), "seq": ev.get("seq")}
+    sd = " ".join(f'{k}="{str(v).translate(_SD_ESCAPE)}"' for k, v in sd_values.items())
+    head = (
+        f"<{pri}>1 {ev.get('occurred_at') or '-'} {_HOST} auditstream - "
+        f"{_printable(str(ev.get('action', '')), 32)} [auditstream@32473 {sd}] "
+    )
+    return head.encode() + b"\xef\xbb\xbf" + orjson.dumps(ev)
+
+
+def syslog_frames(dest: dict[str, Any], events: list[dict[str, Any]]) -> bytes:
+    """Octet-counting framing (RFC 5425 §4.3): ``<length> <message>`` per event."""
+    out = bytearray()
+    for ev in events:
+        msg = syslog_message(dest, ev)
+        out += f"{len(msg)} ".encode() + msg
+    return bytes(out)

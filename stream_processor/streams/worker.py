@@ -29,6 +29,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pymongo import AsyncMongoClient
@@ -44,7 +45,7 @@ from audit_events.streams import (
     stream_lag,
     streamed_event,
 )
-from stream_processor.streams.formats import build_request
+from stream_processor.streams.formats import build_request, syslog_frames
 from stream_processor.streams.metrics import StreamMetrics
 
 log = logging.getLogger("auditstream.streamer")
@@ -58,19 +59,59 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
 
 
-def http_client(settings: AuditSettings) -> httpx.AsyncClient:
+def tls_context(settings: AuditSettings) -> ssl.SSLContext:
+    """System CAs plus AUDITSTREAM_STREAMS_CA_FILE; hostnames always checked."""
     ctx = ssl.create_default_context()
     if settings.streams_ca_file:
         ctx.load_verify_locations(settings.streams_ca_file)
+    return ctx
+
+
+def http_client(settings: AuditSettings, ctx: ssl.SSLContext) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        verify=ctx, timeout=settings.streams_timeout_seconds, follow_redirects=False
+        verify=ctx,
+        timeout=settings.streams_timeout_seconds,
+        follow_redirects=False,
     )
 
 
-async def send(
-    client: httpx.AsyncClient, dest: dict[str, Any], events: list[dict[str, Any]]
+async def send_syslog(
+    dest: dict[str, Any], events: list[dict[str, Any]], ctx: ssl.SSLContext, timeout: float
 ) -> str | None:
-    """Deliver one batch once; None on a 2xx, else why it failed."""
+    """Write the batch over a TLS connection; "delivered" once the bytes are flushed.
+
+    Syslog has no application acknowledgement: a receiver that dies after
+    accepting the bytes may lose them (unlike HTTP's 2xx).
+    """
+    parts = urlsplit(dest["url"])
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(
+                parts.hostname, parts.port, ssl=ctx, server_hostname=parts.hostname
+            )
+            writer.write(syslog_frames(dest, events))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        return None
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+    finally:
+        if writer is not None and not writer.is_closing():
+            writer.close()
+
+
+async def send(
+    client: httpx.AsyncClient,
+    ctx: ssl.SSLContext,
+    dest: dict[str, Any],
+    events: list[dict[str, Any]],
+    timeout: float,
+) -> str | None:
+    """Deliver one batch once; None on a 2xx (syslog: bytes flushed), else why it failed."""
+    if dest["kind"] == "syslog":
+        return await send_syslog(dest, events, ctx, timeout)
     headers, body = build_request(dest, events, datetime.now(UTC))
     try:
         resp = await client.post(dest["url"], content=body, headers=headers)
@@ -99,7 +140,8 @@ class Streamer:
         self.streams = db[STREAMS_COLLECTION]
         self.dead = db[STREAM_DEAD_LETTERS_COLLECTION]
         self.events = db[EVENTS_COLLECTION]
-        self.client = http_client(settings)
+        self.tls = tls_context(settings)
+        self.client = http_client(settings, self.tls)
         log.info("streamer %s started", self.owner)
         try:
             while not stop.is_set():
@@ -265,7 +307,9 @@ class Streamer:
         started = time.monotonic()
         attempt = 0
         while True:
-            error = await send(self.client, dest, events)
+            error = await send(
+                self.client, self.tls, dest, events, settings.streams_timeout_seconds
+            )
             if error is None:
                 return None
             self.metrics.failures.labels(*self._labels(dest)).inc()
@@ -314,9 +358,12 @@ async def redrive(settings: AuditSettings, stream_id: str) -> tuple[int, int, st
         dest = await streams.find_one({"_id": stream_id})
         if dest is None:
             return 0, 0, f"no stream {stream_id!r}"
-        async with http_client(settings) as client:
+        ctx = tls_context(settings)
+        async with http_client(settings, ctx) as client:
             async for item in dead.find({"stream_id": stream_id}).sort([("at", 1), ("_id", 1)]):
-                error = await send(client, dest, item["events"])
+                error = await send(
+                    client, ctx, dest, item["events"], settings.streams_timeout_seconds
+                )
                 if error is not None:
                     return batches, events, error
                 await dead.delete_one({"_id": item["_id"]})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -597,3 +598,86 @@ async def test_streams_cli(
     assert "1 batches, 1 events" in redriven.stdout and rec.events()[0]["seq"] == 5
     assert _cli(sset, "streams", "delete", sid).returncode == 0
     assert _cli(sset, "streams", "show", sid).returncode == 1
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path, tls: tuple[Path, Path]) -> Any:
+    """Debian's rsyslogd receiving RFC 5425 (syslog over TLS, ossl driver) into a file."""
+    binary = shutil.which("rsyslogd") or (
+        "/usr/sbin/rsyslogd" if Path("/usr/sbin/rsyslogd").exists() else None
+    )
+    if binary is None:
+        pytest.skip("rsyslogd is not installed (apt-get install rsyslog rsyslog-openssl)")
+    work = tmp_path / "rsyslog"
+    work.mkdir()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    out = work / "out.log"
+    conf = work / "rsyslog.conf"
+    conf.write_text(
+        f"""
+global(workDirectory="{work}"
+       DefaultNetstreamDriver="ossl"
+       DefaultNetstreamDriverCAFile="{tls[0]}"
+       DefaultNetstreamDriverCertFile="{tls[0]}"
+       DefaultNetstreamDriverKeyFile="{tls[1]}")
+module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")
+input(type="imtcp" address="127.0.0.1" port="{port}")
+template(name="fields" type="string"
+         string="%pri%|%app-name%|%msgid%|%structured-data%|%msg%\\n")
+action(type="omfile" file="{out}" template="fields")
+"""
+    )
+    with open(work / "stderr", "wb") as err:
+        proc = subprocess.Popen(
+            [binary, "-n", "-f", str(conf), "-i", str(work / "pid")],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield port, out
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(10)
+
+
+async def test_syslog_tls_to_rsyslog(
+    sapi: Quart,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    worker: Any,
+    rsyslog: Any,
+) -> None:
+    port, out = rsyslog
+    client = sapi.test_client()
+    resp = await client.post(
+        "/v1/streams",
+        json={"kind": "syslog", "name": "rs", "url": f"syslog+tls://127.0.0.1:{port}",
+              "start": "beginning", "batch_size": 7},
+        headers=headers(token),
+    )  # fmt: skip
+    assert resp.status_code == 201, await resp.get_data(as_text=True)
+    await seed(db, "acme", 1, 20, description='quote " and ] bracket')
+    await db[EVENTS_COLLECTION].update_one({"seq": 3}, {"$set": {"outcome": "failure"}})
+    worker()
+
+    async def lines_in() -> bool:
+        return out.exists() and len(out.read_text().splitlines()) >= 20
+
+    await eventually(lines_in, 30)
+    rows = [line.split("|", 4) for line in out.read_text().splitlines()]
+    assert [r[0] for r in rows[:4]] == ["110", "110", "108", "110"]  # audit.info / audit.warning
+    assert {r[1] for r in rows} == {"auditstream"} and {r[2] for r in rows} == {"user.login"}
+    assert rows[0][3] == '[auditstream@32473 tenant="acme" id="ev-acme-000001" seq="1"]'
+    events = [orjson.loads(r[4].lstrip("\ufeff").strip()) for r in rows]
+    assert [e["seq"] for e in events] == list(range(1, 21))
+    assert events[0]["description"] == 'quote " and ] bracket'
+    with pytest.raises(AssertionError):  # a webhook URL is no syslog URL
+        await create(sapi, token, kind="syslog", name="x", url="https://example.com/")

@@ -164,3 +164,26 @@ def test_destination_urls() -> None:
     )
     with pytest.raises(ValidationError):
         StreamCreate.model_validate({"kind": "webhook", "name": "x", "secret": "short"})
+
+
+def test_syslog_message_rfc5424_and_octet_counting() -> None:
+    from stream_processor.streams.formats import syslog_frames, syslog_message
+
+    dest = {"tenant": 'a"c]m\\e', "kind": "syslog"}
+    ev = streamed_event(_doc(7, outcome="denied", action="weird action ü"))
+    msg = syslog_message(dest, ev)
+    head, _, body = msg.partition(b"\xef\xbb\xbf")
+    assert head.startswith(b"<108>1 2026-11-30T12:00:00Z ")
+    assert b" auditstream - weird_action__ " in head
+    assert b'[auditstream@32473 tenant="a\\"c\\]m\\\\e" id="e7" seq="7"] ' in head
+    assert orjson.loads(body)["seq"] == 7
+    frames = syslog_frames(dest, [ev, ev])
+    length, _, rest = frames.partition(b" ")
+    assert rest[: int(length)] == msg and rest[int(length) :].startswith(length + b" ")
+    with pytest.raises(ValidationError):  # webhook/Splunk/Datadog need a secret, syslog not
+        StreamCreate.model_validate({"kind": "webhook", "name": "x"})
+    StreamCreate.model_validate({"kind": "syslog", "name": "x", "url": "syslog+tls://h:6514"})
+    kw = {"allow_private": True, "allow_http": False}
+    assert url_problem("syslog+tls://127.0.0.1:6514", "syslog", **kw) is None
+    assert url_problem("syslog+tls://127.0.0.1", "syslog", **kw)
+    assert url_problem("https://127.0.0.1:6514", "syslog", **kw)
