@@ -100,7 +100,11 @@ def url_problem(url: str, kind: str, *, allow_private: bool, allow_http: bool) -
     reserved addresses are refused unless ``allow_private`` (a tenant must not
     reach the deployment's own services).
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"url is malformed: {exc}"
     if kind == "syslog":
         if parts.scheme != SYSLOG_SCHEME or not parts.hostname or not parts.port:
             return f"url must look like {SYSLOG_SCHEME}://host:6514"
@@ -114,7 +118,7 @@ def url_problem(url: str, kind: str, *, allow_private: bool, allow_http: bool) -
         return None
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError:
+    except (OSError, ValueError):  # UnicodeError: a label over 63 characters
         return f"host {parts.hostname!r} does not resolve"
     for info in infos:
         ip = ipaddress.ip_address(info[4][0])

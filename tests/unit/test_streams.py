@@ -187,3 +187,10 @@ def test_syslog_message_rfc5424_and_octet_counting() -> None:
     assert url_problem("syslog+tls://127.0.0.1:6514", "syslog", **kw) is None
     assert url_problem("syslog+tls://127.0.0.1", "syslog", **kw)
     assert url_problem("https://127.0.0.1:6514", "syslog", **kw)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://[::1", "https://h:99999/", "https://" + "a" * 70 + ".com/", "https://\x00/"]
+)
+def test_malformed_urls_are_a_problem_not_an_exception(url: str) -> None:
+    assert url_problem(url, "webhook", allow_private=False, allow_http=False)
