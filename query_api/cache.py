@@ -31,6 +31,21 @@ log = logging.getLogger("auditstream.api.cache")
 
 Loader = Callable[[], Awaitable[bytes]]
 
+# A hit in one round trip: the scopes' generations (MGET), then the value under
+# the key they name, built as query_key() builds it (ARGV: the key's text before
+# and after the generations). A missing counter returns fewer values than keys
+# and reads nothing. Single-instance Redis (the key is not declared in KEYS).
+HIT_SCRIPT = """
+local gens = redis.call('MGET', unpack(KEYS))
+for i = 1, #KEYS do
+  if not gens[i] then return {} end
+end
+local value = redis.call('GET', ARGV[1] .. table.concat(gens, '.') .. ARGV[2])
+if value then gens[#KEYS + 1] = value end
+return gens
+"""
+_SPLIT = 7_373_737_373_737_373_737  # a generation no counter has, to split query_key()'s text
+
 
 class ReadCache:
     grace_seconds = 1.0
@@ -40,6 +55,7 @@ class ReadCache:
         self._redis = redis
         self._ttl = ttl_seconds
         self._generation_ttl = generation_ttl_seconds(ttl_seconds)
+        self._hit_script = redis.register_script(HIT_SCRIPT) if redis is not None else None
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
         self._redis_down_until = 0.0
         self.hits = 0
@@ -64,9 +80,10 @@ class ReadCache:
         if self._redis is None or time.monotonic() < self._redis_down_until:
             return await self._bypass(kind, tenant, normalized_query, loader)
         try:
-            gens = await self._generations(generation_keys)
+            gens, cached, looked = await self._read(kind, tenant, generation_keys, normalized_query)
             key = query_key(kind, tenant, gens, normalized_query)
-            cached = await self._redis.get(key)
+            if not looked:
+                cached = await self._redis.get(key)
         except (RedisError, OSError) as exc:
             log.warning("redis unavailable, reading from MongoDB: %s", exc)
             self._redis_down_until = time.monotonic() + self.retry_seconds
@@ -76,6 +93,24 @@ class ReadCache:
             return cached if isinstance(cached, bytes) else cached.encode(), "hit"
         self.misses += 1
         return await asyncio.shield(self._flight(key, loader, store=True)), "miss"
+
+    async def _read(
+        self, kind: str, tenant: str, generation_keys: list[str], normalized_query: str
+    ) -> tuple[list[int], bytes | str | None, bool]:
+        """The generations and the cached value in one round trip (:data:`HIT_SCRIPT`).
+
+        The flag says whether the value was looked up: when a counter is missing
+        the script reads nothing, :meth:`_generations` creates it and the caller
+        GETs the value (the rare path).
+        """
+        assert self._hit_script is not None
+        head, _, tail = query_key(kind, tenant, [_SPLIT], normalized_query).rpartition(str(_SPLIT))
+        reply = await self._hit_script(keys=generation_keys, args=[head, tail])
+        n = len(generation_keys)
+        if len(reply) < n:  # a counter is missing
+            return await self._generations(generation_keys), None, False
+        value = reply[n] if len(reply) > n else None
+        return [int(v) for v in reply[:n]], value, True
 
     async def _generations(self, keys: list[str]) -> list[int]:
         """The scopes' current generations; a missing counter is created first.

@@ -27,6 +27,21 @@ class FakeRedis:
         await asyncio.sleep(0)
         return [self.data.get(k) for k in keys]
 
+    def register_script(self, script: str) -> Any:
+        """query_api.cache.HIT_SCRIPT, in Python."""
+
+        async def run(keys: list[str], args: list[str]) -> list[Any]:
+            self._check()
+            await asyncio.sleep(0)
+            gens = [self.data.get(k) for k in keys]
+            if any(g is None for g in gens):
+                return []
+            key = args[0] + ".".join(g.decode() for g in gens if g is not None) + args[1]
+            value = self.data.get(key)
+            return gens + ([value] if value is not None else [])
+
+        return run
+
     async def get(self, key: str) -> Any:
         self._check()
         await asyncio.sleep(0)
