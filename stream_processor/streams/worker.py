@@ -266,8 +266,8 @@ class Streamer:
                         "tenant": dest["tenant"],
                         "first_seq": events[0]["seq"],
                         "last_seq": events[-1]["seq"],
-                        "events": events,
-                        "error": error,
+                        "count": len(events),  # the events stay in the store, not here:
+                        "error": error,  # redrive re-reads them (an erasure since applies)
                         "at": datetime.now(UTC),
                     }
                 )
@@ -344,6 +344,10 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
 async def redrive(settings: AuditSettings, stream_id: str) -> tuple[int, int, str | None]:
     """Deliver a destination's dead-letter batches oldest first, once each.
 
+    Each batch is read again from the store by its seq range (with the
+    destination's current filters), so an event erased meanwhile goes out as a
+    tombstone, never with its payload.
+
     Returns (batches delivered, events delivered, first error). A delivered
     batch leaves the list; the first failure stops (the rest stay, in order).
     """
@@ -361,21 +365,33 @@ async def redrive(settings: AuditSettings, stream_id: str) -> tuple[int, int, st
         ctx = tls_context(settings)
         async with http_client(settings, ctx) as client:
             async for item in dead.find({"stream_id": stream_id}).sort([("at", 1), ("_id", 1)]):
-                error = await send(
-                    client, ctx, dest, item["events"], settings.streams_timeout_seconds
+                # Read back from the store: an event erased since goes out as a tombstone.
+                docs = (
+                    await db[EVENTS_COLLECTION]
+                    .find(
+                        {
+                            "tenant": dest["tenant"],
+                            "seq": {"$gte": item["first_seq"], "$lte": item["last_seq"]},
+                        }
+                    )
+                    .sort("seq", 1)
+                    .to_list(None)
                 )
-                if error is not None:
-                    return batches, events, error
+                batch = [streamed_event(d) for d in docs if matches(dest.get("filters"), d)]
+                if batch:
+                    error = await send(client, ctx, dest, batch, settings.streams_timeout_seconds)
+                    if error is not None:
+                        return batches, events, error
                 await dead.delete_one({"_id": item["_id"]})
                 await streams.update_one(
                     {"_id": stream_id},
                     {
-                        "$inc": {"delivered": len(item["events"])},
+                        "$inc": {"delivered": len(batch)},
                         "$set": {"last_success_at": datetime.now(UTC)},
                     },
                 )
                 batches += 1
-                events += len(item["events"])
+                events += len(batch)
         return batches, events, None
     finally:
         await mongo.close()
