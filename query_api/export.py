@@ -2,7 +2,10 @@
 
 The response body is an async generator over a MongoDB cursor read in batches:
 at most one cursor batch and one output chunk are held at a time, however many
-events match. Nothing is cached. Validation and authorisation happen before the
+events match. The cursor comes from a client bounded per round trip rather than
+by ``timeoutMS`` (see ``Services.exports``): MongoDB would count the
+``maxTimeMS`` PyMongo derives from it against the whole cursor and cut a long
+export off. Nothing is cached. Validation and authorisation happen before the
 first byte, so errors are still ``application/problem+json``; a failure after
 streaming began aborts the connection (the chunked body never terminates), so a
 truncated export cannot be mistaken for a complete one.
@@ -266,7 +269,8 @@ async def export_events() -> Response:
     if include_erased == "true":
         where.pop("erased", None)  # tombstones too (export_view strips them to the chain fields)
     cursor = (
-        services.events.find(where, {"search": 0})
+        (services.exports if services.exports is not None else services.events)
+        .find(where, {"search": 0})
         .sort(sort_spec(query.order))
         .batch_size(CURSOR_BATCH)
     )

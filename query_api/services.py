@@ -46,6 +46,13 @@ class Services:
     users: UserStore
     throttle: LoginThrottle
     waits: StoredWaits | None = None  # ?wait=true wake-ups (query_api/stored_waits.py)
+    # Exports read one long cursor: a client whose calls are bounded per round
+    # trip (socketTimeoutMS), not by timeoutMS, which PyMongo sends as maxTimeMS
+    # and MongoDB counts against the cursor's whole life — an export of
+    # millions of events would be cut off mid-stream. A frozen store still
+    # fails each batch within mongo_timeout_ms.
+    exports: AsyncCollection[dict[str, Any]] | None = None
+    export_client: AsyncMongoClient[dict[str, Any]] | None = None
 
     @classmethod
     async def open(
@@ -65,6 +72,13 @@ class Services:
         )
         db = mongo[settings.mongo_db]
         events = db[EVENTS_COLLECTION]
+        export_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_uri,
+            **mongo_client_options(settings, operations=False),
+            socketTimeoutMS=settings.mongo_timeout_ms,
+            tz_aware=True,
+            event_listeners=list(mongo_listeners),
+        )
         await events.create_indexes(
             [IndexModel(keys, name=name) for name, keys in EVENT_INDEXES + READ_INDEXES]
         )
@@ -100,6 +114,8 @@ class Services:
             UserStore(db[USERS_COLLECTION]),
             throttle,
             waits,
+            export_client[settings.mongo_db][EVENTS_COLLECTION],
+            export_client,
         )
 
     async def close(self) -> None:
@@ -108,3 +124,5 @@ class Services:
         await self.publisher.stop()
         await self.redis.aclose()
         await self.mongo.close()
+        if self.export_client is not None:
+            await self.export_client.close()

@@ -10,11 +10,14 @@ from typing import Any
 
 import orjson
 import pytest
+from pymongo import monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from quart.typing import TestClientProtocol as Client
 
 from audit_events.codec import event_to_document
 from audit_events.schema import AuditEvent
+from audit_events.settings import AuditSettings
+from query_api.app import create_app
 from query_api.export import CSV_COLUMNS
 from tests.integration.test_history import seed_events
 
@@ -197,3 +200,43 @@ async def test_export_of_100k_events(
     lines = nd.splitlines()
     assert len(lines) == n
     assert orjson.loads(lines[0])["id"] == "e000000" and orjson.loads(lines[-1])["id"] == "e099999"
+
+
+class _Finds(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.finds: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.append(dict(event.command))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+
+async def test_export_cursor_has_no_whole_cursor_time_budget(
+    settings: AuditSettings,
+    auth: Callable[..., dict[str, str]],
+    store: AsyncCollection[dict[str, Any]],
+    tenant: str,
+) -> None:
+    # PyMongo sends the client's timeoutMS as maxTimeMS, which MongoDB counts
+    # against a cursor's whole life: an export of millions of events would be
+    # cut off mid-stream. Lists keep their bound; the export's cursor must not
+    # carry one (its round trips are bounded by the socket timeout instead).
+    await seed_events(store, many(tenant, 5))
+    listener = _Finds()
+    app = create_app(settings, mongo_listeners=[listener])
+    async with app.test_app():
+        client = app.test_client()
+        listed = await client.get("/v1/events?limit=5", headers=auth(tenant))
+        assert listed.status_code == 200
+        exported = await client.get("/v1/events/export?format=ndjson", headers=auth(tenant))
+        assert len((await exported.get_data()).splitlines()) == 5
+    on_events = [f for f in listener.finds if f.get("find") == store.name]
+    exports = [f for f in on_events if f.get("projection") == {"search": 0}]
+    lists = [f for f in on_events if f not in exports]
+    assert exports and lists
+    assert all("maxTimeMS" in f for f in lists)
+    assert not any("maxTimeMS" in f for f in exports)
