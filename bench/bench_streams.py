@@ -142,6 +142,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "streamer_events_per_s": round(stream_rate),
             "streamer_vs_processor": round(stream_rate / processor_rate, 2),
             "streamer_max_lag_behind_processor_events": round(lag_max),
+            # > 0: the last event reached the receiver this long after it was stored
+            "streamer_done_after_processor_s": round((s_first + s_secs) - (p_first + p_secs), 2),
             "streamer_backlog_alone_events_per_s": round(len(events) / b_secs),
             "processor_startup_s": round(p_first, 2),
             "streamer_first_delivery_s": round(s_first, 2),
