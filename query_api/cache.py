@@ -34,14 +34,19 @@ Loader = Callable[[], Awaitable[bytes]]
 # A hit in one round trip: the scopes' generations (MGET), then the value under
 # the key they name, built as query_key() builds it (ARGV: the key's text before
 # and after the generations). A missing counter returns fewer values than keys
-# and reads nothing. Single-instance Redis (the key is not declared in KEYS).
+# and reads nothing; a hit also returns the value's remaining TTL (ms), for the
+# early refresh. Single-instance Redis (the key is not declared in KEYS).
 HIT_SCRIPT = """
 local gens = redis.call('MGET', unpack(KEYS))
 for i = 1, #KEYS do
   if not gens[i] then return {} end
 end
-local value = redis.call('GET', ARGV[1] .. table.concat(gens, '.') .. ARGV[2])
-if value then gens[#KEYS + 1] = value end
+local key = ARGV[1] .. table.concat(gens, '.') .. ARGV[2]
+local value = redis.call('GET', key)
+if value then
+  gens[#KEYS + 1] = value
+  gens[#KEYS + 2] = redis.call('PTTL', key)
+end
 return gens
 """
 _SPLIT = 7_373_737_373_737_373_737  # a generation no counter has, to split query_key()'s text
@@ -50,6 +55,8 @@ _SPLIT = 7_373_737_373_737_373_737  # a generation no counter has, to split quer
 class ReadCache:
     grace_seconds = 1.0
     retry_seconds = 1.0
+    # A hit with less than this share of the TTL left reloads the entry in the background.
+    refresh_fraction = 0.2
 
     def __init__(self, redis: Redis | None, ttl_seconds: int) -> None:
         self._redis = redis
@@ -61,6 +68,7 @@ class ReadCache:
         self.hits = 0
         self.misses = 0
         self.bypasses = 0
+        self.refreshes = 0
         # Test seam: awaited between a miss's MongoDB read and its cache set.
         self.after_load: Callable[[str], Awaitable[None]] | None = None
 
@@ -80,7 +88,9 @@ class ReadCache:
         if self._redis is None or time.monotonic() < self._redis_down_until:
             return await self._bypass(kind, tenant, normalized_query, loader)
         try:
-            gens, cached, looked = await self._read(kind, tenant, generation_keys, normalized_query)
+            gens, cached, looked, ttl_ms = await self._read(
+                kind, tenant, generation_keys, normalized_query
+            )
             key = query_key(kind, tenant, gens, normalized_query)
             if not looked:
                 cached = await self._redis.get(key)
@@ -90,27 +100,33 @@ class ReadCache:
             return await self._bypass(kind, tenant, normalized_query, loader)
         if cached is not None:
             self.hits += 1
+            if ttl_ms is not None and 0 <= ttl_ms < self._ttl * 1000 * self.refresh_fraction:
+                # Early refresh: a hot entry is reloaded in the background before it
+                # expires (single-flight), so no reader waits on an expired hot key.
+                self.refreshes += 1
+                self._flight(key, loader, store=True)
             return cached if isinstance(cached, bytes) else cached.encode(), "hit"
         self.misses += 1
         return await asyncio.shield(self._flight(key, loader, store=True)), "miss"
 
     async def _read(
         self, kind: str, tenant: str, generation_keys: list[str], normalized_query: str
-    ) -> tuple[list[int], bytes | str | None, bool]:
-        """The generations and the cached value in one round trip (:data:`HIT_SCRIPT`).
+    ) -> tuple[list[int], bytes | str | None, bool, int | None]:
+        """The generations, the cached value, whether it was looked up, its TTL (ms).
 
-        The flag says whether the value was looked up: when a counter is missing
-        the script reads nothing, :meth:`_generations` creates it and the caller
-        GETs the value (the rare path).
+        One round trip (:data:`HIT_SCRIPT`). When a counter is missing the
+        script reads nothing, :meth:`_generations` creates it and the caller GETs
+        the value (the rare path).
         """
         assert self._hit_script is not None
         head, _, tail = query_key(kind, tenant, [_SPLIT], normalized_query).rpartition(str(_SPLIT))
         reply = await self._hit_script(keys=generation_keys, args=[head, tail])
         n = len(generation_keys)
         if len(reply) < n:  # a counter is missing
-            return await self._generations(generation_keys), None, False
+            return await self._generations(generation_keys), None, False, None
         value = reply[n] if len(reply) > n else None
-        return [int(v) for v in reply[:n]], value, True
+        ttl_ms = int(reply[n + 1]) if len(reply) > n + 1 else None
+        return [int(v) for v in reply[:n]], value, True, ttl_ms
 
     async def _generations(self, keys: list[str]) -> list[int]:
         """The scopes' current generations; a missing counter is created first.
