@@ -219,6 +219,21 @@ class Streamer:
             except PyMongoError as exc:
                 log.warning("stream %s: store unavailable: %s", sid, exc)
                 moved = False
+            except Exception as exc:  # a destination the worker cannot handle: say so, go on
+                log.exception("stream %s: cannot deliver", sid)
+                with contextlib.suppress(PyMongoError):
+                    await self.streams.update_one(
+                        {"_id": sid},
+                        {
+                            "$set": {
+                                "last_error": f"{type(exc).__name__}: {exc}"[:MAX_ERROR],
+                                "last_error_at": datetime.now(UTC),
+                            }
+                        },
+                    )
+                await _wait(stop, max(self.settings.streams_retry_max_seconds / 2, 1.0))
+                dest = None
+                moved = False
             if not moved:
                 await _wait(stop, self.settings.streams_poll_seconds)
 

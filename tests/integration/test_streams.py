@@ -689,3 +689,29 @@ async def test_syslog_tls_to_rsyslog(
     assert events[0]["description"] == 'quote " and ] bracket'
     with pytest.raises(AssertionError):  # a webhook URL is no syslog URL
         await create(sapi, token, kind="syslog", name="x", url="https://example.com/")
+
+
+async def test_a_broken_destination_reports_its_error_and_others_deliver(
+    sapi: Quart,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+) -> None:
+    rec = receivers(secrets=[SECRET])
+    good = await create(sapi, token, url=rec.url)
+    # e.g. written by a newer version, or edited by hand: the worker cannot build it
+    await db[STREAMS_COLLECTION].insert_one(
+        {"_id": "st_broken", "tenant": "acme", "kind": "pigeon", "name": "x", "url": rec.url,
+         "secret": SECRET, "enabled": True, "position": 0, "created_at": datetime.now(UTC)}
+    )  # fmt: skip
+    await seed(db, "acme", 1, 5)
+    worker()
+    await eventually(lambda: _count(rec, 5), 30)
+
+    async def reported() -> bool:
+        doc = await db[STREAMS_COLLECTION].find_one({"_id": "st_broken"})
+        return bool(doc and "pigeon" in (doc.get("last_error") or ""))
+
+    await eventually(reported, 10)
+    assert (await status(sapi, token, good["id"]))["position"] == 5
