@@ -215,6 +215,7 @@ class Streamer:
                         return
                     if (dest.get("lease") or {}).get("owner") != self.owner:
                         return  # taken over after this worker's lease expired
+                    await self._drop_expired_secret(dest)
                 moved = await self._step(dest, stop)
             except PyMongoError as exc:
                 log.warning("stream %s: store unavailable: %s", sid, exc)
@@ -236,6 +237,20 @@ class Streamer:
                 moved = False
             if not moved:
                 await _wait(stop, self.settings.streams_poll_seconds)
+
+    async def _drop_expired_secret(self, dest: dict[str, Any]) -> None:
+        """A rotated-out secret is not kept once its overlap is over."""
+        until = dest.get("previous_secret_until")
+        if "previous_secret" not in dest or not isinstance(until, datetime):
+            return
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=UTC)
+        if until <= datetime.now(UTC):
+            await self.streams.update_one(
+                {"_id": dest["_id"], "previous_secret_until": dest["previous_secret_until"]},
+                {"$unset": {"previous_secret": "", "previous_secret_until": ""}},
+            )
+            dest.pop("previous_secret", None)
 
     def _labels(self, dest: dict[str, Any]) -> tuple[str, str, str]:
         return (str(dest["_id"]), str(dest["tenant"]), str(dest["kind"]))

@@ -715,3 +715,30 @@ async def test_a_broken_destination_reports_its_error_and_others_deliver(
 
     await eventually(reported, 10)
     assert (await status(sapi, token, good["id"]))["position"] == 5
+
+
+async def test_previous_secret_is_dropped_after_the_overlap(
+    sapi: Quart,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+) -> None:
+    rec = receivers(secrets=[SECRET])
+    st = await create(sapi, token, url=rec.url)
+    await db[STREAMS_COLLECTION].update_one(
+        {"_id": st["id"]},
+        {
+            "$set": {
+                "previous_secret": "old-secret-1234",
+                "previous_secret_until": datetime.now(UTC),
+            }
+        },
+    )
+    worker()
+
+    async def dropped() -> bool:
+        doc = await db[STREAMS_COLLECTION].find_one({"_id": st["id"]})
+        return doc is not None and "previous_secret" not in doc
+
+    await eventually(dropped, 10)
