@@ -144,12 +144,17 @@ def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]]
     return match
 
 
-def windows(query: ListQuery, now: datetime) -> Generator[dict[str, Any], float, None]:
+def windows(
+    query: ListQuery, now: datetime, newest: datetime | None = None
+) -> Generator[dict[str, Any], float, None]:
     """The ``occurred_at`` ranges to read, in page order, as MongoDB range operators.
 
     A generator without I/O: ``send(factor)`` makes the next window ``factor``
     times wider than the last (``next()``: ``GROWTH``). Past ``MAX_WIDTH`` (or
-    the calendar's edge) the last range is open-ended.
+    the calendar's edge) the last range is open-ended. ``send(0)`` says the
+    last window was empty: descending, the next one then reaches down to
+    ``newest`` (the tenant's newest event seen so far, a hint), so a tenant
+    whose events lie far below the start skips the gap in one window.
     """
     f = query.filters
     since = datetime.fromisoformat(f["since"]) if "since" in f else None
@@ -174,6 +179,9 @@ def windows(query: ListQuery, now: datetime) -> Generator[dict[str, Any], float,
                 break
             factor = yield {**upper, **_at_or_after(lower)}
             upper, edge, width = {"$lt": lower}, lower, width * (factor or GROWTH)
+            if factor == 0 and newest is not None and newest < edge:
+                width = max(width, edge - newest + FIRST_WINDOW)
+                newest = None
         yield {**upper, **(_at_or_after(since) if since else {})}
         return
     lower_op: dict[str, Any] = {}
@@ -197,6 +205,24 @@ def windows(query: ListQuery, now: datetime) -> Generator[dict[str, Any], float,
     yield {**lower_op, **({"$lt": until} if until else {})}
 
 
+# The newest occurred_at each tenant's reads have seen (this process): where a
+# tenant's events are, a hint for the window after an empty one. Any value is
+# correct (it only sizes a window); bounded.
+_NEWEST: dict[str, datetime] = {}
+_NEWEST_MAX = 10_000
+
+
+def _saw(tenant: str, when: Any) -> None:
+    if not isinstance(when, datetime):
+        return
+    when = _utc(when)
+    known = _NEWEST.get(tenant)
+    if known is None or when > known:
+        if known is None and len(_NEWEST) >= _NEWEST_MAX:
+            del _NEWEST[next(iter(_NEWEST))]
+        _NEWEST[tenant] = when
+
+
 async def read_page(
     collection: Any, tenant: str, query: ListQuery, include_erased: bool
 ) -> list[dict[str, Any]]:
@@ -206,7 +232,7 @@ async def read_page(
     want = query.limit + 1
     docs: list[dict[str, Any]] = []
     seen: set[Any] = set()
-    ranges = windows(query, datetime.now(UTC))
+    ranges = windows(query, datetime.now(UTC), _NEWEST.get(tenant))
     time_range = next(ranges)
     while True:
         where = {**base, "occurred_at": time_range} if time_range else base
@@ -218,13 +244,14 @@ async def read_page(
                     continue
                 seen.add(doc["_id"])
                 docs.append(doc)
+                _saw(tenant, doc["occurred_at"])
                 found += 1
                 if len(docs) >= want:
                     return docs
         finally:
             await cursor.close()
         # Wide enough for the rest of the page at this window's density (x1.25).
-        factor = GROWTH if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
+        factor = 0.0 if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
         try:
             time_range = ranges.send(factor)
         except StopIteration:

@@ -54,3 +54,14 @@ def test_asc_without_a_start_is_one_open_range() -> None:
     first = next(windows(q(order="asc", since="2026-01-01T00:00:00Z"), NOW))
     assert first["$lt"] == datetime(2026, 1, 1, tzinfo=UTC) + FIRST_WINDOW
     assert first["$gt"] == datetime(2026, 1, 1, tzinfo=UTC) - timedelta(milliseconds=1)
+
+
+def test_after_an_empty_window_the_next_reaches_the_newest_seen_event() -> None:
+    newest = NOW - timedelta(days=200)
+    gen = windows(q(), NOW, newest)
+    next(gen)
+    second = gen.send(0.0)  # the first window was empty
+    assert second["$gt"] < newest - FIRST_WINDOW + timedelta(seconds=1)
+    assert second["$gt"] > newest - 2 * FIRST_WINDOW
+    third = gen.send(0.0)  # the hint is used once: then plain growth
+    assert third["$lt"] == second["$gt"] + timedelta(milliseconds=1)
