@@ -170,6 +170,7 @@ def windows(
             upper, edge = {"$lte": at}, at
         elif until is not None:
             upper, edge = {"$lt": until}, until
+        jumped = False
         while width <= MAX_WIDTH:
             try:
                 lower = edge - width
@@ -178,10 +179,12 @@ def windows(
             if since is not None and lower <= since:
                 break
             factor = yield {**upper, **_at_or_after(lower)}
-            upper, edge, width = {"$lt": lower}, lower, width * (factor or GROWTH)
+            # After a jump the events found lie in its last FIRST_WINDOW: the base.
+            base = FIRST_WINDOW if jumped else width
+            upper, edge, width, jumped = {"$lt": lower}, lower, base * (factor or GROWTH), False
             if factor == 0 and newest is not None and newest < edge:
                 width = max(width, edge - newest + FIRST_WINDOW)
-                newest = None
+                newest, jumped = None, True
         yield {**upper, **(_at_or_after(since) if since else {})}
         return
     lower_op: dict[str, Any] = {}

@@ -65,3 +65,13 @@ def test_after_an_empty_window_the_next_reaches_the_newest_seen_event() -> None:
     assert second["$gt"] > newest - 2 * FIRST_WINDOW
     third = gen.send(0.0)  # the hint is used once: then plain growth
     assert third["$lt"] == second["$gt"] + timedelta(milliseconds=1)
+
+
+def test_after_the_jump_widening_starts_from_the_data_not_the_gap() -> None:
+    newest = NOW - timedelta(days=200)
+    gen = windows(q(), NOW, newest)
+    next(gen)
+    jump = gen.send(0.0)
+    after = gen.send(2.0)  # the jump held half a page: twice its populated part
+    lower = jump["$gt"] + timedelta(milliseconds=1)
+    assert after["$gt"] + timedelta(milliseconds=1) == lower - 2 * FIRST_WINDOW
