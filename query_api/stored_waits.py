@@ -32,21 +32,28 @@ class StoredWaits:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = False
+        self._stopping = False
 
     def start(self) -> None:
         if self._redis is not None and self._task is None:
             self._task = asyncio.create_task(self._listen(), name="stored-waits")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        task.cancel()
+        # redis-py can turn a cancellation inside a read into a ConnectionError,
+        # which the loop would take for an outage and retry forever: the flag
+        # ends the loop then, and the wait is bounded either way (an API that
+        # cannot stop would outlive Quart's shutdown timeout).
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, timeout=2.0)
 
     async def _listen(self) -> None:
         assert self._redis is not None
-        while True:
+        while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(STORED_PATTERN)
@@ -56,6 +63,8 @@ class StoredWaits:
                     if msg is not None and msg.get("type") == "pmessage":
                         self._wake(tenant_of(msg["channel"]))
             except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
                 log.warning("stored-batch subscription down (%s); waits fall back to polling", exc)
             finally:
                 self.subscribed = False
