@@ -26,7 +26,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -36,15 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import wait_ready
-from pydantic import SecretStr
+from common import child_env, spawn, stack_settings, wait_ready
 from pymongo import AsyncMongoClient
 
 from audit_events.codec import event_to_document
 from audit_events.schema import AuditEvent
-from audit_events.settings import AuditSettings, settings_env
+from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
-from auditstream.embedded import free_port, kafka_server, mongo_server, redis_server, stop_all
+from auditstream.embedded import kafka_server, mongo_server, redis_server, stop_all
 from query_api.auth import mint_token
 
 TENANT = "bench"
@@ -132,25 +130,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for server in servers:
             server.start()
-        port = free_port()
-        settings = AuditSettings(
-            kafka_bootstrap=servers[0].url,
-            mongo_uri=servers[1].url,
-            redis_url=servers[2].url,
-            mongo_db="bench",
-            jwt_secret=SecretStr(SECRET),
-            api_port=port,
-            data_dir=str(workdir / "data"),
-        )
+        settings = stack_settings(workdir, servers, SECRET)
+        port = settings.api_port
         t = time.perf_counter()
         await seed(settings, args.events)
         seed_seconds = time.perf_counter() - t
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
-            **settings_env(settings),
-            "AUDITSTREAM_JWT_SECRET": SECRET,
-        }
-        api = start_api(env, workdir / "api.log")
+        env = child_env(settings, SECRET)
+        api = spawn(env, workdir / "api.log", "api")
         url = f"http://127.0.0.1:{port}"
         await wait_ready(url)
         token = mint_token(settings, subject="bench", tenant=TENANT, scopes=["events:read"])
@@ -206,13 +192,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if api is not None:
             stop_api(api)
         stop_all(servers)
-
-
-def start_api(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "auditstream", "api"], env=env, stdout=log, stderr=log
-        )
 
 
 def stop_api(api: subprocess.Popen[bytes]) -> None:

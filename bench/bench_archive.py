@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import bson
+from common import progress, write_results
 from pymongo import AsyncMongoClient
-from run import RESULTS, Stack, produce, store_ceiling, wait_count
+from run import Stack, produce, store_ceiling, wait_count
 
 from audit_events.codec import event_to_document
 from audit_events.storage import EVENTS_COLLECTION
@@ -44,24 +43,6 @@ def archived(root: Path, topic: str) -> int:
         return sum(e.count for e in Manifest.load(root).entries if e.topic == topic)
     except (OSError, ValueError):
         return 0
-
-
-async def archiver_progress(
-    root: Path, topic: str, expected: int, timeout: float, samples: list[tuple[float, int]]
-) -> tuple[float, float]:
-    """(seconds from the first published record to ``expected``, seconds to the first)."""
-    t0 = time.perf_counter()
-    first = None
-    while time.perf_counter() - t0 < timeout:
-        n = archived(root, topic)
-        samples.append((time.perf_counter() - t0, n))
-        if n and first is None:
-            first = time.perf_counter()
-        if n >= expected:
-            assert first is not None
-            return time.perf_counter() - first, first - t0
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"archived {archived(root, topic)} of {expected}")
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,7 +65,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         samples: list[tuple[float, int]] = []
         (p_secs, p_first), (a_secs, a_first) = await asyncio.gather(
             wait_count(settings, len(events), args.timeout),
-            archiver_progress(root, settings.topic_events, len(events), args.timeout, samples),
+            progress(
+                lambda: archived(root, settings.topic_events),
+                len(events),
+                args.timeout,
+                samples,
+                "archived",
+            ),
         )
         stack.stop_children()
         processor_rate = len(events) / p_secs
@@ -145,7 +132,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    results = asyncio.run(main(parse()))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "archive.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results("archive.json", asyncio.run(main(parse())))

@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import progress, write_results
 from pymongo import AsyncMongoClient
-from run import RESULTS, Stack, produce, wait_count
+from run import Stack, produce, wait_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.stream_receivers
 
@@ -49,18 +48,7 @@ async def delivered_progress(
     rec: Receiver, expected: int, timeout: float, samples: list[tuple[float, int]]
 ) -> tuple[float, float]:
     """(seconds from the first delivered event to ``expected``, seconds to the first)."""
-    t0 = time.perf_counter()
-    first = None
-    while time.perf_counter() - t0 < timeout:
-        n = len(rec.events())
-        samples.append((time.perf_counter() - t0, n))
-        if n and first is None:
-            first = time.perf_counter()
-        if n >= expected:
-            assert first is not None
-            return time.perf_counter() - first, first - t0
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"delivered {len(rec.events())} of {expected}")
+    return await progress(lambda: len(rec.events()), expected, timeout, samples, "delivered")
 
 
 async def destinations(
@@ -169,7 +157,4 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    results = asyncio.run(main(parse()))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "streams.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results("streams.json", asyncio.run(main(parse())))

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -26,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import wait_ready
-from pydantic import SecretStr
+from common import child_env, spawn, stack_settings, wait_ready
 
-from audit_events.settings import AuditSettings, settings_env
 from audit_events.topic_admin import ensure_topics
-from auditstream.embedded import free_port, kafka_server, mongo_server, redis_server, stop_all
+from auditstream.embedded import kafka_server, mongo_server, redis_server, stop_all
 from query_api.auth import mint_token
 
 SECRET = "bench-wait-secret-0123456789abcdef0123"
@@ -74,13 +71,6 @@ async def scenario(
     }
 
 
-def spawn(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "auditstream", *args], env=env, stdout=out, stderr=out
-        )
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-wait-"))
     servers = [kafka_server(workdir), mongo_server(workdir), redis_server(workdir)]
@@ -88,23 +78,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for server in servers:
             server.start()
-        port = free_port()
-        settings = AuditSettings(
-            kafka_bootstrap=servers[0].url,
-            mongo_uri=servers[1].url,
-            redis_url=servers[2].url,
-            mongo_db="bench",
-            jwt_secret=SecretStr(SECRET),
-            api_port=port,
-            data_dir=str(workdir / "data"),
-        )
+        settings = stack_settings(workdir, servers, SECRET)
+        port = settings.api_port
         await ensure_topics(settings)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
-            **settings_env(settings),
-            "AUDITSTREAM_JWT_SECRET": SECRET,
-            "AUDITSTREAM_ALLOW_UNSIGNED_CHAINS": "true",  # no signing key in the bench
-        }
+        # no signing key in the bench
+        env = child_env(settings, SECRET, AUDITSTREAM_ALLOW_UNSIGNED_CHAINS="true")
         children.append(spawn(env, workdir / "processor.log", "processor"))
         children.append(spawn(env, workdir / "api.log", "api"))
         url = f"http://127.0.0.1:{port}"
