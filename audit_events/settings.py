@@ -238,6 +238,25 @@ class AuditSettings(BaseSettings):
 
     # --- Local stack -------------------------------------------------------
     data_dir: str = ".auditstream"
+    # --- `auditstream up`'s stable ports (helper P, issue 20 items 2, 3) ---
+    # Each usual port + 100, so a real Kafka/MongoDB/Redis on its usual port is left alone.
+    # 0: a free port picked at each start (the test suite).
+    embedded_kafka_port: int = Field(
+        9192, ge=0, le=65535, description="Port of the Kafka (Tansu) `auditstream up` starts."
+    )
+    embedded_mongo_port: int = Field(
+        27117, ge=0, le=65535, description="Port of the MongoDB (SecantusDB) `up` starts."
+    )
+    embedded_redis_port: int = Field(
+        6479, ge=0, le=65535, description="Port of the Redis `auditstream up` starts."
+    )
+    port_offset: int = Field(
+        0,
+        ge=0,
+        le=20_000,
+        description="Added by `auditstream up` to every port it uses; a non-zero offset also"
+        " makes the default data dir .auditstream-<offset> (a second copy side by side).",
+    )
 
     # --- Archive of the topics (helper I, issue 16; docs/archive.md) --------
     archive_dir: str | None = Field(
@@ -325,6 +344,16 @@ class AuditSettings(BaseSettings):
         # compose blanks the secrets a role must not hold (docker-compose.yml): an
         # empty variable means unset, as for the public keys.
         return None if value == "" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _offset_copy_has_its_own_data_dir(cls, data: Any) -> Any:
+        # helper P, issue 20 item 3: AUDITSTREAM_PORT_OFFSET alone selects a second copy.
+        if isinstance(data, dict) and "data_dir" not in data:
+            offset = str(data.get("port_offset", "0")).strip()
+            if offset.isdigit() and int(offset):
+                data = {**data, "data_dir": f".auditstream-{int(offset)}"}
+        return data
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> AuditSettings:

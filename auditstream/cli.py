@@ -90,12 +90,16 @@ def up(host: str | None, port: int | None, timeout: float) -> None:
 
     For Kafka, MongoDB and Redis: use AUDITSTREAM_KAFKA_BOOTSTRAP /
     AUDITSTREAM_MONGO_URI / AUDITSTREAM_REDIS_URL if set, otherwise start a
-    local development server (Tansu, SecantusDB with data under
-    ./.auditstream/, redis-server). Then start one processor worker and the API,
-    wait until /readyz answers 200 and print a development token.
-    A worker or API that exits is restarted with backoff. Ctrl-C or SIGTERM
-    stops the API, waits until the worker has stored every accepted event
-    (a second Ctrl-C stops at once), then stops the rest.
+    local development server (Tansu on 127.0.0.1:9192, SecantusDB on 27117 with
+    data under ./.auditstream/, redis-server on 6479; AUDITSTREAM_EMBEDDED_*_PORT
+    move them). Every port is checked before anything starts (a taken one: one
+    line naming the setting, exit 1); AUDITSTREAM_PORT_OFFSET moves them all (a
+    second copy). Then start one processor worker and the API, wait until
+    /readyz answers 200 and print a development token and the variables an
+    application exports. A worker or API that exits is restarted with backoff.
+    Ctrl-C, SIGTERM or SIGHUP stops the API, waits until the worker has stored
+    every accepted event (a second signal stops at once), then stops the rest;
+    if `up` is killed, its watchdog stops what it started.
     """
     from auditstream.up import run_up
 

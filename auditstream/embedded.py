@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,8 @@ class Server:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    # Called right after each spawn (``up`` records the pid for its watchdog).
+    on_spawn: Callable[[Server], None] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,8 @@ class Server:
             start_new_session=True,
         )
         log.close()
+        if self.on_spawn is not None:
+            self.on_spawn(self)
         try:
             wait_for_port(self.port, timeout, self.proc)
         except EmbeddedError as exc:

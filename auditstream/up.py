@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -42,6 +42,14 @@ from auditstream.embedded import (
 )
 from auditstream.stack_state import publish as publish_stack
 from auditstream.trust_cli import CONTROL_SIGNING_ENV, dev_checkpoint_env, dev_control_env
+from auditstream.up_guard import (
+    PortUse,
+    Tracker,
+    kill_hint,
+    port_clash,
+    stale_stack,
+    wait_for_previous_watchdog,
+)
 
 DEV_SCOPES = ["events:read", "events:write", "events:admin"]
 
@@ -110,21 +118,99 @@ def _wait_ready(url: str, procs: list[Server], timeout: float) -> None:
     raise EmbeddedError(f"not ready after {timeout:.0f}s: {last}")
 
 
+def _effective(settings: AuditSettings) -> AuditSettings:
+    """``settings`` with AUDITSTREAM_PORT_OFFSET added to every port ``up`` uses
+    (the children get the resulting ports and offset 0)."""
+    off = settings.port_offset
+    if not off:
+        return settings
+    names = [
+        "api_port",
+        "processor_metrics_port",
+        "archiver_metrics_port",
+        "streamer_metrics_port",
+        "embedded_kafka_port",
+        "embedded_mongo_port",
+        "embedded_redis_port",
+    ]
+    update: dict[str, object] = {"port_offset": 0}
+    for name in names:
+        port = getattr(settings, name)
+        if port:  # 0 stays 0 (off, or a free port)
+            if port + off > 65535:
+                raise EmbeddedError(
+                    f"{ENV_PREFIX}{name.upper()} {port} + AUDITSTREAM_PORT_OFFSET {off} > 65535"
+                )
+            update[name] = port + off
+    return settings.model_copy(update=update)
+
+
+def _port_plan(settings: AuditSettings) -> list[PortUse]:
+    """Every fixed port ``up`` is about to use, with the setting that moves it."""
+    uses = [PortUse(settings.api_host, settings.api_port, "query API", f"{ENV_PREFIX}API_PORT")]
+    for port, what, name in (
+        (settings.processor_metrics_port, "processor metrics", "PROCESSOR_METRICS_PORT"),
+        (settings.archiver_metrics_port, "archiver metrics", "ARCHIVER_METRICS_PORT"),
+        (settings.streamer_metrics_port, "stream worker metrics", "STREAMER_METRICS_PORT"),
+    ):
+        if port:
+            host = settings.processor_metrics_host  # the three endpoints share it
+            uses.append(PortUse(host, port, what, f"{ENV_PREFIX}{name}"))
+    for url, port, what, name in (
+        (settings.kafka_bootstrap, settings.embedded_kafka_port, "Kafka", "EMBEDDED_KAFKA_PORT"),
+        (settings.mongo_uri, settings.embedded_mongo_port, "MongoDB", "EMBEDDED_MONGO_PORT"),
+        (settings.redis_url, settings.embedded_redis_port, "Redis", "EMBEDDED_REDIS_PORT"),
+    ):
+        if not url and port:
+            uses.append(PortUse("127.0.0.1", port, what, f"{ENV_PREFIX}{name}"))
+    return uses
+
+
+def _preflight(settings: AuditSettings, data_dir: Path) -> str | None:
+    """One line saying why nothing can start, or None: a stale stack, a taken port."""
+    if wait_for_previous_watchdog(data_dir):
+        click.echo("  • the previous up was killed; its watchdog stopped its processes")
+    stale = stale_stack(data_dir)
+    if stale:
+        listed = ", ".join(f"{role} pid {pid}" for role, pid in stale)
+        return (
+            f"processes of an earlier auditstream up still run on {data_dir} ({listed}) "
+            f"and hold its storage; stop them with: {kill_hint([pid for _, pid in stale])}"
+        )
+    return port_clash(_port_plan(settings))
+
+
 def run_up(settings: AuditSettings, timeout: float) -> int:
     data_dir = Path(settings.data_dir).resolve()
     try:
+        settings = _effective(settings)
         with _single_instance(data_dir):
-            return _run(settings, data_dir, timeout)
+            problem = _preflight(settings, data_dir)
+            if problem:
+                click.secho(f"error: {problem}", fg="red", err=True)
+                return 1
+            tracker = Tracker(data_dir)
+            tracker.start_watchdog()
+            try:
+                return _run(settings, data_dir, timeout, tracker)
+            finally:
+                tracker.finish()  # the watchdog stops whatever is still alive
     except AlreadyRunning as exc:
         click.secho(
-            f"auditstream up is already running (pid {exc}); stop it first.", fg="red", err=True
+            f"error: auditstream up is already running on {data_dir} (pid {exc}); stop it "
+            "first, or start another copy with AUDITSTREAM_PORT_OFFSET=100",
+            fg="red",
+            err=True,
         )
+        return 1
+    except EmbeddedError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
         return 1
 
 
-def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
+def _run(settings: AuditSettings, data_dir: Path, timeout: float, tracker: Tracker) -> int:
     started: list[Server] = []
-    signals = _Signals()
+    signals = _Signals(data_dir / "logs" / "up.log")
     signals.install()
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env[f"{ENV_PREFIX}DATA_DIR"] = str(data_dir)
@@ -142,15 +228,21 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     streamer: Server | None = None
     api: Server | None = None
     try:
-        for role, url, factory in (
-            ("KAFKA_BOOTSTRAP", settings.kafka_bootstrap, kafka_server),
-            ("MONGO_URI", settings.mongo_uri, mongo_server),
-            ("REDIS_URL", settings.redis_url, redis_server),
+        for role, url, factory, port in (
+            (
+                "KAFKA_BOOTSTRAP",
+                settings.kafka_bootstrap,
+                kafka_server,
+                settings.embedded_kafka_port,
+            ),
+            ("MONGO_URI", settings.mongo_uri, mongo_server, settings.embedded_mongo_port),
+            ("REDIS_URL", settings.redis_url, redis_server, settings.embedded_redis_port),
         ):
             if url:
                 click.echo(f"  • {role.split('_')[0].lower()}: using configured {url}")
                 continue
-            server = factory(data_dir)
+            server = factory(data_dir, port or None)
+            server.on_spawn = _tracked(tracker)
             t = _step(f"starting {server.name} on 127.0.0.1:{server.port}")
             server.start()
             started.append(server)
@@ -191,6 +283,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
             data_dir / "logs" / "api.log",
         )
         for proc in (worker, archiver, streamer, api):
+            proc.on_spawn = _tracked(tracker)
             t = _step(f"starting the {proc.name}")
             _spawn(proc, env)
             started.append(proc)
@@ -198,6 +291,11 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
         t = _step("waiting for the API to listen and /readyz to answer 200")
         wait_for_port(api.port, timeout, api.proc)
         _wait_ready(f"{api.url}/readyz", [worker, api], timeout)
+        for p in started:  # /readyz came from *our* API, with everything still up
+            if p.proc is not None and p.proc.poll() is not None:
+                raise EmbeddedError(
+                    f"{p.name} exited with status {p.proc.returncode}; see {p.log_path}"
+                )
         _done(t)
         publish_stack(data_dir, env)  # stack.json: the CLI beside `make run` finds this stack
         from query_api.auth import mint_token
@@ -206,7 +304,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
         token = mint_token(
             dev, subject="dev", tenant="demo", scopes=DEV_SCOPES, ttl_seconds=12 * 3600
         )
-        _banner(api.url, token, data_dir)
+        _banner(api.url, token, data_dir, env)
     except KeyboardInterrupt:
         click.echo("\nstopping …")
         return _shutdown(started, 0)
@@ -223,17 +321,32 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float) -> int:
     return _graceful_stop(settings, env, supervisor, signals, started)
 
 
-class _Signals:
-    """SIGINT/SIGTERM: the first raises KeyboardInterrupt; later ones set ``forced``."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self) -> None:
+
+class _Signals:
+    """SIGINT/SIGTERM/SIGHUP: the first raises KeyboardInterrupt; later ones set ``forced``.
+
+    SIGHUP (the terminal closed) also sends ``up``'s own output to ``log_path``:
+    the terminal is gone, and writing to it would fail half-way through the stop.
+    """
+
+    def __init__(self, log_path: Path) -> None:
         self.count = 0
+        self.log_path = log_path
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
 
-    def _handle(self, _signum: int, _frame: object) -> None:
+    def _handle(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            with contextlib.suppress(OSError):
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                for std in (1, 2):
+                    os.dup2(fd, std)
+                os.close(fd)
         self.count += 1
         if self.count == 1:
             raise KeyboardInterrupt
@@ -365,8 +478,8 @@ def _graceful_stop(
         else:
             forced = False
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         for server in reversed(started):
             if server.proc is None or server.proc.poll() is not None:
                 continue  # the API, stopped above; or a server that died
@@ -455,12 +568,22 @@ def _spawn(proc: Server, env: dict[str, str]) -> None:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    if proc.on_spawn is not None:
+        proc.on_spawn(proc)
+
+
+def _tracked(tracker: Tracker) -> Callable[[Server], None]:
+    def spawned(server: Server) -> None:
+        if server.proc is not None:
+            tracker.spawned(server.role, server.proc.pid)
+
+    return spawned
 
 
 def _shutdown(started: list[Server], code: int) -> int:
     """Stop everything at once (start-up failed or was interrupted)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     for server in reversed(started):
         t = _step(f"stopping {server.name}")
         server.stop()
@@ -468,12 +591,19 @@ def _shutdown(started: list[Server], code: int) -> int:
     return code
 
 
-def _banner(url: str, token: str, data_dir: Path) -> None:
+APP_VARIABLES = ("KAFKA_BOOTSTRAP", "MONGO_URI", "REDIS_URL")
+
+
+def _banner(url: str, token: str, data_dir: Path, env: dict[str, str]) -> None:
     click.echo()
     click.secho("auditstream is ready", fg="green", bold=True)
     click.echo(f"  API     {url}")
     click.echo(f"  Docs    {url}/docs")
     click.echo(f"  Logs    {data_dir / 'logs'}")
+    click.echo()
+    click.echo("For an application (same addresses at every start; see README 'Ports'):")
+    for name in APP_VARIABLES:
+        click.echo(f"  export {ENV_PREFIX}{name}='{env[ENV_PREFIX + name]}'")
     click.echo("  Token   (tenant demo, scopes events:read events:write events:admin, 12 h)")
     click.echo(f"  {token}")
     click.echo()

@@ -50,6 +50,11 @@ class Up:
             "AUDITSTREAM_API_PORT": str(api_port),
             "AUDITSTREAM_PROCESSOR_METRICS_PORT": str(metrics_port),
             "AUDITSTREAM_CHECKPOINT_EVERY_EVENTS": "1",  # a signed checkpoint per batch
+            "AUDITSTREAM_EMBEDDED_KAFKA_PORT": "0",  # free ports: runs side by side
+            "AUDITSTREAM_ARCHIVER_METRICS_PORT": "0",
+            "AUDITSTREAM_STREAMER_METRICS_PORT": "0",
+            "AUDITSTREAM_EMBEDDED_MONGO_PORT": "0",
+            "AUDITSTREAM_EMBEDDED_REDIS_PORT": "0",
         }
         with open(self.out, "wb") as log:
             self.proc = subprocess.Popen(

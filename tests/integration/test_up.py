@@ -47,6 +47,10 @@ def test_up_starts_everything_refuses_a_second_and_stops_clean(tmp_path: Path) -
         "AUDITSTREAM_API_PORT": str(port),
         "AUDITSTREAM_PROCESSOR_METRICS_PORT": "0",
         "AUDITSTREAM_ARCHIVER_METRICS_PORT": "0",
+        "AUDITSTREAM_STREAMER_METRICS_PORT": "0",
+        "AUDITSTREAM_EMBEDDED_KAFKA_PORT": "0",  # free ports: runs side by side
+        "AUDITSTREAM_EMBEDDED_MONGO_PORT": "0",
+        "AUDITSTREAM_EMBEDDED_REDIS_PORT": "0",
     }
     log = open(tmp_path / "up.out", "w+b")  # noqa: SIM115
     up = subprocess.Popen(
@@ -65,8 +69,8 @@ def test_up_starts_everything_refuses_a_second_and_stops_clean(tmp_path: Path) -
         output = (tmp_path / "up.out").read_text()
         token = output.split("export TOKEN=")[1].split()[0]
         children = _children(up.pid)
-        # kafka, mongodb, redis, processor, archiver, streamer, api
-        assert len(children) == 7, children
+        # kafka, mongodb, redis, processor, archiver, streamer, api, up's watchdog
+        assert len(children) == 8, children
 
         body = json.dumps(
             {

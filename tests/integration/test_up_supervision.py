@@ -67,6 +67,11 @@ class Stack:
             "AUDITSTREAM_DATA_DIR": str(self.data_dir),
             "AUDITSTREAM_API_PORT": str(self.port),
             "AUDITSTREAM_PROCESSOR_METRICS_PORT": "0",
+            "AUDITSTREAM_EMBEDDED_KAFKA_PORT": "0",  # free ports: runs side by side
+            "AUDITSTREAM_ARCHIVER_METRICS_PORT": "0",
+            "AUDITSTREAM_STREAMER_METRICS_PORT": "0",
+            "AUDITSTREAM_EMBEDDED_MONGO_PORT": "0",
+            "AUDITSTREAM_EMBEDDED_REDIS_PORT": "0",
         }
         self.out_path = tmp_path / "up.out"
         self.log = open(self.out_path, "w+b")  # noqa: SIM115 - closed in stop()
