@@ -604,6 +604,7 @@ def _banner(url: str, token: str, data_dir: Path, env: dict[str, str]) -> None:
     click.echo("For an application (same addresses at every start; see README 'Ports'):")
     for name in APP_VARIABLES:
         click.echo(f"  export {ENV_PREFIX}{name}='{env[ENV_PREFIX + name]}'")
+    click.echo()
     click.echo("  Token   (tenant demo, scopes events:read events:write events:admin, 12 h)")
     click.echo(f"  {token}")
     click.echo()

@@ -5,8 +5,9 @@
 * The watchdog (``python -m auditstream.up_guard``) is started first, in its own
   session, reading a pipe whose only writer is ``up``. When ``up`` ends in any way
   (exit, crash, SIGKILL, OOM) the kernel closes the pipe; the watchdog then sends
-  SIGTERM to the process group of every recorded process still alive, SIGKILL to
-  what is left after :data:`GRACE` seconds, and marks ``stack.json`` stopped.
+  SIGTERM to the process group of every recorded service still alive, SIGKILL to
+  what is left of them after 2 s, then the same for Kafka, MongoDB and Redis (3 s),
+  and marks ``stack.json`` stopped.
   Chosen over ``prctl(PR_SET_PDEATHSIG)``: that reaches only the direct child (not
   a server's own helpers), fires when the *thread* that forked dies, needs a
   ``preexec_fn`` (unsafe once threads exist) and is Linux-only; the pipe works
@@ -32,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 PIDS_FILE = "up.pids"
-GRACE = 5.0
+GRACE = 5.0  # at most, from up's death to the last SIGKILL
+SERVICES_GRACE = 2.0  # the services' share of it
+SERVERS = ("kafka", "mongodb", "redis")
 
 
 def proc_start(pid: int) -> int | None:
@@ -142,15 +145,21 @@ def stop_recorded(data_dir: Path, up_pid: int) -> None:
     if (state.get("up") or {}).get("pid") != up_pid:
         return  # another up owns the file now
     alive = _alive_groups(list(state.get("children") or []))
-    for entry in reversed(alive):  # services first, Kafka last
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(entry["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + GRACE
-    while time.monotonic() < deadline and any(_group_alive(e["pid"]) for e in alive):
-        time.sleep(0.1)
-    for entry in alive:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(entry["pid"], signal.SIGKILL)
+    # The services first, while Kafka, MongoDB and Redis still answer (nothing is
+    # left to drain without up; a SIGKILLed worker is safe: its batch is redelivered),
+    # then the servers (MongoDB flushes its store on SIGTERM).
+    services = [e for e in alive if e.get("role") not in SERVERS]
+    servers = [e for e in alive if e.get("role") in SERVERS]
+    for phase, grace in ((services, SERVICES_GRACE), (servers, GRACE - SERVICES_GRACE)):
+        for entry in reversed(phase):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(entry["pid"], signal.SIGTERM)
+        until = time.monotonic() + grace
+        while time.monotonic() < until and any(_group_alive(e["pid"]) for e in phase):
+            time.sleep(0.05)
+        for entry in phase:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(entry["pid"], signal.SIGKILL)
     state["children"] = []
     state.pop("watchdog", None)
     with contextlib.suppress(OSError):
@@ -289,7 +298,7 @@ def port_clash(uses: list[PortUse]) -> str | None:
         why = "is taken" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
         return (
             f"port {use.port} ({use.what}, {use.host}) {why}{_listener(use.port)}: "
-            f"move it with {use.setting}, or every port with AUDITSTREAM_PORT_OFFSET=100"
+            f"move it with {use.setting}, or every port with AUDITSTREAM_PORT_OFFSET (e.g. 100)"
         )
     return None
 
