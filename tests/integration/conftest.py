@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
-from audit_events.settings import AuditSettings
+from audit_events.settings import AuditSettings, settings_env
 from audit_events.storage import EVENTS_COLLECTION
+from auditstream.embedded import Server, mongo_server
 from query_api.app import create_app
 from query_api.auth import mint_token
 
@@ -71,3 +79,62 @@ async def eventually(
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def by_seq(coll: AsyncCollection[dict[str, Any]], seq: int) -> dict[str, Any]:
+    """acme's stored event at ``seq`` (asserted to exist)."""
+    doc = await coll.find_one({"tenant": "acme", "seq": seq})
+    assert doc is not None
+    return doc
+
+
+def run_cli(settings: AuditSettings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m auditstream <args>`` on ``settings`` (+ ``env``), output captured."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")}
+    full.update(settings_env(settings))
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "auditstream", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The unlabelled samples of the Prometheus endpoint on ``port``."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        s.name: s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if not s.labels
+    }
+
+
+def nested(depth: int) -> Any:
+    """``{"d": {"d": … 1}}``, ``depth`` objects deep."""
+    value: Any = 1
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+def freeze(server: Server, frozen: bool) -> None:
+    """SIGSTOP (``frozen``) or SIGCONT the server's process group, if it still runs."""
+    assert server.proc is not None
+    if server.proc.poll() is None:
+        os.killpg(server.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[Server]:
+    """A SecantusDB for this test only: it gets frozen (SIGSTOP)."""
+    server = mongo_server(tmp_path / "own-mongo")
+    server.start()
+    try:
+        yield server
+    finally:
+        freeze(server, False)
+        server.stop()

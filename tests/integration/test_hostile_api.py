@@ -7,11 +7,7 @@ SecantusDB and SIGSTOPs it (the session-wide servers are never stopped).
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +15,9 @@ import orjson
 import pytest
 
 from audit_events.settings import AuditSettings
-from auditstream.embedded import Server, mongo_server
+from auditstream.embedded import Server
 from tests.integration import test_api_support as support
+from tests.integration.conftest import freeze, nested
 from tests.integration.test_api_support import Store, bearer, make_event, serve_api
 
 pytestmark = pytest.mark.integration
@@ -28,13 +25,6 @@ http, live, db = support.http, support.live, support.db  # fixtures
 
 EDGES = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
 PROBLEM = "application/problem+json"
-
-
-def nested(depth: int) -> Any:
-    value: Any = 1
-    for _ in range(depth):
-        value = {"d": value}
-    return value
 
 
 def assert_problem(resp: httpx.Response, status: int) -> None:
@@ -85,24 +75,6 @@ async def test_what_the_worker_rejects_the_api_refuses_with_422(
     assert "64 bits" in resp.text
     in_changes = b'{"tenant":"acme","action":"a.b","changes":{"f":{"old":[18446744073709551616]}}}'
     assert_problem(await http.post("/v1/events", content=in_changes, headers=auth), 422)
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[Server]:
-    """A SecantusDB for this test only: it gets frozen (SIGSTOP)."""
-    server = mongo_server(tmp_path / "own-mongo")
-    server.start()
-    try:
-        yield server
-    finally:
-        freeze(server, False)
-        server.stop()
-
-
-def freeze(server: Server, frozen: bool) -> None:
-    assert server.proc is not None
-    if server.proc.poll() is None:
-        os.killpg(server.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
 
 async def test_a_frozen_store_answers_503_with_retry_after_never_500_or_a_hang(

@@ -10,11 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
-import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,20 +21,14 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
-from auditstream.embedded import Server, mongo_server
+from auditstream.embedded import Server
 from tests.conftest import ProcessorProcess
+from tests.integration.conftest import freeze, nested
 from tests.integration.test_processor_resilience import Kafka, Spawn, events, wait_exit
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 MIB = 1024 * 1024
-
-
-def nested(depth: int) -> Any:
-    value: Any = 1
-    for _ in range(depth):
-        value = {"d": value}
-    return value
 
 
 def hostile(unique: str) -> list[tuple[bytes | None, bytes | None, str]]:
@@ -127,24 +117,6 @@ async def test_a_null_record_then_good_events_for_two_tenants_all_stored_none_st
         if key is not None:
             assert letter["key"]["size"] == len(key)
     print(f"FIGURES crash_loop good=1000 hostile={len(bad)} seconds={elapsed:.1f}")
-
-
-@pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[Server]:
-    """A SecantusDB for this test only: it gets frozen (SIGSTOP)."""
-    server = mongo_server(tmp_path / "own-mongo")
-    server.start()
-    try:
-        yield server
-    finally:
-        freeze(server, False)
-        server.stop()
-
-
-def freeze(server: Server, frozen: bool) -> None:
-    assert server.proc is not None
-    if server.proc.poll() is None:
-        os.killpg(server.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
 
 async def test_a_frozen_store_fails_writes_so_the_retry_limit_exits_without_commit(

@@ -14,18 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from prometheus_client.parser import text_string_to_metric_families
 from pymongo.asynchronous.collection import AsyncCollection
 from quart.typing import TestClientProtocol as Client
 
 from audit_events.settings import AuditSettings
 from auditstream.embedded import free_port
 from tests.conftest import ProcessorProcess
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -63,16 +61,6 @@ def letter_bytes(letter: dict[str, Any]) -> bytes:
     if letter.get("original_encoding") == "base64":
         return base64.b64decode(letter["original"])
     return str(letter["original"]).encode("latin-1")
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return {
-        s.name: s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if not s.labels
-    }
 
 
 async def dead_letters(settings: AuditSettings, quiet: float = 2.0) -> list[dict[str, Any]]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,12 +11,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from quart.typing import TestClientProtocol as Client
 
 from audit_events import chain
-from audit_events.settings import AuditSettings, settings_env
+from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION
 from query_api.verify import gather_checkpoints, verify_tenant
 from stream_processor.chain import ensure_chain_index
 from tests.conftest import ProcessorProcess
-from tests.integration.conftest import eventually
+from tests.integration.conftest import by_seq, eventually, run_cli
 
 pytestmark = pytest.mark.integration
 PRIVATE, PUBLIC = chain.generate_keypair()
@@ -90,12 +87,6 @@ async def verify(settings: AuditSettings, events: AsyncCollection[dict[str, Any]
     return await verify_tenant(events, "acme", checkpoints, PUBLIC)
 
 
-async def by_seq(coll: AsyncCollection[dict[str, Any]], seq: int) -> dict[str, Any]:
-    doc = await coll.find_one({"tenant": "acme", "seq": seq})
-    assert doc is not None
-    return doc
-
-
 async def test_tamper_matrix(
     client: Client,
     auth: Callable[..., dict[str, str]],
@@ -160,7 +151,7 @@ async def test_tamper_matrix(
     assert body["checkpoint_sources"]["kafka"] >= 1
     key = await (await client.get("/v1/verify/public-key")).get_json()
     assert key["public_key"] == PUBLIC
-    cli = _cli(settings, "verify", "--tenant", "acme", "--quiet")
+    cli = run_cli(settings, "verify", "--tenant", "acme", "--quiet")
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "ok  acme: 30 events checked" in cli.stdout
 
@@ -168,18 +159,6 @@ async def test_tamper_matrix(
 def _verdict(report: chain.Report) -> tuple[bool, int | None, str | None]:
     print(f"tamper → ok={report.ok} seq={report.first_bad_seq} {report.reason}: {report.detail}")
     return report.ok, report.first_bad_seq, report.reason
-
-
-def _cli(settings: AuditSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")}
-    env.update(settings_env(settings))
-    return subprocess.run(
-        [sys.executable, "-m", "auditstream", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_verify_walks_only_the_slice_received_in_since_until(

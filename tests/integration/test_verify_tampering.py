@@ -10,9 +10,6 @@ once), then undone.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -22,10 +19,10 @@ from pymongo.asynchronous.collection import AsyncCollection
 from quart.typing import TestClientProtocol as Client
 
 from audit_events import chain
-from audit_events.settings import AuditSettings, settings_env
+from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION
 from tests.conftest import ProcessorProcess
-from tests.integration.conftest import eventually
+from tests.integration.conftest import by_seq, eventually, run_cli
 
 pytestmark = pytest.mark.integration
 PRIVATE, PUBLIC = chain.generate_keypair()
@@ -65,25 +62,6 @@ async def count_is(store: AsyncCollection[dict[str, Any]], n: int) -> None:
         return await store.count_documents({"tenant": "acme"}) == n
 
     await eventually(check, timeout=90)
-
-
-async def by_seq(store: AsyncCollection[dict[str, Any]], seq: int) -> dict[str, Any]:
-    doc = await store.find_one({"tenant": "acme", "seq": seq})
-    assert doc is not None
-    return doc
-
-
-def _cli(settings: AuditSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")}
-    env.update(settings_env(settings))
-    env["AUDITSTREAM_CHECKPOINT_PUBLIC_KEY"] = PUBLIC
-    return subprocess.run(
-        [sys.executable, "-m", "auditstream", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_verify_catches_what_it_missed(
@@ -138,7 +116,9 @@ async def test_verify_catches_what_it_missed(
     unset = {f: "" for f in chain.ERASED_FIELDS}
     await store.update_one({"_id": original["_id"]}, {"$unset": unset, "$set": {"erased": fake}})
     results["hand-made erasure"] = result(await verdict())
-    cli = _cli(settings, "verify", "--tenant", "acme", "--quiet")
+    cli = run_cli(
+        settings, "verify", "--tenant", "acme", "--quiet", AUDITSTREAM_CHECKPOINT_PUBLIC_KEY=PUBLIC
+    )
     assert cli.returncode == 1 and "a-003" in cli.stdout, cli.stdout + cli.stderr
     # ... or one that points at the authentic erasure of another event
     real = (await by_seq(store, 1))["erased"]
@@ -181,7 +161,7 @@ async def test_verify_catches_what_it_missed(
 
     # every event of the tenant deleted: the CLI still finds it by its checkpoints
     await store.delete_many({"tenant": "acme"})
-    cli = _cli(settings, "verify", "--quiet")
+    cli = run_cli(settings, "verify", "--quiet", AUDITSTREAM_CHECKPOINT_PUBLIC_KEY=PUBLIC)
     assert cli.returncode == 1, cli.stdout + cli.stderr
     assert "BAD acme: first bad seq 1: truncated" in cli.stdout, cli.stdout
 
