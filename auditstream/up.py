@@ -381,8 +381,10 @@ class Supervisor:
     restarted on the same port. Kafka (Tansu) keeps its log in memory: when it
     dies that log is gone — every event that got 202 but was not stored yet is
     lost and the topic can no longer rebuild the store. That is said loudly;
-    Tansu is restarted empty on the same port (so new events flow again) and
-    the worker and API are restarted to reconnect to it.
+    the services are stopped at once (a client that outlived the broker would
+    auto-create the topics on the new one without the spec's configs), Tansu is
+    restarted empty on the same port, and the services restart after it, each
+    creating the topics from the spec first.
     """
 
     def __init__(self, env: dict[str, str], embedded: list[Server], services: list[Server]):
@@ -425,6 +427,14 @@ class Supervisor:
                 err=True,
             )
         click.secho(line, fg="red" if w.embedded else "yellow", err=w.embedded)
+        if w.embedded and w.server.role == "kafka":
+            # Stop every service now, before the empty broker is back: a client
+            # that outlived the broker would auto-create the topics on it without
+            # the spec's configs (the processor and API then refuse to start).
+            # Restarted, each creates the topics from the spec before anything else.
+            for other in self.watches:
+                if not other.embedded and other.restart_at is None:
+                    other.server.stop(timeout=5.0)
 
     def _restart(self, w: _Watch) -> None:
         try:
@@ -443,10 +453,6 @@ class Supervisor:
             w.restart_at = time.monotonic() + delay
             return
         w.started_at, w.restart_at = time.monotonic(), None
-        if w.embedded and w.server.role == "kafka":
-            for other in self.watches:  # reconnect to the empty broker
-                if not other.embedded and other.restart_at is None:
-                    other.server.stop(timeout=5.0)
 
     def stop_service(self, name: str) -> None:
         """Stop ``name`` for good (no restart)."""
