@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -22,7 +25,7 @@ from quart.typing import TestClientProtocol as Client
 
 from audit_events.settings import AuditSettings, settings_env
 from audit_events.storage import EVENTS_COLLECTION
-from auditstream.embedded import Server, mongo_server
+from auditstream.embedded import Server, free_port, mongo_server
 from query_api.app import create_app
 from query_api.auth import mint_token
 
@@ -138,3 +141,36 @@ def own_mongo(tmp_path: Path) -> Iterator[Server]:
     finally:
         freeze(server, False)
         server.stop()
+
+
+@asynccontextmanager
+async def served_api(settings: AuditSettings) -> AsyncIterator[str]:
+    """The API served by Hypercorn on a free port in this event loop; yields its URL
+    once /readyz answers 200."""
+    app = create_app(settings)
+    config = Config()
+    port = free_port()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            if server.done():
+                server.result()
+            try:
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the API did not become ready")
+    try:
+        yield url
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)

@@ -46,6 +46,23 @@ class Writer:
         await self.invalidator.bump([doc])
 
 
+@pytest.fixture
+def services(api: Quart) -> Services:
+    """The in-process API's clients (MongoDB, Redis, cache)."""
+    services: Services = api.config["AUDITSTREAM_SERVICES"]
+    return services
+
+
+@pytest.fixture
+def writer(services: Services, settings: AuditSettings) -> Writer:
+    return Writer(services, settings)
+
+
+@pytest.fixture
+def tenant(unique: str) -> str:
+    return f"t-{unique}"
+
+
 async def _ids(client: Any, tenant: str, auth: dict[str, str]) -> tuple[list[str], str]:
     resp = await client.get("/v1/events", headers=auth)
     assert resp.status_code == 200
@@ -54,12 +71,13 @@ async def _ids(client: Any, tenant: str, auth: dict[str, str]) -> tuple[list[str
 
 
 async def test_flush_between_a_read_and_its_cache_set_gives_no_stale_read(
-    api: Quart, settings: AuditSettings, unique: str, auth: Callable[..., dict[str, str]]
+    api: Quart,
+    services: Services,
+    writer: Writer,
+    tenant: str,
+    auth: Callable[..., dict[str, str]],
 ) -> None:
-    tenant = f"t-{unique}"
     headers = auth(tenant)
-    services: Services = api.config["AUDITSTREAM_SERVICES"]
-    writer = Writer(services, settings)
     await writer.put(1, tenant)
     client = api.test_client()
 
@@ -79,12 +97,13 @@ async def test_flush_between_a_read_and_its_cache_set_gives_no_stale_read(
 
 
 async def test_an_evicted_counter_does_not_revive_old_entries(
-    api: Quart, settings: AuditSettings, unique: str, auth: Callable[..., dict[str, str]]
+    api: Quart,
+    services: Services,
+    writer: Writer,
+    tenant: str,
+    auth: Callable[..., dict[str, str]],
 ) -> None:
-    tenant = f"t-{unique}"
     headers = auth(tenant)
-    services: Services = api.config["AUDITSTREAM_SERVICES"]
-    writer = Writer(services, settings)
     client = api.test_client()
     await writer.put(1, tenant)
     assert (await _ids(client, tenant, headers))[1] == "miss"
@@ -98,11 +117,14 @@ async def test_an_evicted_counter_does_not_revive_old_entries(
 
 
 async def test_counters_expire_so_their_memory_is_bounded(
-    api: Quart, settings: AuditSettings, unique: str, auth: Callable[..., dict[str, str]]
+    api: Quart,
+    settings: AuditSettings,
+    unique: str,
+    services: Services,
+    writer: Writer,
+    tenant: str,
+    auth: Callable[..., dict[str, str]],
 ) -> None:
-    tenant = f"t-{unique}"
-    services: Services = api.config["AUDITSTREAM_SERVICES"]
-    writer = Writer(services, settings)
     await writer.put(1, tenant)
     ttl = 2 * settings.cache_ttl_seconds
     event = make_event(1, tenant=tenant)

@@ -19,11 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from playwright.async_api import (
     Browser,
     ConsoleMessage,
@@ -40,10 +37,9 @@ from audit_events.codec import event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings
 from audit_events.storage import USERS_COLLECTION
-from auditstream.embedded import free_port
-from query_api.app import create_app
 from query_api.export import CSV_COLUMNS
 from query_api.users import UserStore
+from tests.integration.conftest import served_api
 
 pytestmark = pytest.mark.integration
 
@@ -76,31 +72,8 @@ def chromium_path() -> str:
 @pytest.fixture
 async def base_url(settings: AuditSettings) -> AsyncIterator[str]:
     """The API served by Hypercorn on a free port, in this test's event loop."""
-    app = create_app(settings)
-    config = Config()
-    port = free_port()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            if server.done():
-                server.result()
-            try:
-                if (await http.get(f"{url}/readyz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the API did not become ready")
-    yield url
-    stop.set()
-    await asyncio.wait_for(server, 10)
+    async with served_api(settings) as url:
+        yield url
 
 
 @pytest.fixture

@@ -22,8 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
@@ -39,11 +37,10 @@ from audit_events.codec import event_wire_dict
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION, event_key
-from auditstream.embedded import free_port
-from query_api.app import create_app
 from query_api.auth import mint_token
 from stream_processor.control import ControlApplier
 from tests.conftest import CONTROL_PRIVATE, CONTROL_PUBLIC, Backends
+from tests.integration.conftest import served_api
 from tests.integration.test_viewer import (
     CHROMIUM_ARGS,
     chromium_path,
@@ -168,41 +165,21 @@ async def seed(settings_mod: AuditSettings) -> AsyncIterator[Seed]:
     assert victim is not None
     await store.update_one({"_id": victim["_id"]}, {"$set": {"description": "nothing to see"}})
 
-    app = create_app(settings)
-    config = Config()
-    config.bind = [f"127.0.0.1:{free_port()}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    url = f"http://{config.bind[0]}"
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            if server.done():
-                server.result()
-            try:
-                if (await http.get(f"{url}/readyz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    yield Seed(
-        settings=settings,
-        url=url,
-        acme=acme,
-        tampered=tampered,
-        empty=empty,
-        events=events,
-        corrected_id=corrected_id,
-        erased_id=erased_id,
-        correction_id=correction["id"],
-        erasure_id=erasure["id"],
-        bad_id=victim["id"],
-        bad_seq=20,
-    )
-    stop.set()
-    await asyncio.wait_for(server, 10)
+    async with served_api(settings) as url:
+        yield Seed(
+            settings=settings,
+            url=url,
+            acme=acme,
+            tampered=tampered,
+            empty=empty,
+            events=events,
+            corrected_id=corrected_id,
+            erased_id=erased_id,
+            correction_id=correction["id"],
+            erasure_id=erasure["id"],
+            bad_id=victim["id"],
+            bad_seq=20,
+        )
     await mongo.drop_database(settings.mongo_db)
     await mongo.close()
 
