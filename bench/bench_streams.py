@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import progress, write_results
+from common import backlog_parser, progress, write_results
 from pymongo import AsyncMongoClient
 from run import Stack, produce, wait_count
 
@@ -148,11 +148,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--events", type=int, default=20_000)
-    p.add_argument("--tenants", type=int, default=20)
+    p = backlog_parser(__doc__)
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--timeout", type=float, default=900.0)
     return p.parse_args()
 
 

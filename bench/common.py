@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -97,3 +98,13 @@ def spawn(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]
         return subprocess.Popen(
             [sys.executable, "-m", "auditstream", *args], env=env, stdout=out, stderr=out
         )
+
+
+def backlog_parser(doc: str | None) -> argparse.ArgumentParser:
+    """--events, --tenants, --timeout of a backlog benchmark; described by ``doc``'s first line."""
+    assert doc
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--tenants", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=900.0)
+    return p
