@@ -206,6 +206,9 @@ def assert_exact(ids: list[str], produced: list[str]) -> tuple[int, int]:
 # --- tests ------------------------------------------------------------------
 
 
+KILL_BATCH = 100  # events per batch of a worker that kills itself before a commit
+
+
 @pytest.mark.parametrize(
     "total",
     [
@@ -240,8 +243,16 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
             before = await committed_total(kafka)
             if round_ % 2:
                 # SIGKILL between the write and the commit of its n-th stored batch.
+                # It gets a backlog of its own (small batches), so its n-th batch
+                # comes even when the workers before it stored all produced so far.
                 n = rng.randint(1, 4)
-                worker = processors(AUDITSTREAM_TEST_KILL_BEFORE_COMMIT=str(n))
+                extra = events(f"crash-{unique}-r{round_}", n * KILL_BATCH + 1)
+                produced += [orjson.loads(v)["id"] for _, v in extra]
+                await kafka.send(extra)
+                worker = processors(
+                    AUDITSTREAM_TEST_KILL_BEFORE_COMMIT=str(n),
+                    AUDITSTREAM_BATCH_MAX_EVENTS=str(KILL_BATCH),
+                )
                 assert await wait_exit(worker, 300) == -9
                 kills.append(f"after write, before commit of stored batch {n}")
             else:
@@ -258,7 +269,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         await producing
         port = free_port()
         processors(AUDITSTREAM_PROCESSOR_METRICS_PORT=str(port))
-        await settle(kafka, store, total)
+        await settle(kafka, store, len(produced))
         metrics = scrape(port)
     ids = await stored_ids(store)
     lost, dups = assert_exact(ids, produced)
@@ -266,7 +277,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     figures(
         "crash",
         seed=seed,
-        events=total,
+        events=len(produced),
         kills=len(kills),
         kill_moments=kills,
         lost=lost,
