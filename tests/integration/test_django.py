@@ -420,7 +420,9 @@ async def test_preloaded_app_forked_workers_spool_apart_and_deliver(
     answers = [(await asyncio.to_thread(server.get, f"/ping/?n={n}"))[0] for n in range(20)]
     assert answers == [200] * 20, server.log()
     pids = {p.name.split("-")[-2] for p in spool.glob("*.lock")}
-    assert len(pids) == 3, pids  # the master's and one per worker
+    # The master's and one per worker that served a request (gunicorn may hand
+    # all 20 to one worker): never one file shared across the fork.
+    assert len(pids) >= 2, pids
     spooled = {e["metadata"]["query_string"] for e in spooled_events(spool)}
     assert spooled == {f"n={n}" for n in range(20)}
     kafka = kafka_server(tmp_path / "kafka", port=port)
