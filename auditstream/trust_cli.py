@@ -14,12 +14,12 @@ from typing import Any
 import click
 
 from audit_events.chain import (
+    checkpoint_keys,
     control_keys,
     find_head,
     generate_keypair,
     load_private_key,
     public_key_b64,
-    public_key_of,
     seq_probes,
 )
 from audit_events.codec import _parse_time
@@ -103,8 +103,8 @@ async def _verify(
         settings.mongo_uri, tz_aware=True, **mongo_client_options(settings, operations=False)
     )
     events = client[settings.mongo_db][EVENTS_COLLECTION]
-    key = public_key_of(settings)
-    if key is None:
+    key = checkpoint_keys(settings)  # the current key and the retired ones, by key id
+    if not key:
         click.secho("warning: no checkpoint public key configured", fg="yellow", err=True)
     all_ok = True
     try:
