@@ -16,12 +16,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -31,6 +29,7 @@ from audit_events.topic_admin import create_missing
 from audit_events.topics import topic_specs
 from auditstream.embedded import free_port, mongo_server
 from tests.conftest import Backends, ProcessorProcess
+from tests.integration.conftest import scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -163,16 +162,6 @@ async def wait_exit(proc: ProcessorProcess, timeout: float) -> int:
             return code
         await asyncio.sleep(0.2)
     raise AssertionError(f"worker still running after {timeout:.0f}s")
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return {
-        s.name: s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if not s.labels
-    }
 
 
 def figures(test: str, **values: Any) -> None:
