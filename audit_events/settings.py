@@ -1,6 +1,9 @@
 """One frozen settings object for every auditstream service.
 
-Values come from ``AUDITSTREAM_*`` environment variables (or a ``.env`` file).
+Values come from ``AUDITSTREAM_*`` environment variables. Only the
+``auditstream`` command line also reads a ``.env`` file from the current
+directory (:func:`use_dotenv`): the SDK inside a host application (a Django
+project, a script) never picks up whatever ``.env`` lies where it runs.
 Connection URLs default to ``None``: ``auditstream up`` then starts a local
 development server for that role, and a service started on its own refuses to
 start, naming the missing variable (see :meth:`AuditSettings.require`).
@@ -29,7 +32,7 @@ class SettingsError(Exception):
 
 class AuditSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True
     )
 
     # --- Kafka -------------------------------------------------------------
@@ -527,22 +530,37 @@ def settings_error_line(exc: Exception) -> str | None:
     return None
 
 
+# The .env file load_settings() reads: none, except while the CLI runs.
+_dotenv: Path | None = None
+
+
+def use_dotenv(path: str | os.PathLike[str] | None) -> Path | None:
+    """Make :func:`load_settings` also read ``path`` (``None``: no file); returns the
+    previous one. Only the ``auditstream`` command line calls it (with ``.env``),
+    for its own run."""
+    global _dotenv
+    previous, _dotenv = _dotenv, (None if path is None else Path(path))
+    return previous
+
+
 def load_settings(**overrides: object) -> AuditSettings:
     """Build the settings, turning a validation error into one clear line.
 
-    Explicit values win: ``overrides``, then AUDITSTREAM_* variables, then
-    ``.env``; a setting none of them sets comes from the running ``auditstream
-    up`` stack of ``data_dir`` (its state file), then from the default.
+    Explicit values win: ``overrides``, then AUDITSTREAM_* variables, then the
+    ``.env`` file when the CLI runs (:func:`use_dotenv`); a setting none of them
+    sets comes from the running ``auditstream up`` stack of ``data_dir`` (its
+    state file), then from the default.
     """
+    env_file = _dotenv
     try:
-        settings = AuditSettings(**overrides)  # type: ignore[arg-type]
+        settings = AuditSettings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except (ValidationError, PydanticSettingsError) as exc:
         raise SettingsError(settings_error_line(exc)) from None
     fill = _stack_fallback(settings)
     if not fill:
         return settings
     try:
-        return AuditSettings(**{**fill, **overrides})  # type: ignore[arg-type]
+        return AuditSettings(_env_file=env_file, **{**fill, **overrides})  # type: ignore[arg-type]
     except ValidationError as exc:
         where = f" (from {stack_state_path(settings.data_dir)})"
         raise SettingsError(_one_line(exc, where)) from None

@@ -13,7 +13,12 @@ from typing import Any, TypeVar
 
 import click
 
-from audit_events.settings import AuditSettings, load_settings, settings_error_line
+from audit_events.settings import (
+    AuditSettings,
+    load_settings,
+    settings_error_line,
+    use_dotenv,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 SETTINGS_EXIT = 2
@@ -63,15 +68,21 @@ class _Main(click.Group):
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """auditstream: a tamper-evident audit trail on Kafka, MongoDB and Redis.
 
-    Settings come from AUDITSTREAM_* environment variables (or .env); a setting
-    left unset is taken from the running `auditstream up` of this folder (its
-    state file .auditstream/stack.json), so commands run beside `make run`
-    need no setup. A missing or invalid setting exits with status 2 and one
-    line naming it. See README.md for the list.
+    Settings come from AUDITSTREAM_* environment variables (or the .env file of
+    the current directory; the environment wins); a setting left unset is taken
+    from the running `auditstream up` of this folder (its state file
+    .auditstream/stack.json), so commands run beside `make run` need no setup.
+    A missing or invalid setting exits with status 2 and one line naming it.
+    See README.md for the list.
     """
+    # Only the command line reads .env (the SDK inside a host application never
+    # does), and only for this run.
+    previous = use_dotenv(".env")
+    ctx.call_on_close(lambda: use_dotenv(previous))
 
 
 @main.command()
