@@ -1,33 +1,34 @@
-"""Fixtures for talking to the pipeline: the API in-process, direct store access."""
+"""Fixtures for talking to the pipeline: the API in-process or on a real port, direct
+store access. Plain helpers (``eventually``, ``make_event``, ``served_api``, …) live
+in ``tests/helpers.py``; the names re-exported below keep the older
+``from tests.integration.conftest import …`` imports working."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
-from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
-from audit_events.settings import AuditSettings, settings_env
+from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
-from auditstream.embedded import Server, free_port, mongo_server
+from auditstream.embedded import Server, mongo_server
 from query_api.app import create_app
 from query_api.auth import mint_token
+from tests.helpers import LiveApi, Store, serve_api
+from tests.helpers import by_seq as by_seq
+from tests.helpers import eventually as eventually
+from tests.helpers import freeze as freeze
+from tests.helpers import nested as nested
+from tests.helpers import run_cli as run_cli
+from tests.helpers import scrape as scrape
+from tests.helpers import served_api as served_api
 
 pytestmark = pytest.mark.integration
 
@@ -72,63 +73,28 @@ async def store(settings: AuditSettings) -> AsyncIterator[AsyncCollection[dict[s
     await client.close()
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 60.0, interval: float = 0.2
-) -> None:
-    """Poll ``check`` until it is true or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+@pytest.fixture
+def live(settings: AuditSettings) -> Iterator[LiveApi]:
+    """The API served by Hypercorn on a free port, in its own thread and loop."""
+    api = serve_api(settings)
+    yield api
+    api.stop()
 
 
-async def by_seq(coll: AsyncCollection[dict[str, Any]], seq: int) -> dict[str, Any]:
-    """acme's stored event at ``seq`` (asserted to exist)."""
-    doc = await coll.find_one({"tenant": "acme", "seq": seq})
-    assert doc is not None
-    return doc
+@pytest.fixture
+async def http(live: LiveApi) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on ``live``."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=live.url, timeout=60.0, limits=limits) as client:
+        yield client
 
 
-def run_cli(settings: AuditSettings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m auditstream <args>`` on ``settings`` (+ ``env``), output captured."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")}
-    full.update(settings_env(settings))
-    full.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "auditstream", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The unlabelled samples of the Prometheus endpoint on ``port``."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return {
-        s.name: s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if not s.labels
-    }
-
-
-def nested(depth: int) -> Any:
-    """``{"d": {"d": … 1}}``, ``depth`` objects deep."""
-    value: Any = 1
-    for _ in range(depth):
-        value = {"d": value}
-    return value
-
-
-def freeze(server: Server, frozen: bool) -> None:
-    """SIGSTOP (``frozen``) or SIGCONT the server's process group, if it still runs."""
-    assert server.proc is not None
-    if server.proc.poll() is None:
-        os.killpg(server.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+@pytest.fixture
+async def db(settings: AuditSettings) -> AsyncIterator[Store]:
+    """Direct MongoDB/Redis access that writes as the processor does."""
+    s = Store(settings)
+    yield s
+    await s.close()
 
 
 @pytest.fixture
@@ -141,36 +107,3 @@ def own_mongo(tmp_path: Path) -> Iterator[Server]:
     finally:
         freeze(server, False)
         server.stop()
-
-
-@asynccontextmanager
-async def served_api(settings: AuditSettings) -> AsyncIterator[str]:
-    """The API served by Hypercorn on a free port in this event loop; yields its URL
-    once /readyz answers 200."""
-    app = create_app(settings)
-    config = Config()
-    port = free_port()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            if server.done():
-                server.result()
-            try:
-                if (await http.get(f"{url}/readyz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the API did not become ready")
-    try:
-        yield url
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 10)

@@ -11,10 +11,7 @@ import pytest
 
 from audit_events.settings import AuditSettings
 from auditstream.embedded import free_port
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import LiveApi, Store, bearer, make_event, serve_api
-
-http, live, db = support.http, support.live, support.db  # fixtures
+from tests.helpers import LiveApi, Store, bearer, make_event, serve_api
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 from audit_events.codec import event_to_document
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
-from tests.integration.test_api_support import LiveApi, bearer, make_event, serve_api
+from tests.helpers import LiveApi, bearer, make_event, serve_api
 
 pytestmark = pytest.mark.integration
 CHECKS = [

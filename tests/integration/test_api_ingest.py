@@ -13,11 +13,9 @@ from aiokafka import AIOKafkaConsumer
 
 from audit_events.settings import AuditSettings
 from auditstream.embedded import kafka_server
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import Store, bearer, make_event, serve_api
+from tests.helpers import Store, bearer, make_event, serve_api
 
 pytestmark = pytest.mark.integration
-http, live, db = support.http, support.live, support.db  # fixtures
 
 
 async def published(settings: AuditSettings, count: int) -> list[dict[str, object]]:

@@ -12,11 +12,9 @@ import orjson
 import pytest
 
 from audit_events.settings import AuditSettings
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import LiveApi, Store, bearer, make_event
+from tests.helpers import LiveApi, Store, bearer, make_event
 
 pytestmark = pytest.mark.integration
-http, live, db = support.http, support.live, support.db  # fixtures
 
 
 def _cursor(payload: Any) -> str:

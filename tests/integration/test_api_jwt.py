@@ -24,11 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from audit_events.settings import AuditSettings
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import LiveApi, Store, make_event, serve_api
+from tests.helpers import LiveApi, Store, make_event, serve_api
 
 pytestmark = pytest.mark.integration
-db = support.db  # fixture
 
 AUD, ISS = "auditstream-api", "https://issuer.example"
 DROP = object()

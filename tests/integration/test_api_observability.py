@@ -6,11 +6,9 @@ import httpx
 import pytest
 
 from audit_events.settings import AuditSettings
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import bearer
+from tests.helpers import bearer
 
 pytestmark = pytest.mark.integration
-http, live = support.http, support.live  # fixtures
 
 
 async def test_request_id_is_accepted_or_generated_and_returned(

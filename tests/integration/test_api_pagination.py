@@ -11,11 +11,9 @@ import httpx
 import pytest
 
 from audit_events.settings import AuditSettings
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import T0, Store, bearer, make_event
+from tests.helpers import T0, Store, bearer, make_event
 
 pytestmark = pytest.mark.integration
-http, live, db = support.http, support.live, support.db  # fixtures
 
 
 async def seed(db: Store, count: int) -> set[str]:

@@ -12,11 +12,9 @@ from click.testing import CliRunner
 
 from audit_events.settings import AuditSettings
 from auditstream.cli import main
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import LiveApi
+from tests.helpers import LiveApi, serve_api
 
 pytestmark = pytest.mark.integration
-http, live = support.http, support.live  # fixtures
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -196,7 +194,7 @@ async def test_failed_logins_are_rate_limited_per_user_and_per_ip(
     strict = settings.model_copy(
         update={"login_max_failures_per_user": 3, "login_max_failures_per_ip": 6}
     )
-    api = support.serve_api(strict)
+    api = serve_api(strict)
     try:
         await api.call(lambda s: s.users.add("carol", "user", "pw-123456", "acme", ["events:read"]))
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:

@@ -23,7 +23,7 @@ from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
 from query_api.services import Services
 from stream_processor.sinks import RedisInvalidator
-from tests.integration.test_api_support import make_event
+from tests.helpers import make_event
 
 pytestmark = pytest.mark.integration
 

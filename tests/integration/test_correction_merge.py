@@ -12,12 +12,9 @@ from aiokafka import AIOKafkaConsumer
 
 from audit_events.chain import CORRECTED_ACTION
 from audit_events.settings import AuditSettings
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import Store, bearer, make_event
+from tests.helpers import Store, bearer, make_event
 
 pytestmark = pytest.mark.integration
-
-http, live, db = support.http, support.live, support.db  # fixtures
 
 
 async def published_control(settings: AuditSettings, control_id: str) -> dict[str, Any]:

@@ -11,11 +11,9 @@ import pytest
 from redis.asyncio import Redis
 
 from audit_events.settings import AuditSettings
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import Store, bearer, make_event
+from tests.helpers import Store, bearer, make_event
 
 pytestmark = pytest.mark.integration
-http, live, db = support.http, support.live, support.db  # fixtures
 
 
 async def calls(redis: Redis) -> dict[str, int]:

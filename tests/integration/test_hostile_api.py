@@ -16,12 +16,9 @@ import pytest
 
 from audit_events.settings import AuditSettings
 from auditstream.embedded import Server
-from tests.integration import test_api_support as support
-from tests.integration.conftest import freeze, nested
-from tests.integration.test_api_support import Store, bearer, make_event, serve_api
+from tests.helpers import Store, bearer, freeze, make_event, nested, serve_api
 
 pytestmark = pytest.mark.integration
-http, live, db = support.http, support.live, support.db  # fixtures
 
 EDGES = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
 PROBLEM = "application/problem+json"

@@ -14,11 +14,9 @@ from pymongo import IndexModel
 from audit_events.storage import EVENT_INDEXES
 from query_api.listing import index_equality, read_page, windows
 from query_api.query import encode_cursor, mongo_filter, parse_list_query, sort_spec
-from tests.integration import test_api_support as support
-from tests.integration.test_api_support import T0, Store, make_event
+from tests.helpers import T0, Store, make_event
 
 pytestmark = pytest.mark.integration
-db = support.db  # fixture
 
 
 def _when(n: int) -> datetime:
