@@ -22,9 +22,10 @@ EVENT_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
 ]
 
 # The tenant chain's UNIQUE index: one event per (tenant, seq), so two writers can
-# never fork a chain. Created by the chain writers (processor, replay) only: it is
-# not partial (SecantusDB ignores partial indexes when planning queries), so
-# documents without a seq — e.g. seeded directly by tests — would collide on it.
+# never fork a chain. Created by the chain writers (processor, replay) only, through
+# audit_events.store_adapter.ensure_chain_index: partial ({seq: {$exists: true}}) on
+# MongoDB; not partial on SecantusDB, which ignores partial indexes when planning
+# queries, so there documents without a seq (e.g. seeded directly by tests) collide.
 CHAIN_INDEX: tuple[str, list[tuple[str, int]]] = ("tenant_seq", [("tenant", 1), ("seq", 1)])
 
 CHECKPOINTS_COLLECTION = "checkpoints"

@@ -16,15 +16,14 @@ import click
 from audit_events.chain import (
     checkpoint_keys,
     control_keys,
-    find_head,
     generate_keypair,
     load_private_key,
     public_key_b64,
-    seq_probes,
 )
 from audit_events.codec import _parse_time
 from audit_events.settings import AuditSettings, load_settings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION
+from audit_events.store_adapter import chain_head
 
 
 def _settings() -> AuditSettings:
@@ -111,7 +110,7 @@ async def _verify(
         tenants = [tenant] if tenant else await known_tenants(settings, events)
         for name in tenants:
             checkpoints, sources = await gather_checkpoints(settings, events, name)
-            head = await find_head(*seq_probes(events, name, {"seq": 1}))
+            head = await chain_head(events, name, {"seq": 1})
             total = int(head["seq"]) if head else 0
             started = time.perf_counter()
             out = open(os.devnull, "w") if quiet else None  # noqa: SIM115, ASYNC230

@@ -29,7 +29,6 @@ from audit_events.chain import (
     TrustedKeys,
     checkpoint_keys,
     control_keys,
-    find_head,
     first_seq_where,
     key_id,
     load_public_key,
@@ -42,6 +41,7 @@ from audit_events.codec import _parse_time
 from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
+from audit_events.store_adapter import chain_head
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import single_values
@@ -136,8 +136,9 @@ async def verify_tenant(
     """
     start_seq, prev, end_seq = 1, GENESIS, None
     if since is not None or until is not None:
-        probe, exact = seq_probes(events, tenant, {"seq": 1, "hash": 1, "received_at": 1})
-        head = await find_head(probe, exact)
+        projection = {"seq": 1, "hash": 1, "received_at": 1}
+        probe, _ = seq_probes(events, tenant, projection)
+        head = await chain_head(events, tenant, projection)  # a store capability
         head_seq = int(head["seq"]) if head else 0
         if since is not None:
             start_seq = await first_seq_where(probe, head_seq, _after(since))
