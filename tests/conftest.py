@@ -130,6 +130,14 @@ class ProcessorProcess:
         log.close()
         return self
 
+    async def exit_code(self, timeout: float) -> int:
+        """Wait (without blocking the loop) for the worker to exit; its exit code."""
+        assert self.proc is not None
+        try:
+            return await asyncio.to_thread(self.proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker still running after {timeout:.0f}s") from None
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -22,6 +22,7 @@ from stream_processor.archive.reader import ArchiveReader
 from stream_processor.archive.status import archive_status
 from stream_processor.archive.verify import verify_archive
 from stream_processor.offsets import true_end_offsets
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 Key = tuple[str, int, int]  # topic, partition, offset
@@ -127,11 +128,12 @@ async def archive_until(settings: AuditSettings, want: int, timeout: float = 60.
     archiver = Archiver(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(archiver.run(stop))
-    deadline = time.monotonic() + timeout
-    while sum(e.count for e in archiver.manifest.entries) < want:
-        assert time.monotonic() < deadline, "the archiver did not catch up"
+
+    def caught_up() -> bool:
         assert not task.done(), task
-        await asyncio.sleep(0.2)
+        return sum(e.count for e in archiver.manifest.entries) >= want
+
+    await eventually(caught_up, timeout, what="the archiver did not catch up")
     stop.set()
     await task
     return archiver

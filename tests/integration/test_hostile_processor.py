@@ -6,7 +6,6 @@ child processes. The frozen-store test SIGSTOPs a SecantusDB of its own.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -22,9 +21,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
 from auditstream.embedded import Server
-from tests.conftest import ProcessorProcess
-from tests.integration.conftest import freeze, nested
-from tests.integration.test_processor_resilience import Kafka, Spawn, events, wait_exit
+from tests.helpers import eventually, exited, freeze, nested
+from tests.integration.test_processor_resilience import Kafka, Spawn, events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -52,20 +50,6 @@ def hostile(unique: str) -> list[tuple[bytes | None, bytes | None, str]]:
 
 async def stored_ids(store: AsyncCollection[dict[str, Any]]) -> set[str]:
     return {d.get("id", d["_id"]) async for d in store.find({}, {"id": 1})}
-
-
-async def until(proc: ProcessorProcess, check: Any, timeout: float, what: str) -> None:
-    """Poll ``check``; fail at once if the worker exited (the crash loop)."""
-    assert proc.proc is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = proc.proc.poll()
-        if code is not None:
-            raise AssertionError(f"{what}: the worker exited with {code} (crash loop)")
-        if await check():
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"{what}: not reached within {timeout:.0f}s")
 
 
 async def test_a_null_record_then_good_events_for_two_tenants_all_stored_none_stalls(
@@ -96,7 +80,9 @@ async def test_a_null_record_then_good_events_for_two_tenants_all_stored_none_st
         async def all_stored() -> bool:
             return await kafka.fully_committed() and wanted <= await stored_ids(store)
 
-        await until(worker, all_stored, 300, "1,000 good events stored and committed")
+        await eventually(
+            all_stored, 300, 0.5, what="1,000 good events stored", abort=exited(worker.proc)
+        )
         elapsed = time.monotonic() - started
         dead = await kafka.dead_letters(len(bad), timeout=60)
     assert worker.proc is not None and worker.proc.poll() is None
@@ -137,7 +123,9 @@ async def test_a_frozen_store_fails_writes_so_the_retry_limit_exits_without_comm
             async def first_stored() -> bool:
                 return await kafka.fully_committed() and len(await stored_ids(own_store)) == 50
 
-            await until(worker, first_stored, 180, "first 50 events stored")
+            await eventually(
+                first_stored, 180, 0.5, what="first 50 stored", abort=exited(worker.proc)
+            )
             committed = sum((await kafka.committed()).values())
             freeze(own_mongo, True)
             frozen_at = time.monotonic()
@@ -145,7 +133,7 @@ async def test_a_frozen_store_fails_writes_so_the_retry_limit_exits_without_comm
             # The write retry limit (5 s) decides, each write bounded by the 1 s store
             # timeout. Before: no timeout; the insert hung until PyMongo's monitor
             # dropped the pool (54 s here; with the default 300 s limit, minutes).
-            code = await wait_exit(worker, 30)
+            code = await worker.exit_code(30)
             exited_after = time.monotonic() - frozen_at
             assert code == 75
             assert sum((await kafka.committed()).values()) == committed  # nothing early

@@ -29,7 +29,7 @@ from audit_events.topic_admin import create_missing
 from audit_events.topics import topic_specs
 from auditstream.embedded import free_port, mongo_server
 from tests.conftest import Backends, ProcessorProcess
-from tests.integration.conftest import scrape
+from tests.helpers import eventually, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -142,28 +142,6 @@ async def stored_ids(store: AsyncCollection[dict[str, Any]]) -> list[str]:
     return [d["id"] async for d in store.find({}, {"id": 1})]
 
 
-async def wait_until(
-    check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what}: not reached within {timeout:.0f}s")
-
-
-async def wait_exit(proc: ProcessorProcess, timeout: float) -> int:
-    assert proc.proc is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = proc.proc.poll()
-        if code is not None:
-            return code
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"worker still running after {timeout:.0f}s")
-
-
 def figures(test: str, **values: Any) -> None:
     print("FIGURES", json.dumps({"test": test, **values}))
 
@@ -176,7 +154,7 @@ async def settle(kafka: Kafka, store: AsyncCollection[dict[str, Any]], n: int) -
         # processor's server time. Committed offsets imply stored events (commit last).
         return await kafka.fully_committed() and await store.count_documents({}) >= n
 
-    await wait_until(done, max(400.0, n / 25), f"{n} events stored and committed")
+    await eventually(done, max(400.0, n / 25), 0.5, what=f"{n} events stored and committed")
 
 
 async def committed_total(kafka: Kafka) -> int:
@@ -242,7 +220,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
                     AUDITSTREAM_TEST_KILL_BEFORE_COMMIT=str(n),
                     AUDITSTREAM_BATCH_MAX_EVENTS=str(KILL_BATCH),
                 )
-                assert await wait_exit(worker, 300) == -9
+                assert await worker.exit_code(300) == -9
                 kills.append(f"after write, before commit of stored batch {n}")
             else:
                 worker = processors()
@@ -250,7 +228,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
                 async def progressed(before: int = before) -> bool:
                     return await committed_total(kafka) > before
 
-                await wait_until(progressed, 300, "the restarted worker stores events")
+                await eventually(progressed, 300, 0.5, what="the restarted worker stores events")
                 pause = rng.uniform(0.0, 2.0)
                 await asyncio.sleep(pause)
                 worker.kill()
@@ -305,7 +283,7 @@ async def test_store_outage_delays_but_loses_nothing_and_commits_nothing_early(
         async def midstream() -> bool:
             return await committed_total(kafka) >= 1_000
 
-        await wait_until(midstream, 300, "first events stored")
+        await eventually(midstream, 300, 0.5, what="first events stored")
         mongo.stop()
         stopped = time.monotonic()
         storage = Path(mongo.argv[mongo.argv.index("--storage-path") + 1])
@@ -449,7 +427,7 @@ async def test_two_workers_one_sigkilled_mid_stream_exact_id_set(
         async def midstream() -> bool:
             return await committed_total(kafka) >= total // 5
 
-        await wait_until(midstream, 300, "first events stored")
+        await eventually(midstream, 300, 0.5, what="first events stored")
         first.kill()
         killed_at = await store.count_documents({})
         await producing
@@ -476,4 +454,4 @@ async def test_worker_that_cannot_open_the_store_exits_non_zero_instead_of_idlin
         AUDITSTREAM_MONGO_URI="mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1000",
         AUDITSTREAM_WRITE_RETRY_SECONDS="3",
     )
-    assert await wait_exit(worker, 120) == 75
+    assert await worker.exit_code(120) == 75

@@ -28,6 +28,7 @@ from producers import (
     build_event,
 )
 from producers.spool import Spool, SpoolDirectory
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.unit
 REPO = str(Path(__file__).resolve().parents[2])
@@ -40,6 +41,7 @@ class FakeKafka:
         self.up = up
         self.sent: list[tuple[bytes, bytes]] = []
         self.hold: asyncio.Event | None = None
+        self.in_flight = asyncio.Event()  # set when a send starts (before any hold)
         self.connects = 0
 
     async def connect(self) -> None:
@@ -50,6 +52,7 @@ class FakeKafka:
     async def send(
         self, messages: Sequence[tuple[bytes, bytes]], timeout: float
     ) -> list[tuple[int, int]]:
+        self.in_flight.set()
         if self.hold is not None:
             await self.hold.wait()
         if not self.up:
@@ -76,14 +79,6 @@ def config(tmp_path: Path | None = None, **kw: object) -> ProducerConfig:
         base["spool_path"] = tmp_path / "spool.db"
     base.update(kw)
     return ProducerConfig(**base)  # type: ignore[arg-type]
-
-
-async def wait_until(check: object, timeout: float = 10.0) -> None:
-    assert callable(check)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met"
-        await asyncio.sleep(0.01)
 
 
 def test_build_event_conveniences() -> None:
@@ -139,7 +134,7 @@ async def test_buffer_full_without_spool_raises() -> None:
     kafka.hold = asyncio.Event()
     async with AuditProducer(config(buffer_size=3, chunk_size=1), kafka) as producer:
         producer.emit_nowait(tenant="acme", action="a.first")
-        await asyncio.sleep(0.05)  # the first is in flight, held
+        await asyncio.wait_for(kafka.in_flight.wait(), 5)  # the first is in flight, held
         for i in range(3):
             producer.emit_nowait(tenant="acme", action=f"a.b{i}")
         with pytest.raises(BufferFull):
@@ -182,13 +177,13 @@ async def test_unacknowledged_chunk_goes_to_the_front_of_the_spool(tmp_path: Pat
     await producer.start()
     producer.emit_nowait(tenant="acme", action="a.0")
     producer.emit_nowait(tenant="acme", action="a.1")
-    await asyncio.sleep(0.05)  # a.0, a.1 in flight
+    await asyncio.wait_for(kafka.in_flight.wait(), 5)  # a.0, a.1 in flight
     for i in range(2, 5):  # a.4 overflows: a.2..a.4 go to the spool
         producer.emit_nowait(tenant="acme", action=f"a.{i}")
     assert producer.spool_size == 3
     kafka.up = False
     kafka.hold.set()  # the in-flight chunk fails
-    await wait_until(lambda: producer.spool_size == 5)
+    await eventually(lambda: producer.spool_size == 5, 10, 0.01)
     kafka.up = True
     await producer.wait_spool_empty(10)
     await producer.close()
@@ -339,7 +334,7 @@ async def test_files_of_dead_processes_are_drained_by_a_live_one(tmp_path: Path)
     kafka = FakeKafka()
     producer = AuditProducer(config(spool_dir=tmp_path, durable=True), kafka)
     await producer.start()
-    await wait_until(lambda: producer.stats().claimed == 20)
+    await eventually(lambda: producer.stats().claimed == 20, 10, 0.01)
     await producer.wait_spool_empty(10)
     await producer.close()
     assert kafka.actions() == [f"a.dead{i}" for i in range(20)]
@@ -404,6 +399,6 @@ async def test_an_old_one_file_spool_is_adopted_and_drained(tmp_path: Path) -> N
     assert not directory.adopt(tmp_path / "audit-spool.db")  # gone: a second process gets nothing
     kafka = FakeKafka()
     async with AuditProducer(config(spool_dir=directory.path, durable=True), kafka) as producer:
-        await wait_until(lambda: producer.stats().claimed == 3)
+        await eventually(lambda: producer.stats().claimed == 3, 10, 0.01)
     assert kafka.actions() == ["a.old0", "a.old1", "a.old2"]
     assert rows_on_disk(directory.path) == []
