@@ -32,13 +32,12 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from pymongo import AsyncMongoClient
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
-from pymongo.write_concern import WriteConcern
+
+if TYPE_CHECKING:  # pymongo comes with the processor/api extras, not the base install
+    from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.codec import current_layout
 from audit_events.settings import AuditSettings, SettingsError, load_settings
@@ -63,6 +62,8 @@ async def _finish(
     events: AsyncCollection[dict[str, Any]], journal: AsyncCollection[dict[str, Any]]
 ) -> int:
     """Complete every journaled document: delete its old form, insert its new one."""
+    from pymongo.errors import BulkWriteError
+
     entries = [e async for e in journal.find({})]
     if not entries:
         return 0
@@ -137,6 +138,9 @@ async def migrate(
 
 
 async def _run(settings: AuditSettings, batch_size: int) -> MigrationResult:
+    from pymongo import AsyncMongoClient
+    from pymongo.write_concern import WriteConcern
+
     wc = WriteConcern(
         w="majority" if settings.mongo_write_concern == "majority" else 1,
         j=settings.mongo_journal,
