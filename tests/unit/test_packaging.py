@@ -159,3 +159,31 @@ def test_each_role_installs_what_its_code_imports(folder: str, extra: str | None
         names = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
         names |= {covered_by[module]} if module in covered_by else set()
         assert names & installed, f"{folder} imports {module} ({names}): not in base + {extra}"
+
+
+def test_a_command_without_its_extra_says_which_to_install() -> None:
+    """``auditstream api`` on the base install: one line naming the extra, exit 2."""
+    script = f"""
+import importlib.abc, sys
+BLOCKED = {SERVICE_ONLY!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError("No module named " + repr(name), name=name)
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = ["auditstream", *sys.argv[1:]]
+from auditstream.cli import main
+main()
+"""
+    for command, extra in (("api", "api"), ("processor", "processor")):
+        out = subprocess.run(
+            [sys.executable, "-c", script, command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert out.returncode == 2, out.stderr[-2000:]
+        (line,) = out.stderr.strip().splitlines()
+        assert f"pip install 'auditstream[{extra}]'" in line, line
