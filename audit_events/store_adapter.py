@@ -26,7 +26,8 @@ SecantusDB (``auditstream up``, the tests, the bench), each behind a named
 
 The capabilities are detected from ``buildInfo`` (SecantusDB reports
 ``secantusVersion``). A server that cannot be asked gets :data:`CONSERVATIVE`:
-the dev-server paths, which return the same results on any server, only slower.
+the dev-server paths, which return the same results on any server, only slower
+(so does an object that is not a PyMongo collection, such as a unit test's fake).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ async def capabilities_of(collection: Any) -> StoreCapabilities:
     """The capabilities of the server behind ``collection`` (detected once per client)."""
     from pymongo.errors import PyMongoError
 
-    client = collection.database.client
+    client = getattr(getattr(collection, "database", None), "client", None)
+    if client is None:  # not a PyMongo collection (a test's fake)
+        return CONSERVATIVE
     found = _detected.get(client)
     if found is None:
         try:

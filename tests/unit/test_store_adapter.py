@@ -138,3 +138,10 @@ async def test_an_existing_chain_index_of_the_other_form_is_kept() -> None:
     coll.create_error = OperationFailure("not authorized", 13)
     with pytest.raises(OperationFailure):
         await ensure_chain_index(coll, MONGODB)
+
+
+async def test_a_collection_without_a_client_gets_the_conservative_paths() -> None:
+    class Bare:  # a unit test's fake collection: no .database.client to ask
+        pass
+
+    assert await capabilities_of(Bare()) is CONSERVATIVE
