@@ -35,20 +35,19 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
 from audit_events.chain import (
     GENESIS,
     control_keys,
-    find_head,
     load_private_key,
     seal,
-    seq_probes,
 )
 from audit_events.settings import AuditSettings
-from audit_events.storage import CHAIN_INDEX, CHECKPOINTS_COLLECTION, REPLAY_STATE_COLLECTION
+from audit_events.storage import CHECKPOINTS_COLLECTION, REPLAY_STATE_COLLECTION
+from audit_events.store_adapter import chain_head
+from audit_events.store_adapter import ensure_chain_index as _ensure_chain_index
 from stream_processor.checkpoints import Checkpointer, Publish, ensure_checkpoint_topic
 from stream_processor.control import ControlApplier, Keys, control_target
 from stream_processor.sinks import DUPLICATE_KEY, Invalidator, WriteResult, is_duplicate_id
@@ -62,13 +61,12 @@ class SwapInProgress(Exception):
 
 
 async def ensure_chain_index(collection: AsyncCollection[dict[str, Any]]) -> None:
-    name, keys = CHAIN_INDEX
-    await collection.create_indexes([IndexModel(keys, name=name, unique=True)])
+    await _ensure_chain_index(collection)
 
 
 async def derive_head(collection: AsyncCollection[dict[str, Any]], tenant: str) -> tuple[int, str]:
     """Highest stored seq of ``tenant`` and its hash (O(log n) index probes)."""
-    head = await find_head(*seq_probes(collection, tenant, {"seq": 1, "hash": 1}))
+    head = await chain_head(collection, tenant, {"seq": 1, "hash": 1})
     return (0, GENESIS) if head is None else (int(head["seq"]), str(head["hash"]))
 
 
