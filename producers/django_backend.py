@@ -206,6 +206,13 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def record_event(event: Mapping[str, Any]) -> str | None:
+    """Hand one event (a dict as ``emit`` takes) to the process's durable producer: its
+    id once it is committed to the spool, or None when it could not be (logged whole at
+    ERROR, an invalid event too). Never raises."""
+    return _emit(event)
+
+
 def _emit(event: Mapping[str, Any]) -> str | None:
     producer = get_producer()
     if producer is not None:

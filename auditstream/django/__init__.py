@@ -6,7 +6,11 @@ starts the audit producer when Django is ready, so events spooled earlier drain
 without waiting for a new record.
 ``DJANGO_EASY_AUDIT_LOGGING_BACKEND = "auditstream.django.AuditstreamBackend"``.
 
-The code lives in :mod:`producers.django_backend` (the old path keeps working).
+The backend's code lives in :mod:`producers.django_backend` (the old path keeps
+working). Beside it: :mod:`auditstream.django.admin` (``AuditHistoryMixin``: the
+object's audit history inside the Django admin, read from the query API) and
+:mod:`auditstream.django.middleware` (``AuditMiddleware``: one event per request,
+WSGI or ASGI). Install with ``pip install "auditstream[django]"``.
 """
 
 from __future__ import annotations

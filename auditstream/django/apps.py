@@ -11,6 +11,10 @@ class AuditstreamConfig(AppConfig):  # type: ignore[misc]
     verbose_name = "auditstream"
 
     def ready(self) -> None:
+        from django.core import checks  # type: ignore[import-untyped]
+
+        from auditstream.django.admin import check_api
         from producers import django_backend  # registers the checks
 
+        checks.register(check_api, "auditstream")
         django_backend.start_in_background()

@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +18,9 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -26,11 +29,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 from audit_events.settings import AuditSettings, settings_env
 from auditstream.embedded import free_port, kafka_server, wait_for_port
 from tests.conftest import ProcessorProcess
+from tests.helpers import LiveApi, run_cli
 from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 WSGI = "tests.integration.django_project.wsgi:application"
+ASGI = "tests.integration.django_project.asgi:application"
 
 
 def shop_env(tmp_path: Path, audit: Mapping[str, str], **extra: str) -> dict[str, str]:
@@ -59,15 +64,22 @@ def manage(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 
 class Gunicorn:
-    """The shop served by real gunicorn workers (sync worker class)."""
+    """The shop served by real gunicorn workers (sync worker class), or with ``asgi`` by
+    Hypercorn through Django's ASGI handler."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, workers: int, *extra: str) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, workers: int, *extra: str, asgi: bool = False
+    ) -> None:
         self.port = free_port()
         self.log_path = log_path
         with open(log_path, "ab") as log:
             args = ["--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), *extra]
+            if asgi:
+                command = ["hypercorn", *args, "--graceful-timeout", "20", ASGI]
+            else:
+                command = ["gunicorn", *args, "--graceful-timeout", "20", WSGI]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", *args, "--graceful-timeout", "20", WSGI],
+                [sys.executable, "-m", *command],
                 cwd=REPO,
                 env=dict(env),
                 stdout=log,
@@ -110,8 +122,9 @@ class Gunicorn:
 def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     started: list[Gunicorn] = []
 
-    def make(env: Mapping[str, str], workers: int = 2, *extra: str) -> Gunicorn:
-        server = Gunicorn(env, tmp_path / f"gunicorn-{len(started)}.log", workers, *extra)
+    def make(env: Mapping[str, str], workers: int = 2, *extra: str, asgi: bool = False) -> Gunicorn:
+        log = tmp_path / f"server-{len(started)}.log"
+        server = Gunicorn(env, log, workers, *extra, asgi=asgi)
         started.append(server)
         return server
 
@@ -434,3 +447,181 @@ async def test_preloaded_app_forked_workers_spool_apart_and_deliver(
     finally:
         await asyncio.to_thread(kafka.stop)
     assert spooled_events(spool) == [] and not any(spool.glob("*.lock")), server.log()
+
+
+class AdminSession:
+    """A staff user's browser on the shop's admin: logs in through the login form."""
+
+    def __init__(self, base: str) -> None:
+        self.http = httpx.Client(base_url=base, timeout=30, follow_redirects=True)
+
+    def login(self, username: str, password: str) -> None:
+        form = self.http.get("/admin/login/")
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+        assert form.status_code == 200 and csrf, form.text[:500]
+        done = self.http.post(
+            "/admin/login/?next=/admin/",
+            data={"csrfmiddlewaretoken": csrf[1], "username": username, "password": password},
+        )
+        assert done.status_code == 200 and "/admin/logout/" in done.text, done.text[:500]
+
+    def get(self, path: str, **params: str) -> httpx.Response:
+        return self.http.get(path, params=params)
+
+
+def cells(html: str, table_id: str) -> list[list[str]]:
+    """The rows of the table ``table_id`` as lists of cell texts (tags stripped)."""
+    found = re.search(rf'<table id="{table_id}">(.*?)</table>', html, re.S)
+    assert found, f"no table {table_id}"
+    body = found[1].split("<tbody>", 1)[-1]
+    out = []
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S):
+        texts = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)
+        out.append([" ".join(re.sub(r"<[^>]+>", " ", t).split()) for t in texts])
+    return out
+
+
+async def test_admin_history_view_reads_the_query_api(
+    settings: AuditSettings,
+    tmp_path: Path,
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+    live: LiveApi,
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """The admin's History button of an invoice and of a payment shows the object's
+    timeline from the query API (service account, client credentials): field diffs
+    with actors, a foreign key's object names, the state as of an event, links to the
+    viewer; with the API gone the page still answers 200 and says why."""
+    processors()
+    done = await asyncio.to_thread(run_shop, settings, tmp_path, "shop_demo")
+    assert done.returncode == 0, done.stderr
+    ids = json.loads(done.stdout.strip().splitlines()[-1])
+    invoice, payment = str(ids["invoice_id"]), str(ids["payment_id"])
+
+    async def stored() -> bool:
+        return await store.count_documents({"tenant": "shop"}) >= 14
+
+    await eventually(stored, timeout=90)
+    made = await asyncio.to_thread(
+        run_cli,
+        settings,
+        "users",
+        "add",
+        "django-admin",
+        "--tenant",
+        "shop",
+        "--service",
+        "--scopes",
+        "events:read",
+    )
+    assert made.returncode == 0, made.stderr
+    secret = re.search(r"client_secret=(\S+)", made.stdout)
+    assert secret, made.stdout
+    api = {"URL": live.url, "CLIENT_ID": "django-admin", "CLIENT_SECRET": secret[1]}
+    env = shop_env(
+        tmp_path,
+        settings_env(settings),
+        SHOP_SPOOL_DIR=str(tmp_path / "audit-spool"),
+        SHOP_AUDIT_API=json.dumps(api),
+        DJANGO_SUPERUSER_PASSWORD="admin-pw-42",
+    )
+    root = await asyncio.to_thread(
+        manage, env, "createsuperuser", "--noinput", "--username", "root", "--email", "r@x.io"
+    )
+    assert root.returncode == 0, root.stderr
+    server = await asyncio.to_thread(gunicorn, env, 1)
+    admin = AdminSession(f"http://127.0.0.1:{server.port}")
+    try:
+        await asyncio.to_thread(admin.login, "root", "admin-pw-42")
+        change = await asyncio.to_thread(admin.get, f"/admin/shop/invoice/{invoice}/change/")
+        assert (
+            change.status_code == 200 and f"/admin/shop/invoice/{invoice}/history/" in change.text
+        )
+
+        page = await asyncio.to_thread(admin.get, f"/admin/shop/invoice/{invoice}/history/")
+        assert page.status_code == 200, page.text[:2000]
+        assert "auditstream-error" not in page.text, page.text
+        rows = cells(page.text, "auditstream-timeline")
+        assert [r[2] for r in rows] == ["shop.invoice.update", "shop.invoice.create"], rows
+        assert rows[0][1].startswith("alice") and "total : 10 → 12" in rows[0][3], rows
+        assert "number : INV-1" in rows[1][3] and "customer : Globex" in rows[1][3], rows
+        viewer = f"{live.url}/ui/#/history/shop.invoice/{invoice}"
+        assert f'href="{viewer}"' in page.text
+
+        # "State after" the creation: the total before the update.
+        created_at = re.findall(r'href="\?as_of=([^"]+)"', page.text)[-1]
+        before = await asyncio.to_thread(
+            admin.get, f"/admin/shop/invoice/{invoice}/history/", as_of=unquote(created_at)
+        )
+        state = dict((r[0], r[1]) for r in cells(before.text, "auditstream-state"))
+        assert state == {"customer": "Globex", "number": "INV-1", "total": "10"}, state
+
+        moved = await asyncio.to_thread(admin.get, f"/admin/shop/payment/{payment}/history/")
+        rows = cells(moved.text, "auditstream-timeline")
+        assert [r[2] for r in rows] == ["shop.payment.update", "shop.payment.create"], rows
+        assert (
+            f"invoice : Invoice INV-1 (#{invoice}) → Invoice INV-2 (#{ids['invoice2_id']})"
+            in (rows[0][3])
+        ), rows
+
+        live.stop()  # the API is gone: the admin page still answers, and says why
+        gone = await asyncio.to_thread(admin.get, f"/admin/shop/invoice/{invoice}/history/")
+        assert gone.status_code == 200 and 'id="auditstream-error"' in gone.text, gone.text
+        assert "cannot be reached" in gone.text
+    finally:
+        admin.http.close()
+        await asyncio.to_thread(server.stop)
+    assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.parametrize("server_kind", ["wsgi", "asgi"])
+def test_request_middleware_records_status_actor_and_latency(
+    tmp_path: Path, gunicorn: Callable[..., Gunicorn], server_kind: str
+) -> None:
+    """``auditstream.django.middleware.AuditMiddleware`` under gunicorn (WSGI) and
+    Hypercorn (ASGI): one event per request with status, outcome, latency, the
+    logged-in user as actor, user agent and request id; static paths excluded. Kafka
+    is unreachable: every event is in the spool when the page has answered."""
+    spool = tmp_path / "audit-spool"
+    env = shop_env(
+        tmp_path,
+        {"AUDITSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"},
+        SHOP_SPOOL_DIR=str(spool),
+        SHOP_AUDIT_MIDDLEWARE="1",
+        DJANGO_SUPERUSER_PASSWORD="s3cret-pw-42",
+    )
+    assert manage(env, "migrate", "--run-syncdb", "-v", "0").returncode == 0
+    made = manage(env, "createsuperuser", "--noinput", "--username", "alice", "--email", "a@x.io")
+    assert made.returncode == 0, made.stderr
+    server = gunicorn(env, 1, asgi=server_kind == "asgi")
+    headers = {"User-Agent": "mw-test/1.0"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", headers=headers) as http:
+        assert http.get("/ping/?n=anon").status_code == 200
+        assert http.get("/static/app.css").status_code == 404  # excluded path
+        wrong = http.post("/login/", data={"username": "alice", "password": "nope"})
+        assert wrong.status_code == 401
+        assert http.post("/login/", data={"username": "alice", "password": "s3cret-pw-42"})
+        assert http.get("/ping/?n=1", headers={"X-Request-ID": "req-7"}).status_code == 200
+    server.stop()
+    assert "Traceback" not in server.log(), server.log()
+    events = [
+        e for e in spooled_events(spool) if e["metadata"].get("source") == "django-middleware"
+    ]
+    seen = [(e["action"], e["metadata"]["path"], e["metadata"]["status"]) for e in events]
+    assert seen == [
+        ("http.get", "/ping/", 200),
+        ("http.post", "/login/", 401),
+        ("http.post", "/login/", 200),
+        ("http.get", "/ping/", 200),
+    ], seen
+    anon, denied, _, mine = events
+    assert "actor" not in anon and anon["metadata"]["query_string"] == "n=anon"
+    assert denied["outcome"] == "denied" and "actor" not in denied
+    assert mine["outcome"] == "success" and mine["actor"]["name"] == "alice"
+    assert mine["context"] == {
+        "ip": "127.0.0.1",
+        "user_agent": "mw-test/1.0",
+        "request_id": "req-7",
+    }
+    assert all(e["metadata"]["latency_ms"] > 0 for e in events)

@@ -1,8 +1,10 @@
+from django.contrib import admin
 from django.urls import path
 
 from tests.integration.django_project.shop import views
 
 urlpatterns = [
+    path("admin/", admin.site.urls),
     path("ping/", views.ping),
     path("login/", views.login_view),
     path("invoices/", views.create_invoice),
