@@ -1,0 +1,306 @@
+"""Every fenced snippet of README.md, docs/*.md and deploy/README.md runs (issue 20, item 9).
+
+One stack is started the way the README says — ``auditstream up`` in a project
+folder, moved by ``AUDITSTREAM_PORT_OFFSET`` so it runs beside other tests and a
+developer's ``make run`` — and every snippet runs against it, in document order:
+
+- ``sh``/``bash``/``shell``: ``bash -e -o pipefail`` in the project folder, with
+  ``.venv/bin`` first on PATH (``auditstream``, ``python``), the offset exported (the
+  CLI then finds the stack through its state file, as the README says) and ``TOKEN``
+  set as ``up``'s banner tells the reader to (``export TOKEN=…``). Standard input
+  holds a password twice (for commands that prompt), and the folder holds the files
+  the snippets read: ``secret.txt``, ``new.txt`` (stream secrets) and
+  ``events.ndjson`` (three valid events).
+- ``python``: a script run by the venv's Python in the project folder.
+- ``json``: must parse; elided examples (``…``) are marked ``text`` or skipped.
+- ``text``: an illustration or an output, not run.
+
+Addresses with the documented default ports (``127.0.0.1:8080``,
+``127.0.0.1:9192``, …) are moved by the offset before a snippet runs; nothing
+else is rewritten. A snippet that cannot run here says so in the Markdown, in an
+HTML comment right before its fence: ``<!-- snippet: skip REASON -->`` (not run)
+or ``<!-- snippet: syntax REASON -->`` (only compiled: ``compile()`` for Python,
+``bash -n`` for shell). Everything else runs, so a new snippet is run by default.
+
+This machine resolves no public host names, so the stack and the snippets run with
+``AUDITSTREAM_STREAMS_ALLOW_PRIVATE_HOSTS=true`` (a webhook URL such as
+``https://siem.example.com/hook`` is accepted without resolving; its deliveries
+then fail and retry, which no snippet depends on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+DOCS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("docs/*.md"))]
+DOCS.append("deploy/README.md")
+
+SHELL = {"sh", "bash", "shell"}
+RUNNABLE = SHELL | {"python", "json"}
+NOT_CODE = {"text"}
+# every port `up` uses, as the README lists them (moved by AUDITSTREAM_PORT_OFFSET)
+DEFAULT_PORTS = (8080, 9108, 9109, 9110, 9192, 27117, 6479)
+PASSWORD = "correct horse battery staple 7"
+FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+DIRECTIVE = re.compile(r"^\s*<!--\s*snippet:\s*(?P<kind>\w+)\s*(?P<reason>.*?)\s*-->\s*$")
+
+
+@dataclass(frozen=True)
+class Snippet:
+    path: str
+    line: int  # 1-based line of the opening fence
+    lang: str
+    body: str
+    directive: str | None  # None, "skip" or "syntax"
+    reason: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def parse(path: str, text: str) -> list[Snippet]:
+    """The fenced blocks of one Markdown text, with the directive before each."""
+    lines = text.split("\n")
+    out: list[Snippet] = []
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        fence, indent = m["fence"], len(m["indent"])
+        end = i + 1
+        while end < len(lines) and not lines[end].strip().startswith(fence):
+            end += 1
+        body = "\n".join(line[indent:] for line in lines[i + 1 : end])
+        directive, reason = None, ""
+        before = i - 1
+        while before >= 0 and not lines[before].strip():
+            before -= 1
+        d = DIRECTIVE.match(lines[before]) if before >= 0 else None
+        if d:
+            directive, reason = d["kind"], d["reason"]
+        lang = m["info"].strip().split()[0] if m["info"].strip() else ""
+        out.append(Snippet(path, i + 1, lang, body + "\n", directive, reason))
+        i = end + 1
+    return out
+
+
+def all_snippets() -> list[Snippet]:
+    return [s for p in DOCS for s in parse(p, (ROOT / p).read_text(encoding="utf-8"))]
+
+
+SNIPPETS = all_snippets()
+CODE = [s for s in SNIPPETS if s.lang not in NOT_CODE]
+RUN = [s for s in CODE if s.directive is None]
+
+
+# --------------------------------------------------------------------------- the marks
+
+
+def test_the_parser_reads_fences_and_directives() -> None:
+    text = (
+        "intro\n\n<!-- snippet: skip needs docker -->\n```sh\ndocker ps\n```\n\n"
+        "- item:\n\n   ```python\n   print(1)\n   ```\n"
+    )
+    first, second = parse("x.md", text)
+    assert (first.lang, first.body, first.directive, first.reason) == (
+        "sh",
+        "docker ps\n",
+        "skip",
+        "needs docker",
+    )
+    assert (second.line, second.lang, second.body, second.directive) == (
+        10,
+        "python",
+        "print(1)\n",
+        None,
+    )
+
+
+def test_every_fence_says_what_it_is_and_every_mark_why() -> None:
+    """A fence without a language, in a language nothing runs, or a mark without a
+    reason fails here: new snippets run by default."""
+    problems = []
+    for s in SNIPPETS:
+        if not s.lang:
+            problems.append(f"{s.id}: no language (```text for illustrations and outputs)")
+        elif s.lang not in RUNNABLE | NOT_CODE and s.directive is None:
+            problems.append(f"{s.id}: nothing runs ```{s.lang}: mark it skip or syntax")
+        if s.directive is not None and s.directive not in ("skip", "syntax"):
+            problems.append(f"{s.id}: unknown mark {s.directive!r} (skip or syntax)")
+        if s.directive is not None and not s.reason:
+            problems.append(f"{s.id}: a {s.directive} mark needs a reason")
+        if s.directive == "syntax" and s.lang not in SHELL | {"python"}:
+            problems.append(f"{s.id}: syntax checks exist for sh and python only")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("snippet", [s for s in CODE if s.directive], ids=lambda s: s.id)
+def test_marked_snippets_compile(snippet: Snippet) -> None:
+    """Snippets that cannot run here are at least valid Python or shell."""
+    if snippet.directive == "skip":
+        pytest.skip(f"{snippet.id}: {snippet.reason}")
+    if snippet.lang == "python":
+        compile(snippet.body, snippet.id, "exec")
+    else:
+        check = subprocess.run(["bash", "-n"], input=snippet.body, capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _offset() -> int:
+    """An offset below the ephemeral range at which every port of `up` is free."""
+    for _ in range(200):
+        offset = random.randrange(1000, 5600)
+        if all(_free(p + offset) for p in DEFAULT_PORTS):
+            return offset
+    raise AssertionError("no free port offset")
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")}
+
+
+@dataclass
+class Stack:
+    folder: Path
+    offset: int
+    token: str
+    env: dict[str, str]
+
+    def moved(self, text: str) -> str:
+        """``text`` with the documented default ports moved by the offset."""
+        pattern = "|".join(str(p) for p in DEFAULT_PORTS)
+        return re.sub(
+            rf"\b(127\.0\.0\.1|localhost):({pattern})\b",
+            lambda m: f"{m[1]}:{int(m[2]) + self.offset}",
+            text,
+        )
+
+
+def _start(folder: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    for _attempt in range(3):
+        offset = _offset()
+        out = folder / f"up-{offset}.out"
+        env = _clean_env() | {
+            "AUDITSTREAM_PORT_OFFSET": str(offset),
+            "AUDITSTREAM_CHECKPOINT_EVERY_EVENTS": "1",  # every stored batch signed: exports verify
+            "AUDITSTREAM_STREAMS_ALLOW_PRIVATE_HOSTS": "true",
+        }
+        with open(out, "wb") as log:
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "auditstream"), "up"],
+                env=env,
+                cwd=folder,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 180
+        while b"auditstream is ready" not in out.read_bytes():
+            if proc.poll() is not None:
+                break
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.5)
+        if proc.poll() is None:
+            return proc, offset, out.read_text().split("export TOKEN=")[1].split()[0]
+        if "is taken" not in out.read_text() and "in use" not in out.read_text():
+            raise AssertionError(out.read_text())  # not a port race: a real failure
+    raise AssertionError("up found a port taken three times")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("project")
+    (folder / ".venv").symlink_to(VENV_BIN.parent)
+    (folder / "secret.txt").write_text("whsec-docs-snippets-1\n")
+    (folder / "new.txt").write_text("whsec-docs-snippets-2\n")
+    (folder / "events.ndjson").write_text(
+        "".join(
+            json.dumps({"tenant": "acme", "action": "invoice.create", "actor": {"id": a}}) + "\n"
+            for a in ("alice", "bob", "carol")
+        )
+    )
+    proc, offset, token = _start(folder)
+    env = _clean_env() | {
+        "AUDITSTREAM_PORT_OFFSET": str(offset),
+        "AUDITSTREAM_STREAMS_ALLOW_PRIVATE_HOSTS": "true",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(VENV_BIN.parent),
+        "TOKEN": token,
+        "PW": PASSWORD,
+    }
+    try:
+        yield Stack(folder, offset, token, env)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # its watchdog stops what it started
+            proc.wait(10)
+
+
+def _run(stack: Stack, snippet: Snippet) -> subprocess.CompletedProcess[str]:
+    body = stack.moved(snippet.body)
+    if snippet.lang == "python":
+        script = stack.folder / f"snippet_{snippet.path.replace('/', '_')}_{snippet.line}.py"
+        script.write_text(body)
+        argv = [str(VENV_BIN / "python"), script.name]
+        stdin = ""
+    else:
+        argv = ["bash", "-e", "-o", "pipefail", "-c", body]
+        stdin = f"{PASSWORD}\n{PASSWORD}\n"
+    return subprocess.run(
+        argv,
+        input=stdin,
+        env=stack.env,
+        cwd=stack.folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,  # no controlling terminal: prompts read stdin
+    )
+
+
+@pytest.mark.parametrize("snippet", RUN, ids=lambda s: s.id)
+def test_snippet_runs(stack: Stack, snippet: Snippet) -> None:
+    if snippet.lang == "json":
+        json.loads(snippet.body)
+        return
+    run = _run(stack, snippet)
+    print(run.stdout, run.stderr, sep="\n")  # pytest -rP shows what each snippet printed
+    assert run.returncode == 0, (
+        f"{snippet.id} exited {run.returncode}\n--- snippet\n{stack.moved(snippet.body)}"
+        f"--- stdout\n{run.stdout[-3000:]}\n--- stderr\n{run.stderr[-3000:]}"
+    )
