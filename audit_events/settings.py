@@ -105,6 +105,14 @@ class AuditSettings(BaseSettings):
         300.0, ge=1.0, description="How long a failing batch is retried before the worker exits."
     )
     processor_metrics_port: int = Field(9108, ge=0, le=65535)
+    # --- API metrics port (helper H7, issue 21 item 7) ---------------------
+    api_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve the API's /metrics on this port (on AUDITSTREAM_API_HOST) and not on"
+        " the API port, which then answers 404 there; unset: /metrics on the API port.",
+    )
     # --- Processor metrics address (helper J, issue 20 item 5) ------------
     processor_metrics_host: str = Field(
         "127.0.0.1",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from quart import Blueprint, Response, current_app
+from quart import Blueprint, Quart, Response, current_app
 
+from query_api.problems import Problem
 from query_api.services import Services
 
 bp = Blueprint("health", __name__)
@@ -69,6 +70,14 @@ async def readyz() -> Response:
 
 @bp.get("/metrics")
 async def metrics() -> Response:
-    """Prometheus text format."""
-    registry = current_app.config["AUDITSTREAM_METRICS"].registry
+    """Prometheus text format; 404 when AUDITSTREAM_API_METRICS_PORT serves it instead."""
+    if current_app.config["AUDITSTREAM_SETTINGS"].api_metrics_port is not None:
+        raise Problem(404, "metrics are served on AUDITSTREAM_API_METRICS_PORT")
+    registry = metrics_registry()
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_registry(app: Quart | None = None) -> CollectorRegistry:
+    """The API's metrics (``auditstream api`` serves them on the metrics port)."""
+    registry: CollectorRegistry = (app or current_app).config["AUDITSTREAM_METRICS"].registry
+    return registry
