@@ -12,7 +12,11 @@ developer's ``make run`` — and every snippet runs against it, in document orde
   the snippets read: ``secret.txt``, ``new.txt`` (stream secrets) and
   ``events.ndjson`` (three valid events).
 - ``python``: a script run by the venv's Python in the project folder.
-- ``json``: must parse; elided examples (``…``) are marked ``text`` or skipped.
+- ``json``: must parse. A documented response says which request gives it:
+  ``<!-- snippet: response GET /v1/…?tenant=acme -->`` before the fence; the test
+  sends that request with a ``*`` token and checks that every key the example shows
+  is in the real answer (top level, and the first item of a list of objects). ``…``
+  elides: ``"…"`` is any value, ``, …`` more keys or items.
 - ``text``: an illustration or an output, not run.
 
 Addresses with the documented default ports (``127.0.0.1:8080``,
@@ -21,6 +25,7 @@ else is rewritten. A snippet that cannot run here says so in the Markdown, in an
 HTML comment right before its fence: ``<!-- snippet: skip REASON -->`` (not run)
 or ``<!-- snippet: syntax REASON -->`` (only compiled: ``compile()`` for Python,
 ``bash -n`` for shell). Everything else runs, so a new snippet is run by default.
+Run ``pytest -rP`` to see what each snippet printed.
 
 This machine resolves no public host names, so the stack and the snippets run with
 ``AUDITSTREAM_STREAMS_ALLOW_PRIVATE_HOSTS=true`` (a webhook URL such as
@@ -39,9 +44,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +66,7 @@ NOT_CODE = {"text"}
 DEFAULT_PORTS = (8080, 9108, 9109, 9110, 9192, 27117, 6479)
 PASSWORD = "correct horse battery staple 7"
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+ELIDED = re.compile(r",\s*…\s*(?=[}\]])")
 DIRECTIVE = re.compile(r"^\s*<!--\s*snippet:\s*(?P<kind>\w+)\s*(?P<reason>.*?)\s*-->\s*$")
 
 
@@ -68,7 +76,7 @@ class Snippet:
     line: int  # 1-based line of the opening fence
     lang: str
     body: str
-    directive: str | None  # None, "skip" or "syntax"
+    directive: str | None  # None, "skip", "syntax" or "response"
     reason: str
 
     @property
@@ -104,13 +112,34 @@ def parse(path: str, text: str) -> list[Snippet]:
     return out
 
 
+def documented(body: str) -> Any:
+    """A documented JSON example with its elisions (``, …``) taken out."""
+    return json.loads(ELIDED.sub("", body))
+
+
+def missing(doc: Any, real: Any) -> list[str]:
+    """Keys a documented response shows that the real one lacks: at the top level,
+    and in the first item of a list of objects (values are data: not compared)."""
+    if not isinstance(doc, dict) or not isinstance(real, dict):
+        return [] if isinstance(doc, type(real)) else [f"a {type(real).__name__}, not an object"]
+    out = [key for key in doc if key not in real]
+    for key, value in doc.items():
+        got = real.get(key)
+        if value and isinstance(value, list) and isinstance(value[0], dict) and got:
+            out += [
+                f"{key}[0].{k}" for k in value[0] if not isinstance(got, list) or k not in got[0]
+            ]
+    return out
+
+
 def all_snippets() -> list[Snippet]:
     return [s for p in DOCS for s in parse(p, (ROOT / p).read_text(encoding="utf-8"))]
 
 
 SNIPPETS = all_snippets()
 CODE = [s for s in SNIPPETS if s.lang not in NOT_CODE]
-RUN = [s for s in CODE if s.directive is None]
+MARKS = ("skip", "syntax", "response")
+RUN = [s for s in CODE if s.directive in (None, "response")]
 
 
 # --------------------------------------------------------------------------- the marks
@@ -136,6 +165,15 @@ def test_the_parser_reads_fences_and_directives() -> None:
     )
 
 
+def test_a_documented_response_is_compared_by_its_keys() -> None:
+    doc = documented('{"data": [{"id": "…", "changes": {"a": 1}, …}], "next_cursor": null, …}')
+    assert doc == {"data": [{"id": "…", "changes": {"a": 1}}], "next_cursor": None}
+    real = {"data": [{"id": "e1", "changes": {}, "seq": 1}], "next_cursor": "c", "more": 1}
+    assert missing(doc, real) == []
+    assert missing(doc, {"data": [{"id": "e1"}]}) == ["next_cursor", "data[0].changes"]
+    assert missing(doc, {"data": [], "next_cursor": None}) == []  # nothing to compare
+
+
 def test_every_fence_says_what_it_is_and_every_mark_why() -> None:
     """A fence without a language, in a language nothing runs, or a mark without a
     reason fails here: new snippets run by default."""
@@ -145,16 +183,20 @@ def test_every_fence_says_what_it_is_and_every_mark_why() -> None:
             problems.append(f"{s.id}: no language (```text for illustrations and outputs)")
         elif s.lang not in RUNNABLE | NOT_CODE and s.directive is None:
             problems.append(f"{s.id}: nothing runs ```{s.lang}: mark it skip or syntax")
-        if s.directive is not None and s.directive not in ("skip", "syntax"):
-            problems.append(f"{s.id}: unknown mark {s.directive!r} (skip or syntax)")
+        if s.directive is not None and s.directive not in MARKS:
+            problems.append(f"{s.id}: unknown mark {s.directive!r} ({', '.join(MARKS)})")
         if s.directive is not None and not s.reason:
             problems.append(f"{s.id}: a {s.directive} mark needs a reason")
         if s.directive == "syntax" and s.lang not in SHELL | {"python"}:
             problems.append(f"{s.id}: syntax checks exist for sh and python only")
+        if s.directive == "response" and (s.lang != "json" or not s.reason.startswith("GET /")):
+            problems.append(f"{s.id}: a response mark is 'GET /path' before a json fence")
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("snippet", [s for s in CODE if s.directive], ids=lambda s: s.id)
+@pytest.mark.parametrize(
+    "snippet", [s for s in CODE if s.directive in ("skip", "syntax")], ids=lambda s: s.id
+)
 def test_marked_snippets_compile(snippet: Snippet) -> None:
     """Snippets that cannot run here are at least valid Python or shell."""
     if snippet.directive == "skip":
@@ -197,6 +239,15 @@ class Stack:
     offset: int
     token: str
     env: dict[str, str]
+    reader: str = ""  # a `*` token (events:read) for documented responses
+
+    def get(self, path: str) -> Any:
+        req = urllib.request.Request(
+            self.moved(f"http://127.0.0.1:8080{path}"),
+            headers={"Authorization": f"Bearer {self.reader}"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)
 
     def moved(self, text: str) -> str:
         """``text`` with the documented default ports moved by the offset."""
@@ -260,8 +311,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TOKEN": token,
         "PW": PASSWORD,
     }
+    stack = Stack(folder, offset, token, env)
     try:
-        yield Stack(folder, offset, token, env)
+        reader = subprocess.run(
+            ["auditstream", "token", "--tenant", "*", "--scopes", "events:read"],
+            env=env,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        stack.reader = reader.stdout.strip()
+        yield stack
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -269,6 +330,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             proc.kill()  # its watchdog stops what it started
             proc.wait(10)
+
+
+def _compare_response(stack: Stack, snippet: Snippet) -> None:
+    """The documented keys are in the real answer (waits up to 30 s for events the
+    earlier snippets emitted to be stored)."""
+    doc = documented(snippet.body)
+    path = snippet.reason.split(maxsplit=1)[1]
+    lists = [k for k, v in doc.items() if isinstance(v, list) and v]
+    deadline = time.monotonic() + 30
+    while True:
+        real = stack.get(path)
+        lacking = missing(doc, real)
+        empty = [k for k in lists if not real.get(k)]
+        if (not lacking and not empty) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    print(json.dumps(real, indent=1))
+    assert not lacking, f"{snippet.id}: GET {path} has no {', '.join(lacking)}"
+    assert not empty, f"{snippet.id}: GET {path} answered empty {', '.join(empty)}"
 
 
 def _run(stack: Stack, snippet: Snippet) -> subprocess.CompletedProcess[str]:
@@ -295,6 +375,9 @@ def _run(stack: Stack, snippet: Snippet) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("snippet", RUN, ids=lambda s: s.id)
 def test_snippet_runs(stack: Stack, snippet: Snippet) -> None:
+    if snippet.directive == "response":
+        _compare_response(stack, snippet)
+        return
     if snippet.lang == "json":
         json.loads(snippet.body)
         return
