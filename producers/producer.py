@@ -15,7 +15,9 @@ the same ids, which the idempotent sink (``_id`` = ``tenant/id``) turns into no-
 Backpressure policy of ``emit_nowait``: the buffer holds ``buffer_size`` events.
 When it is full, the buffer and the new event are written to the spool (one
 transaction, in order); without a spool :class:`BufferFull` is raised. A full spool
-raises :class:`SpoolFull`. Nothing is dropped silently.
+raises :class:`SpoolFull`. Nothing is dropped silently. These rules (what goes where,
+what the sender does next) are the pure :class:`producers.policy.SpoolPolicy`; this
+module does the I/O.
 
 Durable mode (``config.durable``): there is no memory buffer. ``emit``/``emit_nowait``
 append the event to the spool (a committed SQLite transaction) before they return,
@@ -43,6 +45,7 @@ from audit_events.topics import partition_key
 from producers.config import ProducerConfig
 from producers.errors import BufferFull, DeliveryFailed, ProducerClosed, SpoolFull
 from producers.events import build_event
+from producers.policy import SpoolPolicy
 from producers.spool import Spool, SpoolDirectory
 from producers.transport import KafkaTransport, Message, Transport
 
@@ -95,6 +98,7 @@ class AuditProducer:
 
     def __init__(self, config: ProducerConfig, transport: Transport | None = None) -> None:
         self.config = config
+        self._policy = SpoolPolicy(config.buffer_size, config.chunk_size, config.durable)
         self._transport: Transport = transport or KafkaTransport(config)
         self._defaults: dict[str, Any] = (
             {"source": {"service": config.service}} if config.service else {}
@@ -335,16 +339,18 @@ class AuditProducer:
         if self._task is None or self._stopping:
             raise ProducerClosed("the producer is not running; call start() first")
         with self._lock:
-            if len(self._buffer) < self.config.buffer_size:
+            spool = self._spool
+            admission = self._policy.admit(len(self._buffer), spooling=spool is not None)
+            if admission == "buffer":
                 self._buffer.append(item)
-            elif self._spool is None:
+            elif admission == "refuse" or spool is None:
                 raise BufferFull(
                     f"{len(self._buffer)} events buffered (buffer_size); Kafka is slow or down"
                 )
             else:
                 # Overflow: buffer + the new event to the spool in one transaction, in order.
                 items = [*self._buffer, item]
-                self._spool.append([(i.key, i.value) for i in items])
+                spool.append([(i.key, i.value) for i in items])
                 self._buffer.clear()
                 self._spooled += len(items)
                 self._resolve_spooled(items)
@@ -388,30 +394,35 @@ class AuditProducer:
 
     async def _run(self) -> None:
         assert self._wakeup is not None
+        policy = self._policy
         try:
-            durable = self.config.durable
             while not self._stopping:
                 self._wakeup.clear()
                 self._armed = True
                 spool = self._spool
                 if spool is not None and spool.needs_checkpoint():
                     await asyncio.to_thread(spool.checkpoint)
-                if not self._connected:
-                    # Durable: new events wait on disk; no wake-ups while Kafka is away.
-                    self._armed = not durable
+                step = policy.next_step(
+                    connected=self._connected,
+                    spool_events=spool.events if spool is not None else 0,
+                    buffered=len(self._buffer),
+                    draining_claimed=self._claimed_spool is not None,
+                    claim_due=self._spool_dir is not None and time.monotonic() >= self._next_claim,
+                )
+                self._armed = policy.wake_on_emit(step)
+                if step == "reconnect":
                     await self._reconnect()
-                elif spool is not None and spool.events:
-                    self._armed = False
-                    if durable and spool.events < self.config.chunk_size:
+                elif step == "drain_spool":
+                    assert spool is not None
+                    if policy.linger(spool.events):
                         await asyncio.sleep(self.config.linger_ms / 1000)  # gather a chunk
                     self._spool_buffer()  # newer events queue up behind the spooled ones
                     await self._drain_chunk()
-                elif self._buffer:
+                elif step == "send_buffer":
                     await self._send_chunk()
-                elif self._claimed_spool is not None:
-                    self._armed = False
+                elif step == "drain_claimed":
                     await self._drain_claimed()
-                elif self._spool_dir is not None and time.monotonic() >= self._next_claim:
+                elif step == "claim":
                     self._claim()
                 else:
                     wait = None
@@ -490,10 +501,12 @@ class AuditProducer:
 
     def _requeue_failed(self, items: list[_Item]) -> None:
         """A chunk was not acknowledged: to the front of the spool, or back to the buffer."""
-        if self._spool is not None:
+        spool = self._spool
+        if self._policy.unacknowledged(spooling=spool is not None) == "spool_front":
+            assert spool is not None
             with self._lock:
                 try:
-                    self._spool.prepend([(i.key, i.value) for i in items])
+                    spool.prepend([(i.key, i.value) for i in items])
                 except SpoolFull:
                     log.error("spool full: %d unacknowledged events kept in memory", len(items))
                     self._buffer.extendleft(reversed(items))
