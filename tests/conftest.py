@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,9 +24,10 @@ import pytest
 from pydantic import SecretStr
 
 from audit_events.chain import generate_keypair
-from audit_events.settings import AuditSettings, settings_env
+from audit_events.settings import AuditSettings
 from audit_events.topic_admin import ensure_topics
-from auditstream.embedded import Server, kafka_server, mongo_server, redis_server, stop_all
+from auditstream.devstack import DevStack, kill_service, service_env, spawn_service, stop_services
+from auditstream.embedded import Server
 
 CONTROL_PRIVATE, CONTROL_PUBLIC = generate_keypair()  # control-event proof keys (docs/chain.md)
 
@@ -64,15 +63,12 @@ def backends() -> Iterator[Backends]:
         yield from _containers()
         return
     workdir = Path(tempfile.mkdtemp(prefix="auditstream-test-"))
-    servers = [kafka_server(workdir), mongo_server(workdir), redis_server(workdir)]
+    stack = DevStack(workdir)  # the same helper the benchmarks use (bench/stack.py)
     try:
-        for server in servers:
-            server.start()
-        yield Backends(
-            servers[0].url, servers[1].url, servers[2].url, {s.role: s for s in servers}, workdir
-        )
+        stack.start()
+        yield Backends(stack.kafka, stack.mongo, stack.redis, stack.by_role(), workdir)
     finally:
-        stop_all(servers)
+        stack.stop()
 
 
 @pytest.fixture
@@ -107,27 +103,20 @@ class ProcessorProcess:
     def __init__(self, settings: AuditSettings, log_path: Path, **env: str) -> None:
         self.settings = settings
         self.log_path = log_path
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("AUDITSTREAM_")},
-            **settings_env(settings),
-            "AUDITSTREAM_JWT_SECRET": "unused-by-the-processor-0123456789abcdef",
-            # Tests that check signed checkpoints pass AUDITSTREAM_CHECKPOINT_SIGNING_KEY;
-            # the others run unsigned, which the processor refuses unless allowed.
-            "AUDITSTREAM_ALLOW_UNSIGNED_CHAINS": "true",
-            **env,
-        }
+        self.env = service_env(
+            settings,
+            **{
+                "AUDITSTREAM_JWT_SECRET": "unused-by-the-processor-0123456789abcdef",
+                # Tests that check signed checkpoints pass AUDITSTREAM_CHECKPOINT_SIGNING_KEY;
+                # the others run unsigned, which the processor refuses unless allowed.
+                "AUDITSTREAM_ALLOW_UNSIGNED_CHAINS": "true",
+                **env,
+            },
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ProcessorProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "auditstream", "processor", "--loglevel", "warn"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.proc = spawn_service(self.env, self.log_path, "processor", "--loglevel", "warn")
         return self
 
     async def exit_code(self, timeout: float) -> int:
@@ -139,17 +128,12 @@ class ProcessorProcess:
             raise AssertionError(f"worker still running after {timeout:.0f}s") from None
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc:
+            kill_service(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc:
+            stop_services([self.proc])  # SIGTERM, 30 s, then SIGKILL
 
 
 @pytest.fixture
