@@ -139,7 +139,7 @@ def all_snippets() -> list[Snippet]:
 SNIPPETS = all_snippets()
 CODE = [s for s in SNIPPETS if s.lang not in NOT_CODE]
 MARKS = ("skip", "syntax", "response")
-RUN = [s for s in CODE if s.directive in (None, "response")]
+RUN = [s for s in CODE if s.lang in RUNNABLE and s.directive in (None, "response")]
 
 
 # --------------------------------------------------------------------------- the marks
