@@ -43,6 +43,7 @@ HEC_TOKEN = "hec-token-0123456789abcdef"
 DD_KEY = "dd-api-key-0123456789abcdef"
 URL_TOKEN = "q-token-0123456789"  # in a destination's query string: never shown either
 ADMIN = "events:read events:admin"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "viewer-items"  # never docs/
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
@@ -237,10 +238,18 @@ async def test_streams_page_shows_destinations_and_their_health(
             html = await page.content()
             for secret in (WEBHOOK_SECRET, HEC_TOKEN, DD_KEY, URL_TOKEN, "/services/collector"):
                 assert secret not in text and secret not in html, secret
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
             await expect(page.locator("#chain-text")).to_have_text(
                 f"Chain verified · {len(events)} events"
             )
             await page.screenshot(path=str(SCREENSHOTS / "streams.png"))
+            # Narrow screens: one card per destination, nothing wider than the page.
+            await page.set_viewport_size({"width": 390, "height": 844})
+            await expect(ok.locator(".badge.health")).to_be_visible()
+            width = await page.evaluate("[document.body.scrollWidth, window.innerWidth]")
+            assert width[0] <= width[1], width
+            await page.screenshot(path=str(ARTIFACTS / "streams-narrow.png"))
+            await page.set_viewport_size({"width": 1280, "height": 900})
 
             # The page follows the worker: a recovered receiver turns "failing" into
             # "healthy" on the next refresh, without a reload.
