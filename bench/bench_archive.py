@@ -28,8 +28,9 @@ from typing import Any
 
 import bson
 from common import backlog_parser, progress, write_results
+from ingest import produce, store_ceiling, wait_count
 from pymongo import AsyncMongoClient
-from run import Stack, produce, store_ceiling, wait_count
+from stack import Stack
 
 from audit_events.codec import event_to_document
 from audit_events.storage import EVENTS_COLLECTION

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from common import backlog_parser, progress, write_results
+from ingest import produce, wait_count
 from pymongo import AsyncMongoClient
-from run import Stack, produce, wait_count
+from stack import Stack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.stream_receivers
 
