@@ -397,7 +397,11 @@ async def test_kafka_down_four_workers_one_killed_nothing_lost(
         got = await consume_pings(f"127.0.0.1:{port}", topic, spooled, timeout=90)
         took = time.monotonic() - started
         assert spooled <= set(got), f"lost: {sorted(spooled - set(got))[:10]}"
-        assert not any(p.exists() for p in victim_files)  # claimed, drained, deleted
+
+        async def victim_gone() -> bool:  # claimed, drained, deleted (the delete follows
+            return not any(p.exists() for p in victim_files)  # the acks we already saw)
+
+        await eventually(victim_gone, timeout=30)
         code = await asyncio.to_thread(server.stop)
         left = spooled_events(spool)
     finally:
