@@ -25,7 +25,13 @@ else is rewritten. A snippet that cannot run here says so in the Markdown, in an
 HTML comment right before its fence: ``<!-- snippet: skip REASON -->`` (not run)
 or ``<!-- snippet: syntax REASON -->`` (only compiled: ``compile()`` for Python,
 ``bash -n`` for shell). Everything else runs, so a new snippet is run by default.
-Run ``pytest -rP`` to see what each snippet printed.
+Run ``pytest -rP`` to see what each snippet printed. Snippets run in document
+order and may build on earlier ones (the history examples of docs/viewer.md read the
+invoice the README's SDK example emitted): run the module whole.
+
+Commands quoted inline in the prose (`` `auditstream replay --no-archive` ``,
+``python -m …``, ``bench/….py``, ``make …``) are checked without the stack: the
+command, module, script or make target exists and knows every ``--option`` quoted.
 
 This machine resolves no public host names, so the stack and the snippets run with
 ``AUDITSTREAM_STREAMS_ALLOW_PRIVATE_HOSTS=true`` (a webhook URL such as
@@ -35,6 +41,7 @@ then fail and retry, which no snippet depends on).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -206,6 +213,98 @@ def test_marked_snippets_compile(snippet: Snippet) -> None:
     else:
         check = subprocess.run(["bash", "-n"], input=snippet.body, capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
+
+
+# --------------------------------------------------------------------------- inline commands
+
+INLINE = re.compile(r"(?<!`)`([^`\n]+(?:\n[^`\n]+)?)`(?!`)")
+PLACEHOLDER = re.compile(r"^(…|<.*>|[A-Z]+|\[.*)$")
+
+
+def inline_commands(text: str) -> list[str]:
+    """The inline code spans of a Markdown text (outside fences) that run something:
+    ``auditstream …``, ``python -m …``, ``bench/….py …``, ``make …``."""
+    prose = re.sub(r"^(\s*)(`{3,}|~{3,}).*?^\1\2\s*$", "", text, flags=re.S | re.M)
+    spans = (re.sub(r"^([A-Z_]+=\S+ )+", "", " ".join(m.split())) for m in INLINE.findall(prose))
+    runs = ("auditstream ", "python -m ", ".venv/bin/python ", "make ")
+    return [s for s in spans if s.startswith(runs) or re.match(r"bench/\w+\.py\b", s)]
+
+
+def _options(argv: list[str]) -> list[str]:
+    return [a.strip("[]").split("=")[0] for a in argv if a.strip("[]").startswith("--")]
+
+
+def command_problem(span: str) -> str | None:
+    """Why an inline command names a command, module, script, option or make
+    target that does not exist, or None."""
+    import click
+
+    from auditstream.cli import main
+
+    argv = span.replace('"', " ").split()
+    if argv[0] == "make":
+        makefile = (ROOT / "Makefile").read_text()
+        return None if re.search(rf"^{re.escape(argv[1])}:", makefile, re.M) else "no target"
+    if argv[0] == "auditstream":
+        cmd: click.Command = main
+        for word in argv[1:]:
+            if not isinstance(cmd, click.Group) or word.startswith("-"):
+                break
+            sub = cmd.commands.get(word)
+            if sub is None:
+                return None if PLACEHOLDER.match(word) else f"no command {word!r}"
+            cmd = sub
+        known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+        unknown = [o for o in _options(argv) if o not in known]
+        return f"no option {', '.join(unknown)}" if unknown else None
+    if argv[0] == ".venv/bin/python":
+        argv = ["python", *argv[1:]]
+    if argv[0] == "python" and argv[1] == "-m":
+        target = ["-m", argv[2]]
+    else:
+        script = argv[1] if argv[0] == "python" else argv[0]
+        if not (ROOT / script).is_file():
+            return f"no file {script}"
+        target = [str(ROOT / script)]
+    wanted = _options(argv)
+    if not wanted and target[0] == "-m":
+        return None if importlib.util.find_spec(target[1]) else f"no module {target[1]}"
+    if not wanted:
+        return None
+    helped = subprocess.run(
+        [sys.executable, *target, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    if helped.returncode != 0:
+        return f"--help exited {helped.returncode}: {helped.stderr.strip()[-300:]}"
+    unknown = [o for o in wanted if o not in helped.stdout]
+    return f"no option {', '.join(unknown)}" if unknown else None
+
+
+def test_inline_commands_name_real_commands_and_options() -> None:
+    """Commands quoted in the prose (`auditstream replay --no-archive`) exist: the
+    command, its options, the module or script and its options, the make target."""
+    problems = []
+    for path in DOCS:
+        for span in dict.fromkeys(inline_commands((ROOT / path).read_text(encoding="utf-8"))):
+            why = command_problem(span)
+            if why:
+                problems.append(f"{path}: `{span}`: {why}")
+    assert not problems, "\n".join(problems)
+
+
+def test_inline_command_checks_catch_mistakes() -> None:
+    text = "Run `A_B=1 auditstream replay --no-archive`,\n`auditstream frobnicate`, `` ` ``.\n"
+    assert inline_commands(text) == ["auditstream replay --no-archive", "auditstream frobnicate"]
+    assert command_problem("auditstream replay [--since TIME] [--no-archive]") is None
+    assert command_problem("auditstream streams redrive <id>") is None
+    assert command_problem("auditstream frobnicate") == "no command 'frobnicate'"
+    assert command_problem("auditstream verify --tenants T") == "no option --tenants"
+    assert command_problem("make run") is None and command_problem("make fly") == "no target"
+    assert command_problem("bench/nothing.py --x 1") == "no file bench/nothing.py"
+    assert command_problem("python -m producers.nothing") == "no module producers.nothing"
+    assert command_problem("python -m producers.verify_offline --events E --colour") == (
+        "no option --colour"
+    )
 
 
 # --------------------------------------------------------------------------- the stack
