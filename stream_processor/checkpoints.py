@@ -35,6 +35,7 @@ from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings, SettingsError
 from audit_events.topic_admin import create_missing
 from audit_events.topics import topic_spec
+from stream_processor.metrics import ProcessorMetrics
 
 log = logging.getLogger("auditstream.processor.checkpoints")
 Publish = Callable[[bytes, bytes], Awaitable[None]]
@@ -60,6 +61,7 @@ class Checkpointer:
         every_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: ProcessorMetrics | None = None,
     ) -> None:
         self._key = key
         self._publish = publish
@@ -73,6 +75,11 @@ class Checkpointer:
         # once due, so an idle tenant's tail does not wait for its next batch.
         self._pending: dict[str, tuple[int, str]] = {}
         self._lock = asyncio.Lock()  # the batch path and the timer never sign at once
+        # When each pending tenant's head first waited for a checkpoint (metrics).
+        self._pending_since: dict[str, float] = {}
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.checkpoint_pending_age.set_function(self.pending_age)
 
     def due(self, tenant: str, seq: int, now: float) -> bool:
         """Pure policy: has ``tenant``'s head moved enough, or long enough ago?
@@ -108,8 +115,18 @@ class Checkpointer:
                 done = max(signed.get(tenant, 0), self._last.get(tenant, (0, 0.0))[0])
                 if head[0] > done and head[0] > self._pending.get(tenant, (0, ""))[0]:
                     self._pending[tenant] = head
+                    self._pending_since.setdefault(tenant, self._clock())
                     adopted += 1
         return adopted
+
+    def pending_age(self) -> float:
+        """Seconds the oldest head without a checkpoint has waited (0: none waits).
+
+        The processor exports it (``auditstream_checkpoint_pending_age_seconds``):
+        above ``every_seconds`` plus the timer's period, checkpoints are failing.
+        """
+        waiting = list(self._pending_since.values())  # read from the metrics thread
+        return max((self._clock() - since for since in waiting), default=0.0)
 
     def pending(self) -> dict[str, tuple[int, str]]:
         """Heads not checkpointed yet, by tenant (what :meth:`idle` looks at)."""
@@ -121,6 +138,7 @@ class Checkpointer:
             for tenant, head in heads.items():
                 if head[0] > self._last.get(tenant, (0, 0.0))[0]:
                     self._pending[tenant] = head
+                    self._pending_since.setdefault(tenant, self._clock())
             return await self._checkpoint_due(sorted(heads))
 
     async def idle(self) -> int:
@@ -149,10 +167,15 @@ class Checkpointer:
                 await self._coll.replace_one({"_id": checkpoint_id(tenant, seq)}, cp, upsert=True)
             except Exception as exc:  # the timer or the next batch retries; ingestion goes on
                 log.warning("checkpoint of %s at seq %d failed: %s", tenant, seq, exc)
+                if self._metrics is not None:
+                    self._metrics.checkpoint_failures.inc()
                 continue
             self._last[tenant] = (seq, now)
             if self._pending.get(tenant, (0, ""))[0] <= seq:
                 self._pending.pop(tenant, None)
+                self._pending_since.pop(tenant, None)
+            if self._metrics is not None:
+                self._metrics.checkpoint_last_success.set(self._now().timestamp())
             made += 1
         return made
 

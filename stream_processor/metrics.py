@@ -49,6 +49,23 @@ class ProcessorMetrics:
             "Offset commits that did not happen (retried with the next batch)",
             registry=r,
         )
+        # Checkpoint health (helper H7, issue 21 alerts): set by the Checkpointer.
+        self.checkpoint_pending_age = Gauge(
+            "auditstream_checkpoint_pending_age_seconds",
+            "Seconds the oldest stored chain head without a signed checkpoint has waited"
+            " (0: every stored head is signed)",
+            registry=r,
+        )
+        self.checkpoint_last_success = Gauge(
+            "auditstream_checkpoint_last_success_timestamp_seconds",
+            "Unix time of this worker's last signed checkpoint (0: none yet)",
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            "auditstream_checkpoint_failures",
+            "Checkpoints that could not be published or stored (retried)",
+            registry=r,
+        )
         self.lag = Gauge(
             "auditstream_consumer_lag",
             "Messages behind the high watermark",
