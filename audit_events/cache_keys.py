@@ -12,23 +12,58 @@ random 62-bit value (:func:`new_generation`), atomically (``SET NX`` / a script)
 and every counter expires (:func:`generation_ttl_seconds`) so their number stays
 bounded by the scopes written or read within that time. Entries cached under a
 lost counter's values are unreachable and expire by their TTL.
+
+Every key carries the deployment's namespace (:func:`cache_namespace`: its
+MongoDB database), so two deployments sharing one Redis never read each
+other's cached pages nor bump each other's counters. The API's reads and the
+processor's invalidation build their keys here, from the same settings.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from audit_events.settings import AuditSettings
 
 PREFIX = "as:v1"
 
 
-def tenant_generation(tenant: str) -> str:
-    return f"{PREFIX}:gen:t:{tenant}"
+def cache_namespace(settings: AuditSettings) -> str:
+    """The deployment's cache namespace: its MongoDB database name.
+
+    The API and the processor of one deployment share the database setting, so
+    they agree on it; another deployment on the same Redis uses another database.
+    """
+    return settings.mongo_db
 
 
-def target_generation(tenant: str, target_type: str, target_id: str) -> str:
+def _scope(namespace: str) -> str:
+    # "db=" keeps namespaced keys apart from PREFIX's other keys (login:, stored:).
+    return f"{PREFIX}:db={namespace}"
+
+
+def tenant_generation(namespace: str, tenant: str) -> str:
+    return f"{_scope(namespace)}:gen:t:{tenant}"
+
+
+def target_generation(namespace: str, tenant: str, target_type: str, target_id: str) -> str:
     digest = hashlib.sha256(f"{target_type}\x00{target_id}".encode()).hexdigest()[:32]
-    return f"{PREFIX}:gen:o:{tenant}:{digest}"
+    return f"{_scope(namespace)}:gen:o:{tenant}:{digest}"
+
+
+def generation_keys(namespace: str, documents: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every scope generation a stored batch changes: tenant, and tenant+target."""
+    keys: set[str] = set()
+    for doc in documents:
+        tenant = doc["tenant"]
+        keys.add(tenant_generation(namespace, tenant))
+        for target in doc.get("targets", ()):
+            keys.add(target_generation(namespace, tenant, target["type"], target["id"]))
+    return sorted(keys)
 
 
 #: Bump one counter (KEYS[1]); ARGV: ttl seconds, a fresh value for a missing counter.
@@ -54,8 +89,10 @@ def generation_ttl_seconds(cache_ttl_seconds: int) -> int:
     return max(60, 2 * cache_ttl_seconds)
 
 
-def query_key(kind: str, tenant: str, generations: list[int], normalized_query: str) -> str:
+def query_key(
+    namespace: str, kind: str, tenant: str, generations: list[int], normalized_query: str
+) -> str:
     """Key of a cached read of ``kind`` under the given scope generations."""
     digest = hashlib.sha256(normalized_query.encode()).hexdigest()[:40]
     gens = ".".join(str(g) for g in generations)
-    return f"{PREFIX}:q:{kind}:{tenant}:{gens}:{digest}"
+    return f"{_scope(namespace)}:q:{kind}:{tenant}:{gens}:{digest}"

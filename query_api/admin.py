@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import pymongo
 from pydantic import ValidationError
-from pymongo.errors import PyMongoError
 from quart import Blueprint, Response, current_app, g, request
 
 from audit_events.chain import (
@@ -28,29 +26,17 @@ from audit_events.chain import (
 )
 from audit_events.codec import corrected_view, document_to_api, encode_event, event_wire_dict
 from audit_events.schema import AuditEvent, limits_from, parse_json
-from audit_events.settings import AuditSettings
-from audit_events.storage import event_key
 from audit_events.topics import partition_key
 from query_api.auth import Principal, read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.publisher import PublishFailed
 from query_api.query import single_values
-from query_api.services import Services
-from query_api.stored_waits import StoredWaits
+from query_api.state import current_publisher, current_settings, current_store
+from query_api.store import StoreUnavailable
 
 bp = Blueprint("admin", __name__)
 WAIT_SECONDS = 5.0
 MAX_REASON = 1024
-
-
-def _services() -> Services:
-    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
-    return services
-
-
-def _settings() -> AuditSettings:
-    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
-    return settings
 
 
 async def _body() -> dict[str, Any]:
@@ -73,7 +59,7 @@ def _reason(value: Any) -> str:
 
 
 async def _target(event_id: str, tenant: str) -> dict[str, Any]:
-    doc = await _services().events.find_one({"_id": event_key(tenant, event_id), "tenant": tenant})
+    doc = await current_store().get(tenant, event_id)
     if doc is None:
         raise Problem(404, f"no event {event_id!r}")
     if doc.get("action") in CONTROL_ACTIONS:
@@ -83,11 +69,11 @@ async def _target(event_id: str, tenant: str) -> dict[str, Any]:
 
 async def _publish(event: AuditEvent) -> None:
     raw = encode_event(event)
-    limit = _settings().max_event_bytes
+    limit = current_settings().max_event_bytes
     if len(raw) > limit:  # the processor would dead-letter it as oversized
         raise Problem(413, f"the correction makes a control event over {limit} bytes")
     try:
-        await _services().publisher.publish([(partition_key(event.tenant), raw)])
+        await current_publisher().publish([(partition_key(event.tenant), raw)])
     except PublishFailed as exc:
         raise Problem(
             503, f"event log unavailable: retry the request ({exc})", headers={"Retry-After": "5"}
@@ -102,7 +88,7 @@ def _control(
     Only the API holds the control signing key; the processor dead-letters any
     event in the reserved namespace without a valid proof (docs/chain.md).
     """
-    settings = _settings()
+    settings = current_settings()
     if settings.control_signing_key is None:
         raise Problem(503, "corrections and erasures are disabled: no control signing key")
     limits = limits_from(settings)
@@ -127,27 +113,17 @@ def _control(
         raise Problem(422, f"the control event would be invalid: {why}") from None
 
 
-async def _wait_for(tenant: str, query: dict[str, Any]) -> dict[str, Any] | None:
-    # None (answer 202: the control event is in Kafka) also when the store is away.
-    # Looks again when the processor announces a stored batch of ``tenant``
-    # (query_api/stored_waits.py), not every 50 ms.
-    services = _services()
-    found: list[dict[str, Any]] = []
-
-    async def stored() -> bool:
-        doc = await services.events.find_one(query)
-        if doc is not None:
-            found.append(doc)
-        return doc is not None
-
+async def _wait_applied(
+    tenant: str, event_id: str, control_id: str | None
+) -> dict[str, Any] | None:
+    """The event once the control event is applied (``control_id``: the correction;
+    None: the erasure); None (answer 202: it is in Kafka) after ``WAIT_SECONDS`` or
+    when the store is away. Looks again when the processor announces a stored batch."""
     try:
-        with pymongo.timeout(WAIT_SECONDS):
-            waits = services.waits or StoredWaits(None)
-            if await waits.wait_until({tenant}, stored, WAIT_SECONDS):
-                return found[-1]
-    except PyMongoError as exc:
+        return await current_store().wait_applied(tenant, event_id, control_id, WAIT_SECONDS)
+    except StoreUnavailable as exc:
         current_app.logger.warning("?wait=true could not confirm the change: %s", exc)
-    return None
+        return None
 
 
 def _wants_wait() -> bool:
@@ -194,8 +170,7 @@ async def correct_event(event_id: str) -> Response:
     if target.get("erased"):
         raise Problem(409, f"event {event_id!r} was erased; it cannot be corrected")
     changes = _merged(corrected_view(target), changes)
-    settings = _settings()
-    limits = limits_from(settings)
+    limits = limits_from(current_settings())
     try:  # the corrected view must still be a valid event
         AuditEvent.model_validate(
             event_fields({**corrected_view(target), **changes}), context={"limits": limits}
@@ -211,7 +186,7 @@ async def correct_event(event_id: str) -> Response:
     )
     await _publish(control)
     if wait:
-        doc = await _wait_for(tenant, {"_id": target["_id"], "corrections.event_id": control.id})
+        doc = await _wait_applied(tenant, event_id, control.id)
         if doc is not None:
             return Response(orjson.dumps(document_to_api(doc)), content_type="application/json")
     return _accepted(control, event_id)
@@ -229,6 +204,6 @@ async def erase_event(event_id: str) -> Response:
         return Response(status=204)  # a second erasure is a no-op
     control = _control(g.principal, tenant, ERASED_ACTION, event_id, reason)
     await _publish(control)
-    if wait and await _wait_for(tenant, {"_id": target["_id"], "erased": {"$exists": True}}):
+    if wait and await _wait_applied(tenant, event_id, None):
         return Response(status=204)
     return _accepted(control, event_id)

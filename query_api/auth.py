@@ -20,11 +20,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import jwt
 from pymongo.errors import PyMongoError
-from quart import current_app, g, request
+from quart import g, request
 
 from audit_events.settings import AuditSettings
 from query_api.keys import KeySet
 from query_api.problems import Problem
+from query_api.state import api_state
 
 SCOPES = ("events:read", "events:write", "events:admin")
 TIME_CLAIMS = ("exp", "nbf", "iat")  # RFC 7519 NumericDate: JSON numbers only
@@ -285,9 +286,10 @@ async def authenticate() -> Principal:
     scheme, _, token = (headers[0] if headers else "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token", error="invalid_request")
-    verifier: TokenVerifier = current_app.config["AUDITSTREAM_VERIFIER"]
+    state = api_state()
+    verifier = state.verifier
     principal = await verifier.verify(token.strip())
-    services = current_app.config.get("AUDITSTREAM_SERVICES")
+    services = state.services
     if services is not None:
         await verifier.check_account(principal, services.users.token_state)
     return principal

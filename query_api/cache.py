@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from audit_events.cache_keys import generation_ttl_seconds, new_generation, query_key
+from audit_events.cache_keys import (
+    generation_ttl_seconds,
+    new_generation,
+    query_key,
+    target_generation,
+    tenant_generation,
+)
 
 log = logging.getLogger("auditstream.api.cache")
 
@@ -58,8 +64,11 @@ class ReadCache:
     # A hit with less than this share of the TTL left reloads the entry in the background.
     refresh_fraction = 0.2
 
-    def __init__(self, redis: Redis | None, ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis | None, ttl_seconds: int, *, namespace: str) -> None:
         self._redis = redis
+        # The deployment's key namespace (audit_events.cache_keys.cache_namespace):
+        # the processor bumps the counters under the same one.
+        self.namespace = namespace
         self._ttl = ttl_seconds
         self._generation_ttl = generation_ttl_seconds(ttl_seconds)
         self._hit_script = redis.register_script(HIT_SCRIPT) if redis is not None else None
@@ -71,6 +80,14 @@ class ReadCache:
         self.refreshes = 0
         # Test seam: awaited between a miss's MongoDB read and its cache set.
         self.after_load: Callable[[str], Awaitable[None]] | None = None
+
+    def tenant_scope(self, tenant: str) -> list[str]:
+        """The generation keys of a read of the tenant's events."""
+        return [tenant_generation(self.namespace, tenant)]
+
+    def target_scope(self, tenant: str, target_type: str, target_id: str) -> list[str]:
+        """The generation keys of a read of one object's history."""
+        return [target_generation(self.namespace, tenant, target_type, target_id)]
 
     async def get_or_load(
         self,
@@ -91,7 +108,7 @@ class ReadCache:
             gens, cached, looked, ttl_ms = await self._read(
                 kind, tenant, generation_keys, normalized_query
             )
-            key = query_key(kind, tenant, gens, normalized_query)
+            key = query_key(self.namespace, kind, tenant, gens, normalized_query)
             if not looked:
                 cached = await self._redis.get(key)
         except (RedisError, OSError) as exc:
@@ -119,7 +136,8 @@ class ReadCache:
         the value (the rare path).
         """
         assert self._hit_script is not None
-        head, _, tail = query_key(kind, tenant, [_SPLIT], normalized_query).rpartition(str(_SPLIT))
+        key = query_key(self.namespace, kind, tenant, [_SPLIT], normalized_query)
+        head, _, tail = key.rpartition(str(_SPLIT))
         reply = await self._hit_script(keys=generation_keys, args=[head, tail])
         n = len(generation_keys)
         if len(reply) < n:  # a counter is missing

@@ -5,26 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import pymongo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pymongo.errors import PyMongoError
 from quart import Blueprint, Response, current_app, g, request
 from quart_schema import document_querystring, document_request, document_response
 
-from audit_events.cache_keys import tenant_generation
 from audit_events.chain import RESERVED_ACTION_PREFIX
 from audit_events.codec import content_hash, document_to_api, encode_event
 from audit_events.schema import AuditEvent, limits_from, parse_json
 from audit_events.settings import AuditSettings
-from audit_events.storage import event_key
 from audit_events.topics import partition_key
 from query_api.auth import Principal, read_tenant, require_scope
-from query_api.listing import read_page
 from query_api.problems import Problem
 from query_api.publisher import PublishFailed
-from query_api.query import encode_cursor, parse_list_query, single_values
-from query_api.services import Services
-from query_api.stored_waits import StoredWaits
+from query_api.query import EventFilters, encode_cursor, parse_list_query, single_values
+from query_api.state import current_cache, current_publisher, current_settings, current_store
+from query_api.store import StoreUnavailable
 
 bp = Blueprint("events", __name__)
 WAIT_SECONDS = 5.0
@@ -54,30 +49,13 @@ class EventPage(BaseModel):
     next_cursor: str | None
 
 
-class ListFilters(BaseModel):
-    actor: str | None = None
-    actor_type: str | None = None
-    action: str | None = Field(None, description="Exact, or a prefix like 'invoice.*'")
-    target_type: str | None = None
-    target_id: str | None = None
-    outcome: str | None = None
-    crud: str | None = None
-    source: str | None = None
-    since: str | None = Field(None, description="RFC 3339, inclusive")
-    until: str | None = Field(None, description="RFC 3339, exclusive")
-    q: str | None = Field(None, description="Words in description, action and names")
+class ListFilters(EventFilters):
     order: str | None = Field(None, description="desc (default, newest first) or asc")
     limit: int | None = Field(None, description="1..1000, default 100")
     cursor: str | None = None
-    tenant: str | None = Field(None, description="Required for multi-tenant tokens")
     include_erased: str | None = Field(
         None, description="true: erased events stay in the list as tombstones"
     )
-
-
-def _services() -> Services:
-    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
-    return services
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -133,7 +111,7 @@ def _parse_events(raw: bytes, settings: AuditSettings) -> list[AuditEvent]:
 @require_scope("events:write")
 async def create_events() -> Response:
     """Publish one event or a batch: 202 once Kafka acknowledged, 201 (?wait=true) once stored."""
-    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    settings = current_settings()
     args = single_values(request.args, ("wait",))
     wait = args.get("wait", "false").lower() in ("1", "true", "yes")
     principal: Principal = g.principal
@@ -148,7 +126,7 @@ async def create_events() -> Response:
             raise Problem(413, f"event {event.id} exceeds {settings.max_event_bytes} bytes")
     messages = [(partition_key(e.tenant), encode_event(e)) for e in events]
     try:
-        await _services().publisher.publish(messages)
+        await current_publisher().publish(messages)
     except PublishFailed as exc:
         raise Problem(
             503,
@@ -163,38 +141,17 @@ async def create_events() -> Response:
 
 
 async def _wait_confirmed(events: list[AuditEvent]) -> bool:
-    """:func:`_wait_stored` within ``WAIT_SECONDS`` in all; False when the store is away.
+    """True once every event is stored, within ``WAIT_SECONDS``; False otherwise.
 
+    Looked up by (tenant, id) and compared by content hash (``EventStore.wait_stored``).
     The events are in Kafka already: an unconfirmable wait answers 202, not 5xx.
     """
+    wanted = {(e.tenant, e.id): content_hash(e) for e in events}
     try:
-        with pymongo.timeout(WAIT_SECONDS):
-            return await _wait_stored(events)
-    except PyMongoError as exc:
+        return await current_store().wait_stored(wanted, WAIT_SECONDS)
+    except StoreUnavailable as exc:
         current_app.logger.warning("?wait=true could not confirm storage: %s", exc)
         return False
-
-
-async def _wait_stored(events: list[AuditEvent]) -> bool:
-    """True once every event is stored, False after ``WAIT_SECONDS``.
-
-    Looked up by (tenant, id) and compared by content hash: an event whose id
-    its tenant already used for another content is dead-lettered, never stored,
-    so it is not reported as stored; another tenant's events are never seen.
-    """
-    services = _services()
-    coll = services.events
-    wanted = {event_key(e.tenant, e.id): content_hash(e) for e in events}
-    query: dict[str, Any] = {"_id": {"$in": sorted(wanted)}}
-
-    async def stored() -> bool:
-        found = {
-            d["_id"]: d.get("content_hash") async for d in coll.find(query, {"content_hash": 1})
-        }
-        return found == wanted
-
-    waits = services.waits or StoredWaits(None)  # no Redis: the fallback period only
-    return await waits.wait_until({e.tenant for e in events}, stored, WAIT_SECONDS)
 
 
 @bp.get("/v1/events")
@@ -212,10 +169,10 @@ async def list_events() -> Response:
     if include_erased not in ("true", "false"):
         raise Problem(400, "include_erased must be true or false")
     tenant = read_tenant(g.principal, request.args.get("tenant"))
-    services = _services()
+    store, cache = current_store(), current_cache()
 
     async def load() -> bytes:
-        docs = await read_page(services.events, tenant, query, include_erased == "true")
+        docs = await store.list_page(tenant, query, include_erased == "true")
         page = docs[: query.limit]
         nxt = None
         if len(docs) > query.limit:
@@ -223,9 +180,7 @@ async def list_events() -> Response:
         return orjson.dumps({"data": [document_to_api(d) for d in page], "next_cursor": nxt})
 
     key = query.normalized() + ("|erased" if include_erased == "true" else "")
-    body, state = await services.cache.get_or_load(
-        "list", tenant, [tenant_generation(tenant)], key, load
-    )
+    body, state = await cache.get_or_load("list", tenant, cache.tenant_scope(tenant), key, load)
     return _json(body, headers={"X-Cache": state})
 
 
@@ -236,15 +191,13 @@ async def get_event(event_id: str) -> Response:
     """One event of the token's tenant; 404 alike for unknown and other tenants' ids."""
     single_values(request.args, ("tenant",))
     tenant = read_tenant(g.principal, request.args.get("tenant"))
-    services = _services()
+    store, cache = current_store(), current_cache()
 
     async def load() -> bytes:
-        doc = await services.events.find_one({"_id": event_key(tenant, event_id), "tenant": tenant})
+        doc = await store.get(tenant, event_id)
         return b"" if doc is None else orjson.dumps(document_to_api(doc))
 
-    body, state = await services.cache.get_or_load(
-        "get", tenant, [tenant_generation(tenant)], event_id, load
-    )
+    body, state = await cache.get_or_load("get", tenant, cache.tenant_scope(tenant), event_id, load)
     if not body:
         raise Problem(404, f"no event {event_id!r}")
     erased = orjson.loads(body).get("erased")

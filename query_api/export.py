@@ -1,13 +1,14 @@
 """``/v1/events/export``: a filtered query streamed as CSV or NDJSON in constant memory.
 
-The response body is an async generator over a MongoDB cursor read in batches:
-at most one cursor batch and one output chunk are held at a time, however many
-events match. The cursor comes from a client bounded per round trip rather than
-by ``timeoutMS`` (see ``Services.exports``): MongoDB would count the
-``maxTimeMS`` PyMongo derives from it against the whole cursor and cut a long
-export off. Nothing is cached. Validation and authorisation happen before the
-first byte, so errors are still ``application/problem+json``; a failure after
-streaming began aborts the connection (the chunked body never terminates), so a
+The response body is an async generator over the store's export cursor
+(``EventStore.export``: one index range, read in batches): at most one cursor
+batch and one output chunk are held at a time, however many events match. The
+cursor comes from a client bounded per round trip rather than by ``timeoutMS``
+(see ``Services.exports``): MongoDB would count the ``maxTimeMS`` PyMongo
+derives from it against the whole cursor and cut a long export off. Nothing
+is cached. Validation and authorisation happen before the first byte, so
+errors are still ``application/problem+json``; a failure after streaming began
+aborts the connection (the chunked body never terminates), so a
 truncated export cannot be mistaken for a complete one.
 
 Erased events are left out unless ``include_erased=true``: then each one is a
@@ -27,16 +28,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field
-from pymongo.asynchronous.cursor import AsyncCursor
-from quart import Blueprint, Response, current_app, g, request
+from pydantic import Field
+from quart import Blueprint, Response, g, request
 from quart_schema import document_querystring
 
 from audit_events.codec import document_to_api
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
-from query_api.query import FILTERS, mongo_filter, parse_list_query, single_values, sort_spec
-from query_api.services import Services
+from query_api.query import FILTERS, EventFilters, parse_list_query, single_values
+from query_api.state import current_store
 
 bp = Blueprint("export", __name__)
 
@@ -196,19 +196,20 @@ def ndjson_line(event: dict[str, Any]) -> bytes:
 
 
 async def stream_export(
-    cursor: AsyncCursor[dict[str, Any]],
+    docs: AsyncIterator[dict[str, Any]],
     fmt: str,
     to_api: Callable[[dict[str, Any]], dict[str, Any]] = export_view,
     chunk_rows: int = CHUNK_ROWS,
     erased_column: bool = False,
 ) -> AsyncIterator[bytes]:
-    """Yield the export of ``cursor`` in chunks of ``chunk_rows`` events; closes the cursor."""
+    """Yield the export of ``docs`` in chunks of ``chunk_rows`` events; closes ``docs``
+    (a store cursor) however the response ends."""
     rows = 0
     try:
         if fmt == "csv":
             chunker = CsvChunker(erased_column)
             chunker.header()
-            async for doc in cursor:
+            async for doc in docs:
                 chunker.add(to_api(doc))
                 rows += 1
                 if rows % chunk_rows == 0:
@@ -216,7 +217,7 @@ async def stream_export(
             yield chunker.take()
         else:
             parts: list[bytes] = []
-            async for doc in cursor:
+            async for doc in docs:
                 parts.append(ndjson_line(to_api(doc)))
                 if len(parts) == chunk_rows:
                     yield b"".join(parts)
@@ -224,24 +225,14 @@ async def stream_export(
             if parts:
                 yield b"".join(parts)
     finally:
-        await cursor.close()
+        close = getattr(docs, "aclose", None)
+        if close is not None:
+            await close()
 
 
-class ExportArgs(BaseModel):
+class ExportArgs(EventFilters):
     format: str = Field("csv", description="csv (default) or ndjson")
-    actor: str | None = None
-    actor_type: str | None = None
-    action: str | None = Field(None, description="Exact, or a prefix like 'invoice.*'")
-    target_type: str | None = None
-    target_id: str | None = None
-    outcome: str | None = None
-    crud: str | None = None
-    source: str | None = None
-    since: str | None = Field(None, description="RFC 3339, inclusive")
-    until: str | None = Field(None, description="RFC 3339, exclusive")
-    q: str | None = None
     order: str | None = Field(None, description="desc (default, newest first) or asc")
-    tenant: str | None = Field(None, description="Required for multi-tenant tokens")
     include_erased: str | None = Field(
         None,
         description="true: erased events as tombstones (id, tenant, seq, action, received_at, "
@@ -264,18 +255,10 @@ async def export_events() -> Response:
         raise Problem(400, "include_erased must be true or false")
     query = parse_list_query(request.args, extra_allowed=("format", "include_erased"))
     tenant = read_tenant(g.principal, values.get("tenant"))
-    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
-    where = mongo_filter(tenant, query)
-    if include_erased == "true":
-        where.pop("erased", None)  # tombstones too (export_view strips them to the chain fields)
-    cursor = (
-        (services.exports if services.exports is not None else services.events)
-        .find(where, {"search": 0})
-        .sort(sort_spec(query.order))
-        .batch_size(CURSOR_BATCH)
-    )
+    # Tombstones too with include_erased (export_view strips them to the chain fields).
+    docs = current_store().export(tenant, query, include_erased == "true")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    body = stream_export(cursor, fmt, erased_column=include_erased == "true")
+    body = stream_export(docs, fmt, erased_column=include_erased == "true")
     resp = Response(body, content_type=MEDIA_TYPES[fmt])
     resp.headers["Content-Disposition"] = (
         f'attachment; filename="auditstream-{tenant}-{stamp}.{fmt}"'

@@ -7,10 +7,10 @@ import asyncio
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from quart import Blueprint, Quart, Response, current_app
+from quart import Blueprint, Quart, Response
 
 from query_api.problems import Problem
-from query_api.services import Services
+from query_api.state import api_state
 
 bp = Blueprint("health", __name__)
 
@@ -55,7 +55,7 @@ def readiness(checks: dict[str, bool]) -> tuple[int, dict[str, object]]:
 @bp.get("/readyz")
 async def readyz() -> Response:
     """200 while MongoDB answers (``degraded`` naming Kafka or Redis when they do not)."""
-    services: Services | None = current_app.config.get("AUDITSTREAM_SERVICES")
+    services = api_state().services
     if services is None:
         starting = {"status": "starting", "down": ["kafka", "mongodb", "redis"]}
         return Response(orjson.dumps(starting), 503, content_type="application/json")
@@ -71,7 +71,7 @@ async def readyz() -> Response:
 @bp.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text format; 404 when AUDITSTREAM_API_METRICS_PORT serves it instead."""
-    if current_app.config["AUDITSTREAM_SETTINGS"].api_metrics_port is not None:
+    if api_state().settings.api_metrics_port is not None:
         raise Problem(404, "metrics are served on AUDITSTREAM_API_METRICS_PORT")
     registry = metrics_registry()
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
@@ -79,5 +79,4 @@ async def metrics() -> Response:
 
 def metrics_registry(app: Quart | None = None) -> CollectorRegistry:
     """The API's metrics (``auditstream api`` serves them on the metrics port)."""
-    registry: CollectorRegistry = (app or current_app).config["AUDITSTREAM_METRICS"].registry
-    return registry
+    return api_state(app).metrics.registry

@@ -13,14 +13,14 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, current_app, g, request
+from quart import Blueprint, Response, g, request
 from quart_schema import document_response
 
 from audit_events.codec import _iso
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import mongo_filter, parse_list_query
-from query_api.services import Services
+from query_api.state import current_services
 
 bp = Blueprint("histogram", __name__)
 MAX_SCANNED = 200_000
@@ -61,8 +61,9 @@ async def histogram() -> Response:
     where = mongo_filter(tenant, query)
     if include_erased == "true":
         where.pop("erased", None)
-    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
-    cursor = services.events.find(where, {"occurred_at": 1, "_id": 0}).limit(MAX_SCANNED + 1)
+    cursor = (
+        current_services().events.find(where, {"occurred_at": 1, "_id": 0}).limit(MAX_SCANNED + 1)
+    )
     times = [
         _aware(d["occurred_at"]) async for d in cursor if isinstance(d.get("occurred_at"), datetime)
     ]

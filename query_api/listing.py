@@ -20,7 +20,7 @@ one last open-ended range). The keyset cursor is unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -259,3 +259,37 @@ async def read_page(
             time_range = ranges.send(factor)
         except StopIteration:
             return docs
+
+
+async def read_all(
+    collection: Any,
+    tenant: str,
+    query: ListQuery,
+    include_erased: bool,
+    projection: Mapping[str, int] | None = None,
+    batch_size: int = 1000,
+) -> AsyncIterator[dict[str, Any]]:
+    """Every matching document in ``query.order``, for reads without a page limit
+    (exports, the ``as_of`` fold): one index range, the query's own ``since`` /
+    ``until``, sorted by ``(occurred_at, _id)``; the other clauses are checked
+    here by :func:`matcher` (so ``projection`` must keep the fields they test).
+    The same shape as :func:`read_page`'s windows, without the slow ``erased``
+    clause; ``query.limit`` and the cursor's window logic do not apply."""
+    f = query.filters
+    time_range: dict[str, Any] = {}
+    if "since" in f:
+        time_range.update(_at_or_after(datetime.fromisoformat(f["since"])))
+    if "until" in f:
+        time_range["$lt"] = datetime.fromisoformat(f["until"])
+    where: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
+    if time_range:
+        where["occurred_at"] = time_range
+    match = matcher(query, include_erased)
+    fields = dict(projection) if projection is not None else None
+    cursor = collection.find(where, fields).sort(sort_spec(query.order)).batch_size(batch_size)
+    try:
+        async for doc in cursor:
+            if match(doc):
+                yield doc
+    finally:
+        await cursor.close()

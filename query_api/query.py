@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, Field
 
 from query_api.problems import Problem
 
@@ -35,6 +36,29 @@ ENUMS = {"outcome": ("success", "failure", "denied"), "crud": ("c", "r", "u", "d
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.\*$")
+
+
+class ObjectFilters(BaseModel):
+    """The list filters within one object (OpenAPI of the query string; parsing is
+    :func:`parse_list_query`'s). Every read that filters events extends it."""
+
+    actor: str | None = None
+    actor_type: str | None = None
+    action: str | None = Field(None, description="Exact, or a prefix like 'invoice.*'")
+    outcome: str | None = None
+    crud: str | None = None
+    source: str | None = None
+    since: str | None = Field(None, description="RFC 3339, inclusive")
+    until: str | None = Field(None, description="RFC 3339, exclusive")
+    q: str | None = Field(None, description="Words in description, action and names")
+    tenant: str | None = Field(None, description="Required for multi-tenant tokens")
+
+
+class EventFilters(ObjectFilters):
+    """:class:`ObjectFilters` plus the target: every filter of :data:`FILTERS`."""
+
+    target_type: str | None = None
+    target_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.monitoring import CommandListener
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from audit_events.cache_keys import cache_namespace
 from audit_events.connections import redis_tls_options
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION, USERS_COLLECTION
@@ -109,7 +110,7 @@ class Services:
             mongo,
             events,
             redis,
-            ReadCache(redis, settings.cache_ttl_seconds),
+            ReadCache(redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)),
             publisher,
             UserStore(db[USERS_COLLECTION]),
             throttle,

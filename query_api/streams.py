@@ -18,11 +18,10 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
-from quart import Blueprint, Response, current_app, g, request
+from quart import Blueprint, Response, g, request
 from quart_schema import document_request, document_response
 
 from audit_events.schema import parse_json
-from audit_events.settings import AuditSettings
 from audit_events.streams import (
     DATADOG_DEFAULT_URL,
     STREAM_DEAD_LETTERS_COLLECTION,
@@ -38,7 +37,7 @@ from audit_events.streams import (
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import single_values
-from query_api.services import Services
+from query_api.state import current_services, current_settings
 
 bp = Blueprint("streams", __name__)
 MAX_STREAMS_PER_TENANT = 20
@@ -71,18 +70,13 @@ class StreamList(BaseModel):
     data: list[StreamStatus]
 
 
-def _settings() -> AuditSettings:
-    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
-    return settings
-
-
 def _collections() -> tuple[
     AsyncCollection[dict[str, Any]],
     AsyncCollection[dict[str, Any]],
     AsyncCollection[dict[str, Any]],
 ]:
-    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
-    db = services.mongo[_settings().mongo_db]
+    services = current_services()
+    db = services.mongo[current_settings().mongo_db]
     return db[STREAMS_COLLECTION], db[STREAM_DEAD_LETTERS_COLLECTION], services.events
 
 
@@ -109,7 +103,7 @@ async def _body(model: type[StreamFields]) -> StreamFields:
 
 
 async def _check_url(url: str, kind: str) -> None:
-    settings = _settings()
+    settings = current_settings()
     problem = await asyncio.to_thread(
         url_problem,
         url,
@@ -209,7 +203,10 @@ async def update_stream(stream_id: str) -> Response:
     if body.url is not None:
         await _check_url(body.url, doc["kind"])
     changes = stream_changes(
-        doc, body, overlap_seconds=_settings().streams_secret_overlap_seconds, now=datetime.now(UTC)
+        doc,
+        body,
+        overlap_seconds=current_settings().streams_secret_overlap_seconds,
+        now=datetime.now(UTC),
     )
     streams, _, _ = _collections()
     if changes:

@@ -10,13 +10,12 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, current_app, g, request
+from quart import Blueprint, Response, g, request
 from quart_schema import document_response
 
-from audit_events.settings import AuditSettings
 from query_api.auth import Principal, read_tenant, require_scope
 from query_api.query import single_values
-from query_api.services import Services
+from query_api.state import current_services, current_settings
 
 bp = Blueprint("tenants", __name__)
 
@@ -36,8 +35,7 @@ async def list_tenants() -> Response:
     if principal.tenants is not None:
         names, every = sorted(principal.tenants), False
     else:
-        services: Services = current_app.config["AUDITSTREAM_SERVICES"]
-        found = await services.events.distinct("tenant")
+        found = await current_services().events.distinct("tenant")
         names, every = sorted(t for t in found if isinstance(t, str)), True
     body = {"data": names, "all_tenants": every}
     return Response(orjson.dumps(body), content_type="application/json")
@@ -63,7 +61,7 @@ async def suggestions() -> Response:
     """
     args = single_values(request.args, ("tenant",))
     tenant = read_tenant(g.principal, args.get("tenant"))
-    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
+    services = current_services()
     body: dict[str, list[str]] = {}
     for name, field in SUGGESTED.items():
         pipeline: list[dict[str, Any]] = [{"$match": {"tenant": tenant}}]
@@ -93,7 +91,6 @@ async def target_links() -> Response:
     """
     args = single_values(request.args, ("tenant",))
     tenant = read_tenant(g.principal, args.get("tenant"))
-    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
-    configured = settings.target_url_templates
+    configured = current_settings().target_url_templates
     templates = {**configured.get("*", {}), **configured.get(tenant, {})}
     return Response(orjson.dumps({"templates": templates}), content_type="application/json")

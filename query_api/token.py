@@ -20,9 +20,8 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response, current_app, request
 from quart_schema import DataSource, document_request, document_response
 
-from audit_events.settings import AuditSettings
 from query_api.auth import mint_token
-from query_api.services import Services
+from query_api.state import current_services, current_settings
 from query_api.throttle import ThrottleUnavailable
 from query_api.users import Kind, Login
 
@@ -95,8 +94,7 @@ def _single(form: Any, name: str) -> str | None:
 @document_response(OAuthError, 503)
 async def issue_token() -> Response:
     """Exchange a user's password or a service account's secret for an access token."""
-    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
-    services: Services = current_app.config["AUDITSTREAM_SERVICES"]
+    settings, services = current_settings(), current_services()
     if request.mimetype != FORM:
         return oauth_error(400, "invalid_request", f"the body must be {FORM}")
     form = await request.form

@@ -30,6 +30,7 @@ from pymongo import AsyncMongoClient
 from pymongo.write_concern import WriteConcern
 from redis.asyncio import Redis
 
+from audit_events.cache_keys import cache_namespace
 from audit_events.chain import control_keys
 from audit_events.connections import faust_broker_options, redis_tls_options
 from audit_events.schema import limits_from
@@ -185,7 +186,9 @@ def create_app(
             settings,
             collection,
             topic_publisher(checkpoints),
-            RedisInvalidator(redis, settings.cache_ttl_seconds),
+            RedisInvalidator(
+                redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)
+            ),
         )
         state["store"] = store  # the idle-checkpoint timer uses it
         keys = control_keys(settings)
@@ -196,7 +199,9 @@ def create_app(
             )
         return BatchProcessor(
             store,
-            RedisInvalidator(redis, settings.cache_ttl_seconds),
+            RedisInvalidator(
+                redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)
+            ),
             FaustDeadLetters(dlq, settings.dlq_max_record_bytes),
             limits=limits_from(settings),
             max_event_bytes=settings.max_event_bytes,

@@ -19,10 +19,9 @@ from redis.asyncio import Redis
 
 from audit_events.cache_keys import (
     BUMP_SCRIPT,
+    generation_keys,
     generation_ttl_seconds,
     new_generation,
-    target_generation,
-    tenant_generation,
 )
 from audit_events.notify import stored_channel
 from stream_processor.records import Record
@@ -76,17 +75,6 @@ def is_duplicate_id(error: dict[str, Any]) -> bool:
     return " index: _id_ " in str(error.get("errmsg", ""))
 
 
-def generation_keys(documents: list[dict[str, Any]]) -> list[str]:
-    """Every scope generation a stored batch changes: tenant, and tenant+target."""
-    keys: set[str] = set()
-    for doc in documents:
-        tenant = doc["tenant"]
-        keys.add(tenant_generation(tenant))
-        for target in doc.get("targets", ()):
-            keys.add(target_generation(tenant, target["type"], target["id"]))
-    return sorted(keys)
-
-
 class RedisInvalidator:
     """Bumps the cache generations of a stored batch (audit_events/cache_keys.py).
 
@@ -96,12 +84,13 @@ class RedisInvalidator:
     their memory stays bounded.
     """
 
-    def __init__(self, redis: Redis, cache_ttl_seconds: int = 300) -> None:
+    def __init__(self, redis: Redis, cache_ttl_seconds: int = 300, *, namespace: str) -> None:
         self._redis = redis
         self._ttl = generation_ttl_seconds(cache_ttl_seconds)
+        self._namespace = namespace  # audit_events.cache_keys.cache_namespace(settings)
 
     async def bump(self, documents: list[dict[str, Any]]) -> None:
-        keys = generation_keys(documents)
+        keys = generation_keys(self._namespace, documents)
         if not keys:
             return
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -38,7 +38,7 @@ from pymongo.monitoring import CommandSucceededEvent as _Succeeded
 from quart import Quart
 from redis.asyncio import Redis
 
-from audit_events.cache_keys import tenant_generation
+from audit_events.cache_keys import cache_namespace, tenant_generation
 from audit_events.codec import content_hash, event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings, settings_env
@@ -47,6 +47,7 @@ from auditstream.embedded import Server, free_port
 from query_api.app import create_app
 from query_api.auth import mint_token
 from query_api.services import Services
+from query_api.state import api_state
 
 T = TypeVar("T")
 
@@ -183,6 +184,7 @@ class Store:
         )
         self.events = self.mongo[settings.mongo_db][EVENTS_COLLECTION]
         self.redis = Redis.from_url(settings.redis_url or "")
+        self.namespace = cache_namespace(settings)
 
     async def put(self, events: list[AuditEvent]) -> None:
         now = datetime.now(UTC)
@@ -191,7 +193,7 @@ class Store:
             await self.events.insert_many(docs)
         async with self.redis.pipeline(transaction=False) as pipe:
             for tenant in {e.tenant for e in events}:
-                pipe.incr(tenant_generation(tenant))
+                pipe.incr(tenant_generation(self.namespace, tenant))
             await pipe.execute()
 
     async def close(self) -> None:
@@ -275,7 +277,8 @@ class LiveApi:
 
     @property
     def services(self) -> Services:
-        services: Services = self.app.config["AUDITSTREAM_SERVICES"]
+        services = api_state(self.app).services
+        assert services is not None, "the API is not serving"
         return services
 
     async def call(self, fn: Callable[[Services], Awaitable[T]]) -> T:

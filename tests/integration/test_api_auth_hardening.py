@@ -29,13 +29,15 @@ from auditstream.embedded import free_port
 from query_api.app import create_app
 from query_api.auth import mint_token
 from query_api.services import Services
+from query_api.state import api_state
 from query_api.throttle import MARKER, LoginThrottle
 
 pytestmark = pytest.mark.integration
 
 
 def services(app: Quart) -> Services:
-    found: Services = app.config["AUDITSTREAM_SERVICES"]
+    found = api_state(app).services
+    assert found is not None
     return found
 
 
@@ -54,7 +56,7 @@ async def login(client: Client, ip: str, username: str, password: str) -> Any:
 async def test_concurrent_guesses_for_one_user_check_at_most_the_limit(
     api: Quart, client: Client
 ) -> None:
-    limit = api.config["AUDITSTREAM_SETTINGS"].login_max_failures_per_user
+    limit = api_state(api).settings.login_max_failures_per_user
     users = services(api).users
     ip = new_ip()
     # 40 wrong guesses at once: at most `limit` are checked, then the right one is refused.
@@ -80,7 +82,7 @@ async def test_concurrent_guesses_for_one_user_check_at_most_the_limit(
 async def test_concurrent_attempts_from_one_ip_check_at_most_the_limit(
     api: Quart, client: Client
 ) -> None:
-    limit = api.config["AUDITSTREAM_SETTINGS"].login_max_failures_per_ip
+    limit = api_state(api).settings.login_max_failures_per_ip
     ip = new_ip()
     names = [f"nobody-{uuid.uuid4().hex[:8]}" for _ in range(60)]
     answers = await asyncio.gather(*(login(client, ip, n, "wrong-password") for n in names))
@@ -279,7 +281,7 @@ async def test_credentials_given_twice_are_refused(
 
 
 async def test_users_rotate_secret_for_a_user_and_an_unknown_name(api: Quart) -> None:
-    s: AuditSettings = api.config["AUDITSTREAM_SETTINGS"]
+    s = api_state(api).settings
     store = services(api).users
     await store.add("jan", "user", "jan-password-1", "acme", ["events:read"])
     env = {"AUDITSTREAM_MONGO_URI": s.mongo_uri or "", "AUDITSTREAM_MONGO_DB": s.mongo_db}
@@ -303,7 +305,7 @@ async def test_users_rotate_secret_for_a_user_and_an_unknown_name(api: Quart) ->
 
 
 async def test_lockouts_survive_a_redis_restart(api: Quart, client: Client) -> None:
-    s: AuditSettings = api.config["AUDITSTREAM_SETTINGS"]
+    s = api_state(api).settings
     name, ip = f"kim-{uuid.uuid4().hex[:8]}", new_ip()
     await services(api).users.add(name, "user", "right-password", "acme", ["events:read"])
     for i in range(s.login_max_failures_per_user):

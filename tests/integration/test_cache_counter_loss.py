@@ -17,11 +17,12 @@ import pytest
 from quart import Quart
 from redis.asyncio import Redis
 
-from audit_events.cache_keys import target_generation, tenant_generation
+from audit_events.cache_keys import cache_namespace, target_generation, tenant_generation
 from audit_events.codec import content_hash, event_to_document
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
 from query_api.services import Services
+from query_api.state import api_state
 from stream_processor.sinks import RedisInvalidator
 from tests.helpers import make_event
 
@@ -34,7 +35,9 @@ class Writer:
     def __init__(self, services: Services, settings: AuditSettings) -> None:
         self.events = services.mongo[settings.mongo_db][EVENTS_COLLECTION]
         self.redis: Redis = services.redis
-        self.invalidator = RedisInvalidator(services.redis, settings.cache_ttl_seconds)
+        self.invalidator = RedisInvalidator(
+            services.redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)
+        )
 
     async def put(self, n: int, tenant: str) -> None:
         event = make_event(n, tenant=tenant)
@@ -49,7 +52,8 @@ class Writer:
 @pytest.fixture
 def services(api: Quart) -> Services:
     """The in-process API's clients (MongoDB, Redis, cache)."""
-    services: Services = api.config["AUDITSTREAM_SERVICES"]
+    services = api_state(api).services
+    assert services is not None
     return services
 
 
@@ -109,7 +113,7 @@ async def test_an_evicted_counter_does_not_revive_old_entries(
     assert (await _ids(client, tenant, headers))[1] == "miss"
     assert (await _ids(client, tenant, headers))[1] == "hit"
     # allkeys-lru (or the counter's own expiry) drops the counter, not the entries.
-    await services.redis.delete(tenant_generation(tenant))
+    await services.redis.delete(tenant_generation(services.cache.namespace, tenant))
     await writer.put(2, tenant)
     ids, state = await _ids(client, tenant, headers)
     assert ids == [f"{tenant}-000001", f"{tenant}-000002"], state
@@ -129,10 +133,14 @@ async def test_counters_expire_so_their_memory_is_bounded(
     ttl = 2 * settings.cache_ttl_seconds
     event = make_event(1, tenant=tenant)
     target = event.targets[0]
-    for key in (tenant_generation(tenant), target_generation(tenant, target.type, target.id)):
+    ns = cache_namespace(settings)
+    for key in (
+        tenant_generation(ns, tenant),
+        target_generation(ns, tenant, target.type, target.id),
+    ):
         assert 0 < await services.redis.ttl(key) <= ttl
         assert int(await services.redis.get(key)) > 2**61  # a random start, not 1
     # A reader that finds no counter creates one (random, with the same expiry).
     reader_tenant = f"r-{unique}"
     await _ids(api.test_client(), reader_tenant, auth(reader_tenant))
-    assert 0 < await services.redis.ttl(tenant_generation(reader_tenant)) <= ttl
+    assert 0 < await services.redis.ttl(tenant_generation(ns, reader_tenant)) <= ttl

@@ -11,7 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from quart.typing import TestClientProtocol as Client
 from redis.asyncio import Redis
 
-from audit_events.cache_keys import target_generation
+from audit_events.cache_keys import cache_namespace, target_generation
 from audit_events.codec import event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings
@@ -212,12 +212,12 @@ async def test_cached_under_the_target_generation(
     redis = Redis.from_url(settings.redis_url or "")
     try:
         # Another object's write leaves this history cached ...
-        await redis.incr(target_generation(tenant, "invoice", "43"))
+        await redis.incr(target_generation(cache_namespace(settings), tenant, "invoice", "43"))
         stale = await client.get(url, headers=auth(tenant))
         assert stale.headers["X-Cache"] == "hit"
         assert len((await stale.get_json())["data"]) == 4
         # ... this object's write (the processor bumps its generation) refreshes it.
-        await redis.incr(target_generation(tenant, "invoice", "42"))
+        await redis.incr(target_generation(cache_namespace(settings), tenant, "invoice", "42"))
         fresh = await client.get(url, headers=auth(tenant))
         assert fresh.headers["X-Cache"] == "miss"
         assert [e["id"] for e in (await fresh.get_json())["data"]][-1] == "h5"

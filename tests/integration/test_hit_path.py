@@ -52,7 +52,7 @@ async def test_a_hot_entry_is_refreshed_before_it_expires(
     from query_api.cache import ReadCache
 
     redis = Redis.from_url(settings.redis_url or "")
-    cache = ReadCache(redis, ttl_seconds=10)
+    cache = ReadCache(redis, ttl_seconds=10, namespace=unique)
     loads: list[int] = []
 
     async def loader() -> bytes:
@@ -61,13 +61,13 @@ async def test_a_hot_entry_is_refreshed_before_it_expires(
         return f"v{len(loads)}".encode()
 
     tenant = f"refresh-{unique}"
-    args = ("list", tenant, [f"as:v1:gen:t:{tenant}"], "q")
+    args = ("list", tenant, cache.tenant_scope(tenant), "q")
     try:
         assert await cache.get_or_load(*args, loader) == (b"v1", "miss")
         assert await cache.get_or_load(*args, loader) == (b"v1", "hit")
         assert len(loads) == 1  # plenty of TTL left: no refresh
         await asyncio.sleep(cache.grace_seconds + 0.1)  # the load's single-flight grace ends
-        for key in await redis.keys(f"as:v1:q:list:{tenant}:*"):
+        for key in await redis.keys(f"as:v1:db={unique}:q:list:{tenant}:*"):
             await redis.pexpire(key, 1_000)  # the entry is about to expire
         began = time.perf_counter()
         assert await cache.get_or_load(*args, loader) == (b"v1", "hit")  # served at once

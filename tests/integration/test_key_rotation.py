@@ -20,6 +20,7 @@ from quart.typing import TestClientProtocol as Client
 from audit_events import chain
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION
+from query_api.state import api_state
 from query_api.verify import gather_checkpoints, verify_tenant
 from tests.conftest import ProcessorProcess
 from tests.integration.conftest import eventually
@@ -139,7 +140,7 @@ async def test_verify_says_when_chains_are_unsigned(
     unkeyed = settings.model_copy(
         update={"checkpoint_public_key": None, "checkpoint_retired_public_keys": ""}
     )
-    api.config["AUDITSTREAM_SETTINGS"] = unkeyed
+    api_state(api).settings = unkeyed
     client = api.test_client()
     resp = await client.post("/v1/events", json={"events": _events("u", 3)}, headers=auth())
     assert resp.status_code == 202

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from audit_events.cache_keys import cache_namespace
 from audit_events.settings import AuditSettings
 from query_api.stored_waits import StoredWaits
 from stream_processor.sinks import RedisInvalidator
@@ -45,7 +46,7 @@ async def test_wakes_on_the_announcement_only(settings: AuditSettings, unique: s
         task = asyncio.create_task(waits.wait_until({tenant}, store.done, 5.0))
         await asyncio.sleep(0.6)
         assert store.looks == 1, "no polling between announcements"
-        invalidator = RedisInvalidator(redis)
+        invalidator = RedisInvalidator(redis, namespace=cache_namespace(settings))
         await invalidator.bump([doc(f"other-{unique}")])  # another tenant: not woken
         await asyncio.sleep(0.2)
         assert store.looks == 1

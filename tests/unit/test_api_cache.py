@@ -56,7 +56,7 @@ class FakeRedis:
 
 async def test_concurrent_misses_load_once_then_hit() -> None:
     redis = FakeRedis()
-    cache = ReadCache(redis, 60)  # type: ignore[arg-type]
+    cache = ReadCache(redis, 60, namespace="n")  # type: ignore[arg-type]
     calls = 0
 
     async def load() -> bytes:
@@ -76,7 +76,7 @@ async def test_concurrent_misses_load_once_then_hit() -> None:
 
 
 async def test_loader_error_reaches_every_waiter_and_is_not_cached() -> None:
-    cache = ReadCache(FakeRedis(), 60)  # type: ignore[arg-type]
+    cache = ReadCache(FakeRedis(), 60, namespace="n")  # type: ignore[arg-type]
 
     async def boom() -> bytes:
         await asyncio.sleep(0.01)
@@ -97,7 +97,7 @@ async def test_loader_error_reaches_every_waiter_and_is_not_cached() -> None:
 async def test_redis_down_bypasses_and_a_disconnect_does_not_cancel_the_load() -> None:
     redis = FakeRedis()
     redis.down = True
-    cache = ReadCache(redis, 60)  # type: ignore[arg-type]
+    cache = ReadCache(redis, 60, namespace="n")  # type: ignore[arg-type]
 
     async def load() -> bytes:
         await asyncio.sleep(0.02)

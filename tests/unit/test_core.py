@@ -145,10 +145,15 @@ def test_metadata_depth_and_size_limits_come_from_context() -> None:
 
 
 def test_cache_keys_embed_generations_and_separate_tenants() -> None:
-    assert tenant_generation("a") != tenant_generation("b")
-    assert target_generation("a", "invoice", "1") != target_generation("a", "invoice", "2")
-    k1 = query_key("list", "a", [1], "{}")
-    assert k1 != query_key("list", "a", [2], "{}") != query_key("list", "b", [1], "{}")
+    assert tenant_generation("n", "a") != tenant_generation("n", "b")
+    assert target_generation("n", "a", "invoice", "1") != target_generation(
+        "n", "a", "invoice", "2"
+    )
+    k1 = query_key("n", "list", "a", [1], "{}")
+    assert k1 != query_key("n", "list", "a", [2], "{}") != query_key("n", "list", "b", [1], "{}")
+    # Two deployments (databases) on one Redis: every key differs.
+    assert tenant_generation("db1", "a") != tenant_generation("db2", "a")
+    assert query_key("db1", "list", "a", [1], "{}") != query_key("db2", "list", "a", [1], "{}")
 
 
 def test_invalid_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:

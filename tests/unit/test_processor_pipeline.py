@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from audit_events.cache_keys import generation_keys
 from audit_events.chain import document_content_hash
 from audit_events.schema import Limits
 from stream_processor.batching import BatchLoop
@@ -22,7 +23,7 @@ from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
 from stream_processor.records import Record
 from stream_processor.retry import RetryPolicy
-from stream_processor.sinks import WriteResult, generation_keys
+from stream_processor.sinks import WriteResult
 
 pytestmark = pytest.mark.unit
 
@@ -85,7 +86,7 @@ class Invalidator:
     async def bump(self, documents: list[dict[str, Any]]) -> None:
         if self.fail:
             raise ConnectionError("redis down")
-        self.bumped.append(generation_keys(documents))
+        self.bumped.append(generation_keys("test", documents))
 
 
 class DeadLetters:

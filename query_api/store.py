@@ -1,0 +1,287 @@
+"""The API's data layer: every read and wait the routes make, behind one interface.
+
+Routes ask an :class:`EventStore` for what they need (a list page, one event,
+a history page, an object's state ``as_of``, an export's documents, a wait
+until events are stored or a control event applied, the signed checkpoints) and
+never hold a database client, so their logic is testable against
+:class:`MemoryEventStore` (as httpx puts I/O behind a transport and ships a
+``MockTransport``). :class:`MongoEventStore` is the real one:
+
+- list and history pages read a bounded index range that widens until the page
+  is full (:func:`query_api.listing.read_page`, issue 18), never the slow
+  ``erased: {$exists: false}`` clause;
+- exports and the ``as_of`` fold read one index range in order (the query's own
+  ``since``/``until``) and drop what the other filters exclude here
+  (:func:`query_api.listing.read_all`), the same shape, so they use the index too;
+- waits look again when the processor announces a stored batch
+  (:class:`query_api.stored_waits.StoredWaits`), not on a timer.
+
+Documents are returned as stored (``document_to_api`` makes the API view).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+import pymongo
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
+from query_api.asof import AsOfFolder
+from query_api.listing import matcher, read_all, read_page
+from query_api.query import MAX_LIMIT, ListQuery
+from query_api.stored_waits import StoredWaits
+
+#: What folding needs of each event of an object's timeline.
+FOLD_FIELDS = ("id", "occurred_at", "changes", "crud", "outcome", "targets", "erased")
+FOLD_BATCH = 500
+EXPORT_BATCH = 1000
+
+Document = dict[str, Any]
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer a wait in time (the caller answers 202, not 5xx)."""
+
+
+class EventStore(Protocol):
+    async def list_page(
+        self, tenant: str, query: ListQuery, include_erased: bool
+    ) -> list[Document]:
+        """Up to ``query.limit + 1`` matching documents in page order."""
+
+    async def get(self, tenant: str, event_id: str) -> Document | None:
+        """``tenant``'s event ``event_id`` (erased ones too), or None."""
+
+    async def history_page(self, tenant: str, query: ListQuery) -> list[Document]:
+        """Like :meth:`list_page` without erased events (``query`` names the target)."""
+
+    async def state_as_of(
+        self, tenant: str, target_type: str, target_id: str, as_of: datetime
+    ) -> dict[str, Any]:
+        """The object's known field values at ``as_of`` (:class:`AsOfFolder`)."""
+
+    def export(
+        self, tenant: str, query: ListQuery, include_erased: bool
+    ) -> AsyncIterator[Document]:
+        """Every matching document in the query's order, read in batches."""
+
+    async def wait_stored(self, wanted: Mapping[tuple[str, str], str], seconds: float) -> bool:
+        """True once every ``{(tenant, id): content hash}`` is stored with that hash.
+
+        False after ``seconds``, or when the store is away (logged by the caller).
+        """
+
+    async def wait_applied(
+        self, tenant: str, event_id: str, control_id: str | None, seconds: float
+    ) -> Document | None:
+        """The event once correction ``control_id`` (None: the erasure) is applied."""
+
+    async def checkpoints(self, tenant: str) -> list[Document]:
+        """``tenant``'s signed checkpoints as stored, by seq."""
+
+
+def _applied(doc: Document | None, control_id: str | None) -> bool:
+    if doc is None:
+        return False
+    if control_id is None:
+        return "erased" in doc
+    return any(c.get("event_id") == control_id for c in doc.get("corrections") or ())
+
+
+def _timeline_query(target_type: str, target_id: str) -> ListQuery:
+    return ListQuery({"target_type": target_type, "target_id": target_id}, "asc", MAX_LIMIT, None)
+
+
+class MongoEventStore:
+    """:class:`EventStore` on MongoDB (or SecantusDB): the API's only event queries."""
+
+    def __init__(
+        self,
+        events: AsyncCollection[Document],
+        *,
+        exports: AsyncCollection[Document] | None = None,
+        waits: StoredWaits | None = None,
+    ) -> None:
+        self.events = events
+        # Exports read one long cursor from a client bounded per round trip
+        # (Services.exports), not by timeoutMS, which would cut a long export off.
+        self._exports = exports if exports is not None else events
+        self._waits = waits or StoredWaits(None)  # no Redis: the fallback period only
+
+    async def list_page(
+        self, tenant: str, query: ListQuery, include_erased: bool
+    ) -> list[Document]:
+        return await read_page(self.events, tenant, query, include_erased)
+
+    async def get(self, tenant: str, event_id: str) -> Document | None:
+        return await self.events.find_one({"_id": event_key(tenant, event_id), "tenant": tenant})
+
+    async def history_page(self, tenant: str, query: ListQuery) -> list[Document]:
+        return await read_page(self.events, tenant, query, include_erased=False)
+
+    async def state_as_of(
+        self, tenant: str, target_type: str, target_id: str, as_of: datetime
+    ) -> dict[str, Any]:
+        folder = AsOfFolder(as_of)
+        query = _timeline_query(target_type, target_id)
+        fields = dict.fromkeys(FOLD_FIELDS, 1)
+        async for doc in read_all(self.events, tenant, query, False, fields, FOLD_BATCH):
+            folder.add(doc)
+        return folder.result(target_type, target_id)
+
+    def export(
+        self, tenant: str, query: ListQuery, include_erased: bool
+    ) -> AsyncIterator[Document]:
+        # The search terms are the store's, not the event's (the q filter needs them).
+        fields = None if "q" in query.filters else {"search": 0}
+        return read_all(self._exports, tenant, query, include_erased, fields, EXPORT_BATCH)
+
+    async def _wait(
+        self, tenants: set[str], done: Callable[[], Awaitable[bool]], seconds: float
+    ) -> bool:
+        try:
+            with pymongo.timeout(seconds):
+                return await self._waits.wait_until(tenants, done, seconds)
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def wait_stored(self, wanted: Mapping[tuple[str, str], str], seconds: float) -> bool:
+        # Looked up by (tenant, id) and compared by content hash: an id its tenant
+        # already used for another content is dead-lettered, never stored, so it
+        # is not reported as stored; another tenant's events are never seen.
+        hashes = {event_key(tenant, eid): digest for (tenant, eid), digest in wanted.items()}
+        query: Document = {"_id": {"$in": sorted(hashes)}}
+
+        async def stored() -> bool:
+            found = {
+                d["_id"]: d.get("content_hash")
+                async for d in self.events.find(query, {"content_hash": 1})
+            }
+            return found == hashes
+
+        return await self._wait({tenant for tenant, _ in wanted}, stored, seconds)
+
+    async def wait_applied(
+        self, tenant: str, event_id: str, control_id: str | None, seconds: float
+    ) -> Document | None:
+        key = event_key(tenant, event_id)
+        where: Document = {"_id": key, "tenant": tenant}
+        where.update(
+            {"erased": {"$exists": True}}
+            if control_id is None
+            else {"corrections.event_id": control_id}
+        )
+        found: list[Document] = []
+
+        async def applied() -> bool:
+            doc = await self.events.find_one(where)
+            if doc is not None:
+                found.append(doc)
+            return doc is not None
+
+        return found[-1] if await self._wait({tenant}, applied, seconds) else None
+
+    async def checkpoints(self, tenant: str) -> list[Document]:
+        coll = self.events.database[CHECKPOINTS_COLLECTION]
+        return [
+            {k: v for k, v in cp.items() if k != "_id"}
+            async for cp in coll.find({"tenant": tenant}).sort([("seq", 1)])
+        ]
+
+
+class MemoryEventStore:
+    """:class:`EventStore` in memory, for route tests: :meth:`put` is the processor.
+
+    Same answers as :class:`MongoEventStore` for the same documents (the
+    filters are :func:`query_api.listing.matcher`, the one both use).
+    """
+
+    def __init__(self, documents: Iterable[Document] = ()) -> None:
+        self.documents: dict[str, Document] = {}
+        self.saved_checkpoints: list[Document] = []
+        self.reads = 0  # store reads, as a query counter would count them
+        self._changed = asyncio.Event()
+        self.put(documents)
+
+    def put(self, documents: Iterable[Document]) -> None:
+        """Store (or replace) ``documents`` and wake the waits."""
+        for doc in documents:
+            self.documents[doc["_id"]] = doc
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _matching(self, tenant: str, query: ListQuery, include_erased: bool) -> list[Document]:
+        self.reads += 1
+        match = matcher(query, include_erased)
+        docs = [d for d in self.documents.values() if d.get("tenant") == tenant and match(d)]
+        docs.sort(key=lambda d: (d["occurred_at"], d["_id"]), reverse=query.order == "desc")
+        return docs
+
+    async def list_page(
+        self, tenant: str, query: ListQuery, include_erased: bool
+    ) -> list[Document]:
+        return self._matching(tenant, query, include_erased)[: query.limit + 1]
+
+    async def get(self, tenant: str, event_id: str) -> Document | None:
+        self.reads += 1
+        doc = self.documents.get(event_key(tenant, event_id))
+        return doc if doc is not None and doc.get("tenant") == tenant else None
+
+    async def history_page(self, tenant: str, query: ListQuery) -> list[Document]:
+        return await self.list_page(tenant, query, include_erased=False)
+
+    async def state_as_of(
+        self, tenant: str, target_type: str, target_id: str, as_of: datetime
+    ) -> dict[str, Any]:
+        folder = AsOfFolder(as_of)
+        for doc in self._matching(tenant, _timeline_query(target_type, target_id), False):
+            folder.add(doc)
+        return folder.result(target_type, target_id)
+
+    async def export(
+        self, tenant: str, query: ListQuery, include_erased: bool
+    ) -> AsyncIterator[Document]:
+        for doc in self._matching(tenant, query, include_erased):
+            yield doc
+
+    async def _wait(self, done: Callable[[], bool], seconds: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not done():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return done()
+        return True
+
+    async def wait_stored(self, wanted: Mapping[tuple[str, str], str], seconds: float) -> bool:
+        def stored() -> bool:
+            return all(
+                (doc := self.documents.get(event_key(*key))) is not None
+                and doc.get("content_hash") == digest
+                for key, digest in wanted.items()
+            )
+
+        return await self._wait(stored, seconds)
+
+    async def wait_applied(
+        self, tenant: str, event_id: str, control_id: str | None, seconds: float
+    ) -> Document | None:
+        key = event_key(tenant, event_id)
+        if await self._wait(lambda: _applied(self.documents.get(key), control_id), seconds):
+            return self.documents[key]
+        return None
+
+    async def checkpoints(self, tenant: str) -> list[Document]:
+        return sorted(
+            (c for c in self.saved_checkpoints if c.get("tenant") == tenant),
+            key=lambda c: c.get("seq", 0),
+        )
