@@ -358,6 +358,17 @@ class Stack:
         )
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop ``up`` like Ctrl-C; a SIGKILL after 90 s (its watchdog then stops the rest)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def _start(folder: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     for _attempt in range(3):
         offset = _offset()
@@ -376,12 +387,16 @@ def _start(folder: Path) -> tuple[subprocess.Popen[bytes], int, str]:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + 180
-        while b"auditstream is ready" not in out.read_bytes():
-            if proc.poll() is not None:
-                break
-            assert time.monotonic() < deadline, out.read_text()
-            time.sleep(0.5)
+        try:
+            deadline = time.monotonic() + 180
+            while b"auditstream is ready" not in out.read_bytes():
+                if proc.poll() is not None:
+                    break
+                assert time.monotonic() < deadline, out.read_text()
+                time.sleep(0.5)
+        except BaseException:  # not ready in time, or the test run's timeout
+            _stop(proc)
+            raise
         if proc.poll() is None:
             return proc, offset, out.read_text().split("export TOKEN=")[1].split()[0]
         if "is taken" not in out.read_text() and "in use" not in out.read_text():
@@ -423,12 +438,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.reader = reader.stdout.strip()
         yield stack
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # its watchdog stops what it started
-            proc.wait(10)
+        _stop(proc)
 
 
 def _compare_response(stack: Stack, snippet: Snippet) -> None:
