@@ -10,6 +10,7 @@ once), then undone.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -158,6 +159,11 @@ async def test_verify_catches_what_it_missed(
         "recent tail rewritten": (False, 16, "b-004", "rewritten"),
     }
     assert (await verdict())["ok"] is True  # everything undone
+    # ...and every bad answer counted for the verify-failure alert (deploy/prometheus/alerts.yml).
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    for reason in ("bad_erasure", "edited", "truncated", "rewritten"):
+        found = re.search(rf'auditstream_verify_failures_total{{reason="{reason}"}} (\S+)', metrics)
+        assert found and float(found.group(1)) >= 1, reason
 
     # every event of the tenant deleted: the CLI still finds it by its checkpoints
     await store.delete_many({"tenant": "acme"})
