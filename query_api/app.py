@@ -17,6 +17,7 @@ from quart_schema import Info, QuartSchema
 from audit_events.settings import AuditSettings, SettingsError
 from query_api import admin, events, export, health, history, streams, tenants, token, ui, verify
 from query_api.auth import TokenVerifier
+from query_api.cache import ReadCache
 from query_api.docs_assets import CSS_URL as DOCS_CSS_URL
 from query_api.docs_assets import JS_URL as DOCS_JS_URL
 from query_api.docs_assets import bp as docs_assets_bp
@@ -24,6 +25,23 @@ from query_api.histogram import bp as histogram_bp
 from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
 from query_api.services import Services
+from query_api.state import EXTENSION, ApiState, EventPublisher
+from query_api.store import EventStore, MongoEventStore
+
+BLUEPRINTS = (
+    health.bp,
+    events.bp,
+    export.bp,
+    token.bp,
+    history.bp,
+    ui.bp,
+    verify.bp,
+    admin.bp,
+    tenants.bp,
+    docs_assets_bp,
+    histogram_bp,
+    streams.bp,
+)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
@@ -58,15 +76,23 @@ class ApiMetrics:
 
 
 def create_app(
-    settings: AuditSettings, *, mongo_listeners: Sequence[CommandListener] = ()
+    settings: AuditSettings,
+    *,
+    mongo_listeners: Sequence[CommandListener] = (),
+    store: EventStore | None = None,
+    publisher: EventPublisher | None = None,
 ) -> Quart:
     """Build the API. Clients open in ``before_serving`` and close in ``after_serving``.
 
     ``mongo_listeners`` are PyMongo command listeners for the API's client
-    (tests count queries with them). Raises :class:`SettingsError` when a
+    (tests count queries with them). ``store`` (e.g. a
+    :class:`~query_api.store.MemoryEventStore`) replaces every server: no
+    client is opened, reads are uncached (``X-Cache: bypass``) and writes go to
+    ``publisher``; route tests use it. Raises :class:`SettingsError` when a
     connection URL or every token verification key is missing.
     """
-    settings.require("kafka_bootstrap", "mongo_uri", "redis_url")
+    if store is None:
+        settings.require("kafka_bootstrap", "mongo_uri", "redis_url")
     if settings.jwt_secret is None and not (settings.jwks_path or settings.jwks_url):
         raise SettingsError(
             "missing setting AUDITSTREAM_JWT_SECRET (or AUDITSTREAM_JWKS_PATH / "
@@ -75,9 +101,8 @@ def create_app(
     app = Quart(__name__)
     # One access line per request (method, path, status, request id) on Quart's handler.
     app.logger.setLevel(logging.INFO)
-    app.config["AUDITSTREAM_SETTINGS"] = settings
-    app.config["AUDITSTREAM_VERIFIER"] = verifier = TokenVerifier(settings)
-    app.config["AUDITSTREAM_METRICS"] = metrics = ApiMetrics()
+    verifier, metrics = TokenVerifier(settings), ApiMetrics()
+    app.extensions[EXTENSION] = state = ApiState(settings, verifier, metrics)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # /docs loads Swagger UI from the API itself (query_api/docs_assets.py), not a CDN.
     app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = DOCS_JS_URL
@@ -92,27 +117,28 @@ def create_app(
         openapi_provider_class=ProblemAwareOpenAPI,
     )
     register_problem_handlers(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(export.bp)  # before events: /v1/events/export is no event id
-    app.register_blueprint(events.bp)
-    app.register_blueprint(token.bp)
-    app.register_blueprint(history.bp)
-    app.register_blueprint(ui.bp)
-    app.register_blueprint(verify.bp)
-    app.register_blueprint(admin.bp)
-    app.register_blueprint(tenants.bp)
-    app.register_blueprint(docs_assets_bp)
-    app.register_blueprint(histogram_bp)
-    app.register_blueprint(streams.bp)
+    # Any order: the router prefers a static segment (/v1/events/export) to a
+    # variable one (/v1/events/<event_id>); test_api_store checks every order.
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
 
     @app.before_serving
     async def open_clients() -> None:
         await verifier.start()
-        app.config["AUDITSTREAM_SERVICES"] = await Services.open(settings, mongo_listeners)
+        if store is not None:
+            state.store, state.publisher = store, publisher
+            state.cache = ReadCache(None, settings.cache_ttl_seconds, namespace="")
+            return
+        services = await Services.open(settings, mongo_listeners)
+        state.services, state.cache, state.publisher = services, services.cache, services.publisher
+        state.store = MongoEventStore(
+            services.events, exports=services.exports, waits=services.waits
+        )
 
     @app.after_serving
     async def close_clients() -> None:
-        services: Services | None = app.config.pop("AUDITSTREAM_SERVICES", None)
+        services = state.services
+        state.services = state.store = state.cache = state.publisher = None
         if services is not None:
             await services.close()
 

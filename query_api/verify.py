@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pymongo.asynchronous.collection import AsyncCollection
-from quart import Blueprint, Response, current_app, g, request
+from quart import Blueprint, Response, g, request
 
 from audit_events.chain import (
     GENESIS,
@@ -45,6 +45,7 @@ from audit_events.store_adapter import chain_head
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import single_values
+from query_api.state import api_state, current_services, current_settings, current_store
 
 log = logging.getLogger("auditstream.api.verify")
 bp = Blueprint("verify", __name__)
@@ -217,11 +218,12 @@ def _time_arg(name: str) -> datetime | None:
 @require_scope("events:read")
 async def verify() -> Response:
     """Walk the tenant's chain: content hashes, links, signed checkpoints, truncation."""
-    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    settings = current_settings()
     single_values(request.args, ("tenant", "since", "until"))  # repeated/unknown → 400
     tenant = read_tenant(g.principal, request.args.get("tenant"))
     since, until = _time_arg("since"), _time_arg("until")
-    events = current_app.config["AUDITSTREAM_SERVICES"].events
+    # The chain walk is the core's, over the collection (the CLI shares it).
+    events = current_services().events
     checkpoints, sources = await gather_checkpoints(settings, events, tenant)
     keys = checkpoint_keys(settings)  # current + retired, by key id
     report = await verify_tenant(
@@ -234,9 +236,7 @@ async def verify() -> Response:
         control_keys=control_keys(settings),
     )
     if not report.ok:  # counted for the verify-failure alert (deploy/prometheus/alerts.yml)
-        current_app.config["AUDITSTREAM_METRICS"].verify_failures.labels(
-            report.reason or "unknown"
-        ).inc()
+        api_state().metrics.verify_failures.labels(report.reason or "unknown").inc()
         log.warning("verify: %s is bad at seq %s: %s", tenant, report.first_bad_seq, report.reason)
     body = {**report.as_dict(), "checkpoint_sources": sources, **_signed(report, bool(keys))}
     return Response(orjson.dumps(body), content_type="application/json")
@@ -264,7 +264,7 @@ def _signed(report: Report, keyed: bool) -> dict[str, Any]:
 @bp.get("/v1/verify/public-key")
 async def public_key() -> Response:
     """The Ed25519 public key that signs checkpoints (no token needed: it is public)."""
-    settings: AuditSettings = current_app.config["AUDITSTREAM_SETTINGS"]
+    settings = current_settings()
     key = public_key_of(settings)
     if key is None:
         raise Problem(404, "no checkpoint key is configured")
@@ -279,6 +279,5 @@ async def checkpoints() -> Response:
     """The tenant's signed checkpoints (for offline verification of an export)."""
     single_values(request.args, ("tenant",))  # repeated/unknown → 400
     tenant = read_tenant(g.principal, request.args.get("tenant"))
-    events = current_app.config["AUDITSTREAM_SERVICES"].events
-    body = {"data": await mongo_checkpoints(events, tenant)}
+    body = {"data": await current_store().checkpoints(tenant)}
     return Response(orjson.dumps(body), content_type="application/json")
