@@ -74,7 +74,17 @@ def keys_generate(out: Path | None) -> None:
 @click.option("--since", default=None, help="Verify events received at or after (RFC 3339).")
 @click.option("--until", default=None, help="... and before this time (RFC 3339).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def verify(tenant: str | None, since: str | None, until: str | None, quiet: bool) -> None:
+@click.option(
+    "--pushgateway",
+    default=None,
+    metavar="URL",
+    help="Push the result to this Prometheus Pushgateway (job auditstream-verify):"
+    " auditstream_verify_chains, auditstream_verify_failed_chains,"
+    " auditstream_verify_last_run_timestamp_seconds (deploy/prometheus/alerts.yml).",
+)
+def verify(
+    tenant: str | None, since: str | None, until: str | None, quiet: bool, pushgateway: str | None
+) -> None:
     """Walk the tenant chains: content hashes, links, signed checkpoints, truncation.
 
     Also checks each control event's proof and that every erasure and correction
@@ -83,8 +93,28 @@ def verify(tenant: str | None, since: str | None, until: str | None, quiet: bool
     verifies, 1 otherwise.
     """
     settings = _settings()
-    ok = asyncio.run(_verify(settings, tenant, _time(since), _time(until), quiet))
-    sys.exit(0 if ok else 1)
+    chains, failed = asyncio.run(_verify(settings, tenant, _time(since), _time(until), quiet))
+    if pushgateway:
+        push_verify_result(pushgateway, chains, failed)
+    sys.exit(0 if failed == 0 else 1)
+
+
+def push_verify_result(url: str, chains: int, failed: int, job: str = "auditstream-verify") -> None:
+    """Push one scheduled verify's result for the verify-failure alert (a one-shot
+    command has no endpoint to scrape, so it pushes: prometheus_client's client)."""
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    registry = CollectorRegistry()
+    Gauge("auditstream_verify_chains", "Chains verified", registry=registry).set(chains)
+    Gauge("auditstream_verify_failed_chains", "Chains that did not verify", registry=registry).set(
+        failed
+    )
+    Gauge(
+        "auditstream_verify_last_run_timestamp_seconds",
+        "Unix time the verify run ended",
+        registry=registry,
+    ).set_to_current_time()
+    push_to_gateway(url, job=job, registry=registry, timeout=10)
 
 
 async def _verify(
@@ -93,7 +123,8 @@ async def _verify(
     since: datetime | None,
     until: datetime | None,
     quiet: bool,
-) -> bool:
+) -> tuple[int, int]:
+    """Verify the chains; returns (chains verified, chains bad)."""
     from pymongo import AsyncMongoClient
 
     from query_api.verify import gather_checkpoints, known_tenants, verify_tenant
@@ -105,7 +136,7 @@ async def _verify(
     key = checkpoint_keys(settings)  # the current key and the retired ones, by key id
     if not key:
         click.secho("warning: no checkpoint public key configured", fg="yellow", err=True)
-    all_ok = True
+    failed = 0
     try:
         tenants = [tenant] if tenant else await known_tenants(settings, events)
         for name in tenants:
@@ -146,7 +177,7 @@ async def _verify(
             if report.ok:
                 click.secho(f"ok  {line}", fg="green")
             else:
-                all_ok = False
+                failed += 1
                 click.secho(
                     f"BAD {name}: first bad seq {report.first_bad_seq}"
                     + (f" (event {report.first_bad_id})" if report.first_bad_id else "")
@@ -156,7 +187,7 @@ async def _verify(
                 )
     finally:
         await client.close()
-    return all_ok
+    return len(tenants), failed
 
 
 @click.command("replay")
