@@ -37,11 +37,12 @@ from audit_events.schema import limits_from
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.topics import topic_spec
 from stream_processor.batching import BatchLoop
-from stream_processor.chain import OldLayout, open_chain_store, topic_publisher
-from stream_processor.checkpoints import idle_period
+from stream_processor.chain import OldLayout
+from stream_processor.checkpoints import Publish, idle_period
 from stream_processor.control import ControlGate
 from stream_processor.flush import FlushPolicy
 from stream_processor.health import WorkerProbes
+from stream_processor.invalidate import Invalidate
 from stream_processor.kafka import app_class
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
@@ -49,6 +50,7 @@ from stream_processor.records import Batch, Record, record_from_message
 from stream_processor.retry import RetryPolicy
 from stream_processor.sinks import RedisInvalidator, dead_letter_key, dead_letter_value
 from stream_processor.store import ensure_indexes, events_collection
+from stream_processor.write_path import open_write_path
 
 log = logging.getLogger("auditstream.processor")
 EXIT_BATCH_FAILED = 75  # EX_TEMPFAIL: the supervisor restarts us; nothing was committed
@@ -81,6 +83,16 @@ class FaustCommitter:
         # Faust's ``_commit`` takes explicit offsets (its public ``commit`` only
         # commits what was acked, which is exactly what we must not rely on).
         return bool(await consumer._commit(mine))
+
+
+def topic_publisher(topic: Any) -> Publish:
+    """Publish through a Faust topic and wait for the broker's acknowledgement."""
+
+    async def publish(key: bytes, value: bytes) -> None:
+        fut = await topic.send(key=key, value=value)
+        await fut
+
+    return publish
 
 
 def kill_before_commit(after_batches: int) -> Callable[[Batch], None]:
@@ -182,27 +194,24 @@ def create_app(
             settings.redis_url or "", socket_timeout=2.0, **redis_tls_options(settings)
         )
         state["mongo"], state["redis"] = mongo, redis
-        store = await open_chain_store(
-            settings,
-            collection,
-            topic_publisher(checkpoints),
-            RedisInvalidator(
-                redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)
-            ),
-        )
-        state["store"] = store  # the idle-checkpoint timer uses it
+        steps = await open_write_path(settings, collection, topic_publisher(checkpoints), metrics)
+        state["checkpoints"] = steps.checkpoint  # the idle-checkpoint timer uses it
         keys = control_keys(settings)
         if not keys:
             log.warning(
                 "AUDITSTREAM_CONTROL_PUBLIC_KEYS is not set: every correction and erasure"
                 " is dead-lettered as a forged control event"
             )
+        invalidator = RedisInvalidator(
+            redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)
+        )
         return BatchProcessor(
-            store,
-            RedisInvalidator(
-                redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)
-            ),
+            steps.write,
+            Invalidate(invalidator, metrics),
             FaustDeadLetters(dlq, settings.dlq_max_record_bytes),
+            fence=steps.fence,
+            controls=steps.controls,
+            checkpoint=steps.checkpoint,
             limits=limits_from(settings),
             max_event_bytes=settings.max_event_bytes,
             retry=RetryPolicy(give_up_after=settings.write_retry_seconds),
@@ -234,11 +243,11 @@ def create_app(
     async def idle_checkpoints() -> None:
         # Heads that moved and then stayed idle get their checkpoint now, not at
         # the tenant's next batch (docs/chain.md: the unsigned tail is bounded).
-        store = state.get("store")
-        if store is None:
+        checkpoints = state.get("checkpoints")
+        if checkpoints is None:
             return
         try:
-            await store.checkpoint_idle()
+            await checkpoints.idle()
         except Exception as exc:  # never stops the worker; the next tick retries
             log.warning("idle checkpoints failed: %s", exc)
 

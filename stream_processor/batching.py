@@ -1,11 +1,11 @@
-"""The framework-free consume loop: batch → process → commit, in that order.
+"""Steps 1 and 10: the framework-free consume loop: batch → process → commit, in that order.
 
 The adapter feeds consumed records into an :class:`asyncio.Queue`; :class:`BatchLoop`
 collects them until the :class:`FlushPolicy` says the batch is due (N events or
 T ms after its first event, also when traffic stops; events that queued up while
 the previous batch was being written count from that write's start, so they do
 not wait another T ms), hands the batch to
-:meth:`BatchProcessor.process` (decode, validate, DLQ, write, invalidate) and
+:meth:`BatchProcessor.process` (Steps 2-9, stream_processor/pipeline.py) and
 only when that returned commits the offsets *the batch carries*
 (``Batch.committable()``). Nothing else ever commits, so an offset is committed
 only after its event is stored and its cache generations were bumped.

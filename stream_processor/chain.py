@@ -1,29 +1,24 @@
-"""The chain step: give each new event its tenant seq and hash, then write it.
+"""Step 5: seal each new event into its tenant's chain and insert the batch, in order.
 
-``ChainedStore`` implements the pipeline's ``Store`` interface, so the
-pipeline's order (decode → chain + write → invalidate → commit) and its
-retry-the-whole-batch policy stay unchanged.
+:class:`ChainWriter` is the real :class:`Writer` (the seam the pipeline's unit
+tests fake); :class:`Write` is the step the pipeline runs, which puts the
+writer's result on the batch. Per batch, in partition order (a tenant lives on
+one partition):
 
-Per batch, in partition order (a tenant lives on one partition):
-
-1. swap fence: while ``auditstream replay`` swaps collections, writes wait
-   (:class:`SwapInProgress` makes the pipeline back off and retry);
-2. the head (highest seq and its hash) of every tenant in the batch, derived
-   from the stored events and cached per worker. A stale cache cannot fork the
-   chain: the UNIQUE ``(tenant, seq)`` index rejects the insert and the head is
-   derived again;
-3. seal each document (seq, content_hash, hash) and ``insert_many(ordered=True)``.
-   A duplicate ``_id`` (= ``event_key(tenant, id)``) means the tenant already
-   stored an event with that id: with the same content hash it is a redelivery
-   (a duplicate: it keeps its original seq and hash); with another content it is
-   a conflict, returned in ``WriteResult.conflicts`` for the pipeline to
-   dead-letter. Either way it is skipped and the rest is re-sealed from the
-   head. A duplicate ``(tenant, seq)`` means another writer moved the head:
-   derive, re-seal, go on. Any other error drops the cached heads and fails the
-   batch (retried whole);
-4. apply control events (corrections/erasures), idempotently — not the
-   conflicting ones, which were not stored;
-5. checkpoint the tenants that are due.
+- the head (highest seq and its hash) of every tenant in the batch, derived
+  from the stored events and cached per worker. A stale cache cannot fork the
+  chain: the UNIQUE ``(tenant, seq)`` index rejects the insert and the head is
+  derived again. The swap fence (Step 4) forgets the cache when replay swaps
+  the collection;
+- seal each document (seq, content_hash, hash) and ``insert_many(ordered=True)``.
+  A duplicate ``_id`` (= ``event_key(tenant, id)``) means the tenant already
+  stored an event with that id: with the same content hash it is a redelivery
+  (a duplicate: it keeps its original seq and hash); with another content it is
+  a conflict, returned in ``WriteResult.conflicts`` for the pipeline to
+  dead-letter (Step 8). Either way it is skipped and the rest is re-sealed from
+  the head. A duplicate ``(tenant, seq)`` means another writer moved the head:
+  derive, re-seal, go on. Any other error drops the cached heads and fails the
+  batch (retried whole, which is safe: every stored event is then a duplicate).
 
 Why no ``$in`` pre-check of the batch ids: SecantusDB answers ``_id $in`` for
 1,000 ids in seconds; duplicate-key errors find the same events for free.
@@ -32,118 +27,75 @@ Why no ``$in`` pre-check of the batch ids: SecantusDB answers ``_id $in`` for
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
-from typing import Any
+import time
+from typing import Any, Protocol
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from audit_events.chain import (
-    GENESIS,
-    control_keys,
-    load_private_key,
-    seal,
-)
-from audit_events.settings import AuditSettings
-from audit_events.storage import CHECKPOINTS_COLLECTION, REPLAY_STATE_COLLECTION
+from audit_events.chain import GENESIS, seal
 from audit_events.store_adapter import chain_head
 from audit_events.store_adapter import ensure_chain_index as _ensure_chain_index
-from stream_processor.checkpoints import Checkpointer, Publish, ensure_checkpoint_topic
-from stream_processor.control import ControlApplier, Keys, control_target
-from stream_processor.sinks import DUPLICATE_KEY, Invalidator, WriteResult, is_duplicate_id
+from stream_processor.metrics import ProcessorMetrics
+from stream_processor.records import Batch, WriteResult
 
 log = logging.getLogger("auditstream.processor.chain")
-FENCE_ID = "fence"
+DUPLICATE_KEY = 11000
+DUPLICATE_ID_CONFLICT = "duplicate id with different content"
 
 
-class SwapInProgress(Exception):
-    """``auditstream replay`` is swapping collections; the batch is retried later."""
+class Writer(Protocol):
+    async def insert(self, documents: list[dict[str, Any]]) -> WriteResult:
+        """Insert-only write of ``documents``; returns once durable.
+
+        An event whose (tenant, id) is already stored with the same content is a
+        duplicate (redelivery: counted, changes nothing); with a different
+        content it is a conflict, returned (by position) for the caller to
+        dead-letter. Raises on any other error; the caller then retries the
+        whole batch, which is safe because it is idempotent.
+        """
 
 
 async def ensure_chain_index(collection: AsyncCollection[dict[str, Any]]) -> None:
+    """The unique ``(tenant, seq)`` index, partial only where the server plans partial
+    indexes (a store capability: :mod:`audit_events.store_adapter`)."""
     await _ensure_chain_index(collection)
 
 
 async def derive_head(collection: AsyncCollection[dict[str, Any]], tenant: str) -> tuple[int, str]:
-    """Highest stored seq of ``tenant`` and its hash (O(log n) index probes)."""
+    """Highest stored seq of ``tenant`` and its hash (one backward index lookup on
+    MongoDB, O(log n) ascending probes on SecantusDB: :func:`chain_head`)."""
     head = await chain_head(collection, tenant, {"seq": 1, "hash": 1})
     return (0, GENESIS) if head is None else (int(head["seq"]), str(head["hash"]))
 
 
-class ChainedStore:
-    def __init__(
-        self,
-        collection: AsyncCollection[dict[str, Any]],
-        *,
-        state: AsyncCollection[dict[str, Any]] | None = None,
-        checkpointer: Checkpointer | None = None,
-        invalidator: Invalidator | None = None,
-        control_keys: Keys | None = None,
-    ) -> None:
+class ChainWriter:
+    """Seals and inserts into ``collection`` (unique ``_id`` and ``(tenant, seq)``)."""
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]]) -> None:
         self._coll = collection
-        self._state = state  # replay_state: where the swap fence lives (None: no fence)
-        self._checkpointer = checkpointer
-        self._invalidator = invalidator
-        # Control public keys by key id: only authentic control events are applied.
-        self._control = ControlApplier(collection, control_keys or {})
         self._heads: dict[str, tuple[int, str]] = {}
-        self._fence_generation: object = None
-        self._seeded = False  # stored heads adopted by the checkpointer (first timer tick)
+
+    def forget_heads(self) -> None:
+        """Derive every head again at the next write (the collection was swapped)."""
+        self._heads.clear()
 
     async def insert(self, documents: list[dict[str, Any]]) -> WriteResult:
         if not documents:
             return WriteResult(0, 0)
-        await self._check_fence()
         try:
             result = await self._chain_and_insert(documents)
         except Exception:
             self._heads.clear()  # derive again on the retry
             raise
-        conflicting = {id(d) for d in result.conflicts}
-        await self._apply_controls([d for d in documents if id(d) not in conflicting])
-        if self._checkpointer is not None:
-            touched = {d["tenant"] for d in documents}
-            heads = {t: h for t, h in self._heads.items() if t in touched}
-            await self._checkpointer.after_batch(heads)
         return result
 
-    async def checkpoint_idle(self) -> int:
-        """Checkpoint the heads that moved and then stayed idle (the processor's timer).
-
-        The first call also adopts every stored head that no checkpoint covers
-        (left unsigned by a worker that died), so those are signed too.
-        """
-        if self._checkpointer is None:
-            return 0
-        if not self._seeded:
-            tenants = sorted(await self._coll.distinct("tenant"))
-            heads = {t: await derive_head(self._coll, t) for t in tenants}
-            adopted = await self._checkpointer.seed(heads)
-            if adopted:
-                log.info("%d stored chain heads had no checkpoint; signing them", adopted)
-            self._seeded = True
-        return await self._checkpointer.idle()
-
-    async def _check_fence(self) -> None:
-        if self._state is None:
-            return
-        fence = await self._state.find_one({"_id": FENCE_ID})
-        generation = fence.get("generation") if fence else None
-        if generation != self._fence_generation:
-            self._heads.clear()  # the collection may have been swapped
-            self._fence_generation = generation
-        until = fence.get("until") if fence else None
-        if isinstance(until, datetime):
-            if until.tzinfo is None:
-                until = until.replace(tzinfo=UTC)
-            if until > datetime.now(UTC):
-                raise SwapInProgress("replay is swapping collections; retrying")
-
     async def _chain_and_insert(self, documents: list[dict[str, Any]]) -> WriteResult:
-        todo = list(documents)
+        start = 0  # documents[:start] are stored, duplicates or conflicts
         inserted = duplicates = 0
-        conflicts: list[dict[str, Any]] = []
-        while todo:
+        conflicts: list[int] = []
+        while start < len(documents):
+            todo = documents[start:]
             for tenant in {d["tenant"] for d in todo} - self._heads.keys():
                 self._heads[tenant] = await derive_head(self._coll, tenant)
             working = dict(self._heads)
@@ -166,16 +118,18 @@ class ChainedStore:
                     if await self._same_content(todo[index]):
                         duplicates += 1
                     else:
-                        conflicts.append(todo[index])
-                    todo = todo[index + 1 :]
+                        conflicts.append(start + index)
+                    start += index + 1
                 else:  # another writer took this seq: our head is stale
                     self._heads.pop(todo[index]["tenant"], None)
-                    todo = todo[index:]
+                    start += index
                 continue
             inserted += len(todo)
             self._heads.update({d["tenant"]: (d["seq"], d["hash"]) for d in todo})
-            todo = []
-        return WriteResult(inserted, duplicates, tuple(conflicts))
+            start = len(documents)
+        touched = {d["tenant"] for d in documents}
+        heads = {t: h for t, h in self._heads.items() if t in touched}
+        return WriteResult(inserted, duplicates, tuple(conflicts), heads)
 
     async def _same_content(self, doc: dict[str, Any]) -> bool:
         """Whether the stored event with ``doc``'s ``_id`` has ``doc``'s content hash.
@@ -189,29 +143,49 @@ class ChainedStore:
             raise RuntimeError(f"event {doc['_id']} was a duplicate key but is not stored")
         return bool(stored.get("content_hash") == doc["content_hash"])
 
-    async def _apply_controls(self, documents: list[dict[str, Any]]) -> None:
-        # Redelivered control events are applied again: a no-op if they were.
-        changed = []
-        for doc in documents:
-            if control_target(doc) is not None:
-                before = await self._control.apply(doc)
-                if before is not None:
-                    changed.append(before)
-        if changed and self._invalidator is not None:
-            try:  # the targets' own scopes (object history) are stale now
-                await self._invalidator.bump(changed)
-            except Exception as exc:
-                log.warning("cache invalidation after a control event failed: %s", exc)
+
+class Write:
+    """Step 5 as the pipeline runs it: write the batch's documents, record the outcome.
+
+    Sets ``batch.written``; every conflict goes to ``batch.rejects`` with the
+    record it was decoded from (dead-lettered in Step 8, before the commit).
+    """
+
+    def __init__(self, writer: Writer, metrics: ProcessorMetrics | None = None) -> None:
+        self._writer = writer
+        self._metrics = metrics or ProcessorMetrics()
+
+    async def __call__(self, batch: Batch) -> None:
+        m = self._metrics
+        started = time.perf_counter()
+        result = await self._writer.insert(batch.documents)
+        m.write_seconds.observe(time.perf_counter() - started)
+        m.stored.inc(result.inserted)
+        m.duplicates.inc(result.duplicates)
+        batch.written = result
+        if result.conflicts:
+            for index in result.conflicts:
+                record, _ = batch.accepted[index]
+                batch.rejects.append((record, DUPLICATE_ID_CONFLICT))
+            m.duplicate_id_conflicts.inc(len(result.conflicts))
+            log.warning(
+                "%d event(s) reuse an id of their tenant with different content: dead-lettered",
+                len(result.conflicts),
+            )
 
 
-def topic_publisher(topic: Any) -> Publish:
-    """Publish through a Faust topic and wait for the broker's acknowledgement."""
+def is_duplicate_id(error: dict[str, Any]) -> bool:
+    """A write error that means "this (tenant, id) is already stored".
 
-    async def publish(key: bytes, value: bytes) -> None:
-        fut = await topic.send(key=key, value=value)
-        await fut
-
-    return publish
+    Whether it is a redelivery or a conflict depends on the stored content hash.
+    A duplicate key on any *other* unique index is a real conflict and fails the batch.
+    """
+    if error.get("code") != DUPLICATE_KEY:
+        return False
+    pattern = error.get("keyPattern")
+    if pattern is not None:
+        return dict(pattern) == {"_id": 1}
+    return " index: _id_ " in str(error.get("errmsg", ""))
 
 
 class OldLayout(Exception):
@@ -232,37 +206,3 @@ async def check_layout(collection: AsyncCollection[dict[str, Any]]) -> None:
             "the events collection holds documents of the layout before ids were per"
             " tenant: run `auditstream migrate-ids` first"
         )
-
-
-async def open_chain_store(
-    settings: AuditSettings,
-    collection: AsyncCollection[dict[str, Any]],
-    publish: Publish | None,
-    invalidator: Invalidator | None = None,
-) -> ChainedStore:
-    """The live processor's store: unique chain index, fence, checkpoints if keyed.
-
-    Raises :class:`OldLayout` when the store still needs ``auditstream migrate-ids``.
-    """
-    await check_layout(collection)
-    await ensure_chain_index(collection)
-    database = collection.database
-    checkpointer = None
-    if settings.checkpoint_signing_key is not None and publish is not None:
-        await ensure_checkpoint_topic(settings)
-        checkpointer = Checkpointer(
-            load_private_key(settings.checkpoint_signing_key.get_secret_value()),
-            publish,
-            database[CHECKPOINTS_COLLECTION].with_options(write_concern=collection.write_concern),
-            every_events=settings.checkpoint_every_events,
-            every_seconds=settings.checkpoint_every_seconds,
-        )
-    else:
-        log.warning("AUDITSTREAM_CHECKPOINT_SIGNING_KEY is not set: chains are not checkpointed")
-    return ChainedStore(
-        collection,
-        state=database[REPLAY_STATE_COLLECTION],
-        checkpointer=checkpointer,
-        invalidator=invalidator,
-        control_keys=control_keys(settings),
-    )

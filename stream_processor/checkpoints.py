@@ -1,6 +1,7 @@
-"""Signed checkpoints of tenant chain heads, published outside MongoDB.
+"""Step 7: signed checkpoints of tenant chain heads, published outside MongoDB.
 
-After a batch is durable, each tenant whose head advanced by at least
+After a batch is durable (Steps 5 and 6; :class:`CheckpointHeads`), each
+tenant whose head advanced by at least
 ``every_events`` since its last checkpoint — or whose last checkpoint is older
 than ``every_seconds`` — gets a new one: ``{tenant, seq, hash, time}`` signed
 with Ed25519 and tagged with the signing key's ``key_id`` (so verifiers pick
@@ -35,7 +36,9 @@ from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings, SettingsError
 from audit_events.topic_admin import create_missing
 from audit_events.topics import topic_spec
+from stream_processor.chain import derive_head
 from stream_processor.metrics import ProcessorMetrics
+from stream_processor.records import Batch
 
 log = logging.getLogger("auditstream.processor.checkpoints")
 Publish = Callable[[bytes, bytes], Awaitable[None]]
@@ -178,6 +181,40 @@ class Checkpointer:
                 self._metrics.checkpoint_last_success.set(self._now().timestamp())
             made += 1
         return made
+
+
+class CheckpointHeads:
+    """Step 7 as the pipeline runs it, and the processor's idle-checkpoint timer.
+
+    After each stored batch, the heads the write left (``batch.written.heads``)
+    go to :meth:`Checkpointer.after_batch`, which signs the due ones. It never
+    raises for a failed checkpoint (logged, retried by the timer or the next
+    batch): ingestion never waits for a checkpoint.
+    """
+
+    def __init__(self, checkpointer: Checkpointer, events: AsyncCollection[dict[str, Any]]) -> None:
+        self._checkpointer = checkpointer
+        self._events = events
+        self._seeded = False  # stored heads adopted by the checkpointer (first timer tick)
+
+    async def __call__(self, batch: Batch) -> None:
+        if batch.written is not None and batch.written.heads:
+            await self._checkpointer.after_batch(dict(batch.written.heads))
+
+    async def idle(self) -> int:
+        """Checkpoint the heads that moved and then stayed idle (the processor's timer).
+
+        The first call also adopts every stored head that no checkpoint covers
+        (left unsigned by a worker that died), so those are signed too.
+        """
+        if not self._seeded:
+            tenants = sorted(await self._events.distinct("tenant"))
+            heads = {t: await derive_head(self._events, t) for t in tenants}
+            adopted = await self._checkpointer.seed(heads)
+            if adopted:
+                log.info("%d stored chain heads had no checkpoint; signing them", adopted)
+            self._seeded = True
+        return await self._checkpointer.idle()
 
 
 def require_signing_key(settings: AuditSettings) -> None:

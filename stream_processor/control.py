@@ -1,4 +1,4 @@
-"""Applying control events (corrections, erasures) to the events they target.
+"""Step 6: apply control events (corrections, erasures) to the events they target.
 
 A control event is an ordinary audit event in the reserved ``auditstream.``
 namespace; it is chained like any other and then applied here, after its batch
@@ -36,6 +36,7 @@ from audit_events.chain import (
 )
 from audit_events.codec import corrected_view
 from audit_events.storage import event_key
+from stream_processor.records import Batch
 
 log = logging.getLogger("auditstream.processor.control")
 TARGET_TYPE = "audit_event"
@@ -166,3 +167,26 @@ class ControlApplier:
             _erase_update(record),
         )
         return target if result.modified_count else None
+
+
+class ApplyControls:
+    """Step 6 as the pipeline runs it: apply the batch's stored control events.
+
+    Runs after the write (Step 5); a control event the write returned as a
+    conflict was not stored and is not applied. Redelivered control events are
+    applied again: a no-op if they were. Every target that changed is added to
+    ``batch.changed`` as it was before, so the invalidation (Step 9) bumps its
+    own scopes (its object history) too. A retry after a failure keeps what an
+    earlier attempt added: those targets are unchanged by the second attempt
+    but their scopes still need the bump.
+    """
+
+    def __init__(self, applier: ControlApplier) -> None:
+        self._applier = applier
+
+    async def __call__(self, batch: Batch) -> None:
+        for doc in batch.stored_documents():
+            if control_target(doc) is not None:
+                before = await self._applier.apply(doc)
+                if before is not None:
+                    batch.changed.append(before)

@@ -1,10 +1,10 @@
-"""Step 1+2: decode and validate raw Kafka values into stored documents.
+"""Step 2: decode and validate raw Kafka values into documents to store.
 
 Pure functions: every failure becomes a precise, human-readable reason that
 travels to the dead-letter topic with the original bytes. :func:`decode` never
 raises: a record that cannot be turned into a document for any reason (a null
 value, a timestamp out of range, or an error nobody foresaw) is a reason, never
-a crash of the worker (DESIGN.md: no record stops the pipeline).
+a crash of the worker (README, Guarantees: bad input never stalls the pipeline).
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ def decode_batch(
 ) -> Batch:
     """Split ``records`` into documents to store and rejects for the DLQ.
 
+    Each document travels with the record it was decoded from
+    (``Batch.accepted``), so a later step that rejects it (a conflict in
+    Step 5) dead-letters exactly that record.
+
     ``check`` (the control-event proof, ``stream_processor.control``) may reject
     a decoded document with a reason.
     """
@@ -127,7 +131,7 @@ def decode_batch(
         if isinstance(result, str):
             batch.rejects.append((record, result))
         else:
-            batch.documents.append(result)
+            batch.accepted.append((record, result))
     return batch
 
 

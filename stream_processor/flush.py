@@ -1,4 +1,4 @@
-"""Step 3: when a batch is flushed — at N events or T ms, whichever comes first.
+"""Step 1: when a batch is flushed — at N events or T ms, whichever comes first.
 
 Pure: the caller passes the time, so tests use a fixed clock.
 """

@@ -1,19 +1,38 @@
-"""The processor's batch pipeline, free of any Kafka framework.
+"""The processor's batch pipeline, free of any Kafka framework: the steps, in order.
 
-Order per batch (the commit-after-write rule, see DESIGN.md):
+One numbering for the whole write path (docs/processor.md, "Steps"); each step
+is a small object (``async (batch) -> None``) in its own module, and
+:meth:`BatchProcessor.process` composes them:
 
-1. decode + validate every record;
-2. dead-letter the rejects (acknowledged by the broker);
-3. insert the documents (idempotent, durable) — retried with backoff; events
-   whose (tenant, id) is already stored with another content come back as
-   conflicts and are dead-lettered (reason ``duplicate id with different
-   content``) with their original record;
-4. bump cache generations (best effort: failures are counted, TTLs bound staleness);
-5. only then does :meth:`BatchProcessor.process` return, and the caller may
-   ack/commit the batch's offsets.
+1. batch: flush at N events or T ms (``flush.py``, ``batching.py``);
+2. decode + validate every record, and the control-event gate (``decode.py``);
+3. dead-letter the rejects, acknowledged by the broker (here, ``sinks.py``);
+4. the swap fence: wait while ``auditstream replay`` swaps collections (``fence.py``);
+5. seal + ordered insert (idempotent, durable), with duplicate recovery; events
+   whose (tenant, id) is stored with another content come back as conflicts
+   (``chain.py``);
+6. apply the stored control events: corrections, erasures (``control.py``);
+7. checkpoint the tenant heads that are due (``checkpoints.py``; best effort);
+8. dead-letter the conflicts with their original records (reason ``duplicate
+   id with different content``), before anything of the batch is committed;
+9. bump the cache generations of the batch and of what its control events
+   changed, once (``invalidate.py``; best effort: failures are counted, TTLs
+   bound staleness);
+10. only then does :meth:`BatchProcessor.process` return, and the caller
+    (``batching.py``) commits the offsets the batch carries.
 
-If a batch cannot be stored before the retry deadline, :class:`BatchFailed` is
-raised; the adapter must then exit the process *without* acking anything.
+Every step is retried with backoff (:class:`RetryPolicy`) until it succeeds;
+the best-effort steps (7, 9) swallow their own failures. Steps 4 and 5 are
+retried together, so every write attempt checks the fence first. Every step is
+idempotent, so retrying one after a partial failure is safe. If a step cannot
+succeed before the retry deadline, :class:`BatchFailed` is raised; the adapter
+must then exit the process *without* committing anything (the commit-after-write
+rule, README "Guarantees").
+
+Why a plain sequence and not arroyo's chain of ``submit/poll/join`` strategies:
+the loop processes one batch at a time to completion before it commits, so
+there is no work in flight for ``poll`` or ``join`` to wait for; the one thing
+the steps share, the retry of a failing step, lives once, here.
 """
 
 from __future__ import annotations
@@ -29,9 +48,10 @@ from stream_processor.decode import decode_batch
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.records import Batch, Record
 from stream_processor.retry import RetryPolicy
-from stream_processor.sinks import DUPLICATE_ID_CONFLICT, DeadLetters, Invalidator, Store
+from stream_processor.sinks import DeadLetters
 
 log = logging.getLogger("auditstream.processor")
+Step = Callable[[Batch], Awaitable[None]]
 
 
 class BatchFailed(Exception):
@@ -39,12 +59,17 @@ class BatchFailed(Exception):
 
 
 class BatchProcessor:
+    """Steps 2-9 for one batch; ``fence``, ``controls`` and ``checkpoint`` are optional."""
+
     def __init__(
         self,
-        store: Store,
-        invalidator: Invalidator,
+        write: Step,
+        invalidate: Step,
         dead_letters: DeadLetters,
         *,
+        fence: Step | None = None,
+        controls: Step | None = None,
+        checkpoint: Step | None = None,
         limits: Limits,
         max_event_bytes: int,
         retry: RetryPolicy,
@@ -53,9 +78,12 @@ class BatchProcessor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         check: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
-        self._store = store
+        self._write = write
+        self._fence = fence
+        self._controls = controls
+        self._checkpoint = checkpoint
+        self._invalidate = invalidate
         self._check = check  # the control-event gate: a reason dead-letters the record
-        self._invalidator = invalidator
         self._dead_letters = dead_letters
         self._limits = limits
         self._max_event_bytes = max_event_bytes
@@ -66,23 +94,26 @@ class BatchProcessor:
 
     async def process(self, records: list[Record]) -> Batch:
         """Store ``records``; returns the batch once its offsets may be committed."""
-        batch = decode_batch(records, self._limits, self._max_event_bytes, self._check)
+        batch = decode_batch(records, self._limits, self._max_event_bytes, self._check)  # 2
         m = self._metrics
         m.batch_size.observe(len(records))
-        await self._with_retry("dead-letter", self._send_rejects, batch)
-        await self._with_retry("write", self._write, batch)
-        # Events whose (tenant, id) was stored with another content: dead-lettered
-        # with their original record, before anything of the batch is committed.
-        await self._with_retry("dead-letter", self._send_rejects, batch)
+        await self._with_retry("dead-letter", self._send_rejects, batch)  # 3
+        await self._with_retry("write", self._fenced_write, batch)  # 4 + 5
+        if self._controls is not None:
+            await self._with_retry("apply controls", self._controls, batch)  # 6
+        if self._checkpoint is not None:
+            await self._with_retry("checkpoint", self._checkpoint, batch)  # 7
+        await self._with_retry("dead-letter", self._send_rejects, batch)  # 8: the conflicts
         stored_at = time.time()  # wall clock, like the records' Kafka timestamps
         for record in records:
             m.store_delay.observe(max(0.0, stored_at - record.timestamp_ms / 1000))
-        try:
-            await self._invalidator.bump(batch.documents)
-        except Exception as exc:  # Redis down: keep ingesting, TTL bounds staleness
-            m.invalidation_failures.inc()
-            log.warning("cache invalidation failed (%s); entries expire by TTL", exc)
-        return batch
+        await self._with_retry("invalidate", self._invalidate, batch)  # 9
+        return batch  # 10: the caller commits batch.committable()
+
+    async def _fenced_write(self, batch: Batch) -> None:
+        if self._fence is not None:
+            await self._fence(batch)
+        await self._write(batch)
 
     async def _send_rejects(self, batch: Batch) -> None:
         # ``dead_lettered`` advances per acknowledged send, so a retry after a
@@ -92,25 +123,7 @@ class BatchProcessor:
             batch.dead_lettered += 1
             self._metrics.dead_lettered.inc()
 
-    async def _write(self, batch: Batch) -> None:
-        started = time.perf_counter()
-        result = await self._store.insert(batch.documents)
-        self._metrics.write_seconds.observe(time.perf_counter() - started)
-        self._metrics.stored.inc(result.inserted)
-        self._metrics.duplicates.inc(result.duplicates)
-        if result.conflicts:
-            sources = _sources(batch)
-            for doc in result.conflicts:
-                batch.rejects.append((sources[id(doc)], DUPLICATE_ID_CONFLICT))
-            self._metrics.duplicate_id_conflicts.inc(len(result.conflicts))
-            log.warning(
-                "%d event(s) reuse an id of their tenant with different content: dead-lettered",
-                len(result.conflicts),
-            )
-
-    async def _with_retry(
-        self, what: str, step: Callable[[Batch], Awaitable[None]], batch: Batch
-    ) -> None:
+    async def _with_retry(self, what: str, step: Step, batch: Batch) -> None:
         started = self._clock()
         attempt = 0
         while True:
@@ -125,16 +138,3 @@ class BatchProcessor:
                 delay = self._retry.delay(attempt)
                 log.warning("%s failed (attempt %d, retry in %.2fs): %s", what, attempt, delay, exc)
                 await self._sleep(delay)
-
-
-def _sources(batch: Batch) -> dict[int, Record]:
-    """``id(document) -> record`` it was decoded from.
-
-    ``decode_batch`` turns every record, in order, into either one document or
-    one reject, so the documents pair up with the records that were not rejected.
-    """
-    rejected = {id(record) for record, _ in batch.rejects}
-    accepted = [r for r in batch.records if id(r) not in rejected]
-    if len(accepted) != len(batch.documents):
-        raise RuntimeError("documents do not pair up with the batch's records")
-    return {id(doc): record for doc, record in zip(batch.documents, accepted, strict=True)}

@@ -21,14 +21,48 @@ class Record:
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What Step 5 (seal + ordered insert) did with a batch's documents."""
+
+    inserted: int
+    duplicates: int
+    # Positions (in the list given to the writer) of the documents not stored
+    # because their tenant already holds an event with that id and another content.
+    conflicts: tuple[int, ...] = ()
+    # The chain head (seq, hash) of every tenant the documents belong to, after the write.
+    heads: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class Batch:
-    """Records flushed together; carries the offsets it may commit once stored."""
+    """Records flushed together, and what each step found out about them.
+
+    Carries the offsets it may commit once stored (:meth:`committable`). The
+    steps (docs/processor.md, "Steps") fill it in order: decode (Step 2) pairs
+    every stored-to-be document with the record it came from (``accepted``) or
+    gives the record a reason (``rejects``); the write (Step 5) sets ``written``
+    and adds its conflicts to ``rejects``; applying control events (Step 6)
+    collects the targets they changed (``changed``), whose scopes the
+    invalidation (Step 9) bumps with the batch's own.
+    """
 
     records: list[Record]
-    documents: list[dict[str, Any]] = field(default_factory=list)
+    accepted: list[tuple[Record, dict[str, Any]]] = field(default_factory=list)
     rejects: list[tuple[Record, str]] = field(default_factory=list)
-    dead_lettered: int = 0
+    dead_lettered: int = 0  # of ``rejects``, how many the DLQ acknowledged (Steps 3 and 8)
+    written: WriteResult | None = None
+    changed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def documents(self) -> list[dict[str, Any]]:
+        """The decoded documents, in record order (conflicts included)."""
+        return [doc for _, doc in self.accepted]
+
+    def stored_documents(self) -> list[dict[str, Any]]:
+        """The decoded documents that are stored now (all but the write's conflicts)."""
+        conflicts = set(self.written.conflicts) if self.written is not None else set()
+        return [doc for i, (_, doc) in enumerate(self.accepted) if i not in conflicts]
 
     def committable(self) -> dict[tuple[str, int], int]:
         """``{(topic, partition): next_offset}`` covering every record of the batch."""

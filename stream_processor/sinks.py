@@ -1,16 +1,16 @@
-"""Step 4+5: the MongoDB writer and the Redis cache-generation bumper.
+"""The I/O behind Steps 3, 8 and 9: dead-letter records and the Redis invalidator.
 
-Small interfaces (``Store``, ``Invalidator``, ``DeadLetters``); the store is
-:class:`stream_processor.chain.ChainedStore`, the others have their real
-implementation beside them. Unit tests may pass fakes, integration tests use
-the real servers.
+Small interfaces (``Invalidator``, ``DeadLetters``) with their real
+implementation beside them: :class:`RedisInvalidator` (Step 9,
+stream_processor/invalidate.py) and the dead-letter record format that
+``app.FaustDeadLetters`` publishes (Steps 3 and 8, stream_processor/pipeline.py).
+Unit tests may pass fakes, integration tests use the real servers.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -26,30 +26,6 @@ from audit_events.cache_keys import (
 from audit_events.notify import stored_channel
 from stream_processor.records import Record
 
-DUPLICATE_KEY = 11000
-DUPLICATE_ID_CONFLICT = "duplicate id with different content"
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    inserted: int
-    duplicates: int
-    # Documents (the very objects passed to ``insert``) not stored because their
-    # tenant already holds an event with the same id and a different content.
-    conflicts: tuple[dict[str, Any], ...] = ()
-
-
-class Store(Protocol):
-    async def insert(self, documents: list[dict[str, Any]]) -> WriteResult:
-        """Insert-only write of ``documents``; returns once durable.
-
-        An event whose (tenant, id) is already stored with the same content is a
-        duplicate (redelivery: counted, changes nothing); with a different
-        content it is a conflict, returned for the caller to dead-letter. Raises
-        on any other error; the caller then retries the whole batch, which is
-        safe because it is idempotent.
-        """
-
 
 class Invalidator(Protocol):
     async def bump(self, documents: list[dict[str, Any]]) -> None:
@@ -59,20 +35,6 @@ class Invalidator(Protocol):
 class DeadLetters(Protocol):
     async def send(self, record: Record, reason: str) -> None:
         """Publish ``record`` with ``reason``; returns once the broker acknowledged."""
-
-
-def is_duplicate_id(error: dict[str, Any]) -> bool:
-    """A write error that means "this (tenant, id) is already stored".
-
-    Whether it is a redelivery or a conflict depends on the stored content hash.
-    A duplicate key on any *other* unique index is a real conflict and fails the batch.
-    """
-    if error.get("code") != DUPLICATE_KEY:
-        return False
-    pattern = error.get("keyPattern")
-    if pattern is not None:
-        return dict(pattern) == {"_id": 1}
-    return " index: _id_ " in str(error.get("errmsg", ""))
 
 
 class RedisInvalidator:

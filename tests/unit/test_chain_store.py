@@ -1,4 +1,5 @@
-"""ChainedStore's duplicate-key recovery, against a small in-memory collection.
+"""Step 5 (``ChainWriter``: seal + ordered insert) and its duplicate-key recovery,
+against a small in-memory collection; with Step 6 for conflicting control events.
 
 A duplicate ``_id`` (= tenant/id) is a redelivery when the stored content hash
 is the same, a conflict (returned for the DLQ, never stored, never applied) when
@@ -14,10 +15,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo.errors import BulkWriteError
 
-from audit_events.chain import CORRECTED_ACTION, key_id, public_key_b64, sign_control
+from audit_events.chain import CORRECTED_ACTION, key_id, links, public_key_b64, sign_control
 from audit_events.codec import event_to_document
 from audit_events.schema import AuditEvent
-from stream_processor.chain import ChainedStore, OldLayout, check_layout
+from stream_processor.chain import ChainWriter, OldLayout, Write, check_layout
+from stream_processor.control import ApplyControls, ControlApplier
+from stream_processor.records import Batch, Record
 
 pytestmark = pytest.mark.unit
 
@@ -43,15 +46,33 @@ def _matches(stored: dict[str, Any], query: dict[str, Any]) -> bool:
     return True
 
 
+class _Admin:
+    async def command(self, name: str) -> dict[str, Any]:
+        assert name == "buildInfo"
+        return {"secantusVersion": "fake"}  # the store paths of the dev server
+
+
+class _Client:
+    admin = _Admin()
+
+
+class _Database:
+    def __init__(self) -> None:
+        self.client = _Client()
+
+
 class FakeEvents:
     """Unique ``_id`` and unique ``(tenant, seq)``, ordered inserts, point/range reads."""
 
     def __init__(self) -> None:
         self.docs: list[dict[str, Any]] = []
         self.updates: list[dict[str, Any]] = []
+        self.database = _Database()
+        self.inserts = 0  # insert_many calls
 
     async def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> None:
         assert ordered
+        self.inserts += 1
         for index, new in enumerate(documents):
             for old in self.docs:
                 if old["_id"] == new["_id"]:
@@ -91,22 +112,70 @@ class FakeEvents:
         return next(d for d in self.docs if d["_id"] == key)
 
 
+def batch_of(documents: list[dict[str, Any]]) -> Batch:
+    """A batch whose documents were decoded from records at offsets 0, 1, ..."""
+    records = [Record("t", 0, i, 0, None, b"") for i in range(len(documents))]
+    return Batch(records, accepted=list(zip(records, documents, strict=True)))
+
+
 async def test_same_tenant_and_id_other_content_is_a_conflict_and_the_chain_goes_on() -> None:
     events = FakeEvents()
-    store = ChainedStore(events)  # type: ignore[arg-type]
+    store = ChainWriter(events)  # type: ignore[arg-type]
     assert (await store.insert([doc("a"), doc("b")])).inserted == 2
     other, same, nxt = doc("a", action="invoice.delete"), doc("a"), doc("c")
     result = await store.insert([other, same, nxt])
     assert (result.inserted, result.duplicates) == (1, 1)
-    assert result.conflicts == (other,)  # the very document, for the pipeline's DLQ
+    assert result.conflicts == (0,)  # its position, for the pipeline's DLQ
     assert events.by_key("acme/a")["action"] == "invoice.update"  # unchanged
     assert [(d["id"], d["seq"]) for d in events.docs] == [("a", 1), ("b", 2), ("c", 3)]
     assert events.by_key("acme/c")["hash"] == nxt["hash"]
+    assert result.heads == {"acme": (3, nxt["hash"])}
+
+
+async def test_a_duplicate_id_with_the_same_content_is_skipped_and_keeps_its_seq() -> None:
+    events = FakeEvents()
+    store = ChainWriter(events)  # type: ignore[arg-type]
+    await store.insert([doc("a"), doc("b")])
+    first_hash = events.by_key("acme/a")["hash"]
+    again, new = doc("a"), doc("c")  # a redelivery of a, then a new event
+    result = await store.insert([again, new])
+    assert (result.inserted, result.duplicates, result.conflicts) == (1, 1, ())
+    assert [(d["id"], d["seq"]) for d in events.docs] == [("a", 1), ("b", 2), ("c", 3)]
+    assert events.by_key("acme/a")["hash"] == first_hash  # the stored event is untouched
+    assert events.inserts == 3  # one failed at a, one with the rest (c re-sealed)
+
+
+async def test_a_duplicate_seq_derives_the_head_again_not_the_id_path() -> None:
+    events = FakeEvents()
+    store = ChainWriter(events)  # type: ignore[arg-type]
+    await store.insert([doc("a")])
+    # Another writer stored b at seq 2 behind this writer's back.
+    other_head = "ab" * 32
+    events.docs.append({**doc("b"), "seq": 2, "hash": other_head})
+    result = await store.insert([doc("c"), doc("d")])
+    assert (result.inserted, result.duplicates, result.conflicts) == (2, 0, ())
+    assert [(d["id"], d["seq"]) for d in events.docs] == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+    c = events.by_key("acme/c")
+    assert links(other_head, c["content_hash"], c)  # chained onto the other writer's head
+    assert result.heads == {"acme": (4, events.by_key("acme/d")["hash"])}
+
+
+async def test_write_step_dead_letters_a_conflict_with_the_record_it_came_from() -> None:
+    events = FakeEvents()
+    write = Write(ChainWriter(events))  # type: ignore[arg-type]
+    await write(batch_of([doc("a")]))
+    batch = batch_of([doc("b"), doc("a", action="invoice.delete"), doc("c")])
+    await write(batch)
+    assert batch.written is not None and batch.written.conflicts == (1,)
+    assert [(r.offset, reason) for r, reason in batch.rejects] == [
+        (1, "duplicate id with different content")
+    ]
+    assert [d["id"] for d in batch.stored_documents()] == ["b", "c"]
 
 
 async def test_the_same_id_in_another_tenant_is_its_own_event() -> None:
     events = FakeEvents()
-    store = ChainedStore(events)  # type: ignore[arg-type]
+    store = ChainWriter(events)  # type: ignore[arg-type]
     await store.insert([doc("order-123")])
     result = await store.insert([doc("order-123", tenant="globex")])
     assert (result.inserted, result.duplicates, result.conflicts) == (1, 0, ())
@@ -118,9 +187,9 @@ async def test_the_same_id_in_another_tenant_is_its_own_event() -> None:
 
 async def test_a_stale_head_re_seals_after_a_duplicate_seq() -> None:
     events = FakeEvents()
-    store = ChainedStore(events)  # type: ignore[arg-type]
+    store = ChainWriter(events)  # type: ignore[arg-type]
     await store.insert([doc("a")])  # the store caches acme's head at seq 1
-    writer = ChainedStore(events)  # type: ignore[arg-type]
+    writer = ChainWriter(events)  # type: ignore[arg-type]
     await writer.insert([doc("b")])  # another writer takes seq 2
     result = await store.insert([doc("c")])  # first try collides on (acme, 2)
     assert (result.inserted, result.duplicates, result.conflicts) == (1, 0, ())
@@ -148,13 +217,18 @@ async def test_a_conflicting_control_event_is_not_applied() -> None:
     key = Ed25519PrivateKey.generate()
     events = FakeEvents()
     keys = {key_id(public_key_b64(key)): key.public_key()}
-    store = ChainedStore(events, control_keys=keys)  # type: ignore[arg-type]
-    await store.insert([doc("a"), signed_control(key, "x.y")])
+    write = Write(ChainWriter(events))  # type: ignore[arg-type]
+    controls = ApplyControls(ControlApplier(events, keys))  # type: ignore[arg-type]
+    first = batch_of([doc("a"), signed_control(key, "x.y")])
+    await write(first)
+    await controls(first)
     applied = len(events.updates)
     assert applied == 1  # the stored control event was applied
     other = signed_control(key, "evil.z")  # authentic, but its id is taken in acme
-    result = await store.insert([other])
-    assert result.conflicts == (other,)
+    second = batch_of([other])
+    await write(second)
+    await controls(second)
+    assert second.written is not None and second.written.conflicts == (0,)
     assert len(events.updates) == applied  # the conflicting control event changed nothing
 
 

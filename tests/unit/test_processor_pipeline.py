@@ -18,12 +18,14 @@ from audit_events.cache_keys import generation_keys
 from audit_events.chain import document_content_hash
 from audit_events.schema import Limits
 from stream_processor.batching import BatchLoop
+from stream_processor.chain import Write
+from stream_processor.fence import SwapInProgress
 from stream_processor.flush import FlushPolicy
+from stream_processor.invalidate import Invalidate
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
-from stream_processor.records import Record
+from stream_processor.records import Batch, Record, WriteResult
 from stream_processor.retry import RetryPolicy
-from stream_processor.sinks import WriteResult
 
 pytestmark = pytest.mark.unit
 
@@ -44,10 +46,10 @@ def rec(offset: int, value: bytes | None = None, partition: int = 0) -> Record:
 
 
 class MemoryStore:
-    """Insert-only by ``_id`` (tenant/id), like ChainedStore; can be told to fail N times.
+    """Insert-only by ``_id`` (tenant/id), like ChainWriter; can be told to fail N times.
 
     A second document with a stored ``_id`` is a duplicate when its content is
-    the same, else a conflict (returned, like ChainedStore does).
+    the same, else a conflict (returned by position, like ChainWriter does).
     """
 
     def __init__(self, failures: int = 0) -> None:
@@ -62,7 +64,7 @@ class MemoryStore:
             raise ConnectionError("store down")
         inserted = duplicates = 0
         conflicts = []
-        for doc in documents:
+        for index, doc in enumerate(documents):
             stored = self.docs.get(doc["_id"])
             if stored is None:
                 self.docs[doc["_id"]] = dict(doc)
@@ -70,7 +72,7 @@ class MemoryStore:
             elif document_content_hash(stored) == document_content_hash(doc):
                 duplicates += 1
             else:
-                conflicts.append(doc)
+                conflicts.append(index)
         return WriteResult(inserted, duplicates, tuple(conflicts))
 
     def ids(self) -> list[str]:
@@ -134,14 +136,15 @@ def processor(
     metrics: ProcessorMetrics | None = None,
     give_up_after: float = 10.0,
 ) -> BatchProcessor:
+    metrics = metrics or ProcessorMetrics()
     return BatchProcessor(
-        store,
-        invalidator or Invalidator(),
+        Write(store, metrics),
+        Invalidate(invalidator or Invalidator(), metrics),
         dlq or DeadLetters(),
         limits=Limits(),
         max_event_bytes=4096,
         retry=RetryPolicy(initial_delay=1.0, max_delay=4.0, give_up_after=give_up_after),
-        metrics=metrics or ProcessorMetrics(),
+        metrics=metrics,
         clock=clock,
         sleep=clock.sleep,
     )
@@ -364,3 +367,87 @@ async def test_a_conflict_that_cannot_be_dead_lettered_commits_nothing() -> None
     with pytest.raises(BatchFailed, match="dead-letter failed"):
         await loop.run()
     assert committer.commits == []
+
+
+async def test_every_write_attempt_checks_the_fence_first() -> None:
+    clock, store = Clock(), MemoryStore(failures=1)
+    order: list[str] = []
+
+    async def fence(batch: Batch) -> None:
+        order.append("fence")
+        if order.count("fence") == 1:
+            raise SwapInProgress("replay is swapping collections; retrying")
+
+    class Recording(MemoryStore):
+        async def insert(self, documents: list[dict[str, Any]]) -> WriteResult:
+            order.append("write")
+            return await store.insert(documents)
+
+    proc = BatchProcessor(
+        Write(Recording()),
+        Invalidate(Invalidator()),
+        DeadLetters(),
+        fence=fence,
+        limits=Limits(),
+        max_event_bytes=4096,
+        retry=RetryPolicy(initial_delay=1.0, max_delay=4.0, give_up_after=10.0),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    await proc.process([rec(0)])
+    # fenced, then a failing write, then both again: the fence is asked before each write
+    assert order == ["fence", "fence", "write", "fence", "write"]
+    assert clock.slept == [1.0, 2.0] and store.ids() == ["e-0-0"]
+
+
+async def test_steps_run_in_order_and_control_targets_are_invalidated_with_the_batch() -> None:
+    clock, store, invalidator = Clock(), MemoryStore(), Invalidator()
+    order: list[str] = []
+
+    async def fence(batch: Batch) -> None:
+        order.append("fence")
+
+    async def controls(batch: Batch) -> None:
+        order.append("controls")
+        assert batch.written is not None  # after the write
+        batch.changed.append({"tenant": "acme", "targets": [{"type": "order", "id": "9"}]})
+
+    async def checkpoint(batch: Batch) -> None:
+        order.append("checkpoint")
+
+    class Dlq(DeadLetters):
+        async def send(self, record: Record, reason: str) -> None:
+            order.append("dead-letter")
+            await super().send(record, reason)
+
+    class Bump(Invalidator):
+        async def bump(self, documents: list[dict[str, Any]]) -> None:
+            order.append("invalidate")
+            await invalidator.bump(documents)
+
+    first = rec(0)
+    proc = BatchProcessor(
+        Write(store),
+        Invalidate(Bump()),
+        Dlq(),
+        fence=fence,
+        controls=controls,
+        checkpoint=checkpoint,
+        limits=Limits(),
+        max_event_bytes=4096,
+        retry=RetryPolicy(),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    await proc.process([first, rec(1, b"{nope"), same_id(first, 2, action="invoice.delete")])
+    assert order == [
+        "dead-letter",  # Step 3: the undecodable record
+        "fence",
+        "controls",
+        "checkpoint",
+        "dead-letter",  # Step 8: the conflict, after the write
+        "invalidate",  # Step 9, once
+    ]
+    changed = {"tenant": "acme", "targets": [{"type": "order", "id": "9"}]}
+    decoded = [{"tenant": "acme", "targets": [{"type": "invoice", "id": "0"}]}]
+    assert invalidator.bumped == [generation_keys("test", [*decoded, changed])]
