@@ -569,6 +569,11 @@ async def test_admin_history_view_reads_the_query_api(
             in (rows[0][3])
         ), rows
 
+        # An object that no longer exists (or never did): its history page still renders.
+        missing = await asyncio.to_thread(admin.get, "/admin/shop/invoice/99999/history/")
+        assert missing.status_code == 200 and "No audit events for this object." in missing.text
+        assert "99999 (deleted)" in missing.text
+
         live.stop()  # the API is gone: the admin page still answers, and says why
         gone = await asyncio.to_thread(admin.get, f"/admin/shop/invoice/{invoice}/history/")
         assert gone.status_code == 200 and 'id="auditstream-error"' in gone.text, gone.text
