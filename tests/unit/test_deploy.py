@@ -999,7 +999,7 @@ def test_alert_rules_use_metrics_that_exist() -> None:
     assert len(exprs) >= 10
     source = "".join(
         p.read_text(encoding="utf-8")
-        for folder in ("stream_processor", "query_api")
+        for folder in ("stream_processor", "query_api", "auditstream")
         for p in (ROOT / folder).rglob("*.py")
     )
     defined = set(re.findall(r'"(auditstream_[a-z_]+)"', source))
@@ -1026,3 +1026,46 @@ def test_api_metrics_are_served_off_the_public_port() -> None:
     assert all(str(port) not in p for p in compose_api["ports"]), "not published"
     dockerfile = DOCKERFILE.read_text(encoding="utf-8")
     assert f"AUDITSTREAM_API_METRICS_PORT={port}" in dockerfile
+
+
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+
+@pytest.mark.unit
+def test_alert_rules_cover_the_issue_21_list_and_are_well_formed() -> None:
+    """Consumer lag, DLQ rate, archive lag, checkpoint age, verify failures: each a rule."""
+    rules = [r for g in yaml.safe_load(ALERTS.read_text("utf-8"))["groups"] for r in g["rules"]]
+    by_name = {r["alert"]: r for r in rules}
+    assert len(by_name) == len(rules), "alert names are unique"
+    for name, metric in {
+        "AuditstreamConsumerLagHigh": "auditstream_consumer_lag",
+        "AuditstreamDeadLetters": "auditstream_events_dead_lettered_total",
+        "AuditstreamArchiveLag": "auditstream_archive_lag_records",
+        "AuditstreamCheckpointAgeHigh": "auditstream_checkpoint_pending_age_seconds",
+        "AuditstreamNoCheckpointWhileStoring": "auditstream_checkpoint_last_success_timestamp",
+        "AuditstreamVerifyFailed": "auditstream_verify_failures_total",
+        "AuditstreamScheduledVerifyFailed": "auditstream_verify_failed_chains",
+    }.items():
+        assert metric in by_name[name]["expr"], name
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        expr = rule["expr"]
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+
+
+@pytest.mark.unit
+def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
+    """``promtool check rules`` and the rule unit tests in alerts_test.yml (Debian's
+    ``prometheus`` package has promtool; skipped where it is not installed)."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    for args in (["check", "rules", str(ALERTS)], ["test", "rules", "alerts_test.yml"]):
+        out = subprocess.run(
+            [promtool, *args], capture_output=True, text=True, timeout=60, cwd=ALERTS.parent
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
