@@ -1069,3 +1069,65 @@ def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
             [promtool, *args], capture_output=True, text=True, timeout=60, cwd=ALERTS.parent
         )
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+DATA_DIR = K8S_DIR / "data"
+
+
+def _data_docs(name: str) -> list[dict[str, Any]]:
+    docs = yaml.safe_load_all((DATA_DIR / name).read_text(encoding="utf-8"))
+    return [d for d in docs if d is not None]
+
+
+@pytest.mark.unit
+def test_k8s_data_services_match_what_auditstream_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strimzi Kafka, the MongoDB Community replica set and Redis (deploy/k8s/data/)."""
+    (config,) = _k8s("ConfigMap")
+    kafka_docs = _data_docs("kafka-strimzi.yaml")
+    (kafka,) = [d for d in kafka_docs if d["kind"] == "Kafka"]
+    (pool,) = [d for d in kafka_docs if d["kind"] == "KafkaNodePool"]
+    broker = kafka["spec"]["kafka"]["config"]
+    replication = int(config["data"]["AUDITSTREAM_KAFKA_REPLICATION"])
+    assert pool["spec"]["replicas"] >= replication == broker["default.replication.factor"]
+    assert broker["auto.create.topics.enable"] is False
+    assert broker["unclean.leader.election.enable"] is False
+    secret = _role_secret("topics")["stringData"]
+    settings = _settings_from(_with_real_secret({**config["data"], **secret}), monkeypatch)
+    for spec in topic_specs(settings):  # the Job's topics agree with the brokers' floor
+        assert int(spec.configs["min.insync.replicas"]) == broker["min.insync.replicas"] == 2
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    assert listener["tls"] is True and listener["authentication"]["type"] == "scram-sha-512"
+    assert listener["port"] in _ports(_policy("auditstream-processor")["spec"]["egress"])
+    users = {d["metadata"]["name"]: d for d in kafka_docs if d["kind"] == "KafkaUser"}
+    assert set(users) == {f"auditstream-{role}" for role in ROLES}
+
+    def may(user: str, operation: str, topic: str) -> bool:
+        acls = users[user]["spec"]["authorization"]["acls"]
+        return any(
+            a["resource"].get("name") == topic and operation in a["operations"] for a in acls
+        )
+
+    events, checkpoints = "audit.events", "audit.checkpoints"
+    assert may("auditstream-api", "Write", events) and may("auditstream-processor", "Read", events)
+    assert may("auditstream-processor", "Write", checkpoints)
+    for user in ("auditstream-api", "auditstream-archiver", "auditstream-topics"):
+        assert not may(user, "Write", checkpoints), f"{user} must not write checkpoints"
+    assert not may("auditstream-processor", "Write", events)
+
+    (mongo,) = _data_docs("mongodb-community.yaml")
+    assert mongo["spec"]["members"] >= 3 and mongo["spec"]["type"] == "ReplicaSet"
+    labels = mongo["spec"]["statefulSet"]["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "mongodb"  # the NetworkPolicy's selector
+    assert {u["name"] for u in mongo["spec"]["users"]} == {
+        "auditstream-api",
+        "auditstream-processor",
+    }
+
+    (redis,) = [d for d in _data_docs("redis.yaml") if d["kind"] == "Deployment"]
+    pod = redis["spec"]["template"]
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "redis"
+    args = pod["spec"]["containers"][0]["args"]
+    flags = dict(zip(args[1::2], args[2::2], strict=True))
+    assert flags["--save"] == "" and flags["--appendonly"] == "no"
+    assert flags["--maxmemory-policy"] in ("volatile-lru", "allkeys-lru")
+    assert redis["spec"]["replicas"] == 1, "no failover onto asynchronously replicated replicas"
