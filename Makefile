@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit integration bench clean lock
+.PHONY: run test test-fast test-resilience lint typecheck unit integration bench clean lock
 
 $(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -36,8 +36,16 @@ unit: $(DEV_STAMP)
 integration: $(DEV_STAMP)
 	$(BIN)/pytest -m integration -q
 
+# The full gate: everything but `slow`. CI (.ci/run) runs the same set as two steps,
+# test-fast then test-resilience; while coding, `make test-fast` (under 3 min).
 test: $(DEV_STAMP) lint typecheck
 	$(BIN)/pytest -q -m "not slow"
+
+test-fast: $(DEV_STAMP)
+	$(BIN)/pytest -q -m "not slow and not resilience"
+
+test-resilience: $(DEV_STAMP)
+	$(BIN)/pytest -q -m "resilience and not slow"
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py

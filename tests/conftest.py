@@ -154,3 +154,21 @@ def processors(
     yield make
     for proc in started:
         proc.kill()
+
+
+# Long scenarios (crashed and restarted workers, store/broker outages, supervised `up`
+# stacks, browsers, fuzzers, thousands of events through the whole pipeline) carry the
+# `resilience` marker: `make test-fast` leaves them out, `make test-resilience` runs only
+# them, `make test` and CI run both (CI as two steps). Listed here by module file name
+# (None = every test of the module) or by test function name, so a module keeps its mark
+# wherever it lives; each entry's measured time is in the commit that added it.
+RESILIENCE: dict[str, set[str] | None] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name not in RESILIENCE:
+            continue
+        names = RESILIENCE[item.path.name]
+        if names is None or getattr(item, "originalname", item.name) in names:
+            item.add_marker(pytest.mark.resilience)

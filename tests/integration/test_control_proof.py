@@ -20,21 +20,10 @@ from quart.typing import TestClientProtocol as Client
 from audit_events import chain
 from audit_events.settings import AuditSettings
 from tests.conftest import ProcessorProcess
-from tests.integration.conftest import eventually
+from tests.helpers import event_body, eventually
 
 pytestmark = pytest.mark.integration
 ADMIN = "events:read events:write events:admin"
-
-
-def event(event_id: str, tenant: str = "acme") -> dict[str, Any]:
-    return {
-        "id": event_id,
-        "tenant": tenant,
-        "action": "invoice.update",
-        "actor": {"id": "alice"},
-        "targets": [{"type": "invoice", "id": event_id}],
-        "description": f"updated {event_id}",
-    }
 
 
 async def produce(settings: AuditSettings, values: list[dict[str, Any]]) -> None:
@@ -86,7 +75,9 @@ async def test_forged_control_events_from_a_plain_producer_are_dead_lettered(
 ) -> None:
     processors()
     resp = await client.post(
-        "/v1/events", json={"events": [event("f-000"), event("f-001")]}, headers=auth()
+        "/v1/events",
+        json={"events": [event_body(id="f-000"), event_body(id="f-001")]},
+        headers=auth(),
     )
     assert resp.status_code == 202
     await wait_stored(store, "acme", "f-001")
@@ -126,7 +117,7 @@ async def test_forged_control_events_from_a_plain_producer_are_dead_lettered(
             "targets": target,
         },
     ]
-    await produce(settings, [*forged, event("sentinel")])
+    await produce(settings, [*forged, event_body(id="sentinel")])
     await wait_stored(store, "acme", "sentinel")
 
     got = await client.get("/v1/events/f-000", headers=auth())
@@ -148,7 +139,7 @@ async def test_api_issued_control_events_carry_a_proof_and_apply(
     settings: AuditSettings,
 ) -> None:
     processors()
-    events = [event("g-000"), event("g-001"), event("g-000", "beta")]
+    events = [event_body(id="g-000"), event_body(id="g-001"), event_body(tenant="beta", id="g-000")]
     resp = await client.post("/v1/events", json={"events": events[:2]}, headers=auth())
     assert resp.status_code == 202
     resp = await client.post("/v1/events", json=events[2], headers=auth("beta"))
@@ -175,7 +166,7 @@ async def test_api_issued_control_events_carry_a_proof_and_apply(
 
     # the same signed erasure, replayed into tenant beta (same target id there)
     stolen = {**fields, "tenant": "beta", "occurred_at": fields["occurred_at"].isoformat()}
-    await produce(settings, [stolen, event("sentinel", "beta")])
+    await produce(settings, [stolen, event_body(tenant="beta", id="sentinel")])
     await wait_stored(store, "beta", "sentinel")
     assert (await client.get("/v1/events/g-000", headers=auth("beta"))).status_code == 200
     assert not await stored(store, "beta", str(fields["id"]))
@@ -209,7 +200,10 @@ async def test_replay_applies_only_authentic_control_events(
         return event_wire_dict(event)
 
     signed = chain.sign_control(chain.load_private_key(CONTROL_PRIVATE), erasure("ok", "r-000"))
-    await produce(settings, [event("r-000"), event("r-001"), erasure("forged", "r-001"), signed])
+    await produce(
+        settings,
+        [event_body(id="r-000"), event_body(id="r-001"), erasure("forged", "r-001"), signed],
+    )
     result = await Replayer(settings, archive=False, grace_seconds=0.2).run(swap=False)
     assert (result.records, result.inserted, result.rejected) == (4, 3, 1)
     rebuilt = store.database[REPLAY_COLLECTION]

@@ -23,7 +23,7 @@ from audit_events.storage import CHECKPOINTS_COLLECTION
 from query_api.state import api_state
 from query_api.verify import gather_checkpoints, verify_tenant
 from tests.conftest import ProcessorProcess
-from tests.integration.conftest import eventually
+from tests.helpers import event_body, eventually
 
 pytestmark = pytest.mark.integration
 KEYS = [chain.generate_keypair() for _ in range(3)]  # (private, public) of keys 1, 2, 3
@@ -42,20 +42,6 @@ def settings(settings: AuditSettings) -> AuditSettings:
     )
 
 
-def _events(prefix: str, n: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"{prefix}-{i:03d}",
-            "tenant": "acme",
-            "action": "invoice.update",
-            "actor": {"id": f"user{i % 3}"},
-            "targets": [{"type": "invoice", "id": str(i)}],
-            "changes": {"total": {"old": i, "new": i + 1}},
-        }
-        for i in range(n)
-    ]
-
-
 async def test_a_chain_signed_under_three_keys_verifies_whole(
     client: Client,
     auth: Callable[..., dict[str, str]],
@@ -70,7 +56,7 @@ async def test_a_chain_signed_under_three_keys_verifies_whole(
             AUDITSTREAM_CHECKPOINT_SIGNING_KEY=private,
             AUDITSTREAM_CHECKPOINT_PUBLIC_KEY=public,  # the processor's own key
         )
-        events = _events(f"k{n}", 5)
+        events = [event_body(i, id=f"k{n}-{i:03d}") for i in range(5)]
         resp = await client.post("/v1/events", json={"events": events}, headers=auth())
         assert resp.status_code == 202
         total += len(events)
@@ -142,7 +128,8 @@ async def test_verify_says_when_chains_are_unsigned(
     )
     api_state(api).settings = unkeyed
     client = api.test_client()
-    resp = await client.post("/v1/events", json={"events": _events("u", 3)}, headers=auth())
+    events = [event_body(i, id=f"u-{i:03d}") for i in range(3)]
+    resp = await client.post("/v1/events", json={"events": events}, headers=auth())
     assert resp.status_code == 202
 
     async def stored() -> bool:
