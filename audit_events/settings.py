@@ -311,6 +311,23 @@ class AuditSettings(BaseSettings):
         86_400, ge=0, description="After a secret rotation the previous one signs this long too."
     )
 
+    # --- Masking before storage (helper H10, issue 17; docs/masking.md) -------
+    masking_secret: SecretStr | None = Field(
+        None,
+        description="Processor role: the secret per-tenant HMAC keys of `hash` rules are"
+        " derived from (HKDF-SHA256); unset: `hash` rules redact. Never change it once used.",
+    )
+    masking_cache_seconds: float = Field(
+        2.0, gt=0, le=60, description="How long the processor keeps a tenant's rules cached."
+    )
+    masking_delay_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="A rules change applies to events received this long after it is saved"
+        " (more than the cache time plus clock skew).",
+    )
+
     # --- Securing Kafka, MongoDB and Redis (helper K, issue 21 item 1) ----
     # Built into client keyword arguments by audit_events/connections.py.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
