@@ -2,11 +2,11 @@
 
 Base dependencies are what the SDK (``producers``) and the core (``audit_events``)
 need; each role adds its extra: ``processor``, ``api``, ``embedded`` (both
-services + the development servers, ``make run``), ``dev``. The real proof, a
-fresh virtualenv with ``pip install .``, is in docs (deploy/README.md,
-"Packaging"); these tests keep it true without a network: the SDK and the core
-import with the services' libraries blocked, and every import of a service is
-covered by base + its role's extra.
+services + the development servers, ``make run``), ``dev``. The real proof is a
+fresh virtualenv with ``pip install .`` (done by hand; ``deploy/check-locks.sh``
+does it per role); these tests keep it true without a network: the SDK and the
+core import with the services' libraries blocked, and every import of a service
+is covered by base + its role's extra.
 """
 
 from __future__ import annotations
