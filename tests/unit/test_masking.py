@@ -252,3 +252,29 @@ async def test_control_events_are_not_masked() -> None:
     await book.refresh({"acme": int(T0.timestamp() * 1000)})
     out = book.mask([control, plain])
     assert out[0] is control and out[1]["metadata"]["reason"] == MARKER
+
+
+# --- the SDK ------------------------------------------------------------------
+
+
+def test_sdk_masking_matches_the_processor_and_the_processor_keeps_it() -> None:
+    from producers.masking import ProducerMasking
+
+    spec = [
+        {"path": "metadata.user.email", "action": "hash"},
+        {"path": "context.ip", "action": "truncate_ip"},
+    ]
+    by_secret = ProducerMasking.for_tenants({"acme": spec}, secret=b"secret")
+    by_key = ProducerMasking.for_tenants({"*": {"rules": spec}}, keys={"acme": KEY.hex()})
+    ev = AuditEvent.model_validate(event())
+    sdk = by_secret.apply(ev)
+    assert by_key.apply(ev) == sdk
+    assert sdk.metadata["user"] == {"email": hash_value(KEY, "ann@example.com")}
+    assert sdk.context is not None and sdk.context.ip == "203.0.113.0"
+    # the processor, with the same rules and key, leaves the SDK's output as it is
+    processor = Masker(MaskingRules.model_validate({"rules": spec}), KEY)
+    doc = event_to_document(sdk, T0)
+    assert processor.apply(doc) is doc
+    assert processor.apply(event_to_document(ev, T0))["metadata"] == doc["metadata"]
+    other = AuditEvent.model_validate(event(tenant="globex"))
+    assert by_secret.apply(other) is other  # no rules for globex
