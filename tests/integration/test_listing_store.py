@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import IndexModel
+from pymongo import AsyncMongoClient, IndexModel, monitoring
 
-from audit_events.storage import EVENT_INDEXES
+from audit_events.settings import AuditSettings
+from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION
 from query_api.listing import index_equality, read_page, windows
 from query_api.query import encode_cursor, mongo_filter, parse_list_query, sort_spec
+from query_api.store import MongoEventStore
 from tests.helpers import T0, Store, make_event
 
 pytestmark = pytest.mark.integration
@@ -124,3 +126,63 @@ async def test_gte_on_a_descending_index_field(db: Store) -> None:
     assert {d["_id"] for d in docs_gt} == expected
     docs = await db.events.find({"tenant": "acme", "occurred_at": {"$gte": at}}).to_list()
     assert {d["_id"] for d in docs} <= expected  # SecantusDB: without the 3 equal to `at`
+
+
+class _Finds(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.finds: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.append({"filter": event.command["filter"], "sort": event.command["sort"]})
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+
+async def test_history_exports_and_the_as_of_fold_read_an_index_range(
+    db: Store, settings: AuditSettings
+) -> None:
+    """The data layer's history page, export and as-of fold (query_api/store.py) ask
+    only what an index answers (no ``erased`` clause), and answer what the plain
+    ``mongo_filter`` query answers."""
+    await seed(db)
+    finds = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, tz_aware=True, event_listeners=[finds]
+    )
+    try:
+        store = MongoEventStore(client[settings.mongo_db][EVENTS_COLLECTION])
+        target = {"target_type": "invoice", "target_id": "3"}
+        history = parse_list_query(support_args({**target, "order": "asc", "limit": "1000"}))
+        page = [d["_id"] for d in await store.history_page("acme", history)]
+        exported = [
+            d["_id"]
+            async for d in store.export(
+                "acme", parse_list_query(support_args({"actor": "bob"})), False
+            )
+        ]
+        since = parse_list_query(support_args({"since": "2026-01-01T00:00:10Z", "order": "asc"}))
+        exported_since = [d["_id"] async for d in store.export("acme", since, True)]
+        state = await store.state_as_of("acme", "invoice", "3", T0 + timedelta(days=1))
+    finally:
+        await client.close()
+
+    async def plain(params: dict[str, str], include_erased: bool = False) -> list[str]:
+        where = mongo_filter("acme", parse_list_query(support_args(params)))
+        if include_erased:
+            where.pop("erased")
+        order = params.get("order", "desc")
+        return [d["_id"] async for d in db.events.find(where).sort(sort_spec(order))]
+
+    assert page == await plain({**target, "order": "asc"}) and page
+    assert exported == await plain({"actor": "bob"}) and exported
+    assert exported_since == await plain({"since": "2026-01-01T00:00:10Z", "order": "asc"}, True)
+    assert len(exported_since) > 3  # the events at the since bound too ($gt, not $gte)
+    assert state["events_applied"] == len(page)
+    assert finds.finds and all("erased" not in str(f["filter"]) for f in finds.finds)
+    for find in finds.finds:
+        plan = await db.events.find(find["filter"]).sort(list(find["sort"].items())).explain()
+        winning = str(plan["queryPlanner"]["winningPlan"])
+        assert "COLLSCAN" not in winning and "IXSCAN" in winning, (find, plan)
