@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ProcessorProcess
+from tests.helpers import eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +45,12 @@ def test_a_real_worker_is_live_ready_and_answers_404_elsewhere(
         AUDITSTREAM_PROCESSOR_METRICS_PORT=str(port), AUDITSTREAM_PROCESSOR_LIVENESS_SECONDS="3"
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    ready: tuple[int, dict[str, Any]] = (0, {})
-    while time.monotonic() < deadline:
-        ready = _get(base + "/readyz")
-        if ready[0] == 200:
-            break
-        time.sleep(0.3)
+
+    def ready_200() -> tuple[int, dict[str, Any]] | None:
+        got = _get(base + "/readyz")
+        return got if got[0] == 200 else None
+
+    ready = eventually_sync(ready_200, 60, 0.3, what="/readyz answers 200")
     assert ready == (
         200,
         {"status": "ready", "checks": {"consumer_group": True, "store": True}, "down": []},
