@@ -25,14 +25,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from audit_events.chain import RESERVED_ACTION_PREFIX
-from audit_events.masking import Masker, MaskingRule, as_ms, tenant_key
-from stream_processor.records import Batch
+from audit_events.chain import RESERVED_ACTION_PREFIX, document_content_hash, event_fields
+from audit_events.codec import encode_event
+from audit_events.masking import MASKING_COLLECTION, Masker, MaskingRule, as_ms, tenant_key
+from audit_events.schema import AuditEvent, Limits, limits_from
+from stream_processor.decode import decode
+from stream_processor.records import Batch, Record
 
 log = logging.getLogger("auditstream.processor.masking")
+# Masking may lengthen a value (a hash is 37 characters): the masked copy of an
+# accepted event is not held to the size limits again.
+NO_LIMITS = Limits(max_metadata_bytes=2**62, max_metadata_depth=2**30)
 Step = Callable[[Batch], Awaitable[None]]
 # tenants -> their stored versions (any order)
 Load = Callable[[list[str]], Awaitable[list[dict[str, Any]]]]
@@ -119,7 +125,11 @@ class RuleCache:
             masker = None
             if not str(doc.get("action", "")).startswith(RESERVED_ACTION_PREFIX):
                 masker = self.masker(str(doc["tenant"]), as_ms(doc["received_at"]))
-            out.append(doc if masker is None else masker.apply(doc))
+            new = doc if masker is None else masker.apply(doc)
+            if new is not doc and "content_hash" in new:
+                # decode hashed the original: the chain must hash what is stored
+                new["content_hash"] = document_content_hash(new)
+            out.append(new)
         return out
 
 
@@ -148,10 +158,52 @@ class MaskedWrite:
         await self._write(batch)
 
 
-def masked_write(write: Step, database: Any, settings: Any) -> MaskedWrite:
-    """``write`` masking with the rules stored in ``database`` (the events' database)."""
-    from audit_events.masking import MASKING_COLLECTION
+class RecordMasker:
+    """Masks the values of events-topic records as the processor would store them, for
+    the archive (so its copy holds no original either).
 
+    A record whose event some rule changes is written again: the processor's decode
+    (same id and ``occurred_at`` it would derive), the masked fields, canonical JSON.
+    Replaying the masked copy stores the same document, content hash and chain as
+    the live run did (masking is idempotent). Every other record (no rules, control
+    events, records the processor dead-letters) keeps its bytes exactly.
+    """
+
+    def __init__(self, rules: RuleCache, topic: str, limits: Limits, max_bytes: int) -> None:
+        self._rules = rules
+        self._topic = topic
+        self._limits = limits
+        self._max_bytes = max_bytes
+
+    async def __call__(self, records: list[Record]) -> list[Record]:
+        decoded: list[tuple[Record, dict[str, Any] | None]] = []
+        for record in records:
+            doc = None
+            if record.topic == self._topic:
+                result = decode(record, self._limits, self._max_bytes)
+                doc = None if isinstance(result, str) else result
+            decoded.append((record, doc))
+        docs = [doc for _, doc in decoded if doc is not None]
+        if not docs:
+            return records
+        await self._rules.refresh(newest_received(docs))
+        masked = iter(self._rules.mask(docs))
+        out = []
+        for record, doc in decoded:
+            if doc is None:
+                out.append(record)
+                continue
+            new = next(masked)
+            if new is doc:
+                out.append(record)
+            else:
+                event = AuditEvent.model_validate(event_fields(new), context={"limits": NO_LIMITS})
+                out.append(replace(record, value=encode_event(event)))
+        return out
+
+
+def rule_cache(database: Any, settings: Any) -> RuleCache:
+    """The tenants' rules stored in ``database`` (the events' database), cached."""
     collection = database[MASKING_COLLECTION]
 
     async def load(tenants: list[str]) -> list[dict[str, Any]]:
@@ -161,12 +213,24 @@ def masked_write(write: Step, database: Any, settings: Any) -> MaskedWrite:
         return docs
 
     secret = settings.masking_secret
-    return MaskedWrite(
-        write,
-        RuleCache(
-            load,
-            secret.get_secret_value().encode() if secret is not None else None,
-            cache_seconds=settings.masking_cache_seconds,
-            delay_seconds=settings.masking_delay_seconds,
-        ),
+    return RuleCache(
+        load,
+        secret.get_secret_value().encode() if secret is not None else None,
+        cache_seconds=settings.masking_cache_seconds,
+        delay_seconds=settings.masking_delay_seconds,
+    )
+
+
+def masked_write(write: Step, database: Any, settings: Any) -> MaskedWrite:
+    """``write`` masking with the rules stored in ``database`` (the events' database)."""
+    return MaskedWrite(write, rule_cache(database, settings))
+
+
+def record_masker(database: Any, settings: Any) -> RecordMasker:
+    """The archive's :class:`RecordMasker` for the events topic of ``settings``."""
+    return RecordMasker(
+        rule_cache(database, settings),
+        settings.topic_events,
+        limits_from(settings),
+        settings.max_event_bytes,
     )
