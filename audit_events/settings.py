@@ -281,6 +281,26 @@ class AuditSettings(BaseSettings):
         30.0, gt=0, le=3600, description="A segment closes this long after its first record."
     )
     archiver_metrics_port: int = Field(9109, ge=0, le=65535)
+    # S3-compatible target (helper H9; audit_events/objectstore.py): set the bucket to
+    # archive there instead of the directory.
+    archive_s3_bucket: str | None = Field(
+        None, description="Archive into this S3 bucket instead of the archive directory."
+    )
+    archive_s3_prefix: str = Field(
+        "auditstream/archive", description="Key prefix of the archive in the bucket."
+    )
+    archive_s3_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint URL (MinIO, Ceph, R2...); unset: AWS."
+    )
+    archive_s3_region: str | None = Field(None, description="Region (unset: from AWS_REGION).")
+    archive_s3_access_key_id: str | None = Field(
+        None, description="Access key id (unset: AWS_ACCESS_KEY_ID, web identity, instance role)."
+    )
+    archive_s3_secret_access_key: SecretStr | None = Field(None, description="Secret access key.")
+    archive_s3_session_token: SecretStr | None = Field(None, description="Session token (STS).")
+    archive_s3_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="Per request; a PUT not acknowledged by then is retried."
+    )
 
     # --- Log streams (helper M, issue 17; docs/streams.md) -------------------
     streamer_metrics_port: int = Field(9110, ge=0, le=65535)

@@ -2,16 +2,22 @@
 
 Its own consumer group (``AUDITSTREAM_ARCHIVER_GROUP``), aiokafka with
 ``enable_auto_commit=False``, all partitions assigned to the one archiver of an
-archive directory (a lock file keeps a second one out). Per partition, records
+archive (a lock file keeps a second one out of a directory; in a bucket the
+create-only manifest parts do, :mod:`.storage`). Per partition, records
 are buffered as segment lines; a buffer closes when it holds
 ``archive_segment_bytes`` or its first record is ``archive_segment_seconds``
 old. Closing a set of buffers:
 
-1. each segment is written to a temporary name, fsync'd, renamed, and its
-   directory fsync'd (:func:`files.publish`): a half-written segment is never
-   visible under its name;
-2. their manifest entries are appended and the manifest fsync'd;
+1. each segment is made durable under its name: in a directory written to a
+   temporary name, fsync'd, renamed, and its directory fsync'd
+   (:func:`files.publish`); in a bucket PUT until the store acknowledges it.
+   A half-written segment is never visible under its name;
+2. their manifest entries are appended durably (fsync'd / PUT acknowledged);
 3. only then are the offsets committed to Kafka.
+
+When the disk or the object store fails, the archiver retries the same
+publication (same bytes) with backoff, fetching and committing nothing
+meanwhile: its lag grows, and drains once the store is back.
 
 Where to start is taken from the manifest, not from the committed offsets
 (those are for lag tooling): a crash after step 2 but before step 3 archives
@@ -24,25 +30,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
+import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from audit_events.connections import kafka_client_options
+from audit_events.objectstore import ObjectStoreError
 from audit_events.settings import AuditSettings
 from audit_events.topic_admin import ensure_topics
-from stream_processor.archive import files
 from stream_processor.archive.epochs import Start, decide, probe, record_of
 from stream_processor.archive.manifest import (
-    SEGMENTS,
     Entry,
     Manifest,
     PartitionState,
@@ -56,15 +61,21 @@ from stream_processor.archive.segment import (
     record_digest,
     sha256,
 )
+from stream_processor.archive.storage import (
+    ArchiveBusy,
+    ArchiveStorage,
+    DirectoryStorage,
+    archive_storage,
+    as_storage,
+)
 from stream_processor.records import Record
 
+__all__ = ["ArchiveBusy", "Archiver", "Buffer", "clean_unpublished", "publish_segments"]
+
+T = TypeVar("T")
 log = logging.getLogger("auditstream.archiver")
-LOCK = ".lock"
+RETRY_MAX_SECONDS = 5.0  # the longest pause between attempts to publish
 FULL_PROBE_SECONDS = 60.0  # every partition's history is re-checked this often
-
-
-class ArchiveBusy(RuntimeError):
-    """Another archiver holds this archive directory."""
 
 
 @dataclass
@@ -93,20 +104,25 @@ class Buffer:
         return bool(self.lines) and (self.size >= max_bytes or now - self.opened >= max_seconds)
 
 
-def publish_segments(
-    root: Path, manifest: Manifest, closing: list[tuple[str, int, Buffer]]
-) -> list[Entry]:
-    """Write each buffer as a segment (temp, fsync, rename, fsync dir), then append
-    their manifest entries in one fsync'd write. Returns the entries."""
+@dataclass
+class Publication:
+    """Segments and their manifest entries, built once so a retry writes the same bytes."""
+
+    segments: list[tuple[str, bytes]]
+    entries: list[Entry]
+    lines: list[bytes]
+
+
+def prepare_segments(manifest: Manifest, closing: list[tuple[str, int, Buffer]]) -> Publication:
+    """Compress each buffer and chain its manifest entry (nothing written yet)."""
     drafts: list[dict[str, Any]] = []
+    segments: list[tuple[str, bytes]] = []
     written = datetime.now(UTC).isoformat()
     for topic, partition, b in closing:
         assert b.first is not None and b.last is not None
         data = compress(b.lines)
         rel = segment_path(topic, partition, b.epoch, b.first.offset, b.last.offset)
-        path = root / rel
-        files.make_dirs(path.parent, root)
-        files.publish(path, data)
+        segments.append((rel, data))
         drafts.append(
             {
                 "topic": topic,
@@ -127,32 +143,38 @@ def publish_segments(
                 "epoch_reason": b.reason,
             }
         )
-    return manifest.append(drafts)  # fsync'd: from here on the segments are published
+    entries, lines = manifest.prepare(drafts)
+    return Publication(segments, entries, lines)
 
 
-def clean_unpublished(root: Path, manifest: Manifest) -> list[Path]:
+async def write_publication(manifest: Manifest, pub: Publication) -> list[Entry]:
+    """Publish the segments (each durable: fsync'd, or its PUT acknowledged), then append
+    their manifest entries in one durable write. Idempotent: a failed attempt may be
+    repeated with the same ``pub``."""
+    storage = manifest.storage
+    for rel, data in pub.segments:
+        await storage.put_segment(rel, data)
+    return await manifest.commit(pub.entries, pub.lines)  # from here on: published
+
+
+async def publish_segments(
+    root: str | Path | ArchiveStorage, manifest: Manifest, closing: list[tuple[str, int, Buffer]]
+) -> list[Entry]:
+    """Write each buffer as a segment, then append their manifest entries. Returns them."""
+    del root  # the manifest knows its storage
+    return await write_publication(manifest, prepare_segments(manifest, closing))
+
+
+def clean_unpublished(root: str | Path | ArchiveStorage, manifest: Manifest) -> list[str]:
     """Remove temporary files and segments no manifest entry names (interrupted writes)."""
+    storage = as_storage(root)
     listed = {e.path for e in manifest.entries}
-    removed: list[Path] = []
-    seg_root = root / SEGMENTS
-    if not seg_root.exists():
-        return removed
-    for path in seg_root.rglob("*"):
-        if path.is_file() and path.relative_to(root).as_posix() not in listed:
-            path.unlink()
-            removed.append(path)
+    removed: list[str] = []
+    for rel in storage.list_segment_files():
+        if rel not in listed:
+            storage.delete(rel)
+            removed.append(rel)
     return removed
-
-
-def lock_archive(root: Path) -> int:
-    """An exclusive lock on ``root`` for this process (released when it exits)."""
-    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ArchiveBusy(f"another archiver is writing {root}") from None
-    return fd
 
 
 class Archiver:
@@ -161,66 +183,85 @@ class Archiver:
         settings: AuditSettings,
         *,
         root: str | Path | None = None,
+        storage: ArchiveStorage | None = None,
         topics: list[str] | None = None,
         metrics: ArchiveMetrics | None = None,
         poll_ms: int = 500,
     ) -> None:
         settings.require("kafka_bootstrap")
         self.settings = settings
-        self.root = Path(root or settings.archive_path())
+        if storage is None:
+            storage = DirectoryStorage(root) if root is not None else archive_storage(settings)
+        self.storage = storage
         self.topics = topics or [settings.topic_events, settings.topic_checkpoints]
         self.metrics = metrics or ArchiveMetrics()
         self.poll_ms = poll_ms
         self.max_bytes = settings.archive_segment_bytes
         self.max_seconds = settings.archive_segment_seconds
         self.buffers: dict[TopicPartition, Buffer] = {}
-        self.manifest = Manifest(self.root)
+        self.manifest = Manifest(self.storage)
+        self._stop: asyncio.Event | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._prober: AIOKafkaConsumer | None = None
         self._next_full_probe = time.monotonic() + FULL_PROBE_SECONDS
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = lock_archive(self.root)
+        self._stop = stop
+        with self.storage.lock():
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        # the archive is locked (directory) or fenced (bucket) from here on
+        self.manifest = await self._retry(
+            "read the manifest", lambda: asyncio.to_thread(Manifest.load, self.storage)
+        )
+        self.manifest.cut_torn_tail()
+        removed = await self._retry(
+            "clean unpublished segments",
+            lambda: asyncio.to_thread(clean_unpublished, self.storage, self.manifest),
+        )
+        for path in removed:
+            log.warning("removed unpublished file %s (an interrupted write)", path)
+        log.info("archiving into %s", self.storage.describe())
+        try:  # as the processor and the API do: the topics exist from the spec
+            await ensure_topics(self.settings)
+        except Exception as exc:  # e.g. not allowed to create: archive what exists
+            log.warning("could not create the topics: %s", exc)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.archiver_group,
+            enable_auto_commit=False,
+            auto_offset_reset="none",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            **kafka_client_options(self.settings),
+        )
+        # a second consumer, outside the group, for epoch probes while running
+        prober = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            **kafka_client_options(self.settings),
+        )
+        await consumer.start()
+        await prober.start()
+        self._consumer = consumer
+        self._prober = prober
         try:
-            self.manifest = Manifest.load(self.root)
-            self.manifest.cut_torn_tail()
-            for path in clean_unpublished(self.root, self.manifest):
-                log.warning("removed unpublished file %s (an interrupted write)", path)
-            try:  # as the processor and the API do: the topics exist from the spec
-                await ensure_topics(self.settings)
-            except Exception as exc:  # e.g. not allowed to create: archive what exists
-                log.warning("could not create the topics: %s", exc)
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
-                group_id=self.settings.archiver_group,
-                enable_auto_commit=False,
-                auto_offset_reset="none",
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-                **kafka_client_options(self.settings),
-            )
-            # a second consumer, outside the group, for epoch probes while running
-            prober = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
-                **kafka_client_options(self.settings),
-            )
-            await consumer.start()
-            await prober.start()
-            self._consumer = consumer
-            self._prober = prober
-            try:
-                await self._loop(consumer, stop)
-                await self._drain(consumer)
-            finally:
-                with contextlib.suppress(Exception):
-                    await self._close([tp for tp, b in self.buffers.items() if b.lines])
-                await prober.stop()
-                await consumer.stop()
+            await self._loop(consumer, stop)
+            await self._drain(consumer)
+        except (ObjectStoreError, OSError) as exc:
+            if not stop.is_set():
+                raise
+            # stopped while the store was down: nothing unpublished was committed,
+            # the next start archives it
+            log.warning("stopped without publishing the buffered records: %s", exc)
+            self.buffers.clear()
         finally:
-            os.close(lock)
+            with contextlib.suppress(Exception):
+                await self._close([tp for tp, b in self.buffers.items() if b.lines])
+            await prober.stop()
+            await consumer.stop()
 
     async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         next_check = 0.0
@@ -329,8 +370,11 @@ class Archiver:
         """Publish the segments of ``tps``, append their entries, then commit."""
         if not tps:
             return
-        entries = publish_segments(
-            self.root, self.manifest, [(tp.topic, tp.partition, self.buffers[tp]) for tp in tps]
+        pub = prepare_segments(
+            self.manifest, [(tp.topic, tp.partition, self.buffers[tp]) for tp in tps]
+        )
+        entries = await self._retry(
+            "publish segments", lambda: write_publication(self.manifest, pub), published=True
         )
         drafts = [e.__dict__ for e in entries]
         offsets = {}
@@ -347,6 +391,30 @@ class Archiver:
                 await self._consumer.commit(offsets)
             except Exception as exc:  # the manifest is the truth; the group is for lag tools
                 log.warning("offset commit failed (the manifest keeps the position): %r", exc)
+
+    async def _retry(
+        self, what: str, attempt: Callable[[], Awaitable[T]], *, published: bool = False
+    ) -> T:
+        """``attempt()`` until it succeeds: the object store (or disk) down holds the
+        archiver here, committing nothing, and fetching nothing more (its lag grows).
+
+        Gives up (re-raises) only when the archiver is being stopped. ``published``:
+        count the failures as failed segment writes.
+        """
+        delay = 0.2
+        while True:
+            try:
+                return await attempt()
+            except ArchiveBusy:
+                raise
+            except (ObjectStoreError, OSError) as exc:
+                if published:
+                    self.metrics.write_errors.inc()
+                if self._stop is not None and self._stop.is_set():
+                    raise
+                log.warning("could not %s (retrying in %.1fs): %s", what, delay, exc)
+                await _wait(self._stop or asyncio.Event(), delay * random.uniform(0.5, 1.0))
+                delay = min(RETRY_MAX_SECONDS, delay * 2)
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> None:
         if not self.buffers:

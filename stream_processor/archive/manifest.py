@@ -1,6 +1,7 @@
 """The manifest: one line per segment, each carrying the hash of the line before it.
 
-``<archive>/manifest.ndjson`` is append-only. An entry names its segment
+``<archive>/manifest.ndjson`` is append-only (in a bucket: the ``manifest/``
+parts in key order, see :mod:`.storage`). An entry names its segment
 (topic, partition, epoch, the offsets it covers, record count, size, SHA-256)
 and ``prev``, the SHA-256 of the previous line's exact bytes (64 zeros for the
 first). Deleting, editing or reordering lines breaks the chain; deleting or
@@ -18,7 +19,6 @@ starts where the previous one ended, so a gap is visible.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,9 @@ from typing import Any
 
 import orjson
 
-from stream_processor.archive.files import fsync_dir
+from stream_processor.archive.storage import MANIFEST, SEGMENTS, ArchiveStorage, as_storage
 
-MANIFEST = "manifest.ndjson"
-SEGMENTS = "segments"
+__all__ = ["GENESIS", "MANIFEST", "SEGMENTS", "Entry", "Manifest", "PartitionState"]
 GENESIS = "0" * 64
 
 
@@ -87,22 +86,24 @@ class PartitionState:
 
 @dataclass
 class Manifest:
-    root: Path
+    """The parsed manifest of an archive (directory or bucket: :mod:`.storage`)."""
+
+    root: str | Path | ArchiveStorage
     entries: list[Entry] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
     torn: bytes = b""  # an interrupted append's partial last line
 
     @property
-    def path(self) -> Path:
-        return self.root / MANIFEST
+    def storage(self) -> ArchiveStorage:
+        return as_storage(self.root)
 
     @classmethod
-    def load(cls, root: Path) -> Manifest:
+    def load(cls, root: str | Path | ArchiveStorage) -> Manifest:
         """Parse every complete line (raises ``ValueError`` on a malformed one)."""
-        m = cls(root)
-        if not m.path.exists():
+        m = cls(as_storage(root))
+        data = m.storage.read_manifest()
+        if data is None:
             return m
-        data = m.path.read_bytes()
         lines = data.split(b"\n")
         m.torn = lines.pop()  # b"" when the file ends with a newline
         for i, raw in enumerate(lines):
@@ -126,15 +127,11 @@ class Manifest:
         """Drop an interrupted append (never acknowledged: no offset was committed for it)."""
         if not self.torn:
             return
-        size = sum(len(line) for line in self.lines)
-        with open(self.path, "r+b") as f:
-            f.truncate(size)
-            f.flush()
-            os.fsync(f.fileno())
+        self.storage.cut_manifest(sum(len(line) for line in self.lines))
         self.torn = b""
 
-    def append(self, drafts: Iterable[dict[str, Any]]) -> list[Entry]:
-        """Chain, append and fsync entries built from ``drafts`` (Entry fields but n/prev)."""
+    def prepare(self, drafts: Iterable[dict[str, Any]]) -> tuple[list[Entry], list[bytes]]:
+        """Chain entries built from ``drafts`` (Entry fields but n/prev) after the head."""
         new: list[Entry] = []
         out: list[bytes] = []
         prev = self.head()
@@ -144,15 +141,16 @@ class Manifest:
             prev = line_hash(line)
             new.append(entry)
             out.append(line)
-        if not new:
-            return new
-        created = not self.path.exists()
-        with open(self.path, "ab") as f:
-            f.write(b"".join(out))
-            f.flush()
-            os.fsync(f.fileno())
-        if created:
-            fsync_dir(self.root)
-        self.entries.extend(new)
-        self.lines.extend(out)
+        return new, out
+
+    async def commit(self, new: list[Entry], out: list[bytes]) -> list[Entry]:
+        """Durably append what :meth:`prepare` built (retry with the same arguments)."""
+        if new:
+            await self.storage.append_manifest(new[0].n, b"".join(out))
+            self.entries.extend(new)
+            self.lines.extend(out)
         return new
+
+    async def append(self, drafts: Iterable[dict[str, Any]]) -> list[Entry]:
+        """Chain, append and make durable entries built from ``drafts``."""
+        return await self.commit(*self.prepare(drafts))

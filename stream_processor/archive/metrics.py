@@ -34,6 +34,11 @@ class ArchiveMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.write_errors = Counter(
+            "auditstream_archive_write_errors",
+            "Failed attempts to publish segments (disk or object store; retried)",
+            registry=r,
+        )
         self.last_segment = Gauge(
             "auditstream_archive_last_segment_timestamp_seconds",
             "When the last segment was published (Unix time)",

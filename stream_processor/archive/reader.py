@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stream_processor.archive.manifest import Entry, Manifest, PartitionState, line_hash
 from stream_processor.archive.segment import iter_records, sha256
+from stream_processor.archive.storage import ArchiveStorage, as_storage
 from stream_processor.records import Record
 
 
@@ -22,10 +23,11 @@ class ArchiveError(RuntimeError):
 
 
 class ArchiveReader:
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | ArchiveStorage) -> None:
+        """``root``: an archive directory or a storage (:func:`.storage.archive_storage`)."""
+        self.storage = as_storage(root)
         try:
-            self.manifest = Manifest.load(self.root)
+            self.manifest = Manifest.load(self.storage)
         except ValueError as exc:
             raise ArchiveError(f"{exc} (auditstream archive verify)") from None
         prev = "0" * 64
@@ -52,9 +54,8 @@ class ArchiveReader:
 
     def records(self, entries: list[Entry]) -> Iterator[Record]:
         for e in entries:
-            path = self.root / e.path
             try:
-                data = path.read_bytes()
+                data = self.storage.read_segment(e.path)
             except FileNotFoundError:
                 raise ArchiveError(f"segment {e.path} is missing") from None
             if sha256(data) != e.sha256:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_processor.archive.epochs import decide, probe
 from stream_processor.archive.manifest import Manifest
+from stream_processor.archive.storage import ArchiveStorage, as_storage
 
 
 @dataclass
@@ -29,13 +31,13 @@ class PartitionStatus:
 
 
 async def archive_status(
-    root: str | Path,
+    root: str | Path | ArchiveStorage,
     bootstrap: str | None,
     topics: list[str],
     kafka_options: dict[str, Any] | None = None,
 ) -> list[PartitionStatus]:
     """``kafka_options``: the client security options (``kafka_client_options``)."""
-    manifest = Manifest.load(Path(root))
+    manifest = await asyncio.to_thread(Manifest.load, as_storage(root))
     state = manifest.state()
     counts: dict[tuple[str, int], int] = {}
     for e in manifest.entries:

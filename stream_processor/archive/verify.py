@@ -17,8 +17,9 @@ from pathlib import Path
 
 import orjson
 
-from stream_processor.archive.manifest import GENESIS, MANIFEST, SEGMENTS, Entry, line_hash
+from stream_processor.archive.manifest import GENESIS, MANIFEST, Entry, line_hash
 from stream_processor.archive.segment import read_lines, sha256
+from stream_processor.archive.storage import ArchiveStorage, as_storage
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,26 @@ class ArchiveReport:
         self.problems.append(Problem(kind, detail))
 
 
-def verify_archive(root: str | Path, *, read_segments: bool = True) -> ArchiveReport:
-    root = Path(root)
+def verify_archive(
+    root: str | Path | ArchiveStorage, *, read_segments: bool = True
+) -> ArchiveReport:
+    """``root``: an archive directory, or a storage (:func:`.storage.archive_storage`).
+
+    Raises :class:`~audit_events.objectstore.ObjectStoreError` when the bucket
+    cannot be read.
+    """
+    storage = as_storage(root)
     report = ArchiveReport()
-    path = root / MANIFEST
-    if not path.exists():
-        if (root / SEGMENTS).exists() and any((root / SEGMENTS).rglob("*.gz")):
-            report.add("missing manifest", f"{path} is absent but segments exist")
+    data = storage.read_manifest()
+    files = storage.list_segment_files()
+    if data is None:
+        if any(f.endswith(".gz") for f in files):
+            report.add(
+                "missing manifest",
+                f"{MANIFEST} of {storage.describe()} is absent but segments exist",
+            )
         return report
-    raw = path.read_bytes().split(b"\n")
+    raw = data.split(b"\n")
     torn = raw.pop()
     if torn:
         report.add("torn last line", "an interrupted append (the archiver cuts it at start)")
@@ -70,17 +82,15 @@ def verify_archive(root: str | Path, *, read_segments: bool = True) -> ArchiveRe
     _chain(raw, entries, hashes, report)
     if read_segments:
         for i, e in entries:
-            _segment(root, i, e, report)
+            _segment(storage, i, e, report)
     _continuity(entries, report)
     listed = {e.path for _, e in entries}
-    if (root / SEGMENTS).exists():
-        for f in sorted((root / SEGMENTS).rglob("*")):
-            rel = f.relative_to(root).as_posix()
-            if f.is_file() and rel not in listed:
-                report.add(
-                    "unlisted segment file",
-                    f"{rel} (no manifest entry: an interrupted write, or a file put there)",
-                )
+    for rel in files:
+        if rel not in listed:
+            report.add(
+                "unlisted segment file",
+                f"{rel} (no manifest entry: an interrupted write, or a file put there)",
+            )
     return report
 
 
@@ -117,12 +127,12 @@ def _chain(
             )
 
 
-def _segment(root: Path, i: int, e: Entry, report: ArchiveReport) -> None:
-    path = root / e.path
-    if not path.is_file():
+def _segment(storage: ArchiveStorage, i: int, e: Entry, report: ArchiveReport) -> None:
+    try:
+        data = storage.read_segment(e.path)
+    except FileNotFoundError:
         report.add("missing segment", f"{e.path} (manifest line {i}, {e.count} records)")
         return
-    data = path.read_bytes()
     report.bytes += len(data)
     if len(data) != e.size or sha256(data) != e.sha256:
         report.add(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def archive(root: Path, segments: int = 3, per: int = 4, partitions: int = 2) ->
                 b.add(rec(offset[p], p), 0)
                 offset[p] += 1
             closing.append(("audit.events", p, b))
-        publish_segments(root, m, closing)
+        asyncio.run(publish_segments(root, m, closing))
     return m
 
 
