@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import os
 import signal
@@ -58,6 +57,10 @@ def _deadline_passed(started: float, timeout: float) -> bool:
     return time.monotonic() - started >= timeout
 
 
+def _failure(what: str, why: str, detail: Callable[[], str] | None) -> str:
+    return f"{what}: {why}" + (f"\n{detail()}" if detail is not None else "")
+
+
 def _abort_reason(abort: Callable[[], str | None] | None) -> str | None:
     return abort() if abort is not None else None
 
@@ -69,22 +72,24 @@ async def eventually(
     *,
     what: str = "condition",
     abort: Callable[[], str | None] | None = None,
+    detail: Callable[[], str] | None = None,
 ) -> Any:
     """Call ``check`` (sync or async) until it returns something truthy, and return
     that; fail after ``timeout`` seconds. ``abort`` (optional) is asked before every
-    try: a string it returns fails the wait at once (e.g. "the worker exited")."""
+    try: a string it returns fails the wait at once (e.g. "the worker exited").
+    ``detail`` (optional) adds context to the failure (e.g. the tail of a log)."""
     started = time.monotonic()
     while True:
         reason = _abort_reason(abort)
         if reason:
-            raise AssertionError(f"{what}: {reason}")
+            raise AssertionError(_failure(what, reason, detail))
         value = check()
         if inspect.isawaitable(value):
             value = await value
         if value:
             return value
         if _deadline_passed(started, timeout):
-            raise AssertionError(f"{what}: not met within {timeout:g}s")
+            raise AssertionError(_failure(what, f"not met within {timeout:g}s", detail))
         await asyncio.sleep(interval)
 
 
@@ -95,18 +100,19 @@ def eventually_sync(
     *,
     what: str = "condition",
     abort: Callable[[], str | None] | None = None,
+    detail: Callable[[], str] | None = None,
 ) -> Any:
-    """``eventually`` for sync tests (``check`` and ``abort`` are plain callables)."""
+    """``eventually`` for sync tests (``check``, ``abort``, ``detail`` plain callables)."""
     started = time.monotonic()
     while True:
         reason = _abort_reason(abort)
         if reason:
-            raise AssertionError(f"{what}: {reason}")
+            raise AssertionError(_failure(what, reason, detail))
         value = check()
         if value:
             return value
         if _deadline_passed(started, timeout):
-            raise AssertionError(f"{what}: not met within {timeout:g}s")
+            raise AssertionError(_failure(what, f"not met within {timeout:g}s", detail))
         time.sleep(interval)
 
 
@@ -331,16 +337,8 @@ class LiveApi:
 
 
 def serve_api(settings: AuditSettings) -> LiveApi:
-    """Serve the API on a free port. Redis keys are not namespaced per test
-    (cache generations, login counters), so this session's Redis starts empty."""
-    if settings.redis_url and "127.0.0.1" in settings.redis_url:
-        import redis
-
-        with (
-            contextlib.suppress(redis.RedisError),
-            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1) as client,
-        ):
-            client.flushdb()
+    """Serve the API on a free port. No FLUSHDB: Redis keys (cache generations and
+    values, login counters) carry the test's database as their namespace."""
     counter = QueryCounter()
     app = create_app(settings, mongo_listeners=[counter])
     return LiveApi(app, f"http://127.0.0.1:{free_port()}", counter, settings).start()

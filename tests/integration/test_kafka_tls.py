@@ -17,7 +17,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import ssl
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from audit_events.topic_admin import ensure_topics
 from auditstream.embedded import Server, free_port, kafka_server
 from query_api.publisher import Publisher
 from tests.conftest import ProcessorProcess
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -174,13 +174,14 @@ async def test_every_kafka_client_works_over_mutual_tls(
             await publisher.stop()
             mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(tls.mongo_uri)
             events = mongo[tls.mongo_db][EVENTS_COLLECTION]
-            deadline = time.monotonic() + 60
-            stored = None
-            while stored is None and time.monotonic() < deadline:
-                stored = await events.find_one({"tenant": "acme", "id": "tls-1"})
-                await asyncio.sleep(0.3)
+            stored = await eventually(
+                lambda: events.find_one({"tenant": "acme", "id": "tls-1"}),
+                60,
+                0.3,
+                what="tls-1 stored",
+                detail=lambda: (tmp_path / "processor.log").read_text()[-2000:],
+            )
             await mongo.close()
-            assert stored is not None, (tmp_path / "processor.log").read_text()[-2000:]
             assert stored["seq"] == 1
             assert peers and set(peers) == {"auditstream-processor"}  # every connection: mTLS
 

@@ -7,6 +7,7 @@ store are named in one line with the command that clears them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from auditstream.embedded import free_port
+from tests.helpers import eventually_sync, exited
 from tests.integration.test_up import _alive, _children
 
 pytestmark = pytest.mark.integration
@@ -51,20 +53,19 @@ def _up(env: dict[str, str], cwd: Path, out: Path) -> subprocess.Popen[bytes]:
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], out: Path, timeout: float = 150) -> None:
-    deadline = time.monotonic() + timeout
-    while b"auditstream is ready" not in out.read_bytes():
-        assert proc.poll() is None, out.read_text()
-        assert time.monotonic() < deadline, out.read_text()
-        time.sleep(0.3)
+    eventually_sync(
+        lambda: b"auditstream is ready" in out.read_bytes(),
+        timeout,
+        0.3,
+        what="auditstream up ready",
+        abort=exited(proc),
+        detail=out.read_text,
+    )
 
 
 def _wait_gone(pids: set[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [pid for pid in pids if _alive(pid)]
-        if not left:
-            return []
-        time.sleep(0.1)
+    with contextlib.suppress(AssertionError):
+        eventually_sync(lambda: not any(_alive(pid) for pid in pids), timeout, 0.1)
     return [pid for pid in pids if _alive(pid)]
 
 

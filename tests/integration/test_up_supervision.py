@@ -34,6 +34,7 @@ from audit_events.codec import document_to_api
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
 from auditstream.embedded import free_port, mongo_server
+from tests.helpers import eventually_sync, exited
 from tests.integration.test_up import _alive, _children
 
 pytestmark = pytest.mark.integration
@@ -87,11 +88,14 @@ class Stack:
         return self.out_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 150) -> str:
-        deadline = time.monotonic() + timeout
-        while "auditstream is ready" not in self.output():
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, self.output()
-            time.sleep(0.3)
+        eventually_sync(
+            lambda: "auditstream is ready" in self.output(),
+            timeout,
+            0.3,
+            what="auditstream up ready",
+            abort=exited(self.proc),
+            detail=self.output,
+        )
         return self.output().split("export TOKEN=")[1].split()[0]
 
     def close(self) -> None:
