@@ -22,8 +22,9 @@ from quart.typing import TestClientProtocol as Client
 from audit_events import chain
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION
+from auditstream.embedded import free_port
 from tests.conftest import ProcessorProcess
-from tests.integration.conftest import by_seq, eventually, run_cli
+from tests.integration.conftest import by_seq, eventually, run_cli, scrape
 
 pytestmark = pytest.mark.integration
 PRIVATE, PUBLIC = chain.generate_keypair()
@@ -72,11 +73,21 @@ async def test_verify_catches_what_it_missed(
     store: AsyncCollection[dict[str, Any]],
     settings: AuditSettings,
 ) -> None:
-    processors(AUDITSTREAM_CHECKPOINT_SIGNING_KEY=PRIVATE)
+    port = free_port()
+    processors(
+        AUDITSTREAM_CHECKPOINT_SIGNING_KEY=PRIVATE, AUDITSTREAM_PROCESSOR_METRICS_PORT=str(port)
+    )
     checkpoints = store.database[CHECKPOINTS_COLLECTION]
     resp = await client.post("/v1/events", json={"events": events("a", 10)}, headers=auth())
     assert resp.status_code == 202
     await count_is(store, 10)  # the first batch is checkpointed at once (seq 10)
+
+    async def signed() -> bool:  # the checkpoint-age alert's metrics (deploy/prometheus)
+        metrics = await asyncio.to_thread(scrape, port)
+        return metrics.get("auditstream_checkpoint_last_success_timestamp_seconds", 0) > 0
+
+    await eventually(signed, timeout=30)
+    assert "auditstream_checkpoint_pending_age_seconds" in await asyncio.to_thread(scrape, port)
     erase = await client.delete(
         "/v1/events/a-000?wait=true&reason=gdpr", headers=auth(scopes=ADMIN)
     )
