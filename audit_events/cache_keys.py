@@ -41,18 +41,21 @@ def cache_namespace(settings: AuditSettings) -> str:
     return settings.mongo_db
 
 
-def _scope(namespace: str) -> str:
-    # "db=" keeps namespaced keys apart from PREFIX's other keys (login:, stored:).
+def scope(namespace: str) -> str:
+    """The start of every key of the deployment ``namespace`` (cache, login throttle).
+
+    ``db=`` keeps namespaced keys apart from PREFIX's other keys (``stored:``).
+    """
     return f"{PREFIX}:db={namespace}"
 
 
 def tenant_generation(namespace: str, tenant: str) -> str:
-    return f"{_scope(namespace)}:gen:t:{tenant}"
+    return f"{scope(namespace)}:gen:t:{tenant}"
 
 
 def target_generation(namespace: str, tenant: str, target_type: str, target_id: str) -> str:
     digest = hashlib.sha256(f"{target_type}\x00{target_id}".encode()).hexdigest()[:32]
-    return f"{_scope(namespace)}:gen:o:{tenant}:{digest}"
+    return f"{scope(namespace)}:gen:o:{tenant}:{digest}"
 
 
 def generation_keys(namespace: str, documents: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -95,4 +98,4 @@ def query_key(
     """Key of a cached read of ``kind`` under the given scope generations."""
     digest = hashlib.sha256(normalized_query.encode()).hexdigest()[:40]
     gens = ".".join(str(g) for g in generations)
-    return f"{_scope(namespace)}:q:{kind}:{tenant}:{gens}:{digest}"
+    return f"{scope(namespace)}:q:{kind}:{tenant}:{gens}:{digest}"

@@ -102,6 +102,7 @@ class Services:
             max_per_ip=settings.login_max_failures_per_ip,
             window_seconds=settings.login_window_seconds,
             lockouts=db[LOCKOUTS_COLLECTION],  # lockouts outlive a Redis restart
+            namespace=cache_namespace(settings),
         )
         await throttle.create_indexes()
         waits = StoredWaits(redis)

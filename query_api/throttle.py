@@ -38,14 +38,20 @@ from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from audit_events.cache_keys import PREFIX
+from audit_events.cache_keys import scope
 
 log = logging.getLogger("auditstream.api.throttle")
 
 LOCKOUTS_COLLECTION = "login_lockouts"
+
+
 # A key without TTL (never evicted under volatile-lru): its absence means Redis lost
 # its data; its value is the time Redis' limiter state began.
-MARKER = f"{PREFIX}:login:since"
+def marker_key(namespace: str = "") -> str:
+    return f"{scope(namespace)}:login:since"
+
+
+MARKER = marker_key()  # of the default namespace
 
 # KEYS: user counter, IP counter, marker. ARGV: user limit, IP limit, TTL, now.
 # Returns {allowed (0/1), marker was missing (0/1), user count, IP count, state began}.
@@ -100,9 +106,9 @@ class Reservation:
     window_end: float = 0.0
 
 
-def _key(kind: str, value: str, window: int) -> str:
+def _key(namespace: str, kind: str, value: str, window: int) -> str:
     digest = hashlib.sha256(value.encode()).hexdigest()[:32]
-    return f"{PREFIX}:login:{kind}:{digest}:{window}"
+    return f"{scope(namespace)}:login:{kind}:{digest}:{window}"
 
 
 class LoginThrottle:
@@ -115,8 +121,13 @@ class LoginThrottle:
         window_seconds: int,
         lockouts: AsyncCollection[dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
+        namespace: str = "",
     ) -> None:
         self._redis = redis
+        # The deployment's key namespace (audit_events.cache_keys.cache_namespace):
+        # two deployments on one Redis count their logins apart.
+        self._namespace = namespace
+        self._marker = marker_key(namespace)
         self._limits = (max_per_user, max_per_ip)
         self._window = window_seconds
         self._lockouts = lockouts
@@ -147,10 +158,13 @@ class LoginThrottle:
         now = self._clock()
         window = int(now // self._window)
         window_end = (window + 1) * self._window
-        keys = (_key("u", username, window), _key("ip", ip, window))
+        ns = self._namespace
+        keys = (_key(ns, "u", username, window), _key(ns, "ip", ip, window))
         args = [*self._limits, self._window + 5, int(now)]
         try:
-            allowed, fresh, users, ips, since = await self._reserve(keys=[*keys, MARKER], args=args)
+            allowed, fresh, users, ips, since = await self._reserve(
+                keys=[*keys, self._marker], args=args
+            )
         except (RedisError, OSError) as exc:
             raise ThrottleUnavailable(str(exc)) from exc
         if fresh and self._seen_marker:

@@ -75,3 +75,25 @@ async def test_two_databases_on_one_redis_never_share_reads(settings: AuditSetti
             await redis.aclose()
         assert await ids(b) == (["acme-000003", "acme-000002"], "miss")
         assert await ids(a) == (["acme-000001"], "hit")
+
+
+async def test_login_failures_of_one_deployment_do_not_lock_out_the_other(
+    settings: AuditSettings,
+) -> None:
+    """The login throttle's counters carry the namespace too: A's failed guesses
+    for a name never refuse B's logins of that name (429 on A, checked on B)."""
+    a_settings = settings.model_copy(update={"login_max_failures_per_user": 2})
+    b_settings = a_settings.model_copy(update={"mongo_db": settings.mongo_db + "_b"})
+    form = {"grant_type": "password", "username": "shared-name", "password": "wrong"}
+    app_a, app_b = create_app(a_settings), create_app(b_settings)
+    async with app_a.test_app(), app_b.test_app():
+        a, b = app_a.test_client(), app_b.test_client()
+        codes = [
+            (
+                await a.post("/v1/token", form=form, scope_base={"client": (f"10.1.0.{n}", 1)})
+            ).status_code
+            for n in range(3)
+        ]
+        assert codes == [400, 400, 429]  # invalid_grant, then refused
+        other = await b.post("/v1/token", form=form, scope_base={"client": ("10.2.0.1", 1)})
+        assert other.status_code == 400  # checked (and wrong), not refused
