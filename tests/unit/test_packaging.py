@@ -187,3 +187,38 @@ main()
         assert out.returncode == 2, out.stderr[-2000:]
         (line,) = out.stderr.strip().splitlines()
         assert f"pip install 'auditstream[{extra}]'" in line, line
+
+
+@pytest.mark.slow
+def test_a_fresh_venv_with_the_base_install_runs_the_sdk(tmp_path: Path) -> None:
+    """``pip install .`` in a new virtualenv (about a minute: it downloads the base
+    dependencies): ``producers`` and ``audit_events`` import and build an event,
+    and none of the services' libraries is installed."""
+    import shutil
+    import venv
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for folder in ("audit_events", "producers", "stream_processor", "query_api", "auditstream"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = str(env_dir / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", str(src)], check=True, timeout=600)
+    check = """
+import importlib.util
+import audit_events.chain, audit_events.settings, producers
+from producers import build_event
+event = build_event(tenant="acme", action="invoice.update", actor={"id": "alice"})
+assert event.tenant == "acme"
+libs = ("faust", "quart", "hypercorn", "argon2", "pymongo", "redis", "prometheus_client")
+present = [m for m in libs if importlib.util.find_spec(m)]
+assert not present, present
+print("ok")
+"""
+    out = subprocess.run(
+        [python, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.stdout.strip() == "ok", out.stderr[-3000:]
