@@ -1,6 +1,6 @@
 """S3-compatible object storage, shared by the archive and the S3 log-stream destination.
 
-One small interface (:class:`ObjectStore`: put, get, keys, delete) over
+One small interface (:class:`ObjectStore`: put, get, list_keys, delete) over
 `obstore <https://developmentseed.org/obstore/>`_, the Python binding of the
 Rust ``object_store`` crate (the one Apache Arrow, DataFusion and Delta use).
 Why obstore rather than fsspec/s3fs or aiobotocore:
@@ -72,7 +72,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 class ObjectStore:
-    """put/get/keys/delete of whole objects under ``location.prefix``.
+    """put/get/list_keys/delete of whole objects under ``location.prefix``.
 
     Keys are relative to the prefix. ``put`` returns only once the store has
     acknowledged the object (a 200 to the PUT): the caller may then rely on it.
@@ -179,7 +179,7 @@ class ObjectStore:
             return bytes(await result.bytes_async())
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         """Every key under ``prefix`` (relative to the store's prefix), sorted."""
         import obstore
 
@@ -190,8 +190,8 @@ class ObjectStore:
             )
         return sorted(keys)
 
-    async def keys_async(self, prefix: str = "") -> list[str]:
-        return await asyncio.to_thread(self.keys, prefix)
+    async def list_keys_async(self, prefix: str = "") -> list[str]:
+        return await asyncio.to_thread(self.list_keys, prefix)
 
     def delete(self, key: str) -> None:
         import obstore

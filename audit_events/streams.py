@@ -23,9 +23,15 @@ from audit_events.chain import CONTROL_ACTIONS, event_fields
 
 STREAMS_COLLECTION = "streams"
 STREAM_DEAD_LETTERS_COLLECTION = "stream_dead_letters"
-KINDS = ("webhook", "splunk_hec", "datadog", "syslog")
-Kind = Literal["webhook", "splunk_hec", "datadog", "syslog"]
+KINDS = ("webhook", "splunk_hec", "datadog", "syslog", "s3")
+Kind = Literal["webhook", "splunk_hec", "datadog", "syslog", "s3"]
 SYSLOG_SCHEME = "syslog+tls"  # syslog+tls://host:6514 (RFC 5425: RFC 5424 over TLS)
+# s3://bucket/prefix (AWS), s3+https://host:port/bucket/prefix (an S3-compatible endpoint)
+S3_SCHEMES = ("s3", "s3+https", "s3+http")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_S3_PREFIX = re.compile(r"^[A-Za-z0-9!\-_.*'()/=]{0,512}$")
+_REGION = re.compile(r"^[a-z0-9\-]{1,32}$")
+_ACCESS_KEY_ID = re.compile(r"^[A-Za-z0-9+/=_\-]{3,128}$")
 Outcome = Literal["success", "failure", "denied"]
 DATADOG_DEFAULT_URL = "https://http-intake.logs.datadoghq.com/api/v2/logs"
 SIGNATURE_HEADER = "X-Auditstream-Signature"
@@ -76,6 +82,23 @@ class StreamFields(BaseModel):
     sourcetype: str | None = Field(None, max_length=128, description="Splunk sourcetype")
     service: str | None = Field(None, max_length=128, description="Datadog service")
     tags: list[str] | None = Field(None, max_length=32, description="Datadog ddtags")
+    # S3 (the secret is the secret access key; the url names bucket and prefix).
+    access_key_id: str | None = Field(None, max_length=128, description="S3 access key id")
+    region: str | None = Field(None, max_length=32, description="S3 region (default us-east-1)")
+
+    @field_validator("access_key_id")
+    @classmethod
+    def _access_key_id(cls, value: str | None) -> str | None:
+        if value is not None and not _ACCESS_KEY_ID.match(value):
+            raise ValueError("access_key_id must be 3-128 letters, digits or +/=_-")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION.match(value):
+            raise ValueError("region must look like 'eu-west-1'")
+        return value
 
 
 class StreamCreate(StreamFields):
@@ -89,6 +112,9 @@ class StreamCreate(StreamFields):
     def _secret_required(self) -> StreamCreate:
         if self.secret is None and self.kind != "syslog":
             raise ValueError(f"a {self.kind} destination needs a secret")
+        if self.kind == "s3" and self.access_key_id is None:
+            # never the deployment's own credentials (environment, instance role)
+            raise ValueError("an s3 destination needs access_key_id (and secret)")
         return self
 
 
@@ -105,7 +131,17 @@ def url_problem(url: str, kind: str, *, allow_private: bool, allow_http: bool) -
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as exc:
         return f"url is malformed: {exc}"
-    if kind == "syslog":
+    if kind == "s3":
+        try:
+            target = s3_target(url)
+        except ValueError as exc:
+            return str(exc)
+        if target.endpoint is None:
+            return None  # AWS S3 itself
+        if target.endpoint.startswith("http://") and not allow_http:
+            return "url must use s3:// or s3+https://"
+        parts = urlsplit(target.endpoint)
+    elif kind == "syslog":
         if parts.scheme != SYSLOG_SCHEME or not parts.hostname or not parts.port:
             return f"url must look like {SYSLOG_SCHEME}://host:6514"
     elif parts.scheme not in ("https", "http") or not parts.hostname:
@@ -125,6 +161,38 @@ def url_problem(url: str, kind: str, *, allow_private: bool, allow_http: bool) -
         if not ip.is_global:
             return f"host {parts.hostname!r} is a non-public address ({ip})"
     return None
+
+
+class S3Target(BaseModel):
+    """Where an s3 destination writes: parsed from its url."""
+
+    bucket: str
+    prefix: str
+    endpoint: str | None  # None: AWS S3
+
+
+def s3_target(url: str) -> S3Target:
+    """``s3://bucket/prefix`` (AWS) or ``s3+https://host[:port]/bucket/prefix``
+    (an S3-compatible endpoint, path-style); ``ValueError`` saying what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in S3_SCHEMES:
+        raise ValueError(
+            "url must look like s3://bucket/prefix or s3+https://host:port/bucket/prefix"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("url must not carry credentials, a query or a fragment; use secret")
+    if parts.scheme == "s3":
+        bucket, prefix, endpoint = parts.netloc, parts.path.strip("/"), None
+    else:
+        if not parts.hostname:
+            raise ValueError("url must name the endpoint host")
+        bucket, _, prefix = parts.path.strip("/").partition("/")
+        endpoint = f"{parts.scheme.removeprefix('s3+')}://{parts.netloc}"
+    if not _BUCKET.match(bucket):
+        raise ValueError(f"bucket {bucket!r} is not a valid S3 bucket name")
+    if not _S3_PREFIX.match(prefix) or ".." in prefix.split("/") or "//" in prefix:
+        raise ValueError("the key prefix may hold letters, digits and !-_.*'()/= only")
+    return S3Target(bucket=bucket, prefix=prefix, endpoint=endpoint)
 
 
 def stream_view(doc: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +216,7 @@ def stream_view(doc: dict[str, Any]) -> dict[str, Any]:
         "last_error_at": _iso(doc.get("last_error_at")),
         "created_at": _iso(doc.get("created_at")),
     }
-    for key in ("index", "sourcetype", "service", "tags"):
+    for key in ("index", "sourcetype", "service", "tags", "access_key_id", "region"):
         if doc.get(key) is not None:
             out[key] = doc[key]
     return out
@@ -251,7 +319,7 @@ def new_stream_document(
         "created_at": now,
         "created_by": by,
     }
-    for key in ("index", "sourcetype", "service", "tags"):
+    for key in ("index", "sourcetype", "service", "tags", "access_key_id", "region"):
         if getattr(body, key) is not None:
             doc[key] = getattr(body, key)
     return doc

@@ -144,6 +144,8 @@ def list_(tenant: str | None, as_json: bool) -> None:
 @click.option("--outcomes", default=None, help="Only these outcomes (comma/space separated).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--from-beginning", is_flag=True, help="Deliver the tenant's whole chain.")
+@click.option("--access-key-id", default=None, help="s3: the access key id (secret: its key).")
+@click.option("--region", default=None, help="s3: the bucket's region (default us-east-1).")
 def add(
     tenant: str,
     kind: str,
@@ -154,10 +156,13 @@ def add(
     outcomes: str | None,
     batch_size: int | None,
     from_beginning: bool,
+    access_key_id: str | None,
+    region: str | None,
 ) -> None:
     """Add a destination; prints its id. The secret is the webhook signing secret,
-    the Splunk HEC token or the Datadog API key (syslog: none; url
-    syslog+tls://host:6514)."""
+    the Splunk HEC token, the Datadog API key or the S3 secret access key (syslog:
+    none; url syslog+tls://host:6514; s3: url s3://bucket/prefix or
+    s3+https://host:port/bucket/prefix, with --access-key-id)."""
     data: dict[str, Any] = {
         "kind": kind,
         "name": name,
@@ -169,6 +174,10 @@ def add(
         data["url"] = url
     if batch_size is not None:
         data["batch_size"] = batch_size
+    if access_key_id is not None:
+        data["access_key_id"] = access_key_id
+    if region is not None:
+        data["region"] = region
     if (f := _filters(actions, outcomes)) is not None:
         data["filters"] = f
     body = _validate(StreamCreate, data)

@@ -149,7 +149,7 @@ def _json(body: Any, status: int = 200) -> Response:
 @document_response(StreamStatus, 201)
 @require_scope("events:admin")
 async def create_stream() -> Response:
-    """Add a destination for the tenant's events (webhook, Splunk HEC, Datadog, syslog/TLS)."""
+    """Add a destination for the tenant's events (webhook, Splunk HEC, Datadog, syslog/TLS, S3)."""
     tenant = _tenant()
     body = await _body(StreamCreate)
     assert isinstance(body, StreamCreate)

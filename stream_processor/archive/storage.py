@@ -149,7 +149,7 @@ class ObjectStorage:
         return self.store.location.describe()
 
     def read_manifest(self) -> bytes | None:
-        keys = [k for k in self.store.keys(MANIFEST_PARTS) if k.endswith(".ndjson")]
+        keys = [k for k in self.store.list_keys(MANIFEST_PARTS) if k.endswith(".ndjson")]
         if not keys:
             return None
         with ThreadPoolExecutor(max_workers=8) as pool:  # one GET per part, in parallel
@@ -181,7 +181,7 @@ class ObjectStorage:
         return self.store.get(rel)
 
     def list_segment_files(self) -> list[str]:
-        return self.store.keys(f"{SEGMENTS}/")
+        return self.store.list_keys(f"{SEGMENTS}/")
 
     def delete(self, rel: str) -> None:
         self.store.delete(rel)

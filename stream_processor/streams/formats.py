@@ -13,6 +13,9 @@
 
 - ``syslog``: RFC 5424 messages, octet-counted, over TLS (RFC 5425) to
   ``syslog+tls://host:port``; see :func:`syslog_message`.
+- ``s3``: one NDJSON object per batch (one event per line) in an S3-compatible
+  bucket, at ``<prefix>/<tenant>/<first seq>-<last seq>.ndjson`` (:func:`s3_key`):
+  a batch delivered again after a crash lands on the same key.
 
 Every event carries ``idempotency_key`` = its id (Splunk: also in ``fields``;
 syslog: ``id`` in the structured data and the JSON).
@@ -145,3 +148,20 @@ def syslog_frames(dest: dict[str, Any], events: list[dict[str, Any]]) -> bytes:
         msg = syslog_message(dest, ev)
         out += f"{len(msg)} ".encode() + msg
     return bytes(out)
+
+
+# --- s3: NDJSON objects -------------------------------------------------------------
+
+NDJSON_CONTENT_TYPE = "application/x-ndjson"
+
+
+def ndjson_body(events: list[dict[str, Any]]) -> bytes:
+    """One event per line, each line ending with a newline."""
+    return b"".join(orjson.dumps(ev) + b"\n" for ev in events)
+
+
+def s3_key(dest: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """``<tenant>/<first seq>-<last seq>.ndjson`` (under the url's prefix), seqs
+    zero-padded to 12 digits so keys sort in delivery order."""
+    first, last = int(events[0].get("seq") or 0), int(events[-1].get("seq") or 0)
+    return f"{dest['tenant']}/{first:012d}-{last:012d}.ndjson"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -36,16 +37,18 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
+from audit_events.objectstore import ObjectStore, ObjectStoreError, S3Location
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION
 from audit_events.streams import (
     STREAM_DEAD_LETTERS_COLLECTION,
     STREAMS_COLLECTION,
     matches,
+    s3_target,
     stream_lag,
     streamed_event,
 )
-from stream_processor.streams.formats import build_request, syslog_frames
+from stream_processor.streams.formats import build_request, ndjson_body, s3_key, syslog_frames
 from stream_processor.streams.metrics import StreamMetrics
 
 log = logging.getLogger("auditstream.streamer")
@@ -102,6 +105,46 @@ async def send_syslog(
             writer.close()
 
 
+@functools.lru_cache(maxsize=256)
+def _s3_store(
+    url: str, region: str | None, key_id: str, secret: str, timeout: float
+) -> ObjectStore:
+    """One client per destination configuration (a PUT changing any of them gets a new one)."""
+    target = s3_target(url)
+    return ObjectStore(
+        S3Location(
+            bucket=target.bucket,
+            prefix=target.prefix,
+            endpoint=target.endpoint,
+            region=region or "us-east-1",
+            access_key_id=key_id,
+            secret_access_key=secret,
+            timeout_seconds=timeout,
+            max_retries=0,  # the worker retries (backoff, jitter, dead letters)
+        )
+    )
+
+
+async def send_s3(dest: dict[str, Any], events: list[dict[str, Any]], timeout: float) -> str | None:
+    """PUT the batch as one NDJSON object; "delivered" once the store acknowledged it.
+
+    Same key for the same batch: a batch delivered again (a worker killed before
+    saving its position, a redrive) replaces its own object rather than adding one.
+    """
+    try:
+        store = _s3_store(
+            str(dest["url"]),
+            dest.get("region"),
+            str(dest.get("access_key_id") or ""),
+            str(dest.get("secret") or ""),
+            timeout,
+        )
+        await store.put(s3_key(dest, events), ndjson_body(events))
+    except (ObjectStoreError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+    return None
+
+
 async def send(
     client: httpx.AsyncClient,
     ctx: ssl.SSLContext,
@@ -112,6 +155,8 @@ async def send(
     """Deliver one batch once; None on a 2xx (syslog: bytes flushed), else why it failed."""
     if dest["kind"] == "syslog":
         return await send_syslog(dest, events, ctx, timeout)
+    if dest["kind"] == "s3":
+        return await send_s3(dest, events, timeout)
     headers, body = build_request(dest, events, datetime.now(UTC))
     try:
         resp = await client.post(dest["url"], content=body, headers=headers)

@@ -92,7 +92,7 @@ async def test_the_bucket_holds_every_record_and_verify_status_work_on_it(
     assert {k: v for k, v, _ in got} == topic and len(got) == len(topic) == 330
     # the layout in the bucket: segments and manifest parts under the prefix
     store = ObjectStore(s3.location(settings.archive_s3_bucket or "", "prod/audit"))
-    keys = store.keys()
+    keys = store.list_keys()
     assert {k.split("/")[0] for k in keys} == {"segments", "manifest"}
     assert len([k for k in keys if k.startswith("segments/")]) == len(archiver.manifest.entries)
     report = verify_archive(archive_storage(settings))

@@ -194,3 +194,50 @@ def test_syslog_message_rfc5424_and_octet_counting() -> None:
 )
 def test_malformed_urls_are_a_problem_not_an_exception(url: str) -> None:
     assert url_problem(url, "webhook", allow_private=False, allow_http=False)
+
+
+def test_s3_destination_urls_fields_and_object_layout() -> None:
+    from audit_events.streams import s3_target
+    from stream_processor.streams.formats import ndjson_body, s3_key
+
+    aws = s3_target("s3://audit-lake/prod/streams")
+    assert (aws.bucket, aws.prefix, aws.endpoint) == ("audit-lake", "prod/streams", None)
+    minio = s3_target("s3+https://minio.example.com:9000/audit-lake/x/")
+    assert (minio.bucket, minio.prefix, minio.endpoint) == (
+        "audit-lake",
+        "x",
+        "https://minio.example.com:9000",
+    )
+    for bad in (
+        "https://audit-lake/x",  # not an s3 url
+        "s3://Bad_Bucket/x",
+        "s3://ab/x",  # too short a bucket name
+        "s3://audit-lake/a/../b",
+        "s3://audit-lake/a?x=1",
+        "s3+https://key:secret@minio.example.com/audit-lake",
+    ):
+        with pytest.raises(ValueError):
+            s3_target(bad)
+        assert url_problem(bad, "s3", allow_private=True, allow_http=True) is not None
+    assert url_problem("s3://audit-lake/x", "s3", allow_private=False, allow_http=False) is None
+    http = "s3+http://minio.example.com/audit-lake"
+    assert "s3+https" in str(url_problem(http, "s3", allow_private=True, allow_http=False))
+    assert url_problem(http, "s3", allow_private=True, allow_http=True) is None
+    local = "s3+https://127.0.0.1:9000/audit-lake"
+    assert "non-public" in str(url_problem(local, "s3", allow_private=False, allow_http=False))
+    # credentials of the tenant's own, never the deployment's ambient ones
+    base = {"kind": "s3", "name": "lake", "url": "s3://audit-lake/x", "secret": "s" * 40}
+    with pytest.raises(ValidationError, match="access_key_id"):
+        StreamCreate.model_validate(base)
+    with pytest.raises(ValidationError, match="region"):
+        StreamCreate.model_validate({**base, "access_key_id": "AKIA1234", "region": "EU 1"})
+    ok = StreamCreate.model_validate({**base, "access_key_id": "AKIA1234", "region": "eu-west-1"})
+    view = stream_view({"_id": "st_1", "tenant": "acme", **ok.model_dump(), "created_at": NOW})
+    assert view["access_key_id"] == "AKIA1234" and "s" * 40 not in orjson.dumps(view).decode()
+    events = [{"seq": 7, "id": "a"}, {"seq": 9, "id": "b"}]
+    assert s3_key({"tenant": "acme"}, events) == "acme/000000000007-000000000009.ndjson"
+    body = ndjson_body(events)
+    assert body.endswith(b"\n") and [orjson.loads(x)["id"] for x in body.splitlines()] == [
+        "a",
+        "b",
+    ]
