@@ -22,14 +22,18 @@ retried write masks nothing twice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
-from audit_events.chain import RESERVED_ACTION_PREFIX, document_content_hash, event_fields
-from audit_events.codec import encode_event
+from pydantic import AwareDatetime, TypeAdapter
+
+from audit_events.chain import RESERVED_ACTION_PREFIX, event_fields
+from audit_events.codec import canonical_json, encode_event
 from audit_events.masking import MASKING_COLLECTION, Masker, MaskingRule, as_ms, tenant_key
 from audit_events.schema import AuditEvent, Limits, limits_from
 from stream_processor.decode import decode
@@ -128,9 +132,23 @@ class RuleCache:
             new = doc if masker is None else masker.apply(doc)
             if new is not doc and "content_hash" in new:
                 # decode hashed the original: the chain must hash what is stored
-                new["content_hash"] = document_content_hash(new)
+                new["content_hash"] = content_hash_of(new)
             out.append(new)
         return out
+
+
+_TIME: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def content_hash_of(doc: dict[str, Any]) -> str:
+    """The content hash of a decoded document (what ``document_content_hash`` gives,
+    without validating the event again): SHA-256 of the canonical JSON of its fields,
+    ``occurred_at`` serialised as the schema serialises it."""
+    wire = event_fields(doc)
+    when = wire.get("occurred_at")
+    if isinstance(when, datetime):
+        wire["occurred_at"] = _TIME.dump_python(when, mode="json")
+    return hashlib.sha256(canonical_json(wire)).hexdigest()
 
 
 def newest_received(docs: Iterable[dict[str, Any]]) -> dict[str, int]:
