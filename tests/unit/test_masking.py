@@ -315,3 +315,23 @@ async def test_archived_copy_is_masked_and_replays_to_the_live_document() -> Non
     if "content_hash" in live:  # decode hashed the original: the masked copy is hashed again
         assert live_masked["content_hash"] == document_content_hash(live_masked)
     assert document_content_hash(replay_masked) == document_content_hash(live_masked)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"occurred_at": "2026-03-01T10:00:00.123456+02:00", "description": "naïve café ☕"},
+        {"metadata": {"f": 1.5, "big": 2**62, "deep": {"a": [1, {"b": None}]}, "t": True}},
+        {"crud": "u", "outcome": "denied", "targets": [{"type": "user", "id": "u2", "name": "Bo"}]},
+        {"source": {"service": "billing"}, "changes": {"x": {"new": [1, 2]}}},
+    ],
+)
+def test_the_masked_content_hash_is_the_chains(fields: dict[str, Any]) -> None:
+    from audit_events.chain import document_content_hash
+    from stream_processor.masking import content_hash_of
+
+    doc = event_to_document(AuditEvent.model_validate(event(**fields)), T0)
+    masked = Masker(rules(("actor.name", "hash"), ("metadata.deep", "redact")), KEY).apply(doc)
+    for d in (doc, masked):
+        assert content_hash_of(d) == document_content_hash(d)
