@@ -596,7 +596,7 @@ def load_settings(**overrides: object) -> AuditSettings:
     sets comes from the running ``auditstream up`` stack of ``data_dir`` (its
     state file), then from the default.
     """
-    env_file = _dotenv
+    env_file = overrides.pop("_env_file", _dotenv)  # an explicit one (tests) wins
     try:
         settings = AuditSettings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except (ValidationError, PydanticSettingsError) as exc:
