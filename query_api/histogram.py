@@ -19,8 +19,8 @@ from quart_schema import document_response
 from audit_events.codec import _iso
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
-from query_api.query import mongo_filter, parse_list_query
-from query_api.state import current_services
+from query_api.query import parse_list_query
+from query_api.state import current_store
 
 bp = Blueprint("histogram", __name__)
 MAX_SCANNED = 200_000
@@ -58,15 +58,8 @@ async def histogram() -> Response:
     if include_erased not in ("true", "false"):
         raise Problem(400, "include_erased must be true or false")
     tenant = read_tenant(g.principal, request.args.get("tenant"))
-    where = mongo_filter(tenant, query)
-    if include_erased == "true":
-        where.pop("erased", None)
-    cursor = (
-        current_services().events.find(where, {"occurred_at": 1, "_id": 0}).limit(MAX_SCANNED + 1)
-    )
-    times = [
-        _aware(d["occurred_at"]) async for d in cursor if isinstance(d.get("occurred_at"), datetime)
-    ]
+    found = await current_store().times(tenant, query, include_erased == "true", MAX_SCANNED + 1)
+    times = [_aware(t) for t in found]
     truncated = len(times) > MAX_SCANNED
     times = times[:MAX_SCANNED]
     f = query.filters

@@ -33,7 +33,7 @@ from pymongo.errors import PyMongoError
 from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
 from query_api.asof import AsOfFolder
 from query_api.listing import matcher, read_all, read_page
-from query_api.query import MAX_LIMIT, ListQuery
+from query_api.query import MAX_LIMIT, ListQuery, mongo_filter
 from query_api.stored_waits import StoredWaits
 
 #: What folding needs of each event of an object's timeline.
@@ -83,6 +83,18 @@ class EventStore(Protocol):
 
     async def checkpoints(self, tenant: str) -> list[Document]:
         """``tenant``'s signed checkpoints as stored, by seq."""
+
+    async def tenants(self) -> list[str]:
+        """Every tenant with stored events, sorted."""
+
+    async def distinct_values(self, tenant: str, path: str, limit: int) -> list[str]:
+        """Up to ``limit`` distinct string values of ``path`` (e.g. ``targets.type``)
+        among ``tenant``'s events, sorted."""
+
+    async def times(
+        self, tenant: str, query: ListQuery, include_erased: bool, limit: int
+    ) -> list[datetime]:
+        """``occurred_at`` of up to ``limit`` matching events, any order."""
 
 
 def _applied(doc: Document | None, control_id: str | None) -> bool:
@@ -193,6 +205,32 @@ class MongoEventStore:
             async for cp in coll.find({"tenant": tenant}).sort([("seq", 1)])
         ]
 
+    async def tenants(self) -> list[str]:
+        found = await self.events.distinct("tenant")
+        return sorted(t for t in found if isinstance(t, str))
+
+    async def distinct_values(self, tenant: str, path: str, limit: int) -> list[str]:
+        pipeline: list[Document] = [{"$match": {"tenant": tenant}}]
+        if path.startswith("targets."):
+            pipeline.append({"$unwind": "$targets"})
+        pipeline += [{"$group": {"_id": f"${path}"}}, {"$limit": 10 * limit}]
+        cursor = await self.events.aggregate(pipeline)
+        found = [d["_id"] async for d in cursor]
+        return sorted(v for v in found if isinstance(v, str))[:limit]
+
+    async def times(
+        self, tenant: str, query: ListQuery, include_erased: bool, limit: int
+    ) -> list[datetime]:
+        # A projection-only scan filtered by the store (the matcher would need
+        # every document whole); bounded by ``limit``.
+        where = mongo_filter(tenant, query)
+        if include_erased:
+            where.pop("erased", None)
+        cursor = self.events.find(where, {"occurred_at": 1, "_id": 0}).limit(limit)
+        return [
+            d["occurred_at"] async for d in cursor if isinstance(d.get("occurred_at"), datetime)
+        ]
+
 
 class MemoryEventStore:
     """:class:`EventStore` in memory, for route tests: :meth:`put` is the processor.
@@ -285,3 +323,24 @@ class MemoryEventStore:
             (c for c in self.saved_checkpoints if c.get("tenant") == tenant),
             key=lambda c: c.get("seq", 0),
         )
+
+    async def tenants(self) -> list[str]:
+        return sorted({d["tenant"] for d in self.documents.values()})
+
+    async def distinct_values(self, tenant: str, path: str, limit: int) -> list[str]:
+        head, _, rest = path.partition(".")
+        values: set[str] = set()
+        for doc in self.documents.values():
+            if doc.get("tenant") != tenant:
+                continue
+            items = doc.get(head)
+            for item in items if isinstance(items, list) else [items]:
+                value = item.get(rest) if rest and isinstance(item, dict) else item
+                if isinstance(value, str):
+                    values.add(value)
+        return sorted(values)[:limit]
+
+    async def times(
+        self, tenant: str, query: ListQuery, include_erased: bool, limit: int
+    ) -> list[datetime]:
+        return [d["occurred_at"] for d in self._matching(tenant, query, include_erased)][:limit]

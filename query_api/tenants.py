@@ -6,8 +6,6 @@ a token for every tenant (``*``) answers the tenants that have stored events.
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response, g, request
@@ -15,7 +13,7 @@ from quart_schema import document_response
 
 from query_api.auth import Principal, read_tenant, require_scope
 from query_api.query import single_values
-from query_api.state import current_services, current_settings
+from query_api.state import current_settings, current_store
 
 bp = Blueprint("tenants", __name__)
 
@@ -35,8 +33,7 @@ async def list_tenants() -> Response:
     if principal.tenants is not None:
         names, every = sorted(principal.tenants), False
     else:
-        found = await current_services().events.distinct("tenant")
-        names, every = sorted(t for t in found if isinstance(t, str)), True
+        names, every = await current_store().tenants(), True
     body = {"data": names, "all_tenants": every}
     return Response(orjson.dumps(body), content_type="application/json")
 
@@ -61,16 +58,11 @@ async def suggestions() -> Response:
     """
     args = single_values(request.args, ("tenant",))
     tenant = read_tenant(g.principal, args.get("tenant"))
-    services = current_services()
-    body: dict[str, list[str]] = {}
-    for name, field in SUGGESTED.items():
-        pipeline: list[dict[str, Any]] = [{"$match": {"tenant": tenant}}]
-        if field.startswith("targets."):
-            pipeline.append({"$unwind": "$targets"})
-        pipeline += [{"$group": {"_id": f"${field}"}}, {"$limit": 10 * MAX_SUGGESTIONS}]
-        cursor = await services.events.aggregate(pipeline)
-        found = [d["_id"] async for d in cursor]
-        body[name] = sorted(v for v in found if isinstance(v, str))[:MAX_SUGGESTIONS]
+    store = current_store()
+    body = {
+        name: await store.distinct_values(tenant, field, MAX_SUGGESTIONS)
+        for name, field in SUGGESTED.items()
+    }
     return Response(orjson.dumps(body), content_type="application/json")
 
 

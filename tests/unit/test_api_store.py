@@ -273,3 +273,17 @@ async def test_services_live_in_app_extensions(app: Quart, store: MemoryEventSto
     state = api_state(app)
     assert state.store is store and state.services is None and state.cache is not None
     assert "AUDITSTREAM_SERVICES" not in app.config
+
+
+async def test_tenants_suggestions_and_histogram_routes(app: Quart) -> None:
+    client = app.test_client()
+    resp = await client.get("/v1/tenants", headers=auth(tenant="*"))
+    assert await resp.get_json() == {"data": ["acme", "other"], "all_tenants": True}
+    status, body, _ = await get(app, "/v1/suggestions")
+    assert status == 200 and body["actors"] == ["alice", "bob"]
+    assert body["target_types"] == ["invoice"] and "user.login" in body["actions"]
+    url = "/v1/histogram?buckets=2&since=2026-01-01T00:00:00Z&until=2026-01-01T00:00:10Z"
+    status, body, _ = await get(app, url + "&actor=alice")
+    assert status == 200 and body["counts"] == [2, 2] and body["total"] == 4  # e004 erased
+    _, body, _ = await get(app, url + "&include_erased=true")
+    assert body["counts"] == [5, 5] and body["truncated"] is False
