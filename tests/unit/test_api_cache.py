@@ -98,16 +98,22 @@ async def test_redis_down_bypasses_and_a_disconnect_does_not_cancel_the_load() -
     redis = FakeRedis()
     redis.down = True
     cache = ReadCache(redis, 60, namespace="n")  # type: ignore[arg-type]
+    loading, release = asyncio.Event(), asyncio.Event()
+    release.set()  # the bypass load runs through
 
     async def load() -> bytes:
-        await asyncio.sleep(0.02)
+        loading.set()
+        await release.wait()
         return b"fresh"
 
     assert await cache.get_or_load("list", "t", ["g"], "q", load) == (b"fresh", "bypass")
     redis.down = False
     cache._redis_down_until = 0.0
+    loading.clear()
+    release.clear()
     leader = asyncio.ensure_future(cache.get_or_load("list", "t", ["g"], "q2", load))
     follower = asyncio.ensure_future(cache.get_or_load("list", "t", ["g"], "q2", load))
-    await asyncio.sleep(0.005)
+    await asyncio.wait_for(loading.wait(), 5)  # the leader's load is in flight
     leader.cancel()  # the first client disconnects
+    release.set()
     assert await follower == (b"fresh", "miss")
