@@ -29,7 +29,7 @@ from audit_events.topic_admin import create_missing
 from audit_events.topics import topic_specs
 from auditstream.embedded import free_port, mongo_server
 from tests.conftest import Backends, ProcessorProcess
-from tests.helpers import eventually, scrape
+from tests.helpers import event_record, eventually, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -121,20 +121,9 @@ class Kafka:
         return out
 
 
-def event(event_id: str, tenant: str) -> tuple[bytes, bytes]:
-    body = {
-        "id": event_id,
-        "tenant": tenant,
-        "action": "invoice.update",
-        "actor": {"id": "alice"},
-        "targets": [{"type": "invoice", "id": event_id[-2:]}],
-        "metadata": {"n": event_id},
-    }
-    return tenant.encode(), orjson.dumps(body)
-
-
 def events(prefix: str, n: int, tenants: int = 16) -> list[tuple[bytes, bytes]]:
-    return [event(f"{prefix}-{i:06d}", f"tenant-{i % tenants}") for i in range(n)]
+    """``n`` Kafka records ``{prefix}-000000`` … spread over ``tenants`` tenants."""
+    return [event_record(i, f"tenant-{i % tenants}", id=f"{prefix}-{i:06d}") for i in range(n)]
 
 
 async def stored_ids(store: AsyncCollection[dict[str, Any]]) -> list[str]:
