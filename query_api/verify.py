@@ -46,6 +46,7 @@ from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import single_values
 from query_api.state import api_state, current_services, current_settings, current_store
+from query_api.store import MongoEventStore
 
 log = logging.getLogger("auditstream.api.verify")
 bp = Blueprint("verify", __name__)
@@ -101,11 +102,7 @@ async def kafka_checkpoints(
 async def mongo_checkpoints(
     events: AsyncCollection[dict[str, Any]], tenant: str
 ) -> list[dict[str, Any]]:
-    coll = events.database[CHECKPOINTS_COLLECTION]
-    return [
-        {k: v for k, v in cp.items() if k != "_id"}
-        async for cp in coll.find({"tenant": tenant}).sort([("seq", 1)])
-    ]
+    return await MongoEventStore(events).checkpoints(tenant)  # the data layer's query
 
 
 def _after(when: datetime) -> Callable[[dict[str, Any]], bool]:
