@@ -17,7 +17,7 @@ from audit_events.topics import partition_key
 from query_api.auth import Principal, read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.publisher import PublishFailed
-from query_api.query import EventFilters, encode_cursor, parse_list_query, single_values
+from query_api.query import EventFilters, page_body, parse_list_query, single_values
 from query_api.state import current_cache, current_publisher, current_settings, current_store
 from query_api.store import StoreUnavailable
 
@@ -173,11 +173,7 @@ async def list_events() -> Response:
 
     async def load() -> bytes:
         docs = await store.list_page(tenant, query, include_erased == "true")
-        page = docs[: query.limit]
-        nxt = None
-        if len(docs) > query.limit:
-            nxt = encode_cursor(page[-1]["occurred_at"], page[-1]["_id"])
-        return orjson.dumps({"data": [document_to_api(d) for d in page], "next_cursor": nxt})
+        return orjson.dumps(page_body(docs, query.limit))
 
     key = query.normalized() + ("|erased" if include_erased == "true" else "")
     body, state = await cache.get_or_load("list", tenant, cache.tenant_scope(tenant), key, load)

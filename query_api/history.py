@@ -20,13 +20,12 @@ from quart import Blueprint, Response, g, request
 from quart_schema import document_querystring, document_response
 from werkzeug.datastructures import MultiDict
 
-from audit_events.codec import document_to_api
 from query_api.asof import AsOfFolder, KnownValue, fold_as_of, iso_z
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import (
     ObjectFilters,
-    encode_cursor,
+    page_body,
     parse_list_query,
     parse_time,
     single_values,
@@ -88,12 +87,7 @@ async def target_history(target_type: str, target_id: str) -> Response:
 
     async def load_page() -> bytes:
         docs = await store.history_page(tenant, query)
-        page = docs[: query.limit]
-        nxt = None
-        if len(docs) > query.limit:
-            nxt = encode_cursor(page[-1]["occurred_at"], page[-1]["_id"])
-        body = {"target": target, "data": [document_to_api(d) for d in page], "next_cursor": nxt}
-        return orjson.dumps(body)
+        return orjson.dumps({"target": target, **page_body(docs, query.limit)})
 
     async def load_state() -> bytes:
         assert as_of is not None

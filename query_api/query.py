@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
+from audit_events.codec import document_to_api
 from query_api.problems import Problem
 
 FILTERS = (
@@ -104,6 +105,13 @@ def single_values(args: Any, allowed: tuple[str, ...]) -> dict[str, str]:
 def encode_cursor(occurred_at: datetime, event_id: str) -> str:
     raw = orjson.dumps([occurred_at.astimezone(UTC).isoformat(), event_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_body(docs: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """``{"data", "next_cursor"}`` of a page read as ``limit + 1`` stored documents."""
+    page = docs[:limit]
+    nxt = encode_cursor(page[-1]["occurred_at"], page[-1]["_id"]) if len(docs) > limit else None
+    return {"data": [document_to_api(d) for d in page], "next_cursor": nxt}
 
 
 def decode_cursor(value: str) -> tuple[datetime, str]:
