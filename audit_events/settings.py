@@ -348,6 +348,20 @@ class AuditSettings(BaseSettings):
         " (more than the cache time plus clock skew).",
     )
 
+    @field_validator("masking_secret", mode="before")
+    @classmethod
+    def _empty_masking_secret_is_unset(cls, value: object) -> object:
+        # as for the other secrets: a blanked variable (compose) means unset, never a
+        # key derived from the empty string
+        return None if value == "" else value
+
+    # --- Auditing of reads (helper H12, issue 17; query_api/read_audit.py) ----
+    read_audit: bool = Field(
+        True,
+        description="API role: every read of the log (list, get, history, export, verify)"
+        " publishes an auditstream.log.* event (needs AUDITSTREAM_CONTROL_SIGNING_KEY).",
+    )
+
     # --- Securing Kafka, MongoDB and Redis (helper K, issue 21 item 1) ----
     # Built into client keyword arguments by audit_events/connections.py.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

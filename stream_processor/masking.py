@@ -22,6 +22,7 @@ retried write masks nothing twice.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -252,3 +253,73 @@ def record_masker(database: Any, settings: Any) -> RecordMasker:
         limits_from(settings),
         settings.max_event_bytes,
     )
+
+
+# --- The archiver's copy (stream_processor/archive/archiver.py calls these) ----------
+
+ARCHIVE_LOAD_RETRY_SECONDS = 60.0
+
+
+def archive_masker(settings: Any) -> RecordMasker | None:
+    """The archiver's masker: the rules from MongoDB, a short-lived client per load
+    (the archiver holds no MongoDB connection otherwise). None without a MongoDB URI."""
+    if not settings.mongo_uri:
+        log.warning("AUDITSTREAM_MONGO_URI is not set: the archive holds records unmasked")
+        return None
+
+    async def load(tenants: list[str]) -> list[dict[str, Any]]:
+        from pymongo import AsyncMongoClient
+
+        from audit_events.settings import mongo_client_options
+
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_uri, tz_aware=True, **mongo_client_options(settings)
+        )
+        try:
+            found = client[settings.mongo_db][MASKING_COLLECTION].find({"tenant": {"$in": tenants}})
+            docs: list[dict[str, Any]] = await found.to_list(None)
+            return docs
+        finally:
+            await client.close()
+
+    secret = settings.masking_secret
+    rules = RuleCache(
+        load,
+        secret.get_secret_value().encode() if secret is not None else None,
+        cache_seconds=settings.masking_cache_seconds,
+        delay_seconds=settings.masking_delay_seconds,
+    )
+    return RecordMasker(
+        rules, settings.topic_events, limits_from(settings), settings.max_event_bytes
+    )
+
+
+async def archived_records(
+    masker: RecordMasker | None,
+    messages: list[Any],
+    record_of: Callable[[Any], Record],
+    *,
+    retry_seconds: float = ARCHIVE_LOAD_RETRY_SECONDS,
+) -> list[tuple[Record, Record, int]]:
+    """``(record as in the topic, record to archive, timestamp type)`` per message.
+
+    Loading the rules is retried with backoff for ``retry_seconds``, then the error
+    is raised: the archiver stops without committing, and its restart archives the
+    records (masked) again; it never archives an unmasked copy instead.
+    """
+    records = [record_of(m) for m in messages]
+    types = [int(getattr(m, "timestamp_type", 0) or 0) for m in messages]
+    stored = records
+    if masker is not None:
+        started, delay = time.monotonic(), 0.2
+        while True:
+            try:
+                stored = await masker(records)
+                break
+            except Exception as exc:
+                if time.monotonic() - started > retry_seconds:
+                    raise
+                log.warning("masking rules unavailable (retrying in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+    return list(zip(records, stored, types, strict=True))
