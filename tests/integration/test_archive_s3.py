@@ -156,9 +156,15 @@ def covered(archiver: Archiver) -> dict[tuple[str, int], int]:
     return {key: st.next_offset for key, st in archiver.manifest.state().items()}
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "down_seconds",
+    [
+        pytest.param(6.0, marks=pytest.mark.timeout(240)),
+        pytest.param(60.0, marks=[pytest.mark.slow, pytest.mark.timeout(400)]),  # issue 16
+    ],
+)
 async def test_the_object_store_down_mid_run_holds_commits_and_the_archiver_recovers(
-    settings: AuditSettings, s3: MotoS3
+    down_seconds: float, settings: AuditSettings, s3: MotoS3
 ) -> None:
     """The S3 server stops mid-ingest for a while: no segment is published and no
     offset committed past an acknowledged segment; the lag grows; when the server is
@@ -178,7 +184,7 @@ async def test_the_object_store_down_mid_run_holds_commits_and_the_archiver_reco
         ingest = asyncio.create_task(produce(settings, 600, "during", pause_every=100, pause=0.3))
         violations = []
         samples = 0
-        while time.monotonic() - down_at < 6.0 or not ingest.done():
+        while time.monotonic() - down_at < down_seconds or not ingest.done():
             await asyncio.sleep(0.5)
             assert not task.done(), task
             commits, held = await committed(settings), covered(archiver)
@@ -188,10 +194,7 @@ async def test_the_object_store_down_mid_run_holds_commits_and_the_archiver_reco
         assert not violations, violations  # no offset passed an unacknowledged segment
         assert len(archiver.manifest.entries) == published  # nothing published while down
         assert archiver.metrics.write_errors._value.get() > 0  # it tried, and failed
-        lag = sum(
-            s.value for m in archiver.metrics.lag.collect() for s in m.samples
-        )  # the records waiting: the lag grew
-        assert lag > 0 or samples > 0
+        assert samples >= 5
         s3.start()  # back, with the same data
         topic = await topic_records(settings)
         await eventually(
@@ -251,3 +254,78 @@ async def test_replay_reads_the_bucket_then_the_topic_tail(
     assert (result.live_count, result.replay_count) == (200, 220)
     after = await chain_of(store)
     assert {k: v for k, v in after.items() if k in before} == before
+
+
+async def test_a_second_archiver_on_the_same_bucket_is_fenced_off(
+    settings: AuditSettings, s3: MotoS3
+) -> None:
+    """No lock file in a bucket: the create-only manifest part is the fence. Two
+    writers that read the same manifest head: the second append fails (ArchiveBusy),
+    a retried append of the same bytes (a lost acknowledgement) succeeds."""
+    from stream_processor.archive.archiver import Buffer, prepare_segments, write_publication
+    from stream_processor.archive.manifest import Manifest
+    from stream_processor.archive.storage import ArchiveBusy
+    from stream_processor.records import Record
+
+    storage = archive_storage(settings)
+
+    def buffer(value: bytes) -> list[tuple[str, int, Buffer]]:
+        b = Buffer(0, 0, "first")
+        for i in range(3):
+            b.add(Record("audit.events", 0, i, 1, b"acme", value + b"%d" % i, ()), 0)
+        return [("audit.events", 0, b)]
+
+    one, two = Manifest.load(storage), Manifest.load(storage)
+    pub = prepare_segments(one, buffer(b"a"))
+    await write_publication(one, pub)
+    await write_publication(Manifest.load(storage), pub)  # the same bytes again: done
+    with pytest.raises(ArchiveBusy):
+        await write_publication(two, prepare_segments(two, buffer(b"b")))
+    report = verify_archive(storage)
+    assert report.ok and report.entries == 1, report.problems
+
+
+@pytest.mark.timeout(300)
+async def test_sigkilled_archiver_on_a_bucket_loses_and_repeats_nothing(
+    settings: AuditSettings, tmp_path: Path
+) -> None:
+    """As on a directory: SIGKILL at random moments during an ingest (5 kills), each
+    record lands in exactly one published segment; segments PUT but not yet in the
+    manifest are removed at the next start; verify passes."""
+    import random
+    import signal
+
+    from tests.integration.test_archive import ArchiverProcess
+
+    await ensure_topics(settings)
+    arch = ArchiverProcess(settings, tmp_path / "archiver.log")
+    ingest = asyncio.create_task(produce(settings, 3000, "k", pause_every=150, pause=0.25))
+    rng = random.Random(9)
+    kills = 0
+    try:
+        arch.start()
+        while kills < 5 or not ingest.done():
+            await asyncio.sleep(rng.uniform(0.8, 2.5))
+            arch.signal(signal.SIGKILL)
+            kills += 1
+            arch.start()
+        await ingest
+        topic = await topic_records(settings)
+
+        def done() -> bool:
+            try:
+                reader = ArchiveReader(archive_storage(settings))
+            except Exception:
+                return False
+            return sum(e.count for e in reader.manifest.entries) >= len(topic)
+
+        await eventually(done, 90, what=(tmp_path / "archiver.log").read_text()[-2000:])
+    finally:
+        arch.signal(signal.SIGTERM)
+    got = archived_s3(settings)
+    keys = [k for k, _, _ in got]
+    assert len(keys) == len(set(keys)), "a record archived twice"
+    assert {k: v for k, v, _ in got} == topic
+    report = verify_archive(archive_storage(settings))
+    assert report.ok, [p.line() for p in report.problems]
+    print(f"\n{kills} kills; {report.entries} segments, {report.records} records, ok")
