@@ -101,7 +101,9 @@ class ChainWriter:
             working = dict(self._heads)
             for doc in todo:
                 seq, prev = working[doc["tenant"]]
-                working[doc["tenant"]] = (seq + 1, seal(doc, seq + 1, prev))
+                # decode (Step 2) hashed the event it validated: no second validation
+                hashed = doc.get("content_hash")
+                working[doc["tenant"]] = (seq + 1, seal(doc, seq + 1, prev, content_hash=hashed))
             try:
                 await self._coll.insert_many(todo, ordered=True)
             except BulkWriteError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from audit_events.codec import encode_event, event_to_document
+from audit_events.codec import canonical_json, event_to_document, event_wire_dict
 from audit_events.schema import AuditEvent, Limits
 from stream_processor.records import Batch, Record
 
@@ -81,20 +81,28 @@ def _decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | 
         if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
             return "not a JSON object"
         return f"invalid event: {describe_validation_error(exc)}"[:MAX_REASON_CHARS]
-    encode_event(event)  # the chain hashes this form: it must serialise here, not in the write
     received = datetime.fromtimestamp(ts / 1000, tz=UTC)
+    updates: dict[str, Any] = {}
     if "occurred_at" not in event.model_fields_set:
         # Not "now" (the schema's default): a redelivery or replay of the record
         # must hash the same, or it would read as another event with the same id.
-        event = event.model_copy(update={"occurred_at": received})
+        # In ms, as the schema's validator stores every occurred_at.
+        updates["occurred_at"] = received.replace(microsecond=received.microsecond // 1000 * 1000)
     if "id" not in event.model_fields_set:
         # Likewise for the id (the schema's default is a fresh UUIDv7): derive it
         # from where the record sits in the log and what it holds, so a
         # redelivery or replay finds the stored event instead of adding a copy.
-        event = event.model_copy(
-            update={"id": record_event_id(record.partition, record.offset, ts, value)}
-        )
-    return event_to_document(event, received)
+        updates["id"] = record_event_id(record.partition, record.offset, ts, value)
+    if updates:
+        event = event.model_copy(update=updates)
+    # The chain hashes this form: it must serialise here, not in the write. Its
+    # hash is the document's content hash, which sealing (Step 5) then need not
+    # recompute by validating the stored fields again (``document_content_hash``
+    # gives the same; tests/unit/test_decode_fuzz.py checks it).
+    wire = event_wire_dict(event)
+    doc = event_to_document(event, received, wire)
+    doc["content_hash"] = hashlib.sha256(canonical_json(wire)).hexdigest()
+    return doc
 
 
 def record_event_id(partition: int, offset: int, timestamp_ms: int, value: bytes) -> str:

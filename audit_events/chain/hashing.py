@@ -97,12 +97,16 @@ def document_content_hash(doc: dict[str, Any]) -> str:
     return hashlib.sha256(encode_event(event)).hexdigest()
 
 
-def seal(doc: dict[str, Any], seq: int, prev_hash: str) -> str:
+def seal(doc: dict[str, Any], seq: int, prev_hash: str, *, content_hash: str | None = None) -> str:
     """Give a new stored document its place in the chain; returns its ``hash``.
 
     The link covers the content hash and ``received_at`` (as stored: ms).
+    ``content_hash``: the document's content hash when the caller computed it
+    from the event it just validated (the processor's decode step), which
+    spares validating the stored fields again; it must equal
+    :func:`document_content_hash` of ``doc``.
     """
-    content = document_content_hash(doc)
+    content = content_hash or document_content_hash(doc)
     hash_ = link(prev_hash, content, received_ms(doc.get("received_at")))
     doc["seq"], doc["content_hash"], doc["hash"] = seq, content, hash_
     return hash_

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audit_events.chain import document_content_hash
-from audit_events.schema import Limits
+from audit_events.codec import search_terms
+from audit_events.schema import AuditEvent, Limits
 from stream_processor.decode import decode, decode_batch
 from stream_processor.records import Record
 
@@ -96,3 +99,21 @@ def test_an_event_without_id_gets_the_same_id_on_every_redelivery() -> None:
     assert first["id"] == again["id"]
     assert document_content_hash(first) == document_content_hash(again)
     assert other["id"] != first["id"]  # two records are two events, even with equal bytes
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.text(max_size=60))
+def test_search_words_are_the_runs_of_alphanumeric_characters(text: str) -> None:
+    """search_terms finds words in one regex pass; the same words as a per-character loop."""
+    event = AuditEvent(tenant="acme", action="a.b", description=text)
+    loop = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    assert search_terms(event) == sorted({"a", "b"} | {w for w in loop if len(w) <= 64})
+
+
+def test_search_words_of_mixed_scripts_and_separators() -> None:
+    event = AuditEvent(
+        tenant="acme", action="invoice.update", description="Ünïcode_snake-case ٣٤ x²  ÉTÉ"
+    )
+    assert search_terms(event) == sorted(
+        {"invoice", "update", "ünïcode", "snake", "case", "٣٤", "x²", "été"}
+    )
