@@ -58,12 +58,28 @@ def target_generation(namespace: str, tenant: str, target_type: str, target_id: 
     return f"{scope(namespace)}:gen:o:{tenant}:{digest}"
 
 
+# Read-audit events (``auditstream.log.*``, query_api/read_audit.py): every read of
+# the log stores one. They bump their own generation, not the tenant's, or each
+# read would make the next one a cache miss; reads whose filter selects read-audit
+# events only are keyed on it too (fresh), other reads show new read-audit
+# events after the tenant's next other write or the cache TTL.
+READ_AUDIT_PREFIX = "auditstream.log."
+
+
+def read_audit_generation(namespace: str, tenant: str) -> str:
+    return f"{scope(namespace)}:gen:r:{tenant}"
+
+
 def generation_keys(namespace: str, documents: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Every scope generation a stored batch changes: tenant, and tenant+target."""
+    """Every scope generation a stored batch changes: tenant (or its read-audit
+    scope, for read-audit events), and tenant+target."""
     keys: set[str] = set()
     for doc in documents:
         tenant = doc["tenant"]
-        keys.add(tenant_generation(namespace, tenant))
+        if str(doc.get("action", "")).startswith(READ_AUDIT_PREFIX):
+            keys.add(read_audit_generation(namespace, tenant))
+        else:
+            keys.add(tenant_generation(namespace, tenant))
         for target in doc.get("targets", ()):
             keys.add(target_generation(namespace, tenant, target["type"], target["id"]))
     return sorted(keys)

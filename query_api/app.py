@@ -24,6 +24,7 @@ from query_api.docs_assets import bp as docs_assets_bp
 from query_api.histogram import bp as histogram_bp
 from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
+from query_api.read_audit import install as install_read_audit
 from query_api.services import Services
 from query_api.state import EXTENSION, ApiState, EventPublisher
 from query_api.store import EventStore, MongoEventStore
@@ -103,6 +104,7 @@ def create_app(
     app.logger.setLevel(logging.INFO)
     verifier, metrics = TokenVerifier(settings), ApiMetrics()
     app.extensions[EXTENSION] = state = ApiState(settings, verifier, metrics)
+    install_read_audit(app)  # who read the log: query_api/read_audit.py
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # /docs loads Swagger UI from the API itself (query_api/docs_assets.py), not a CDN.
     app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = DOCS_JS_URL

@@ -18,6 +18,7 @@ from query_api.auth import Principal, read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.publisher import PublishFailed
 from query_api.query import EventFilters, page_body, parse_list_query, single_values
+from query_api.read_audit import audit_read, is_read_event, read_events_scope
 from query_api.state import current_cache, current_publisher, current_settings, current_store
 from query_api.store import StoreUnavailable
 
@@ -176,7 +177,11 @@ async def list_events() -> Response:
         return orjson.dumps(page_body(docs, query.limit))
 
     key = query.normalized() + ("|erased" if include_erased == "true" else "")
-    body, state = await cache.get_or_load("list", tenant, cache.tenant_scope(tenant), key, load)
+    scope = cache.tenant_scope(tenant) + read_events_scope(cache, tenant, query.filters)
+    body, state = await cache.get_or_load("list", tenant, scope, key, load)
+    page = {"limit": query.limit, "order": query.order, "cursor": query.cursor is not None}
+    erased = include_erased == "true"
+    audit_read("list", tenant, query.filters, body=body, page=page, include_erased=erased)
     return _json(body, headers={"X-Cache": state})
 
 
@@ -196,7 +201,10 @@ async def get_event(event_id: str) -> Response:
     body, state = await cache.get_or_load("get", tenant, cache.tenant_scope(tenant), event_id, load)
     if not body:
         raise Problem(404, f"no event {event_id!r}")
-    erased = orjson.loads(body).get("erased")
+    view = orjson.loads(body)
+    erased = view.get("erased")
     if erased:  # kept in the chain, payload gone (docs/chain.md)
         raise Problem(410, f"event {event_id!r} was erased", erased=erased)
+    if not is_read_event(view.get("action")):  # no loop: reading a read record is not audited
+        audit_read("get", tenant, {}, 1, event_id=event_id)
     return _json(body, headers={"X-Cache": state})

@@ -36,6 +36,7 @@ from audit_events.codec import document_to_api
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import FILTERS, EventFilters, parse_list_query, single_values
+from query_api.read_audit import audited_export
 from query_api.state import current_store
 
 bp = Blueprint("export", __name__)
@@ -257,6 +258,8 @@ async def export_events() -> Response:
     tenant = read_tenant(g.principal, values.get("tenant"))
     # Tombstones too with include_erased (export_view strips them to the chain fields).
     docs = current_store().export(tenant, query, include_erased == "true")
+    erased = include_erased == "true"
+    docs = audited_export(docs, tenant, query.filters, format=fmt, include_erased=erased)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     body = stream_export(docs, fmt, erased_column=include_erased == "true")
     resp = Response(body, content_type=MEDIA_TYPES[fmt])

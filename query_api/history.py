@@ -30,6 +30,7 @@ from query_api.query import (
     parse_time,
     single_values,
 )
+from query_api.read_audit import audit_read
 from query_api.state import current_cache, current_store
 
 bp = Blueprint("history", __name__)
@@ -107,6 +108,9 @@ async def target_history(target_type: str, target_id: str) -> Response:
         f"{target_type}\x00{target_id}\x00{normalized}",
         loader,
     )
+    filters = {k: v for k, v in query.filters.items() if k not in ("target_type", "target_id")}
+    at = None if as_of is None else iso_z(as_of)
+    audit_read("history", tenant, filters, body=body, target=target, as_of=at)
     resp = Response(body, content_type="application/json")
     resp.headers["X-Cache"] = state
     return resp

@@ -45,6 +45,7 @@ from audit_events.store_adapter import chain_head
 from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import single_values
+from query_api.read_audit import audit_read
 from query_api.state import api_state, current_services, current_settings, current_store
 from query_api.store import MongoEventStore
 
@@ -236,6 +237,8 @@ async def verify() -> Response:
         api_state().metrics.verify_failures.labels(report.reason or "unknown").inc()
         log.warning("verify: %s is bad at seq %s: %s", tenant, report.first_bad_seq, report.reason)
     body = {**report.as_dict(), "checkpoint_sources": sources, **_signed(report, bool(keys))}
+    window = {k: request.args[k] for k in ("since", "until") if k in request.args}
+    audit_read("verify", tenant, window, report.checked, ok=report.ok, reason=report.reason)
     return Response(orjson.dumps(body), content_type="application/json")
 
 

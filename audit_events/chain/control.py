@@ -29,6 +29,15 @@ CORRECTED_ACTION = "auditstream.event.corrected"
 ERASED_ACTION = "auditstream.event.erased"
 CONTROL_ACTIONS = (CORRECTED_ACTION, ERASED_ACTION)
 RESERVED_ACTION_PREFIX = "auditstream."
+# Read auditing (query_api/read_audit.py): who read the log. Signed like control
+# events, so no producer can forge one, but applied to nothing.
+READ_ACTION_PREFIX = "auditstream.log."
+VIEWED_ACTION = "auditstream.log.viewed"
+EXPORTED_ACTION = "auditstream.log.exported"
+VERIFIED_ACTION = "auditstream.log.verified"
+READ_ACTIONS = (VIEWED_ACTION, EXPORTED_ACTION, VERIFIED_ACTION)
+# Every action of the reserved namespace the API issues (with a proof).
+SIGNED_ACTIONS = CONTROL_ACTIONS + READ_ACTIONS
 # Payload fields an erasure removes; id, tenant, times, action, seq and hashes stay.
 ERASED_FIELDS = ("actor", "targets", "description", "changes", "metadata", "context", "search")
 # Fields a correction may set (everything but the identity of the event).
@@ -84,12 +93,13 @@ def sign_control(key: Ed25519PrivateKey, fields: dict[str, Any]) -> dict[str, An
 def control_problem(fields: dict[str, Any], keys: Mapping[str, Ed25519PublicKey]) -> str | None:
     """Why ``fields`` (an event in the reserved namespace) is not an authentic control event.
 
-    ``None`` when it is a correction or erasure carrying a valid proof by one of
+    ``None`` when it is a correction, erasure or read-audit event
+    (:data:`SIGNED_ACTIONS`) carrying a valid proof by one of
     ``keys`` (key id → public key). The signature covers every field, so the same
     proof under another tenant, target, id or content does not verify.
     """
     action = fields.get("action")
-    if action not in CONTROL_ACTIONS:
+    if action not in SIGNED_ACTIONS:
         return f"unknown action {str(action)[:100]!r} in the reserved namespace"
     metadata = fields.get("metadata")
     proof = metadata.get(PROOF_FIELD) if isinstance(metadata, dict) else None
