@@ -260,5 +260,10 @@ from auditstream.streams_cli import streamer, streams  # noqa: E402
 main.add_command(streams)
 main.add_command(streamer)
 
+from auditstream.retention_cli import purge, retention  # noqa: E402
+
+main.add_command(retention)
+main.add_command(purge)
+
 if __name__ == "__main__":
     main()

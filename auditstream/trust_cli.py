@@ -21,6 +21,7 @@ from audit_events.chain import (
     public_key_b64,
 )
 from audit_events.codec import _parse_time
+from audit_events.retention import describe_marker
 from audit_events.settings import AuditSettings, load_settings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION
 from audit_events.store_adapter import chain_head
@@ -174,6 +175,8 @@ async def _verify(
                 f"unsigned tail {report.unsigned_tail}, erased {report.erased}, "
                 f"corrected {report.corrected}"
             )
+            if report.purged:  # issue 16: the walk started after the purged, archived prefix
+                line += "; " + describe_marker(report.purged)
             if report.ok:
                 click.secho(f"ok  {line}", fg="green")
             else:

@@ -25,6 +25,7 @@ from query_api.histogram import bp as histogram_bp
 from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
 from query_api.read_audit import install as install_read_audit
+from query_api.retention import bp as retention_bp
 from query_api.services import Services
 from query_api.state import EXTENSION, ApiState, EventPublisher
 from query_api.store import EventStore, MongoEventStore
@@ -42,6 +43,7 @@ BLUEPRINTS = (
     docs_assets_bp,
     histogram_bp,
     streams.bp,
+    retention_bp,
 )
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")

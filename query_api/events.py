@@ -19,6 +19,7 @@ from query_api.problems import Problem
 from query_api.publisher import PublishFailed
 from query_api.query import EventFilters, page_body, parse_list_query, single_values
 from query_api.read_audit import audit_read, is_read_event, read_events_scope
+from query_api.retention import purged_problem
 from query_api.state import current_cache, current_publisher, current_settings, current_store
 from query_api.store import StoreUnavailable
 
@@ -200,7 +201,8 @@ async def get_event(event_id: str) -> Response:
 
     body, state = await cache.get_or_load("get", tenant, cache.tenant_scope(tenant), event_id, load)
     if not body:
-        raise Problem(404, f"no event {event_id!r}")
+        purged = await purged_problem(tenant, event_id)  # issue 16: 410, where it is archived
+        raise purged or Problem(404, f"no event {event_id!r}")
     view = orjson.loads(body)
     erased = view.get("erased")
     if erased:  # kept in the chain, payload gone (docs/chain.md)

@@ -37,6 +37,7 @@ from query_api.auth import read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.query import FILTERS, EventFilters, parse_list_query, single_values
 from query_api.read_audit import audited_export
+from query_api.retention import horizon_headers
 from query_api.state import current_store
 
 bp = Blueprint("export", __name__)
@@ -267,5 +268,6 @@ async def export_events() -> Response:
         f'attachment; filename="auditstream-{tenant}-{stamp}.{fmt}"'
     )
     resp.headers["Cache-Control"] = "no-store"
+    resp.headers.update(await horizon_headers(tenant))  # issue 16: results end at the purge
     resp.timeout = None  # an export of millions of events takes longer than RESPONSE_TIMEOUT
     return resp

@@ -31,6 +31,7 @@ from query_api.query import (
     single_values,
 )
 from query_api.read_audit import audit_read
+from query_api.retention import horizon_headers
 from query_api.state import current_cache, current_store
 
 bp = Blueprint("history", __name__)
@@ -113,4 +114,5 @@ async def target_history(target_type: str, target_id: str) -> Response:
     audit_read("history", tenant, filters, body=body, target=target, as_of=at)
     resp = Response(body, content_type="application/json")
     resp.headers["X-Cache"] = state
+    resp.headers.update(await horizon_headers(tenant))  # issue 16: results end at the purge
     return resp

@@ -39,6 +39,7 @@ from audit_events.chain import (
 )
 from audit_events.codec import _parse_time
 from audit_events.connections import kafka_client_options
+from audit_events.retention import marker_view, purge_marker
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
 from audit_events.store_adapter import chain_head
@@ -146,12 +147,18 @@ async def verify_tenant(
                 prev = str(before["hash"]) if before else GENESIS
         if until is not None:
             end_seq = await first_seq_where(probe, head_seq, _after(until)) - 1
+    # issue 16: events 1..K were purged once archived; the walk starts at K + 1
+    # from the marker's hash of K (a signed checkpoint at K must agree with it)
+    marker = await purge_marker(events.database, tenant)
+    through = int(marker["through_seq"]) if marker else 0
+    if marker is not None and start_seq <= through + 1:
+        start_seq, prev = through + 1, str(marker["hash"])
     query: dict[str, Any] = {"tenant": tenant, "seq": {"$gte": start_seq}}
     if end_seq is not None:
         query["seq"]["$lte"] = end_seq
     cursor = events.find(query).sort([("seq", 1), ("_id", 1)]).batch_size(1000)
     key = load_public_key(public_key) if isinstance(public_key, str) else public_key
-    return await verify_chain(
+    report = await verify_chain(
         tenant,
         aiter(cursor),
         checkpoints,
@@ -163,6 +170,20 @@ async def verify_tenant(
         control_keys=control_keys,
         controls=_lookup(events, tenant),
     )
+    if marker is not None:
+        report.purged = marker_view(marker)
+        signed = {
+            c.get("hash")
+            for c in checkpoints
+            if (c.get("tenant"), c.get("seq")) == (tenant, through)
+        }
+        if report.ok and signed and signed != {marker["hash"]}:
+            report.fail(
+                through,
+                "rewritten",
+                f"the purge marker's hash of seq {through} differs from its signed checkpoint",
+            )
+    return report
 
 
 def _lookup(

@@ -53,6 +53,8 @@ class Report:
     checkpoints: int = 0
     latest_checkpoint_seq: int = 0
     unsigned_tail: int = 0
+    # issue 16: the purge marker the walk started after (audit_events/retention.py)
+    purged: dict[str, Any] | None = None
 
     def fail(self, seq: int, reason: str, detail: str, event_id: object = None) -> Report:
         self.ok, self.first_bad_seq, self.reason, self.detail = False, seq, reason, detail
