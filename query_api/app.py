@@ -122,7 +122,7 @@ def create_app(
     )
     register_problem_handlers(app)
     # Any order: the router prefers a static segment (/v1/events/export) to a
-    # variable one (/v1/events/<event_id>); test_api_store checks every order.
+    # variable one (/v1/events/<event_id>); test_api_store registers them reversed too.
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
 
