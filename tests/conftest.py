@@ -91,6 +91,9 @@ def settings(backends: Backends, unique: str, tmp_path: Path) -> AuditSettings:
         jwt_secret=SecretStr("test-secret-0123456789abcdef-" + unique),
         control_signing_key=SecretStr(CONTROL_PRIVATE),  # the API signs control events
         control_public_keys=[CONTROL_PUBLIC],  # the processor and verifiers check them
+        # Read auditing (on by default) stores an event per read: off here, so tests
+        # that count a tenant's events see only theirs; test_read_audit turns it on.
+        read_audit=False,
         processor_metrics_port=0,
         kafka_partitions=4,
         data_dir=str(tmp_path / "data"),
