@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from audit_events.masking import (
     MASKING_COLLECTION,
@@ -27,6 +27,7 @@ from audit_events.masking import (
     tenant_key,
     version_view,
 )
+from audit_events.schema import Tenant
 from audit_events.settings import AuditSettings, load_settings, mongo_client_options
 
 T = TypeVar("T")
@@ -80,7 +81,16 @@ def _parse_rules(rules: tuple[str, ...], from_file: str | None) -> MaskingRules:
         raise click.ClickException(f"{loc}: {first['msg']}") from None
 
 
+def _tenant(tenant: str) -> str:
+    try:
+        return TypeAdapter(Tenant).validate_python(tenant)
+    except ValidationError:
+        raise click.BadParameter(f"not a tenant name: {tenant!r}", param_hint="TENANT") from None
+
+
 def _save(tenant: str, rules: MaskingRules) -> None:
+    tenant = _tenant(tenant)
+
     async def action(settings: AuditSettings, coll: Any) -> dict[str, Any]:
         now = datetime.now(UTC)
         doc = await save_version(
