@@ -23,19 +23,6 @@ from query_api.users import UserStore
 
 REDIS_POOL_SIZE = 64
 
-# Read paths the shared EVENT_INDEXES do not lead with; the API creates these
-# itself (idempotently) so every list filter is served by an index.
-READ_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
-    ("api_actor_type_time", [("tenant", 1), ("actor.type", 1), ("occurred_at", -1), ("_id", -1)]),
-    ("api_outcome_time", [("tenant", 1), ("outcome", 1), ("occurred_at", -1), ("_id", -1)]),
-    ("api_crud_time", [("tenant", 1), ("crud", 1), ("occurred_at", -1), ("_id", -1)]),
-    (
-        "api_source_time",
-        [("tenant", 1), ("source.service", 1), ("occurred_at", -1), ("_id", -1)],
-    ),
-    ("api_target_id_time", [("tenant", 1), ("targets.id", 1), ("occurred_at", -1), ("_id", -1)]),
-]
-
 
 @dataclass
 class Services:
@@ -80,9 +67,9 @@ class Services:
             tz_aware=True,
             event_listeners=list(mongo_listeners),
         )
-        await events.create_indexes(
-            [IndexModel(keys, name=name) for name, keys in EVENT_INDEXES + READ_INDEXES]
-        )
+        # The same indexes as the processor (audit_events/storage.py): every list
+        # filter's store query reads one of them.
+        await events.create_indexes([IndexModel(keys, name=name) for name, keys in EVENT_INDEXES])
         # A bounded, blocking pool: a burst waits briefly for a connection instead
         # of failing with "too many connections" (and needlessly bypassing the cache).
         pool = BlockingConnectionPool.from_url(
