@@ -144,21 +144,27 @@ class ObjectStore:
                 f"{op} {key} on {self.location.describe()} failed: {_first_line(exc)}"
             ) from None
 
-    async def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+    async def put(
+        self, key: str, data: bytes, *, create_only: bool = False, content_type: str | None = None
+    ) -> None:
         """Store ``data`` at ``key``; with ``create_only`` never replace an object."""
         import obstore
 
         with self._errors("PUT", key):
             await obstore.put_async(
-                self._s3(), key, data, mode="create" if create_only else "overwrite"
+                self._s3(),
+                key,
+                data,
+                mode="create" if create_only else "overwrite",
+                attributes={"Content-Type": content_type} if content_type else None,
             )
 
-    async def put_idempotent(self, key: str, data: bytes) -> None:
+    async def put_idempotent(self, key: str, data: bytes, content_type: str | None = None) -> None:
         """A create-only put that succeeds when ``key`` already holds exactly ``data``
         (a retried PUT whose first acknowledgement was lost); :class:`ObjectExists`
         when it holds anything else."""
         try:
-            await self.put(key, data, create_only=True)
+            await self.put(key, data, create_only=True, content_type=content_type)
         except ObjectExists:
             if await self.get_async(key) != data:
                 raise

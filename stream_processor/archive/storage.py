@@ -158,7 +158,9 @@ class ObjectStorage:
 
     async def append_manifest(self, first_n: int, data: bytes) -> None:
         try:
-            await self.store.put_idempotent(f"{MANIFEST_PARTS}{first_n:020d}.ndjson", data)
+            await self.store.put_idempotent(
+                f"{MANIFEST_PARTS}{first_n:020d}.ndjson", data, "application/x-ndjson"
+            )
         except ObjectExists:
             raise ArchiveBusy(
                 f"manifest entry {first_n} of {self.describe()} was written by someone else: "
@@ -170,7 +172,7 @@ class ObjectStorage:
 
     async def put_segment(self, rel: str, data: bytes) -> None:
         try:
-            await self.store.put_idempotent(rel, data)
+            await self.store.put_idempotent(rel, data, "application/gzip")
         except ObjectExists:
             raise ArchiveBusy(
                 f"{rel} in {self.describe()} holds other bytes: another archiver is writing "

@@ -48,7 +48,13 @@ from audit_events.streams import (
     stream_lag,
     streamed_event,
 )
-from stream_processor.streams.formats import build_request, ndjson_body, s3_key, syslog_frames
+from stream_processor.streams.formats import (
+    NDJSON_CONTENT_TYPE,
+    build_request,
+    ndjson_body,
+    s3_key,
+    syslog_frames,
+)
 from stream_processor.streams.metrics import StreamMetrics
 
 log = logging.getLogger("auditstream.streamer")
@@ -139,7 +145,7 @@ async def send_s3(dest: dict[str, Any], events: list[dict[str, Any]], timeout: f
             str(dest.get("secret") or ""),
             timeout,
         )
-        await store.put(s3_key(dest, events), ndjson_body(events))
+        await store.put(s3_key(dest, events), ndjson_body(events), content_type=NDJSON_CONTENT_TYPE)
     except (ObjectStoreError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
     return None

@@ -822,6 +822,8 @@ async def test_s3_destination_writes_ndjson_objects_and_survives_the_store_down(
     ]
     events = [e for _, v in objects for e in v]
     assert [e["seq"] for e in events] == list(range(1, 101))
+    head = s3.client().head_object(Bucket=bucket, Key=f"audit/logs/{objects[0][0]}")
+    assert head["ContentType"] == "application/x-ndjson"
     assert all(e["idempotency_key"] == e["id"] for e in events)
 
     s3.stop()  # the object store goes down: its lag grows, the webhook goes on
