@@ -30,7 +30,8 @@ and the order of received times follows the chain.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +49,7 @@ from audit_events.retention import (
 )
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION, event_key
+from audit_events.store_adapter import first_seq_where, seq_probes
 from stream_processor.archive.manifest import Entry
 from stream_processor.archive.reader import ArchiveError, ArchiveReader
 from stream_processor.archive.storage import ArchiveStorage, archive_storage
@@ -71,6 +73,7 @@ class PurgeResult:
     segment: str | None = None
     candidates: int = 0
     note: str | None = None  # why less (or nothing) was purged
+    seconds: dict[str, float] | None = None  # per phase: store, archive, delete
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,11 +128,30 @@ def archived_ids(
     return found
 
 
+def _older(doc: dict[str, Any], cutoff: datetime) -> bool:
+    at = doc.get("received_at")
+    if not isinstance(at, datetime):
+        return False
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)) < cutoff
+
+
 def _links(prev: str, doc: dict[str, Any]) -> bool:
     try:
         return links(prev, str(doc.get("content_hash")), doc)
     except (ValueError, TypeError):  # not a hex digest: an edited document
         return False
+
+
+async def _prefix(
+    events: Any, tenant: str, start: int, last: int, projection: dict[str, int]
+) -> AsyncIterator[dict[str, Any]]:
+    """Seq ``start..last`` in order, one query per chunk (one batch each: no getMore,
+    which some servers answer by scanning again)."""
+    for lo, hi in _chunks(start, last):
+        query = {"tenant": tenant, "seq": {"$gte": lo, "$lte": hi}}
+        cursor = events.find(query, projection).sort("seq", 1).batch_size(CHUNK + 1)
+        async for doc in cursor:
+            yield doc
 
 
 def _chunks(lo: int, hi: int) -> Iterator[tuple[int, int]]:
@@ -150,6 +172,7 @@ async def purge_tenant(
 ) -> PurgeResult:
     """Purge ``tenant``'s events received more than ``days`` before ``now`` that the
     archive holds; see the module's docstring for the order of the steps."""
+    started = time.perf_counter()
     now = now or datetime.now(UTC)
     result = PurgeResult(tenant, days)
     events = db[EVENTS_COLLECTION]
@@ -163,21 +186,22 @@ async def purge_tenant(
     if head is None:
         result.note = "no stored events"
         return result
-    young = await events.find_one(
-        {"tenant": tenant, "seq": {"$gte": start}, "received_at": {"$gte": cutoff}},
-        {"seq": 1},
-        sort=[("seq", 1)],
-    )
-    last = min(int(head["seq"]) - 1, (int(young["seq"]) - 1) if young else int(head["seq"]))
+    # the first event received within the policy, by binary search on the chain
+    # index (received times follow seq); the walk below still stops at any young one
+    probe, _ = seq_probes(events, tenant, {"seq": 1, "received_at": 1})
+    young = await first_seq_where(probe, int(head["seq"]), lambda d: not _older(d, cutoff))
+    last = min(int(head["seq"]), young) - 1
     if last < start:
         result.note = "nothing older than the policy (the newest event is always kept)"
         return result
     # the prefix start..last as stored: it must link, and be found in the archive
     docs: list[dict[str, Any]] = []
     projection = {"id": 1, "seq": 1, "hash": 1, "content_hash": 1, "received_at": 1, "targets": 1}
-    cursor = events.find({"tenant": tenant, "seq": {"$gte": start, "$lte": last}}, projection)
-    async for doc in cursor.sort("seq", 1).batch_size(CHUNK):
+    async for doc in _prefix(events, tenant, start, last, projection):
         expected = start + len(docs)
+        if not _older(doc, cutoff):
+            last = expected - 1
+            break
         if doc.get("seq") != expected or not _links(prev, doc):
             break
         docs.append(doc)
@@ -187,6 +211,7 @@ async def purge_tenant(
     if not docs:
         return result
     result.candidates = len(docs)
+    timings = {"store": time.perf_counter() - started}
     try:
         where = archived_ids(storage, topic, tenant, {str(d["id"]) for d in docs})
     except (ArchiveError, FileNotFoundError) as exc:
@@ -199,9 +224,12 @@ async def purge_tenant(
             break
         kept += 1
     docs = docs[:kept]
+    timings["archive"] = time.perf_counter() - started - timings["store"]
     if not docs:
         return result
-    await _purge(db, tenant, docs, where, now, marker)
+    await _purge(db, tenant, docs, where, now, marker, timings)
+    timings["delete"] = time.perf_counter() - started - sum(timings.values())
+    result.seconds = {k: round(v, 3) for k, v in timings.items()}
     result.purged = len(docs)
     result.through_seq = int(docs[-1]["seq"])
     result.segment = where[str(docs[-1]["id"])].entry.path
@@ -222,7 +250,9 @@ async def _purge(
     where: dict[str, Archived],
     now: datetime,
     marker: dict[str, Any] | None,
+    timings: dict[str, float],
 ) -> None:
+    began = time.perf_counter()
     stubs = db[PURGED_EVENTS_COLLECTION]
     for i in range(0, len(docs), CHUNK):
         rows = []
@@ -245,6 +275,7 @@ async def _purge(
         except BulkWriteError as exc:  # a repeated run: stubs already there
             if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", ())):
                 raise
+    timings["stubs"] = time.perf_counter() - began
     last = docs[-1]
     at = where[str(last["id"])]
     await db[PURGES_COLLECTION].replace_one(
