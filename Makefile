@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast test-resilience lint typecheck unit integration bench clean lock
+.PHONY: run test test-fast test-resilience lint typecheck unit integration bench bench-quick clean lock
 
 $(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
@@ -49,6 +49,15 @@ test-resilience: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py
+
+# The quick benches (a few minutes), each printing its ratio: store CPU per 1,000
+# events (indexes before/after), processor CPU per 1,000 events (free store), and
+# the uncached list beside the direct indexed query as the store grows (~2 min
+# here; `bench/bench_growth.py --budget 600` for the long run). bench/results/.
+bench-quick: $(DEV_STAMP)
+	$(BIN)/python bench/bench_store_cpu.py
+	$(BIN)/python bench/bench_processor_cpu.py
+	$(BIN)/python bench/bench_growth.py --sizes 5000,20000,50000 --budget 150 --repeat 9 --name growth-quick
 
 # The lock files deploy/Dockerfile installs from (uv pip compile: every pin with
 # its hashes, one resolution for every platform, Python 3.11 as in the image).

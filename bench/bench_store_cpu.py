@@ -1,0 +1,194 @@
+"""Store CPU per 1,000 events: the events indexes before issue 18 vs ``EVENT_INDEXES`` now.
+
+    .venv/bin/python bench/bench_store_cpu.py [--events 6000] [--rounds 3]
+
+Starts one SecantusDB (temporary data dir) and, alternating the two index sets
+``--rounds`` times on fresh collections of the same server, inserts the same
+sealed documents (``auditstream loadgen``'s events, 50 tenants, with the seq and
+hash the processor gives them) 500 per ordered ``insert_many``, as the processor
+writes. Measures the SecantusDB server process's CPU time (user + system, from
+``/proc/<pid>/stat``) over each insert, per 1,000 events, p50 over the rounds:
+- before: the 12 indexes of the code before (``_id``, five shared ``EVENT_INDEXES``,
+  the API's five ``READ_INDEXES``, the unique ``tenant_seq``);
+- after: ``_id``, today's ``EVENT_INDEXES`` and ``tenant_seq`` (as the processor
+  and the API create them);
+- none: ``_id`` only (the server's floor);
+- merged (a design, not what the code stores): the attribute pattern — the actor,
+  exact action and target ids as prefixed tokens (``a:…``, ``c:…``, ``t:…``) in the
+  ``search`` array beside the words, so ``tenant_search_time`` serves those filters
+  too and their three indexes go (``_id``, ``tenant_time``, ``tenant_search_time``,
+  ``tenant_seq``). It needs a stored-shape change and a backfill (see the report).
+Prints index entries per event and ms CPU per 1,000 events for each, and the
+ratio after / before. Writes ``bench/results/store_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient, IndexModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ingest import _sealed
+
+from audit_events.codec import event_to_document
+from audit_events.storage import CHAIN_INDEX, EVENT_INDEXES
+from audit_events.store_adapter import capabilities_of, chain_index_model
+from auditstream.embedded import mongo_server
+from producers.loadgen import generate_events
+
+RESULTS = Path(__file__).parent / "results"
+BATCH = 500
+_T = [("occurred_at", -1), ("_id", -1)]
+Indexes = list[tuple[str, list[tuple[str, int]]]]
+# The events indexes before issue 18's change (audit_events/storage.py EVENT_INDEXES
+# and query_api/services.py READ_INDEXES at f9abb56^).
+BEFORE: Indexes = [
+    ("tenant_time", [("tenant", 1), *_T]),
+    ("tenant_action_time", [("tenant", 1), ("action", 1), *_T]),
+    ("tenant_actor_time", [("tenant", 1), ("actor.id", 1), *_T]),
+    ("tenant_target_time", [("tenant", 1), ("targets.type", 1), ("targets.id", 1), *_T]),
+    ("tenant_search_time", [("tenant", 1), ("search", 1), *_T]),
+    ("api_actor_type_time", [("tenant", 1), ("actor.type", 1), *_T]),
+    ("api_outcome_time", [("tenant", 1), ("outcome", 1), *_T]),
+    ("api_crud_time", [("tenant", 1), ("crud", 1), *_T]),
+    ("api_source_time", [("tenant", 1), ("source.service", 1), *_T]),
+    ("api_target_id_time", [("tenant", 1), ("targets.id", 1), *_T]),
+]
+
+
+MERGED: Indexes = [EVENT_INDEXES[0], EVENT_INDEXES[-1]]
+
+
+def merged(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the attribute tokens the merged design would store."""
+    tokens = [f"c:{doc['action']}"]
+    if isinstance(doc.get("actor"), dict):
+        tokens.append(f"a:{doc['actor']['id']}")
+    tokens += [f"t:{t['id']}" for t in doc.get("targets") or ()]
+    return {**doc, "search": [*doc["search"], *tokens]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _values(doc: Any, path: str) -> int:
+    """How many index keys ``doc`` gives ``path`` (arrays: one per element)."""
+    head, _, rest = path.partition(".")
+    value = doc.get(head) if isinstance(doc, dict) else None
+    if isinstance(value, list):
+        return max(1, sum(_values({head: v}, path) for v in value)) if value else 1
+    return _values(value, rest) if rest and isinstance(value, dict) else 1
+
+
+def entries_per_event(indexes: Indexes, docs: list[dict[str, Any]]) -> float:
+    """Index entries one event costs: ``_id``, then per index its multikey fan-out
+    (each of these indexes has at most one array path)."""
+    total = 0
+    for doc in docs:
+        total += 1
+        for _, keys in indexes:
+            total += max(_values(doc, field) for field, _ in keys)
+    return total / len(docs)
+
+
+async def insert_cpu(
+    client: AsyncMongoClient[dict[str, Any]],
+    pid: int,
+    name: str,
+    indexes: Indexes,
+    docs: list[dict[str, Any]],
+    chain: bool,
+) -> float:
+    coll = client.bench[name]
+    await coll.drop()
+    if indexes or chain:
+        models = [IndexModel(k, name=n) for n, k in indexes]
+        if chain:
+            models.append(chain_index_model(await capabilities_of(coll)))
+        await coll.create_indexes(models)
+    sealed = [dict(d) for d in docs]
+    before = cpu_seconds(pid)
+    for i in range(0, len(sealed), BATCH):
+        await coll.insert_many(sealed[i : i + BATCH], ordered=True)
+    spent = cpu_seconds(pid) - before
+    await coll.drop()
+    return spent / len(docs) * 1000 * 1000  # ms per 1,000 events
+
+
+async def run(count: int, rounds: int) -> dict[str, Any]:
+    events = generate_events(count, tenants=50, seed=3)
+    docs = _sealed([event_to_document(e, datetime.now(UTC)) for e in events])
+    sets: dict[str, tuple[Indexes, bool]] = {
+        "before": (BEFORE, True),
+        "after": (EVENT_INDEXES, True),
+        "none": ([], False),
+        "merged": (MERGED, True),
+    }
+    shapes = {"merged": [merged(d) for d in docs]}
+    server = mongo_server(Path(tempfile.mkdtemp(prefix="bench-store-cpu-")))
+    server.start()
+    assert server.proc is not None
+    spent: dict[str, list[float]] = {label: [] for label in sets}
+    try:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.url, tz_aware=True)
+        await insert_cpu(client, server.proc.pid, "warmup", EVENT_INDEXES, docs[:BATCH], True)
+        for r in range(rounds):
+            for label, (indexes, chain) in sets.items():
+                these = shapes.get(label, docs)
+                ms = await insert_cpu(client, server.proc.pid, label, indexes, these, chain)
+                spent[label].append(ms)
+                print(f"  round {r + 1} {label}: {ms:.0f} ms CPU per 1,000 events", flush=True)
+        await client.close()
+    finally:
+        server.stop()
+    out: dict[str, Any] = {"events": count, "rounds": rounds, "sets": {}}
+    for label, (indexes, chain) in sets.items():
+        everything = indexes + ([CHAIN_INDEX] if chain else [])
+        out["sets"][label] = {
+            "indexes": 1 + len(everything),
+            "entries_per_event": round(entries_per_event(everything, shapes.get(label, docs)), 1),
+            "store_cpu_ms_per_1000": round(statistics.median(spent[label]), 0),
+            "rounds_ms": [round(x) for x in spent[label]],
+        }
+    s = out["sets"]
+    for label in ("after", "merged"):
+        out[f"{label}_vs_before"] = round(
+            s[label]["store_cpu_ms_per_1000"] / s["before"]["store_cpu_ms_per_1000"], 2
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=6000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.events, args.rounds))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "store_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    for label, row in result["sets"].items():
+        print(
+            f"{label:>7}: {row['indexes']:>2} indexes, {row['entries_per_event']:>5} entries"
+            f"/event, {row['store_cpu_ms_per_1000']:>5.0f} ms store CPU per 1,000 events"
+        )
+    print(f"store CPU per 1,000 events, after / before: {result['after_vs_before']}")
+    print(f"(design not shipped) merged / before: {result['merged_vs_before']}")
+
+
+if __name__ == "__main__":
+    main()
