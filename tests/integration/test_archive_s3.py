@@ -329,3 +329,49 @@ async def test_sigkilled_archiver_on_a_bucket_loses_and_repeats_nothing(
     report = verify_archive(archive_storage(settings))
     assert report.ok, [p.line() for p in report.problems]
     print(f"\n{kills} kills; {report.entries} segments, {report.records} records, ok")
+
+
+@pytest.mark.timeout(240)
+async def test_ingestion_goes_on_while_the_archive_bucket_is_down(
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+    settings: AuditSettings,
+    s3: MotoS3,
+) -> None:
+    """Issue 16: the object store down does not hold back ingestion into MongoDB (the
+    archiver is its own consumer group and process); the archive catches up after."""
+    from tests.integration.test_replay import produce as produce_events
+    from tests.integration.test_replay import wait_count
+
+    processors()
+    archiver = Archiver(settings)
+    stop = asyncio.Event()
+    archiving = asyncio.create_task(archiver.run(stop))
+    try:
+        await produce_events(settings, 100, "up")
+        await wait_count(store, 100, timeout=120)
+
+        def archived_events() -> int:
+            entries = archiver.manifest.entries
+            return sum(e.count for e in entries if e.topic == settings.topic_events)
+
+        await eventually(lambda: archived_events() >= 100, 60, what="archived")
+        started = time.monotonic()
+        await produce_events(settings, 400, "up2")
+        await wait_count(store, 500, timeout=120)
+        stored_up = time.monotonic() - started
+        s3.stop()
+        held = archived_events()
+        started = time.monotonic()
+        await produce_events(settings, 400, "down")
+        await wait_count(store, 900, timeout=120)  # stored while the archive cannot write
+        stored_in = time.monotonic() - started
+        assert archived_events() == held  # nothing published meanwhile
+        s3.start()
+        await eventually(lambda: archived_events() >= 900, 90, what="the archive caught up")
+    finally:
+        stop.set()
+        await archiving
+    print(f"\n400 events stored in {stored_up:.1f}s with the bucket up, {stored_in:.1f}s down")
+    assert stored_in < 3 * stored_up + 10  # not held back (loose: a shared 2-core machine)
+    assert verify_archive(archive_storage(settings)).ok
