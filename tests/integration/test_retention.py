@@ -25,7 +25,7 @@ from stream_processor.archive.archiver import Archiver
 from stream_processor.archive.storage import DirectoryStorage
 from stream_processor.replay import Replayer
 from stream_processor.retention import purge_all, purge_tenant
-from tests.helpers import eventually
+from tests.helpers import eventually, run_cli
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
@@ -216,3 +216,33 @@ async def test_purge_stops_where_the_archive_ends(
     # a policy of 3 days purges nothing more (seq 16.. are younger than 3 days)
     later = await purge_tenant(db, storage, settings.topic_events, "acme", 3, now=now)
     assert later.purged == 0
+
+
+async def test_cli_retention_purge_and_verify(
+    settings: AuditSettings, store: AsyncCollection[dict[str, Any]]
+) -> None:
+    """`auditstream retention set/show/clear`, `auditstream purge` (once), and
+    `auditstream verify` naming the purge."""
+    await ensure_topics(settings)
+    await produce_days(settings, int(datetime.now(UTC).timestamp() * 1000))
+    assert (await Replayer(settings, grace_seconds=0.2, archive=False).run()).swapped
+    bad = run_cli(settings, "retention", "set", "acme", "--days", "0")
+    assert bad.returncode == 2 and "--days" in bad.stderr, bad
+    assert run_cli(settings, "retention", "set", "acme", "--days", "1").returncode == 0
+    # nothing archived: nothing purged, exit 0 (a later run catches up)
+    first = run_cli(settings, "purge")
+    assert first.returncode == 0, first
+    assert orjson.loads(first.stdout)["purged"] == 0
+    await archive_all(settings, 35)
+    done = run_cli(settings, "purge")
+    assert done.returncode == 0, done
+    line = orjson.loads(done.stdout)
+    assert (line["tenant"], line["purged"], line["through_seq"]) == ("acme", 20, 20), line
+    checked = run_cli(settings, "verify", "--tenant", "acme", "--quiet")
+    assert checked.returncode == 0, checked
+    assert "events up to seq 20 purged on" in checked.stdout, checked.stdout
+    assert "archived in segment segments/" in checked.stdout
+    shown = orjson.loads(run_cli(settings, "retention", "show", "acme").stdout)
+    assert shown["purge"]["through_seq"] == 20 and shown["purge"]["purged"] == 20
+    cleared = run_cli(settings, "retention", "clear", "acme")
+    assert cleared.returncode == 0 and orjson.loads(cleared.stdout)["days"] is None
