@@ -244,6 +244,13 @@ class AuditSettings(BaseSettings):
     # --- API ---------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=1, le=65535)
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes `auditstream api` runs on the one port (SO_REUSEPORT; the"
+        " kernel spreads connections). One per core to use them all; they share the cache.",
+    )
     max_batch_events: int = Field(1000, ge=1, le=100_000)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 

@@ -69,6 +69,12 @@ class ApiMetrics:
         self.cache = Counter(
             "auditstream_api_cache", "Read cache results", ["result"], registry=self.registry
         )
+        # MongoDB reads behind the cache (one per key and generation across processes).
+        self.cache_loads = Counter(
+            "auditstream_api_cache_loads",
+            "Read cache loads (MongoDB reads of a missed key)",
+            registry=self.registry,
+        )
         # GET /v1/verify answers whose chain did not verify (the verify-failure alert).
         self.verify_failures = Counter(
             "auditstream_verify_failures",
@@ -135,6 +141,7 @@ def create_app(
             return
         services = await Services.open(settings, mongo_listeners)
         state.services, state.cache, state.publisher = services, services.cache, services.publisher
+        services.cache.on_load = metrics.cache_loads.inc
         state.store = MongoEventStore(
             services.events, exports=services.exports, waits=services.waits
         )

@@ -11,6 +11,15 @@ stays joinable for :attr:`ReadCache.grace_seconds` after its value was stored,
 so a request whose Redis GET raced the SET still does not query MongoDB again;
 that is safe because the key names the generation it was read under.
 
+Across processes (several API workers or pods on one Redis) a miss takes a
+short Redis lock named after the key (``SET NX PX`` with a random token) before
+it reads MongoDB; a process that finds the lock taken polls the key until the
+holder's value lands (``GET`` every few ms), for at most
+:attr:`ReadCache.lock_seconds`, then loads itself. The lock expires on its own
+after that time, so a crashed loader holds nobody up for longer, and it is
+released (compare-and-delete on the token) once the value is stored or the load
+failed. A cold burst over N processes thus reads MongoDB once per key.
+
 When Redis is unavailable reads go straight to MongoDB (``X-Cache: bypass``),
 and Redis is skipped for :attr:`ReadCache.retry_seconds` before the next try.
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -55,6 +65,13 @@ if value then
 end
 return gens
 """
+# Release a single-flight lock only if it is still ours (it may have expired and
+# been taken by another loader meanwhile).
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+LOCK_SUFFIX = ":loading"
 _SPLIT = 7_373_737_373_737_373_737  # a generation no counter has, to split query_key()'s text
 
 
@@ -63,6 +80,11 @@ class ReadCache:
     retry_seconds = 1.0
     # A hit with less than this share of the TTL left reloads the entry in the background.
     refresh_fraction = 0.2
+    # Cross-process single-flight: how long a load may hold its key's lock, which
+    # is also the longest another process waits for it before loading itself.
+    lock_seconds = 5.0
+    poll_first_seconds = 0.005  # the first poll of a waiting process, doubling
+    poll_max_seconds = 0.05  # up to this interval
 
     def __init__(self, redis: Redis | None, ttl_seconds: int, *, namespace: str) -> None:
         self._redis = redis
@@ -72,12 +94,17 @@ class ReadCache:
         self._ttl = ttl_seconds
         self._generation_ttl = generation_ttl_seconds(ttl_seconds)
         self._hit_script = redis.register_script(HIT_SCRIPT) if redis is not None else None
+        self._release_script = redis.register_script(RELEASE_SCRIPT) if redis is not None else None
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
         self._redis_down_until = 0.0
         self.hits = 0
         self.misses = 0
         self.bypasses = 0
         self.refreshes = 0
+        self.loads = 0  # loader calls (MongoDB reads) this process made
+        self.shared = 0  # misses answered by another process's load
+        # Called once per loader call (the API counts them: auditstream_api_cache_loads_total).
+        self.on_load: Callable[[], None] | None = None
         # Test seam: awaited between a miss's MongoDB read and its cache set.
         self.after_load: Callable[[str], Awaitable[None]] | None = None
 
@@ -121,7 +148,7 @@ class ReadCache:
                 # Early refresh: a hot entry is reloaded in the background before it
                 # expires (single-flight), so no reader waits on an expired hot key.
                 self.refreshes += 1
-                self._flight(key, loader, store=True)
+                self._flight(key, loader, store=True, refresh=True)
             return cached if isinstance(cached, bytes) else cached.encode(), "hit"
         self.misses += 1
         return await asyncio.shield(self._flight(key, loader, store=True)), "miss"
@@ -171,17 +198,31 @@ class ReadCache:
         key = f"nocache:{kind}:{tenant}:{normalized_query}"
         return await asyncio.shield(self._flight(key, loader, store=False)), "bypass"
 
-    def _flight(self, key: str, loader: Loader, store: bool) -> asyncio.Task[bytes]:
+    def _flight(
+        self, key: str, loader: Loader, store: bool, *, refresh: bool = False
+    ) -> asyncio.Task[bytes]:
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._load(key, loader, store))
+            task = asyncio.ensure_future(self._load(key, loader, store, refresh))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._landed(key, t, store))
         return task
 
-    async def _load(self, key: str, loader: Loader, store: bool) -> bytes:
-        value = await loader()
-        if store:
+    async def _load(self, key: str, loader: Loader, store: bool, refresh: bool) -> bytes:
+        if not store:
+            return await self._call(loader)
+        token = secrets.token_hex(16)
+        theirs = await self._lock_or_wait(key, token)
+        if theirs is None and not refresh:
+            # Another process may have stored it between our miss and our lock.
+            theirs = await self._get_quietly(key)
+            if theirs is not None:
+                await self._unlock(key, token)
+        if theirs is not None:
+            self.shared += 1
+            return theirs
+        try:
+            value = await self._call(loader)
             if self.after_load is not None:
                 await self.after_load(key)
             assert self._redis is not None
@@ -189,7 +230,60 @@ class ReadCache:
                 await self._redis.set(key, value, ex=self._ttl)
             except (RedisError, OSError) as exc:
                 log.warning("cache set failed: %s", exc)
-        return value
+            return value
+        finally:
+            await self._unlock(key, token)
+
+    async def _get_quietly(self, key: str) -> bytes | None:
+        assert self._redis is not None
+        try:
+            value = await self._redis.get(key)
+        except (RedisError, OSError):
+            return None
+        return value if isinstance(value, bytes | None) else value.encode()
+
+    async def _call(self, loader: Loader) -> bytes:
+        self.loads += 1
+        if self.on_load is not None:
+            self.on_load()
+        return await loader()
+
+    async def _lock_or_wait(self, key: str, token: str) -> bytes | None:
+        """Take the key's load lock (``None``: load now), or another process's value.
+
+        Waits at most :attr:`lock_seconds` for the holder's value; when the lock
+        is gone without a value (the holder failed, or its lock expired) it tries
+        to take the lock itself. Redis errors: ``None`` (load without a lock).
+        """
+        assert self._redis is not None
+        lock = key + LOCK_SUFFIX
+        lock_ms = int(self.lock_seconds * 1000)
+        deadline = time.monotonic() + self.lock_seconds
+        pause = self.poll_first_seconds
+        try:
+            while True:
+                if await self._redis.set(lock, token, nx=True, px=lock_ms):
+                    return None
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, self.poll_max_seconds)
+                    value = await self._redis.get(key)
+                    if value is not None:
+                        return value if isinstance(value, bytes) else value.encode()
+                    if not await self._redis.exists(lock):
+                        break  # released without a value: try to take it
+                else:
+                    return None  # waited long enough: load it ourselves
+        except (RedisError, OSError) as exc:
+            log.warning("cache lock unavailable, loading without it: %s", exc)
+            return None
+
+    async def _unlock(self, key: str, token: str) -> None:
+        assert self._release_script is not None
+        try:
+            await self._release_script(keys=[key + LOCK_SUFFIX], args=[token])
+        except (RedisError, OSError) as exc:  # it expires on its own
+            log.warning("cache lock release failed: %s", exc)
 
     def _landed(self, key: str, task: asyncio.Task[bytes], store: bool) -> None:
         failed = task.cancelled() or task.exception() is not None  # marks it retrieved

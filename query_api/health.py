@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from quart import Blueprint, Quart, Response
 
 from query_api.problems import Problem
@@ -73,8 +75,20 @@ async def metrics() -> Response:
     """Prometheus text format; 404 when AUDITSTREAM_API_METRICS_PORT serves it instead."""
     if api_state().settings.api_metrics_port is not None:
         raise Problem(404, "metrics are served on AUDITSTREAM_API_METRICS_PORT")
-    registry = metrics_registry()
+    registry = multiprocess_registry() or metrics_registry()
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_registry() -> CollectorRegistry | None:
+    """Every API worker's metrics, summed (AUDITSTREAM_API_WORKERS > 1), else None."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return None
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def metrics_registry(app: Quart | None = None) -> CollectorRegistry:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from query_api.cache import ReadCache
+from audit_events.cache_keys import query_key
+from query_api.cache import LOCK_SUFFIX, RELEASE_SCRIPT, ReadCache
 
 pytestmark = pytest.mark.unit
 
@@ -28,7 +29,17 @@ class FakeRedis:
         return [self.data.get(k) for k in keys]
 
     def register_script(self, script: str) -> Any:
-        """query_api.cache.HIT_SCRIPT, in Python."""
+        """query_api.cache.HIT_SCRIPT and RELEASE_SCRIPT, in Python."""
+        if script == RELEASE_SCRIPT:
+
+            async def release(keys: list[str], args: list[str]) -> int:
+                self._check()
+                if self.data.get(keys[0]) == args[0].encode():
+                    del self.data[keys[0]]
+                    return 1
+                return 0
+
+            return release
 
         async def run(keys: list[str], args: list[str]) -> list[Any]:
             self._check()
@@ -47,11 +58,18 @@ class FakeRedis:
         await asyncio.sleep(0)
         return self.data.get(key)
 
-    async def set(self, key: str, value: bytes | int, ex: int, nx: bool = False) -> None:
+    async def set(
+        self, key: str, value: bytes | int | str, ex: int = 0, px: int = 0, nx: bool = False
+    ) -> bool | None:
         self._check()
         if nx and key in self.data:
-            return
+            return None
         self.data[key] = value if isinstance(value, bytes) else str(value).encode()
+        return True
+
+    async def exists(self, key: str) -> int:
+        self._check()
+        return int(key in self.data)
 
 
 async def test_concurrent_misses_load_once_then_hit() -> None:
@@ -117,3 +135,62 @@ async def test_redis_down_bypasses_and_a_disconnect_does_not_cancel_the_load() -
     leader.cancel()  # the first client disconnects
     release.set()
     assert await follower == (b"fresh", "miss")
+
+
+async def test_two_processes_share_one_load_through_the_redis_lock() -> None:
+    """Two ReadCaches (two API processes) on one Redis: a cold burst loads once."""
+    redis = FakeRedis()
+    caches = [ReadCache(redis, 60, namespace="n") for _ in range(2)]  # type: ignore[arg-type]
+    calls = 0
+
+    async def load() -> bytes:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return b"page"
+
+    results = await asyncio.gather(
+        *(caches[i % 2].get_or_load("list", "t", ["g"], "q", load) for i in range(20))
+    )
+    assert calls == 1 and {r for r in results} == {(b"page", "miss")}
+    assert sum(c.loads for c in caches) == 1 and sum(c.shared for c in caches) == 1
+    assert not [k for k in redis.data if k.endswith(":loading")]  # released
+
+
+async def test_a_crashed_loaders_lock_holds_a_reader_up_only_for_the_lock_time() -> None:
+    redis = FakeRedis()
+    cache = ReadCache(redis, 60, namespace="n")  # type: ignore[arg-type]
+    cache.lock_seconds = 0.2
+    await cache.get_or_load("list", "t", ["g"], "warm", _value(b"x"))  # creates the counter
+    key = query_key("n", "list", "t", [int(redis.data["g"])], "q")
+    # A process took the lock of "q" and died (the real lock expires after lock_seconds).
+    redis.data[key + LOCK_SUFFIX] = b"someone-else"
+    started = asyncio.get_running_loop().time()
+    assert await cache.get_or_load("list", "t", ["g"], "q", _value(b"mine")) == (b"mine", "miss")
+    assert 0.2 <= asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_a_failed_loaders_released_lock_lets_the_waiter_load() -> None:
+    redis = FakeRedis()
+    first, second = (ReadCache(redis, 60, namespace="n") for _ in range(2))  # type: ignore[arg-type]
+    loading = asyncio.Event()
+
+    async def boom() -> bytes:
+        loading.set()
+        await asyncio.sleep(0.05)
+        raise RuntimeError("mongo down")
+
+    failing = asyncio.ensure_future(first.get_or_load("list", "t", ["g"], "q", boom))
+    await loading.wait()
+    started = asyncio.get_running_loop().time()
+    assert await second.get_or_load("list", "t", ["g"], "q", _value(b"ok")) == (b"ok", "miss")
+    assert asyncio.get_running_loop().time() - started < 1.0  # not the 5 s lock time
+    with pytest.raises(RuntimeError):
+        await failing
+
+
+def _value(value: bytes) -> Any:
+    async def load() -> bytes:
+        return value
+
+    return load
