@@ -159,19 +159,70 @@ def processors(
         proc.kill()
 
 
-# Long scenarios (crashed and restarted workers, store/broker outages, supervised `up`
-# stacks, browsers, fuzzers, thousands of events through the whole pipeline) carry the
-# `resilience` marker: `make test-fast` leaves them out, `make test-resilience` runs only
-# them, `make test` and CI run both (CI as two steps). Listed here by module file name
-# (None = every test of the module) or by test function name, so a module keeps its mark
-# wherever it lives; each entry's measured time is in the commit that added it.
-RESILIENCE: dict[str, set[str] | None] = {}
+# Long scenarios carry the `resilience` marker: `make test-fast` leaves them out,
+# `make test-resilience` runs only them, `make test` and CI run both (CI as two steps).
+# They are every test that starts worker processes (the `processors` fixture) or freezes
+# its own store (`own_mongo`), plus the modules and tests below: whole stacks (`up`,
+# gunicorn, Celery), browsers, the fuzzer, broker and Redis outages. Named by module file
+# name (None = the whole module) or test function name, so a moved module keeps its mark;
+# only integration tests are looked up (unit modules share some of these names).
+RESILIENCE_FIXTURES = {"processors", "own_mongo"}
+RESILIENCE: dict[str, set[str] | None] = {
+    # whole stacks, browsers, the fuzzer, own servers (TLS), archiver processes
+    "test_up.py": None,
+    "test_up_lifecycle.py": None,
+    "test_up_supervision.py": None,
+    "test_cli_beside_up.py": None,
+    "test_docs_snippets.py": None,
+    "test_django.py": None,
+    "test_celery_example.py": None,
+    "test_viewer.py": None,
+    "test_viewer_items.py": None,
+    "test_viewer_streams.py": None,
+    "test_api_fuzz.py": None,
+    "test_kafka_tls.py": None,
+    "test_archive.py": None,
+    "test_archive_s3.py": None,
+    "test_key_rotation.py": None,
+    "test_producer.py": None,  # the SDK against a broker it stops and restarts
+    # outages, bursts and long walks (5-50 s each on a loaded 2-core machine)
+    "test_api_auth_hardening.py": {
+        "test_lockouts_survive_a_redis_restart",
+        "test_concurrent_attempts_from_one_ip_check_at_most_the_limit",
+        "test_concurrent_guesses_for_one_user_check_at_most_the_limit",
+        "test_disabling_a_user_or_rotating_a_secret_revokes_its_tokens",
+    },
+    "test_api_ingest.py": {
+        "test_kafka_unreachable_is_503_with_retry_after",
+        "test_wait_true_answers_201_once_stored_else_202_with_location",
+    },
+    "test_api_readiness.py": {"test_kafka_down_keeps_the_pod_ready_reads_work_writes_503"},
+    "test_api_token.py": {
+        "test_password_and_client_credentials_grants",
+        "test_failed_logins_are_rate_limited_per_user_and_per_ip",
+    },
+    "test_api_cache.py": {"test_cold_burst_queries_mongodb_once"},
+    "test_api_pagination.py": {"test_walk_while_events_arrive"},
+    "test_listing_store.py": {"test_windowed_pages_equal_the_plain_query"},
+    "test_export.py": {"test_csv_export_streams_every_matching_event"},
+    "test_streams.py": {
+        "test_sigkill_streamer_during_s3_delivery_loses_nothing",
+        "test_sigkill_streamer_during_delivery_loses_nothing",
+        "test_streams_cli",
+        "test_s3_destination_writes_ndjson_objects_and_survives_the_store_down",
+    },
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.name not in RESILIENCE:
-            continue
-        names = RESILIENCE[item.path.name]
-        if names is None or getattr(item, "originalname", item.name) in names:
+        if item.get_closest_marker("integration") is None:
+            continue  # unit tests share some module names with integration ones
+        names = RESILIENCE.get(item.path.name, set())
+        long_scenario = (
+            names is None
+            or getattr(item, "originalname", item.name) in names
+            or not RESILIENCE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+        )
+        if long_scenario:
             item.add_marker(pytest.mark.resilience)
