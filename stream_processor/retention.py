@@ -49,7 +49,7 @@ from audit_events.retention import (
 )
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION, event_key
-from audit_events.store_adapter import first_seq_where, seq_probes
+from audit_events.store_adapter import seq_probes
 from stream_processor.archive.manifest import Entry
 from stream_processor.archive.reader import ArchiveError, ArchiveReader
 from stream_processor.archive.storage import ArchiveStorage, archive_storage
@@ -188,9 +188,16 @@ async def purge_tenant(
         return result
     # the first event received within the policy, by binary search on the chain
     # index (received times follow seq); the walk below still stops at any young one
-    probe, _ = seq_probes(events, tenant, {"seq": 1, "received_at": 1})
-    young = await first_seq_where(probe, int(head["seq"]), lambda d: not _older(d, cutoff))
-    last = min(int(head["seq"]), young) - 1
+    _, exact = seq_probes(events, tenant, {"seq": 1, "received_at": 1})
+    lo, hi = start, int(head["seq"])  # the head is never purged
+    while lo < hi:  # point lookups (a range probe from a small seq scans on SecantusDB)
+        mid = (lo + hi) // 2
+        found = await exact(mid)
+        if found is not None and _older(found, cutoff):
+            lo = mid + 1
+        else:  # young, or a gap: purge less, never more
+            hi = mid
+    last = lo - 1
     if last < start:
         result.note = "nothing older than the policy (the newest event is always kept)"
         return result
