@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from auditstream.embedded import free_port
+from tests.helpers import eventually_sync, exited
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -64,11 +65,14 @@ class Up:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 150
-        while b"auditstream is ready" not in self.out.read_bytes():
-            assert self.proc.poll() is None, self.out.read_text()
-            assert time.monotonic() < deadline, self.out.read_text()
-            time.sleep(0.5)
+        eventually_sync(
+            lambda: b"auditstream is ready" in self.out.read_bytes(),
+            150,
+            0.5,
+            what="auditstream up ready",
+            abort=exited(self.proc),
+            detail=self.out.read_text,
+        )
         self.token = self.out.read_text().split("export TOKEN=")[1].split()[0]
 
     def stop(self) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from auditstream.embedded import free_port
+from tests.helpers import eventually_sync, exited
 
 pytestmark = pytest.mark.integration
 
@@ -61,11 +62,14 @@ def test_up_starts_everything_refuses_a_second_and_stops_clean(tmp_path: Path) -
         cwd=tmp_path,
     )
     try:
-        deadline = time.monotonic() + 150
-        while b"auditstream is ready" not in (tmp_path / "up.out").read_bytes():
-            assert up.poll() is None, (tmp_path / "up.out").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "up.out").read_text()
-            time.sleep(0.5)
+        eventually_sync(
+            lambda: b"auditstream is ready" in (tmp_path / "up.out").read_bytes(),
+            150,
+            0.5,
+            what="auditstream up ready",
+            abort=exited(up),
+            detail=(tmp_path / "up.out").read_text,
+        )
         output = (tmp_path / "up.out").read_text()
         token = output.split("export TOKEN=")[1].split()[0]
         children = _children(up.pid)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from audit_events.settings import AuditSettings
 from audit_events.storage import event_key
 from query_api.ui import SECURITY_HEADERS, STATIC
 from stream_processor.streams.worker import Streamer
-from tests.integration.conftest import served_api
+from tests.helpers import eventually, served_api
 from tests.integration.test_viewer import (
     CHROMIUM_ARGS,
     chromium_path,
@@ -44,13 +43,6 @@ DD_KEY = "dd-api-key-0123456789abcdef"
 URL_TOKEN = "q-token-0123456789"  # in a destination's query string: never shown either
 ADMIN = "events:read events:admin"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "viewer-items"  # never docs/
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 async def test_viewer_modules_are_served_as_javascript_under_the_csp(
@@ -175,7 +167,7 @@ async def test_streams_page_shows_destinations_and_their_health(
                     and data[splunk["id"]]["dead_letter_batches"] == 3
                 )
 
-            await until(settled)
+            await eventually(settled, 30, 0.1)
 
             context = await browser.new_context(
                 viewport={"width": 1280, "height": 900}, timezone_id="UTC"
