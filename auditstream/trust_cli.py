@@ -229,6 +229,7 @@ def replay(since: str | None, fresh: bool, no_swap: bool, batch: int, no_archive
     what the topic lacks (exit status 1). No option drops stored events.
     Resumable after a crash.
     """
+    from audit_events.objectstore import ObjectStoreError
     from stream_processor.archive.reader import ArchiveError
     from stream_processor.replay import Replayer
 
@@ -251,6 +252,14 @@ def replay(since: str | None, fresh: bool, no_swap: bool, batch: int, no_archive
             )
         except ArchiveError as exc:
             click.secho(f"replay refused: the archive is damaged: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except ObjectStoreError as exc:
+            click.secho(
+                f"replay refused: the archive cannot be read ({exc}); the live store is "
+                "unchanged. Bring the archive back, or replay the topic alone with --no-archive",
+                fg="red",
+                err=True,
+            )
             sys.exit(1)
     click.echo(
         f"{result.records} records in {result.seconds:.1f}s ({result.rate:,.0f} events/s): "

@@ -375,3 +375,18 @@ async def test_ingestion_goes_on_while_the_archive_bucket_is_down(
     print(f"\n400 events stored in {stored_up:.1f}s with the bucket up, {stored_in:.1f}s down")
     assert stored_in < 3 * stored_up + 10  # not held back (loose: a shared 2-core machine)
     assert verify_archive(archive_storage(settings)).ok
+
+
+def test_replay_with_the_bucket_unreachable_says_so_in_one_line(
+    settings: AuditSettings, s3: MotoS3
+) -> None:
+    """The archive's bucket down when an operator replays: one line naming the archive,
+    exit 1, the live store untouched — not a traceback."""
+    from tests.helpers import run_cli
+
+    s3.stop()
+    done = run_cli(settings, "replay")
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "archive" in done.stderr and "cannot be read" in done.stderr, done.stderr
+    assert SECRET_KEY not in done.stderr + done.stdout
