@@ -337,6 +337,32 @@ class AuditSettings(BaseSettings):
     streams_secret_overlap_seconds: int = Field(
         86_400, ge=0, description="After a secret rotation the previous one signs this long too."
     )
+    # Destination secrets encrypted at rest (helper H15; audit_events/stream_secrets.py).
+    streams_secret_key: SecretStr | None = Field(
+        None,
+        description="API, streams CLI and stream worker only: the Fernet key destination"
+        " secrets are stored encrypted with (`auditstream streams keygen`); unset: the API"
+        " refuses to store a secret.",
+    )
+    streams_secret_retired_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated retired Fernet keys that still decrypt (key rotation;"
+        " `auditstream streams encrypt-secrets` re-encrypts under the current key).",
+    )
+
+    @field_validator("streams_secret_key", "streams_secret_retired_keys", mode="before")
+    @classmethod
+    def _streams_secret_keys(cls, value: object) -> object:
+        # blanked (compose: a role without it) means unset; otherwise every key must
+        # be a Fernet key, checked here so a typo stops the service at start
+        if value == "" or value is None:
+            return None
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        from audit_events.stream_secrets import check_key, split_keys
+
+        for key in split_keys(raw):
+            check_key(key)
+        return value
 
     # --- Masking before storage (helper H10, issue 17; docs/masking.md) -------
     masking_secret: SecretStr | None = Field(

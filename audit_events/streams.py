@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from audit_events.chain import CONTROL_ACTIONS, event_fields
+from audit_events.stream_secrets import StreamSecrets
 
 STREAMS_COLLECTION = "streams"
 STREAM_DEAD_LETTERS_COLLECTION = "stream_dead_letters"
@@ -297,11 +298,19 @@ def verify_signature(
 
 
 def new_stream_document(
-    tenant: str, body: StreamCreate, *, head_seq: int, by: str, stream_id: str, now: datetime
+    tenant: str,
+    body: StreamCreate,
+    *,
+    head_seq: int,
+    by: str,
+    stream_id: str,
+    now: datetime,
+    box: StreamSecrets,
 ) -> dict[str, Any]:
     """The stored document of a new destination (API and CLI alike).
 
     ``head_seq``: the tenant's last stored seq; ``start="now"`` begins after it.
+    The secret is stored encrypted by ``box`` (SecretKeyError without a key).
     """
     doc: dict[str, Any] = {
         "_id": stream_id,
@@ -309,7 +318,7 @@ def new_stream_document(
         "kind": body.kind,
         "name": body.name,
         "url": body.url or (DATADOG_DEFAULT_URL if body.kind == "datadog" else None),
-        "secret": body.secret,
+        "secret": None if body.secret is None else box.seal(body.secret),
         "enabled": True if body.enabled is None else body.enabled,
         "batch_size": body.batch_size or 100,
         "filters": body.filters.model_dump() if body.filters else None,
@@ -326,20 +335,29 @@ def new_stream_document(
 
 
 def stream_changes(
-    doc: dict[str, Any], body: StreamFields, *, overlap_seconds: int, now: datetime
+    doc: dict[str, Any],
+    body: StreamFields,
+    *,
+    overlap_seconds: int,
+    now: datetime,
+    box: StreamSecrets,
 ) -> dict[str, Any]:
     """The ``$set`` of an update: only the fields ``body`` names.
 
     A new secret keeps the previous one valid (signing) ``overlap_seconds`` longer.
+    Secrets are stored encrypted by ``box``; any update also rewrites a secret
+    stored in plain (before encryption) or under a retired key.
     """
     changes: dict[str, Any] = {
         k: v
         for k, v in body.model_dump(exclude_unset=True).items()
         if v is not None and k != "secret"
     }
-    if body.secret is not None and body.secret != doc.get("secret"):
-        changes["secret"] = body.secret
-        changes["previous_secret"] = doc.get("secret")
+    if box.can_seal:
+        changes.update(box.migration(doc))
+    if body.secret is not None and body.secret != box.open(doc.get("secret")):
+        changes["secret"] = box.seal(body.secret)
+        changes["previous_secret"] = box.reseal(doc.get("secret"))
         changes["previous_secret_until"] = now + timedelta(seconds=overlap_seconds)
     return changes
 

@@ -12,6 +12,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 from audit_events.settings import AuditSettings, load_settings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION
+from audit_events.stream_secrets import KEY_ENV, SecretKeyError, StreamSecrets, generate_key
 from audit_events.streams import (
     KINDS,
     STREAM_DEAD_LETTERS_COLLECTION,
@@ -49,6 +51,8 @@ def _run(action: Callable[[AuditSettings, Db], Awaitable[T]]) -> T:
         )
         try:
             return await action(settings, client[settings.mongo_db])
+        except SecretKeyError as exc:  # no key, or none that decrypts
+            raise click.ClickException(str(exc)) from None
         finally:
             await client.close()
 
@@ -191,6 +195,7 @@ def add(
             by="cli",
             stream_id="st_" + secrets.token_hex(12),
             now=datetime.now(UTC),
+            box=StreamSecrets.from_settings(settings),
         )
         _check_url(settings, doc["url"] or "", kind)
         if body.start == "now":
@@ -269,6 +274,7 @@ def update(
             body,
             overlap_seconds=settings.streams_secret_overlap_seconds,
             now=datetime.now(UTC),
+            box=StreamSecrets.from_settings(settings),
         )
         if changes:
             await db[STREAMS_COLLECTION].update_one({"_id": stream_id}, {"$set": changes})
@@ -277,6 +283,68 @@ def update(
     if not _run(action):
         raise click.ClickException(f"no stream {stream_id!r}")
     click.echo(f"{stream_id} updated")
+
+
+def dev_streams_env(settings: AuditSettings, data_dir: Path) -> dict[str, str]:
+    """The destination-secret key for ``auditstream up``'s children: the configured
+    one, otherwise a development key kept under the data dir (``streams_secret_key``,
+    0600), so secrets stored by one run still open in the next."""
+    if settings.streams_secret_key is not None:
+        return {KEY_ENV: settings.streams_secret_key.get_secret_value()}
+    path = data_dir / "streams_secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(generate_key() + "\n")
+        path.chmod(0o600)
+    return {KEY_ENV: path.read_text().strip()}
+
+
+@streams.command("keygen")
+def keygen() -> None:
+    """Print a new key for AUDITSTREAM_STREAMS_SECRET_KEY (Fernet, 32 random bytes).
+
+    Give it to the API, this CLI and the stream worker only. To rotate: the new
+    key as AUDITSTREAM_STREAMS_SECRET_KEY, the old one in
+    AUDITSTREAM_STREAMS_SECRET_RETIRED_KEYS, run `auditstream streams
+    encrypt-secrets`, then drop the retired key.
+    """
+    click.echo(generate_key())
+
+
+@streams.command("encrypt-secrets")
+def encrypt_secrets() -> None:
+    """Re-encrypt every destination's secrets under the current key.
+
+    Encrypts secrets stored in plain (before encryption at rest) and those
+    encrypted with a retired key (AUDITSTREAM_STREAMS_SECRET_RETIRED_KEYS). Safe
+    to run again and beside a running API and stream worker: a destination
+    changed meanwhile is left to its own update (which re-encrypts too).
+    """
+
+    async def action(settings: AuditSettings, db: Db) -> tuple[int, int, int]:
+        box = StreamSecrets.from_settings(settings)
+        if not box.can_seal:
+            raise SecretKeyError(f"{KEY_ENV} is not set")
+        rewritten = current = changed = 0
+        async for doc in db[STREAMS_COLLECTION].find({}):
+            changes = box.migration(doc)
+            if not changes:
+                current += 1
+                continue
+            # Only if the stored values are still the ones read (a concurrent PUT wins).
+            match = {"_id": doc["_id"], **{k: doc.get(k) for k in changes}}
+            done = await db[STREAMS_COLLECTION].update_one(match, {"$set": changes})
+            if done.modified_count:
+                rewritten += 1
+            else:
+                changed += 1
+        return rewritten, current, changed
+
+    rewritten, current, changed = _run(action)
+    click.echo(
+        f"{rewritten} re-encrypted, {current} already under the current key"
+        + (f", {changed} changed meanwhile (run again)" if changed else "")
+    )
 
 
 @streams.command("delete")

@@ -41,6 +41,7 @@ from auditstream.embedded import (
     wait_for_port,
 )
 from auditstream.stack_state import publish as publish_stack
+from auditstream.streams_cli import dev_streams_env
 from auditstream.trust_cli import CONTROL_SIGNING_ENV, dev_checkpoint_env, dev_control_env
 from auditstream.up_guard import (
     PortUse,
@@ -221,6 +222,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float, tracker: Track
     env[f"{ENV_PREFIX}JWT_SECRET"] = secret
     env.update(dev_checkpoint_env(settings, data_dir))  # signed chain checkpoints
     env.update(dev_control_env(settings, data_dir))  # control-event proof (API signs)
+    env.update(dev_streams_env(settings, data_dir))  # destination secrets at rest
     click.secho("auditstream up — starting the pipeline", bold=True)
     embedded: list[Server] = []
     worker: Server | None = None

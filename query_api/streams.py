@@ -2,8 +2,10 @@
 
 Destinations live in MongoDB (``streams``); the stream worker
 (``auditstream streamer``) delivers from them. Secrets (webhook signing
-secret, Splunk HEC token, Datadog API key) are written, never read back: GET
-shows ``secret_set`` only. ``PUT`` changes only the fields it names; a new
+secret, Splunk HEC token, Datadog API key, S3 secret access key) are written,
+never read back: GET shows ``secret_set`` only. They are stored encrypted with
+AUDITSTREAM_STREAMS_SECRET_KEY (audit_events/stream_secrets.py); without it the
+API answers 503 to a request that would store one. ``PUT`` changes only the fields it names; a new
 ``secret`` keeps the previous one valid for signing during
 AUDITSTREAM_STREAMS_SECRET_OVERLAP_SECONDS (rotation).
 """
@@ -11,7 +13,10 @@ AUDITSTREAM_STREAMS_SECRET_OVERLAP_SECONDS (rotation).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +27,7 @@ from quart import Blueprint, Response, g, request
 from quart_schema import document_request, document_response
 
 from audit_events.schema import parse_json
+from audit_events.stream_secrets import SecretKeyError, StreamSecrets
 from audit_events.streams import (
     DATADOG_DEFAULT_URL,
     STREAM_DEAD_LETTERS_COLLECTION,
@@ -40,6 +46,7 @@ from query_api.query import single_values
 from query_api.state import current_services, current_settings
 
 bp = Blueprint("streams", __name__)
+log = logging.getLogger(__name__)
 MAX_STREAMS_PER_TENANT = 20
 
 
@@ -140,6 +147,16 @@ async def _find(stream_id: str, tenant: str) -> dict[str, Any]:
     return doc
 
 
+@contextlib.contextmanager
+def _secret_errors() -> Iterator[None]:
+    """Secrets are stored encrypted only: no key (or a wrong one) is the server's 503."""
+    try:
+        yield
+    except SecretKeyError as exc:
+        log.error("streams: %s", exc)
+        raise Problem(503, "destination secrets cannot be stored or read on this server") from None
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, content_type="application/json")
 
@@ -160,14 +177,16 @@ async def create_stream() -> Response:
     streams, _, events = _collections()
     if await streams.count_documents({"tenant": tenant}) >= MAX_STREAMS_PER_TENANT:
         raise Problem(422, f"a tenant has at most {MAX_STREAMS_PER_TENANT} streams")
-    doc = new_stream_document(
-        tenant,
-        body,
-        head_seq=await _head_seq(events, tenant),
-        by=g.principal.subject,
-        stream_id="st_" + secrets.token_hex(12),
-        now=datetime.now(UTC),
-    )
+    with _secret_errors():
+        doc = new_stream_document(
+            tenant,
+            body,
+            head_seq=await _head_seq(events, tenant),
+            by=g.principal.subject,
+            stream_id="st_" + secrets.token_hex(12),
+            now=datetime.now(UTC),
+            box=StreamSecrets.from_settings(current_settings()),
+        )
     await streams.insert_one(doc)
     return _json(await _status(doc), 201)
 
@@ -202,12 +221,14 @@ async def update_stream(stream_id: str) -> Response:
     body = await _body(StreamFields)
     if body.url is not None:
         await _check_url(body.url, doc["kind"])
-    changes = stream_changes(
-        doc,
-        body,
-        overlap_seconds=current_settings().streams_secret_overlap_seconds,
-        now=datetime.now(UTC),
-    )
+    with _secret_errors():
+        changes = stream_changes(
+            doc,
+            body,
+            overlap_seconds=current_settings().streams_secret_overlap_seconds,
+            now=datetime.now(UTC),
+            box=StreamSecrets.from_settings(current_settings()),
+        )
     streams, _, _ = _collections()
     if changes:
         await streams.update_one({"_id": stream_id, "tenant": tenant}, {"$set": changes})

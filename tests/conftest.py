@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from audit_events.chain import generate_keypair
@@ -30,6 +31,7 @@ from auditstream.devstack import DevStack, kill_service, service_env, spawn_serv
 from auditstream.embedded import Server
 
 CONTROL_PRIVATE, CONTROL_PUBLIC = generate_keypair()  # control-event proof keys (docs/chain.md)
+STREAMS_SECRET_KEY = Fernet.generate_key().decode()  # destination secrets at rest (streams)
 
 
 @dataclass
@@ -91,6 +93,7 @@ def settings(backends: Backends, unique: str, tmp_path: Path) -> AuditSettings:
         jwt_secret=SecretStr("test-secret-0123456789abcdef-" + unique),
         control_signing_key=SecretStr(CONTROL_PRIVATE),  # the API signs control events
         control_public_keys=[CONTROL_PUBLIC],  # the processor and verifiers check them
+        streams_secret_key=SecretStr(STREAMS_SECRET_KEY),  # the API encrypts stream secrets
         # Read auditing (on by default) stores an event per read: off here, so tests
         # that count a tenant's events see only theirs; test_read_audit turns it on.
         read_audit=False,

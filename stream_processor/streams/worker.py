@@ -40,6 +40,7 @@ from pymongo.errors import PyMongoError
 from audit_events.objectstore import ObjectStore, ObjectStoreError, S3Location
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION
+from audit_events.stream_secrets import StreamSecrets
 from audit_events.streams import (
     STREAM_DEAD_LETTERS_COLLECTION,
     STREAMS_COLLECTION,
@@ -178,6 +179,8 @@ class Streamer:
         self.settings = settings
         self.metrics = metrics or StreamMetrics()
         self.owner = f"{uuid.uuid4().hex[:12]}"
+        # Destination secrets are stored encrypted; they are opened in memory only.
+        self.box = StreamSecrets.from_settings(settings)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lag_at: dict[str, float] = {}
 
@@ -267,6 +270,7 @@ class Streamer:
                     if (dest.get("lease") or {}).get("owner") != self.owner:
                         return  # taken over after this worker's lease expired
                     await self._drop_expired_secret(dest)
+                    dest = self.box.opened(dest)  # SecretKeyError: recorded as last_error
                 moved = await self._step(dest, stop)
             except PyMongoError as exc:
                 log.warning("stream %s: store unavailable: %s", sid, exc)
@@ -412,7 +416,7 @@ class Streamer:
             fresh = await self.streams.find_one({"_id": dest["_id"]})
             if fresh is None or int(fresh.get("position", 0)) != int(dest.get("position", 0)):
                 return "stopped"
-            dest = fresh  # a PUT (new URL, rotated secret) applies to the next attempt
+            dest = self.box.opened(fresh)  # a PUT (new URL, secret) applies to the next attempt
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
@@ -443,6 +447,7 @@ async def redrive(settings: AuditSettings, stream_id: str) -> tuple[int, int, st
         dest = await streams.find_one({"_id": stream_id})
         if dest is None:
             return 0, 0, f"no stream {stream_id!r}"
+        dest = StreamSecrets.from_settings(settings).opened(dest)
         ctx = tls_context(settings)
         async with http_client(settings, ctx) as client:
             async for item in dead.find({"stream_id": stream_id}).sort([("at", 1), ("_id", 1)]):

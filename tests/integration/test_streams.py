@@ -30,6 +30,7 @@ from quart import Quart
 
 from audit_events.settings import AuditSettings, settings_env
 from audit_events.storage import EVENTS_COLLECTION, event_key
+from audit_events.stream_secrets import StreamSecrets
 from audit_events.streams import STREAM_DEAD_LETTERS_COLLECTION, STREAMS_COLLECTION
 from query_api.app import create_app
 from stream_processor.streams.worker import Streamer, redrive
@@ -591,7 +592,10 @@ async def test_streams_cli(
                   "--disable", stdin="whsec-rotated-0123456789\n")  # fmt: skip
     assert rotate.returncode == 0, rotate.stderr
     doc = await db[STREAMS_COLLECTION].find_one({"_id": sid})
-    assert doc is not None and doc["enabled"] is False and doc["previous_secret"] == SECRET
+    assert doc is not None and doc["enabled"] is False
+    # stored encrypted (audit_events/stream_secrets.py); the key opens the previous one
+    assert StreamSecrets.from_settings(sset).open(doc["previous_secret"]) == SECRET
+    assert SECRET not in str(doc)
     bad = _cli(sset, "streams", "update", sid, "--url", "http://example.com/")
     assert bad.returncode == 1 and "https" in bad.stderr
     await db[STREAM_DEAD_LETTERS_COLLECTION].insert_one(

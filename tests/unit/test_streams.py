@@ -10,6 +10,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from audit_events.stream_secrets import StreamSecrets, generate_key
 from audit_events.streams import (
     StreamCreate,
     StreamFields,
@@ -75,12 +76,17 @@ def test_previous_secret_signs_only_during_the_overlap() -> None:
 
 def test_rotation_records_previous_secret() -> None:
     doc = _dest()
+    box = StreamSecrets(generate_key())  # secrets are stored encrypted (test_streams_secrets)
     changes = stream_changes(
-        doc, StreamFields(secret="s-next-123", name="n"), overlap_seconds=60, now=NOW
+        doc, StreamFields(secret="s-next-123", name="n"), overlap_seconds=60, now=NOW, box=box
     )
-    assert changes["secret"] == "s-next-123" and changes["previous_secret"] == "s-current"
+    assert box.open(changes["secret"]) == "s-next-123"
+    assert box.open(changes["previous_secret"]) == "s-current"
     assert changes["previous_secret_until"] == NOW + timedelta(seconds=60)
-    assert "secret" not in stream_changes(doc, StreamFields(name="n"), overlap_seconds=60, now=NOW)
+    keyless = StreamSecrets(None)  # no key: nothing to migrate, and no new secret
+    assert "secret" not in stream_changes(
+        doc, StreamFields(name="n"), overlap_seconds=60, now=NOW, box=keyless
+    )
 
 
 def test_view_never_holds_the_secret() -> None:
