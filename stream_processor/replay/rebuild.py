@@ -89,14 +89,14 @@ class Replayer:
         try:
             state = db[REPLAY_STATE_COLLECTION].with_options(write_concern=wc)
             target = db[REPLAY_COLLECTION].with_options(write_concern=wc)
-            reader = self._reader() if since is None else None
+            reader = self._reader()
             positions = await self._start(
                 db, state, target, source, since, fresh, result, archived=reader is not None
             )
             # Steps 5 and 6 of the processor; only authentic control events are applied
             steps = _Steps(target, self._control_keys)
             if reader is not None and not result.resumed:
-                await self._from_archive(reader, source, positions, steps, result)
+                await self._from_archive(reader, source, positions, steps, result, since)
                 await state.update_one(
                     {"_id": STATE_ID},
                     {
@@ -183,9 +183,16 @@ class Replayer:
         positions: Positions,
         steps: _Steps,
         result: ReplayResult,
+        since: datetime | None = None,
     ) -> None:
-        """Phase 0: every archived record of the events topic, then where the topic takes over."""
+        """Phase 0: every archived record of the events topic, then where the topic takes over.
+
+        With ``since``, a partition's archived records start at its first record
+        timestamped at or after it (what ``offsets_for_times`` gives on the topic):
+        the events received before are copied from the live store.
+        """
         topic = self._settings.topic_events
+        since_ms = None if since is None else int(since.timestamp() * 1000)
         live = {tp.partition: tp for tp in source.tps}
         for partition in reader.partitions(topic):
             entries = reader.entries(topic, partition)
@@ -197,7 +204,12 @@ class Replayer:
                 if not start.new_epoch:  # the topic continues the archive's latest epoch
                     positions[partition] = max(positions[partition], start.offset)
             chunk: list[Record] = []
+            before = since_ms  # skip records timestamped before this (None: none)
             for record in reader.records(entries):
+                if before is not None:
+                    if record.timestamp_ms < before:
+                        continue  # received before ``since``: copied from the live store
+                    before = None  # from here on, every record of the partition
                 chunk.append(record)
                 if len(chunk) >= self._batch_size:
                     await self._apply(chunk, steps, result)
