@@ -95,9 +95,19 @@ def _serve_one(settings: AuditSettings, *, worker: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if worker:  # a parent killed outright leaves no worker behind
+            parent = os.getppid()
+            loop.call_soon(_stop_when_orphaned, loop, parent, stop)
         await asyncio.gather(*(serve(a, c, shutdown_trigger=stop.wait) for a, c in servers))
 
     asyncio.run(main())
+
+
+def _stop_when_orphaned(loop: asyncio.AbstractEventLoop, parent: int, stop: asyncio.Event) -> None:
+    if os.getppid() != parent:
+        stop.set()
+    elif not stop.is_set():
+        loop.call_later(1.0, _stop_when_orphaned, loop, parent, stop)
 
 
 def _worker(settings: AuditSettings) -> None:

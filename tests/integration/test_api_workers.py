@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -156,3 +157,34 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid and spawned:
                 found.append(int(entry))
     return found
+
+
+async def test_workers_stop_when_their_parent_is_killed(
+    settings: AuditSettings, tmp_path: Path
+) -> None:
+    log = tmp_path / "api.log"
+    port = free_port()
+    proc = _spawn(settings, log, port, AUDITSTREAM_API_WORKERS="2")
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            await _ready(http, [f"http://127.0.0.1:{port}"], [proc], log)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only, no graceful stop
+        await asyncio.to_thread(proc.wait, 10)
+
+        async def gone() -> bool:
+            return not any(_alive(w) for w in workers)
+
+        await eventually(gone, timeout=30)
+    finally:
+        await asyncio.to_thread(stop_services, [proc])
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie reaped by init counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
