@@ -49,6 +49,7 @@ from audit_events.streams import (
     stream_lag,
     streamed_event,
 )
+from stream_processor.health import Heartbeat, ProbeServer
 from stream_processor.streams.formats import (
     NDJSON_CONTENT_TYPE,
     build_request,
@@ -61,6 +62,7 @@ from stream_processor.streams.metrics import StreamMetrics
 log = logging.getLogger("auditstream.streamer")
 MAX_ERROR = 500
 LAG_EVERY = 1.0  # seconds between lag measurements of a destination that is busy
+SCHEDULE_DEADLINE = 60.0  # one scheduling step, MongoDB's server selection included
 CONFIG_EVERY = 1.0  # seconds between re-reads of a busy destination's configuration
 
 
@@ -181,6 +183,9 @@ class Streamer:
         self.owner = f"{uuid.uuid4().hex[:12]}"
         # Destination secrets are stored encrypted; they are opened in memory only.
         self.box = StreamSecrets.from_settings(settings)
+        # /healthz: the scheduling loop steps every poll interval; one step (find the
+        # destinations, take leases) is bounded by MongoDB's timeouts, hence the deadline.
+        self.heartbeat = Heartbeat(settings.processor_liveness_seconds, SCHEDULE_DEADLINE)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lag_at: dict[str, float] = {}
 
@@ -191,6 +196,7 @@ class Streamer:
             settings.mongo_uri, **mongo_client_options(settings), tz_aware=True
         )
         db = mongo[settings.mongo_db]
+        self.db = db
         self.streams = db[STREAMS_COLLECTION]
         self.dead = db[STREAM_DEAD_LETTERS_COLLECTION]
         self.events = db[EVENTS_COLLECTION]
@@ -199,10 +205,13 @@ class Streamer:
         log.info("streamer %s started", self.owner)
         try:
             while not stop.is_set():
+                self.heartbeat.flush_started()
                 try:
                     await self._schedule(stop)
                 except PyMongoError as exc:
                     log.warning("store unavailable: %s", exc)
+                finally:
+                    self.heartbeat.flush_done()
                 await _wait(stop, settings.streams_poll_seconds)
         finally:
             for task in self._tasks.values():
@@ -213,6 +222,17 @@ class Streamer:
             await self._release_all()
             await self.client.aclose()
             await mongo.close()
+
+    async def ready(self) -> dict[str, bool]:
+        """/readyz: the worker runs and MongoDB (its only store) answers."""
+        db = getattr(self, "db", None)
+        if db is None:
+            return {"worker": False}
+        try:
+            await asyncio.wait_for(db.command("ping"), 1.5)
+        except (PyMongoError, TimeoutError):
+            return {"worker": True, "mongodb": False}
+        return {"worker": True, "mongodb": True}
 
     async def _release_all(self) -> None:
         with contextlib.suppress(PyMongoError):
@@ -487,24 +507,32 @@ def run_streamer(settings: AuditSettings) -> None:
     """``auditstream streamer``: run until SIGINT/SIGTERM."""
     import signal
 
-    from prometheus_client import start_http_server
-
     settings.require("mongo_uri")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s streamer %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     streamer = Streamer(settings)
-    if settings.streamer_metrics_port:
-        start_http_server(
-            settings.streamer_metrics_port,
-            addr=settings.processor_metrics_host,
-            registry=streamer.metrics.registry,
-        )
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await streamer.run(stop)
+        probes = None
+        if settings.streamer_metrics_port:
+            # /metrics, /healthz (the scheduling loop steps) and /readyz (MongoDB
+            # answers) on AUDITSTREAM_STREAMER_METRICS_PORT, as the processor's.
+            probes = ProbeServer(
+                settings.processor_metrics_host,
+                settings.streamer_metrics_port,
+                streamer.metrics.registry,
+                streamer.heartbeat,
+                ready=streamer.ready,
+                loop=loop,
+            ).start()
+        try:
+            await streamer.run(stop)
+        finally:
+            if probes is not None:
+                probes.stop()
 
     asyncio.run(main())

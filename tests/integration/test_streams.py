@@ -948,3 +948,53 @@ async def test_sigkill_streamer_during_s3_delivery_loses_nothing(
         f"\nSIGKILL x{kills}: {total}/{total} in {len(got)} objects, "
         f"{sum(c - 1 for c in counts.values())} events in two objects"
     )
+
+
+async def test_streamer_probes_mean_what_they_say(sset: AuditSettings) -> None:
+    """/healthz follows the scheduling loop (503 once it stops stepping), /readyz
+    asks MongoDB, anything else is 404 (the compose and k8s probes use these)."""
+    import urllib.error
+    import urllib.request
+
+    from stream_processor.health import ProbeServer
+
+    streamer = Streamer(sset.model_copy(update={"processor_liveness_seconds": 2.0}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(streamer.run(stop))
+    probes = ProbeServer(
+        "127.0.0.1",
+        0,
+        streamer.metrics.registry,
+        streamer.heartbeat,
+        ready=streamer.ready,
+        loop=asyncio.get_running_loop(),
+    ).start()
+
+    def get(path: str) -> int:
+        url = f"http://127.0.0.1:{probes.port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+
+        async def ready() -> bool:
+            return await asyncio.to_thread(get, "/readyz") == 200
+
+        await eventually(ready, 10)
+        assert await asyncio.to_thread(get, "/healthz") == 200
+        assert await asyncio.to_thread(get, "/metrics") == 200
+        assert await asyncio.to_thread(get, "/nope") == 404
+        stop.set()  # the loop stops stepping: unhealthy within the liveness window
+        await asyncio.wait_for(task, 10)
+
+        async def dead() -> bool:
+            return await asyncio.to_thread(get, "/healthz") == 503
+
+        await eventually(dead, 5)
+    finally:
+        stop.set()
+        probes.stop()
+        await asyncio.wait_for(task, 10)
