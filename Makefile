@@ -37,7 +37,7 @@ integration: $(DEV_STAMP)
 	$(BIN)/pytest -m integration -q
 
 # The full gate: everything but `slow`. CI (.ci/run) runs the same set as two steps,
-# test-fast then test-resilience; while coding, `make test-fast` (under 3 min).
+# test-fast then test-resilience; while coding, `make test-fast` (about 3 min on 2 cores).
 test: $(DEV_STAMP) lint typecheck
 	$(BIN)/pytest -q -m "not slow"
 
