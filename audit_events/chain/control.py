@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from audit_events.chain.checkpoints import key_id, load_private_key, load_public_key, public_key_b64
 from audit_events.chain.hashing import NO_LIMITS
-from audit_events.codec import encode_event
+from audit_events.codec import canonical_json, encode_event
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings, SettingsError
 
@@ -29,6 +29,15 @@ CORRECTED_ACTION = "auditstream.event.corrected"
 ERASED_ACTION = "auditstream.event.erased"
 CONTROL_ACTIONS = (CORRECTED_ACTION, ERASED_ACTION)
 RESERVED_ACTION_PREFIX = "auditstream."
+# Read auditing (query_api/read_audit.py): who read the log. Signed like control
+# events, so no producer can forge one, but applied to nothing.
+READ_ACTION_PREFIX = "auditstream.log."
+VIEWED_ACTION = "auditstream.log.viewed"
+EXPORTED_ACTION = "auditstream.log.exported"
+VERIFIED_ACTION = "auditstream.log.verified"
+READ_ACTIONS = (VIEWED_ACTION, EXPORTED_ACTION, VERIFIED_ACTION)
+# Every action of the reserved namespace the API issues (with a proof).
+SIGNED_ACTIONS = CONTROL_ACTIONS + READ_ACTIONS
 # Read auditing (query_api/read_audit.py): who read the log. Signed like control
 # events, so no producer can forge one, but applied to nothing.
 READ_ACTION_PREFIX = "auditstream.log."
@@ -77,15 +86,21 @@ def control_payload(fields: dict[str, Any]) -> bytes:
     return encode_event(event)
 
 
-def sign_control(key: Ed25519PrivateKey, fields: dict[str, Any]) -> dict[str, Any]:
+def sign_control(
+    key: Ed25519PrivateKey, fields: dict[str, Any], *, wire: bool = False
+) -> dict[str, Any]:
     """``fields`` (a validated event's JSON) with ``metadata.proof = {kid, sig}`` added.
 
     ``fields`` must hold ``id`` and ``occurred_at``: defaults filled in later
-    would change the signed bytes.
+    would change the signed bytes. ``wire=True``: ``fields`` are exactly
+    ``event_wire_dict`` of a validated event without a proof, so their canonical
+    JSON is the payload and is not validated again (the API's read-audit events,
+    one per read: query_api/read_audit.py).
     """
     if not {"id", "occurred_at"} <= fields.keys():
         raise ValueError("sign a complete event: id and occurred_at are required")
-    signature = key.sign(control_payload(fields))
+    payload = canonical_json(fields) if wire else control_payload(fields)
+    signature = key.sign(payload)
     proof = {"kid": key_id(public_key_b64(key)), "sig": base64.b64encode(signature).decode()}
     return {**fields, "metadata": {**(fields.get("metadata") or {}), PROOF_FIELD: proof}}
 

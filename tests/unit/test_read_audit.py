@@ -24,7 +24,7 @@ from audit_events.chain import (
     generate_keypair,
     load_private_key,
 )
-from audit_events.codec import content_hash, event_to_document
+from audit_events.codec import content_hash, encode_event, event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings
 from query_api import read_audit
@@ -124,7 +124,9 @@ def test_signed_read_events_pass_the_processor_gate_and_forged_ones_do_not() -> 
     keys = control_keys(settings())
     gate = ControlGate(keys)
     for kind in ("list", "export", "verify"):
-        event = signed_event(record(kind), key, settings())
+        raw = signed_event(record(kind), key, settings())
+        event = AuditEvent.model_validate_json(raw)
+        assert raw == encode_event(event)  # what the processor decodes and hashes
         assert event.action in READ_ACTIONS
         fields = event_fields(event_to_document(event, T0))
         assert control_problem(fields, keys) is None
@@ -132,7 +134,9 @@ def test_signed_read_events_pass_the_processor_gate_and_forged_ones_do_not() -> 
     forged = AuditEvent.model_validate(build_event(record()))  # no proof
     assert gate(event_to_document(forged, T0)) is not None
     other, _ = generate_keypair()
-    foreign = signed_event(record(), load_private_key(other), settings())
+    foreign = AuditEvent.model_validate_json(
+        signed_event(record(), load_private_key(other), settings())
+    )
     assert gate(event_to_document(foreign, T0)) is not None
     # a signed event of an unknown action in the namespace stays refused
     unknown = {**build_event(record()), "action": "auditstream.log.deleted"}
