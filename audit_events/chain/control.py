@@ -38,15 +38,6 @@ VERIFIED_ACTION = "auditstream.log.verified"
 READ_ACTIONS = (VIEWED_ACTION, EXPORTED_ACTION, VERIFIED_ACTION)
 # Every action of the reserved namespace the API issues (with a proof).
 SIGNED_ACTIONS = CONTROL_ACTIONS + READ_ACTIONS
-# Read auditing (query_api/read_audit.py): who read the log. Signed like control
-# events, so no producer can forge one, but applied to nothing.
-READ_ACTION_PREFIX = "auditstream.log."
-VIEWED_ACTION = "auditstream.log.viewed"
-EXPORTED_ACTION = "auditstream.log.exported"
-VERIFIED_ACTION = "auditstream.log.verified"
-READ_ACTIONS = (VIEWED_ACTION, EXPORTED_ACTION, VERIFIED_ACTION)
-# Every action of the reserved namespace the API issues (with a proof).
-SIGNED_ACTIONS = CONTROL_ACTIONS + READ_ACTIONS
 # Payload fields an erasure removes; id, tenant, times, action, seq and hashes stay.
 ERASED_FIELDS = ("actor", "targets", "description", "changes", "metadata", "context", "search")
 # Fields a correction may set (everything but the identity of the event).
