@@ -433,7 +433,14 @@ class AuditSettings(BaseSettings):
         " this long (a batch being written: its retry deadline plus this).",
     )
 
-    @field_validator("jwt_secret", "checkpoint_signing_key", "control_signing_key", mode="before")
+    @field_validator(
+        "jwt_secret",
+        "checkpoint_signing_key",
+        "control_signing_key",
+        "archive_s3_secret_access_key",
+        "archive_s3_session_token",
+        mode="before",
+    )
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:
         # compose blanks the secrets a role must not hold (docker-compose.yml): an

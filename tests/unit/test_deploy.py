@@ -28,7 +28,7 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 ENV_EXAMPLE = ROOT / ".env.example"
 PREFIX = "AUDITSTREAM_"
 VAR_RE = re.compile(r"\bAUDITSTREAM_[A-Z0-9_]+\b")
-APP_SERVICES = ("processor", "archiver", "api")
+APP_SERVICES = ("processor", "archiver", "streamer", "api")
 DATA_SERVICES = ("kafka", "mongo", "redis")
 
 
@@ -96,7 +96,8 @@ def _deployment(component: str) -> dict[str, Any]:
     return found
 
 
-ROLES = ("api", "processor", "archiver", "topics")
+ROLES = ("api", "processor", "archiver", "topics", "streamer")
+KAFKA_ROLES = ("api", "processor", "archiver", "topics")  # the streamer reads MongoDB only
 
 
 def _role_secret(role: str) -> dict[str, Any]:
@@ -157,6 +158,7 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Audi
 
 REAL_SIGNING_KEY, REAL_PUBLIC_KEY = generate_keypair()
 REAL_CONTROL_KEY, REAL_CONTROL_PUBLIC = generate_keypair()
+REAL_STREAMS_KEY = "x8hDbTxmE2Jq3Q1n5nYl5W0sMZp6s2VJbmF3d0lJcGs="  # a Fernet key (32 bytes)
 
 
 def _with_real_secret(env: dict[str, str]) -> dict[str, str]:
@@ -168,6 +170,7 @@ def _with_real_secret(env: dict[str, str]) -> dict[str, str]:
         "AUDITSTREAM_CHECKPOINT_PUBLIC_KEY": REAL_PUBLIC_KEY,
         "AUDITSTREAM_CONTROL_SIGNING_KEY": REAL_CONTROL_KEY,
         "AUDITSTREAM_CONTROL_PUBLIC_KEYS": f'["{REAL_CONTROL_PUBLIC}"]',
+        "AUDITSTREAM_STREAMS_SECRET_KEY": REAL_STREAMS_KEY,
     }
     compose_style = "AUDITSTREAM_MONGO_URI" not in env  # .env.example: one file, every key
     return {
@@ -626,12 +629,12 @@ def test_lock_files_pin_base_and_the_role_extra_with_hashes(role: str) -> None:
 def test_k8s_kinds_present_and_namespace_less() -> None:
     docs = _k8s_docs()
     kinds = Counter(doc["kind"] for _, doc in docs)
-    assert kinds["Deployment"] == 3  # processor, archiver, api
+    assert kinds["Deployment"] == 4  # processor, archiver, streamer, api
     assert kinds["Service"] >= 1
     assert kinds["HorizontalPodAutoscaler"] >= 1
     assert kinds["PodDisruptionBudget"] >= 1
     assert kinds["ConfigMap"] == 1
-    assert kinds["Secret"] == 4  # one per role: api, processor, archiver, topics
+    assert kinds["Secret"] == 5  # one per role: api, processor, archiver, topics, streamer
     assert kinds["NetworkPolicy"] >= 5  # default deny + one per role
     assert kinds["Job"] == 1
     for path, doc in docs:
@@ -719,7 +722,7 @@ def test_k8s_processor_deployment() -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("component", ["api", "processor", "archiver"])
+@pytest.mark.parametrize("component", ["api", "processor", "archiver", "streamer"])
 def test_k8s_pods_are_hardened_and_sized(component: str) -> None:
     deployment = _deployment(component)
     pod = deployment["spec"]["template"]["spec"]
@@ -785,6 +788,7 @@ ROLE_SECRET_KEYS = {
     "api": {
         "AUDITSTREAM_JWT_SECRET",
         "AUDITSTREAM_CONTROL_SIGNING_KEY",
+        "AUDITSTREAM_STREAMS_SECRET_KEY",  # stores destination secrets encrypted
         "AUDITSTREAM_MONGO_URI",
         "AUDITSTREAM_REDIS_URL",
         "AUDITSTREAM_KAFKA_SASL_USERNAME",
@@ -799,6 +803,8 @@ ROLE_SECRET_KEYS = {
     },
     "archiver": {"AUDITSTREAM_KAFKA_SASL_USERNAME", "AUDITSTREAM_KAFKA_SASL_PASSWORD"},
     "topics": {"AUDITSTREAM_KAFKA_SASL_USERNAME", "AUDITSTREAM_KAFKA_SASL_PASSWORD"},
+    # opens the destination secrets; MongoDB is its only store
+    "streamer": {"AUDITSTREAM_STREAMS_SECRET_KEY", "AUDITSTREAM_MONGO_URI"},
 }
 
 
@@ -934,6 +940,7 @@ def test_k8s_network_policies_allow_only_the_paths_the_design_needs() -> None:
         "processor": ({9108}, {53, 9092, 9093, 27017, 6379}),
         "archiver": ({9109}, {53, 9092, 9093, 443}),
         "topics": (set(), {53, 9092, 9093}),
+        "streamer": ({9110}, {53, 27017, 443, 8088, 6514}),
     }
     for role, (ingress, egress) in expected.items():
         spec = _policy(f"auditstream-{role}")["spec"]
@@ -942,26 +949,47 @@ def test_k8s_network_policies_allow_only_the_paths_the_design_needs() -> None:
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
         assert _ports(spec.get("ingress", [])) == ingress, role
         assert _ports(spec["egress"]) == egress, role
-    for role in ("processor", "archiver", "api"):  # metrics: Prometheus' namespace only
+    for role in ("processor", "archiver", "streamer", "api"):  # metrics: Prometheus only
         rules = _policy(f"auditstream-{role}")["spec"]["ingress"]
         (rule,) = [r for r in rules if 8080 not in _ports([r])]
         assert rule["from"] and all("namespaceSelector" in f for f in rule["from"])
-    for store in ("mongodb", "redis"):  # the stores: api and processor only
+    for store, roles in (  # the stores: api and processor (and MongoDB: the streamer)
+        ("mongodb", ["api", "processor", "streamer"]),
+        ("redis", ["api", "processor"]),
+    ):
         spec = _policy(f"auditstream-{store}-clients")["spec"]
         clients = spec["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
-        assert sorted(clients["values"]) == ["api", "processor"]
+        assert sorted(clients["values"]) == roles
     kafka = _policy("auditstream-kafka-clients")["spec"]["ingress"][0]["from"]
-    assert kafka[0]["podSelector"]["matchExpressions"][0]["values"] == list(ROLES)
+    assert kafka[0]["podSelector"]["matchExpressions"][0]["values"] == list(KAFKA_ROLES)
 
 
 COMPOSE_BLANKED = {
     # service: the secrets from .env it must not hold (blanked in its environment)
-    "api": {"AUDITSTREAM_CHECKPOINT_SIGNING_KEY"},
-    "processor": {"AUDITSTREAM_JWT_SECRET", "AUDITSTREAM_CONTROL_SIGNING_KEY"},
+    "api": {
+        "AUDITSTREAM_CHECKPOINT_SIGNING_KEY",
+        "AUDITSTREAM_ARCHIVE_S3_SECRET_ACCESS_KEY",
+        "AUDITSTREAM_ARCHIVE_S3_SESSION_TOKEN",
+    },
+    "processor": {
+        "AUDITSTREAM_JWT_SECRET",
+        "AUDITSTREAM_CONTROL_SIGNING_KEY",
+        "AUDITSTREAM_STREAMS_SECRET_KEY",
+        "AUDITSTREAM_STREAMS_SECRET_RETIRED_KEYS",
+    },
     "archiver": {
         "AUDITSTREAM_JWT_SECRET",
         "AUDITSTREAM_CHECKPOINT_SIGNING_KEY",
         "AUDITSTREAM_CONTROL_SIGNING_KEY",
+        "AUDITSTREAM_STREAMS_SECRET_KEY",
+        "AUDITSTREAM_STREAMS_SECRET_RETIRED_KEYS",
+    },
+    "streamer": {
+        "AUDITSTREAM_JWT_SECRET",
+        "AUDITSTREAM_CHECKPOINT_SIGNING_KEY",
+        "AUDITSTREAM_CONTROL_SIGNING_KEY",
+        "AUDITSTREAM_ARCHIVE_S3_SECRET_ACCESS_KEY",
+        "AUDITSTREAM_ARCHIVE_S3_SESSION_TOKEN",
     },
 }
 
@@ -1099,7 +1127,7 @@ def test_k8s_data_services_match_what_auditstream_needs(monkeypatch: pytest.Monk
     assert listener["tls"] is True and listener["authentication"]["type"] == "scram-sha-512"
     assert listener["port"] in _ports(_policy("auditstream-processor")["spec"]["egress"])
     users = {d["metadata"]["name"]: d for d in kafka_docs if d["kind"] == "KafkaUser"}
-    assert set(users) == {f"auditstream-{role}" for role in ROLES}
+    assert set(users) == {f"auditstream-{role}" for role in KAFKA_ROLES}
 
     def may(user: str, operation: str, topic: str) -> bool:
         acls = users[user]["spec"]["authorization"]["acls"]
@@ -1121,6 +1149,7 @@ def test_k8s_data_services_match_what_auditstream_needs(monkeypatch: pytest.Monk
     assert {u["name"] for u in mongo["spec"]["users"]} == {
         "auditstream-api",
         "auditstream-processor",
+        "auditstream-streamer",
     }
 
     (redis,) = [d for d in _data_docs("redis.yaml") if d["kind"] == "Deployment"]
@@ -1131,3 +1160,69 @@ def test_k8s_data_services_match_what_auditstream_needs(monkeypatch: pytest.Monk
     assert flags["--save"] == "" and flags["--appendonly"] == "no"
     assert flags["--maxmemory-policy"] in ("volatile-lru", "allkeys-lru")
     assert redis["spec"]["replicas"] == 1, "no failover onto asynchronously replicated replicas"
+
+
+# --- the stream worker and the archive bucket (helper H15, issues 17 and 21) -----
+
+
+@pytest.mark.unit
+def test_streamer_runs_in_compose_and_k8s_with_probes_and_its_own_secrets() -> None:
+    """`auditstream streamer` in both: the processor role's image, probes on its
+    port (/healthz follows its loop, /readyz asks MongoDB), only the streams key and
+    its MongoDB credentials, egress to public destinations only."""
+    service = _services()["streamer"]
+    assert service["command"] == ["auditstream", "streamer"]
+    assert "ports" not in service, "its metrics and probes are not published"
+    env = _environment(service)
+    assert env["AUDITSTREAM_STREAMER_METRICS_PORT"] == "9110"
+    assert "9110/healthz" in " ".join(service["healthcheck"]["test"])
+    assert "AUDITSTREAM_STREAMS_SECRET_KEY" not in env, "it keeps the key from .env"
+    for other in ("processor", "archiver", "demo-producer"):  # blanked for the others
+        assert _environment(_services()[other])["AUDITSTREAM_STREAMS_SECRET_KEY"] == ""
+    assert "AUDITSTREAM_STREAMS_SECRET_KEY" in _env_example()
+    deployment = _deployment("streamer")
+    container = _container(deployment)
+    assert container["command"] == ["auditstream", "streamer"]
+    assert container["image"] == f"auditstream-processor:{_project_version()}"
+    for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        probe = container[kind]["httpGet"]
+        assert probe["path"] == path and _probe_port(container, probe["port"]) == 9110
+    (config,) = _k8s("ConfigMap")
+    assert config["data"]["AUDITSTREAM_STREAMER_METRICS_PORT"] == "9110"
+    holders = {
+        s["metadata"]["name"]
+        for s in _k8s("Secret")
+        if "AUDITSTREAM_STREAMS_SECRET_KEY" in s["stringData"]
+    }
+    assert holders == {"auditstream-api-secrets", "auditstream-streamer-secrets"}
+    (public,) = [r for r in _policy("auditstream-streamer")["spec"]["egress"] if "to" in r]
+    blocks = [t["ipBlock"] for t in public["to"]]
+    assert {b["cidr"] for b in blocks} == {"0.0.0.0/0", "::/0"}
+    v4 = next(b for b in blocks if b["cidr"] == "0.0.0.0/0")
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(v4["except"])
+
+
+@pytest.mark.unit
+def test_archive_bucket_is_optional_configuration_with_real_setting_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AUDITSTREAM_ARCHIVE_S3_*: commented out in .env.example and the ConfigMap (the
+    volume is the default), real setting names, the keys in the archiver's Secret
+    only; a blanked secret means unset (compose blanks them for the API)."""
+    texts = {
+        ".env.example": ENV_EXAMPLE.read_text(encoding="utf-8"),
+        "configmap.yaml": (K8S_DIR / "configmap.yaml").read_text(encoding="utf-8"),
+        "secret.yaml": (K8S_DIR / "secret.yaml").read_text(encoding="utf-8"),
+    }
+    for name, text in texts.items():
+        names = {n for n in VAR_RE.findall(text) if n.startswith(PREFIX + "ARCHIVE_S3_")}
+        assert names, name
+        assert not _unknown(names), name
+    assert PREFIX + "ARCHIVE_S3_BUCKET" not in _env_example(), "optional: commented out"
+    (config,) = _k8s("ConfigMap")
+    assert not any(k.startswith(PREFIX + "ARCHIVE_S3_") for k in config["data"])
+    blank = {PREFIX + "ARCHIVE_S3_SECRET_ACCESS_KEY": "", PREFIX + "ARCHIVE_S3_SESSION_TOKEN": ""}
+    settings = _settings_from(blank, monkeypatch)
+    assert (
+        settings.archive_s3_secret_access_key is None and settings.archive_s3_session_token is None
+    )
