@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +29,6 @@ from query_api.query import ListQuery, search_words, sort_spec
 FIRST_WINDOW = timedelta(seconds=60)
 GROWTH = 4
 MAX_WIDTH = timedelta(days=100 * 365)  # wider windows: one open-ended range instead
-WINDOW_BATCHES = 10  # read_all: a window's target size, in cursor batches
 
 
 def _at_or_after(when: datetime) -> dict[str, Any]:
@@ -273,55 +271,26 @@ async def read_all(
     batch_size: int = 1000,
 ) -> AsyncIterator[dict[str, Any]]:
     """Every matching document in ``query.order``, for reads without a page limit
-    (exports, the ``as_of`` fold), sorted by ``(occurred_at, _id)``; the clauses
-    besides the tenant, one indexed equality and the time range are checked here
-    by :func:`matcher` (so ``projection`` must keep the fields they test).
-
-    In bounded time windows, like :func:`read_page`: SecantusDB materialises and
-    sorts a query's whole index range before its first batch, which for a large
-    export outlasts the socket timeout. One probe finds the first matching time
-    in ``query.order`` (one index read on MongoDB); the windows start there at
-    ``FIRST_WINDOW`` and are sized by the last one's density for about
-    ``WINDOW_BATCHES`` batches each (at most ``GROWTH`` times wider), up to the
-    query's own ``since`` / ``until``; past the data they widen to one last
-    open-ended range. ``query.limit`` and the keyset cursor do not apply."""
+    (exports, the ``as_of`` fold): one index range, the query's own ``since`` /
+    ``until``, sorted by ``(occurred_at, _id)``; the other clauses are checked
+    here by :func:`matcher` (so ``projection`` must keep the fields they test).
+    The same shape as :func:`read_page`'s windows, without the slow ``erased``
+    clause; ``query.limit`` and the cursor's window logic do not apply."""
     f = query.filters
     time_range: dict[str, Any] = {}
     if "since" in f:
         time_range.update(_at_or_after(datetime.fromisoformat(f["since"])))
     if "until" in f:
         time_range["$lt"] = datetime.fromisoformat(f["until"])
-    base: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
-    where = {**base, "occurred_at": time_range} if time_range else base
+    where: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
+    if time_range:
+        where["occurred_at"] = time_range
     match = matcher(query, include_erased)
     fields = dict(projection) if projection is not None else None
-    probe = collection.find(where, fields).sort(sort_spec(query.order)).limit(1)
-    first = [doc async for doc in probe]
-    if not first or not isinstance(first[0].get("occurred_at"), datetime):
-        return
-    edge = _utc(first[0]["occurred_at"])
-    # The windows start at the first stored time, not at now / since.
-    bounded = dict(f)
-    if query.order == "desc":
-        bounded["until"] = (edge + timedelta(milliseconds=1)).isoformat()
-    else:
-        bounded["since"] = edge.isoformat()
-    ranges = windows(replace(query, filters=bounded, cursor=None), edge)
-    want = batch_size * WINDOW_BATCHES
-    time_range = next(ranges)
-    while True:
-        window = {**base, "occurred_at": time_range} if time_range else base
-        cursor = collection.find(window, fields).sort(sort_spec(query.order))
-        found = 0
-        try:
-            async for doc in cursor.batch_size(batch_size):
-                found += 1
-                if match(doc):
-                    yield doc
-        finally:
-            await cursor.close()
-        factor = float(GROWTH) if not found else min(float(GROWTH), max(0.25, want / found))
-        try:
-            time_range = ranges.send(factor)
-        except StopIteration:
-            return
+    cursor = collection.find(where, fields).sort(sort_spec(query.order)).batch_size(batch_size)
+    try:
+        async for doc in cursor:
+            if match(doc):
+                yield doc
+    finally:
+        await cursor.close()
