@@ -176,7 +176,10 @@ def processor(loglevel: str) -> None:
 @main.command()
 @_clear_errors
 def api() -> None:
-    """Serve the query API with Hypercorn on AUDITSTREAM_API_HOST:AUDITSTREAM_API_PORT."""
+    """Serve the query API with Hypercorn on AUDITSTREAM_API_HOST:AUDITSTREAM_API_PORT.
+
+    AUDITSTREAM_API_WORKERS (default 1): that many API processes on the one port.
+    """
     from auditstream.serve import serve_api
 
     serve_api(_settings())
