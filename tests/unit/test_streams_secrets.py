@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -77,3 +78,15 @@ def test_settings_check_the_keys_and_blank_means_unset() -> None:
     with pytest.raises(ValidationError, match="Fernet key"):
         AuditSettings(streams_secret_key="not-a-key")
     assert key not in repr(s)
+
+
+def test_up_generates_and_keeps_a_development_key(tmp_path: Path) -> None:
+    from auditstream.streams_cli import dev_streams_env
+
+    first = dev_streams_env(AuditSettings(), tmp_path)["AUDITSTREAM_STREAMS_SECRET_KEY"]
+    assert StreamSecrets(first).can_seal  # a valid Fernet key
+    assert (tmp_path / "streams_secret_key").stat().st_mode & 0o777 == 0o600
+    assert dev_streams_env(AuditSettings(), tmp_path)["AUDITSTREAM_STREAMS_SECRET_KEY"] == first
+    own = generate_key()
+    configured = AuditSettings(streams_secret_key=own)
+    assert dev_streams_env(configured, tmp_path)["AUDITSTREAM_STREAMS_SECRET_KEY"] == own
