@@ -51,7 +51,13 @@ class FakeRedis:
             value = self.data.get(key)
             return gens + ([value] if value is not None else [])
 
+        run.sha = "hit"  # type: ignore[attr-defined]
+        self.scripts = {"hit": run}
         return run
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: str) -> Any:
+        run = self.scripts[sha]
+        return await run(list(keys_and_args[:numkeys]), list(keys_and_args[numkeys:]))
 
     async def get(self, key: str) -> Any:
         self._check()
