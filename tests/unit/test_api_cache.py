@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from audit_events.cache_keys import query_key
 from query_api.cache import LOCK_SUFFIX, RELEASE_SCRIPT, ReadCache
@@ -56,6 +57,8 @@ class FakeRedis:
         return run
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: str) -> Any:
+        if sha not in self.scripts:
+            raise NoScriptError("No matching script")
         run = self.scripts[sha]
         return await run(list(keys_and_args[:numkeys]), list(keys_and_args[numkeys:]))
 
@@ -200,3 +203,11 @@ def _value(value: bytes) -> Any:
         return value
 
     return load
+
+
+async def test_a_server_without_the_hit_script_falls_back_to_loading_it() -> None:
+    redis = FakeRedis()
+    cache = ReadCache(redis, 60, namespace="n")  # type: ignore[arg-type]
+    assert await cache.get_or_load("list", "t", ["g"], "q", _value(b"v")) == (b"v", "miss")
+    del redis.scripts["hit"]  # e.g. Redis restarted: EVALSHA answers NOSCRIPT
+    assert await cache.get_or_load("list", "t", ["g"], "q", _value(b"w")) == (b"v", "hit")
