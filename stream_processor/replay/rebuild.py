@@ -12,8 +12,9 @@ invalidation (readers see the rebuilt store only after the swap).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -190,50 +191,92 @@ class Replayer:
         With ``since``, a partition's archived records start at its first record
         timestamped at or after it (what ``offsets_for_times`` gives on the topic):
         the events received before are copied from the live store.
+
+        Overlapped, with the same order of writes: probing the broker for where the
+        topic takes over (which waits on fetches) runs while the records are written,
+        and the next chunk is read and decoded in a thread while the current one is
+        written and its control events applied.
         """
         topic = self._settings.topic_events
-        since_ms = None if since is None else int(since.timestamp() * 1000)
+        partitions = reader.partitions(topic)
+        for partition in partitions:
+            result.archive_epochs += len({e.epoch for e in reader.entries(topic, partition)})
+        taking_over = asyncio.create_task(self._topic_takes_over(reader, source, partitions))
+        chunks = (self._decode(c) for c in self._archived_chunks(reader, partitions, since))
+        decoding = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+        try:
+            while (batch := await decoding) is not None:
+                decoding = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+                await self._store(batch, steps, result)
+                result.archived_records += len(batch.records)
+                self._progress(result, result.records)
+            for partition, offset in (await taking_over).items():
+                positions[partition] = max(positions[partition], offset)
+        finally:  # after an error: the thread's chunk is dropped, the probe stopped
+            decoding.cancel()
+            taking_over.cancel()
+            await asyncio.gather(decoding, taking_over, return_exceptions=True)
+
+    async def _topic_takes_over(
+        self, reader: ArchiveReader, source: TopicSource, partitions: list[int]
+    ) -> Positions:
+        """The archive's end of every partition whose topic continues the archive's
+        latest epoch (elsewhere the topic is read from its beginning, or ``since``)."""
+        topic = self._settings.topic_events
         live = {tp.partition: tp for tp in source.tps}
-        for partition in reader.partitions(topic):
-            entries = reader.entries(topic, partition)
-            result.archive_epochs += len({e.epoch for e in entries})
+        ends: Positions = {}
+        for partition in partitions:
             tp = live.get(partition)
             if tp is not None:
                 held = reader.state(topic, partition)
                 start = decide(held, await probe(source.consumer, tp, held))
-                if not start.new_epoch:  # the topic continues the archive's latest epoch
-                    positions[partition] = max(positions[partition], start.offset)
+                if not start.new_epoch:
+                    ends[partition] = start.offset
+        return ends
+
+    def _archived_chunks(
+        self, reader: ArchiveReader, partitions: list[int], since: datetime | None
+    ) -> Iterator[list[Record]]:
+        """The archived records of ``partitions`` in (epoch, offset) order, a partition's
+        records in chunks of at most ``batch_size``; with ``since``, from each partition's
+        first record timestamped at or after it."""
+        topic = self._settings.topic_events
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        for partition in partitions:
             chunk: list[Record] = []
             before = since_ms  # skip records timestamped before this (None: none)
-            for record in reader.records(entries):
+            for record in reader.records(reader.entries(topic, partition)):
                 if before is not None:
                     if record.timestamp_ms < before:
                         continue  # received before ``since``: copied from the live store
                     before = None  # from here on, every record of the partition
                 chunk.append(record)
                 if len(chunk) >= self._batch_size:
-                    await self._apply(chunk, steps, result)
-                    result.archived_records += len(chunk)
-                    self._progress(result, result.records)
+                    yield chunk
                     chunk = []
             if chunk:
-                await self._apply(chunk, steps, result)
-                result.archived_records += len(chunk)
-                self._progress(result, result.records)
+                yield chunk
+
+    def _decode(self, records: list[Record]) -> Batch:
+        """Decode (forged control events are skipped, as the live run dead-lettered them)."""
+        return decode_batch(records, self._limits, self._settings.max_event_bytes, self._gate)
 
     async def _apply(self, records: list[Record], steps: _Steps, result: ReplayResult) -> Batch:
-        """Decode (forged control events are skipped, as the live run dead-lettered them),
-        write, apply control events; count."""
-        batch = decode_batch(records, self._limits, self._settings.max_event_bytes, self._gate)
+        """Decode, write, apply control events; count."""
+        batch = self._decode(records)
+        await self._store(batch, steps, result)
+        return batch
+
+    async def _store(self, batch: Batch, steps: _Steps, result: ReplayResult) -> None:
+        """Write a decoded batch, apply its control events; count."""
         result.rejected += len(batch.rejects)  # already dead-lettered by the live run
         await steps.write(batch)
         await steps.controls(batch)
         written = batch.written
-        result.records += len(records)
+        result.records += len(batch.records)
         if written is not None:
             result.inserted += written.inserted
             result.duplicates += written.duplicates
-        return batch
 
     def _progress(self, result: ReplayResult, total: int) -> None:
         if self._on_progress is not None:
