@@ -218,7 +218,9 @@ def replay(since: str | None, fresh: bool, no_swap: bool, batch: int, no_archive
     When the archiver's archive exists (<data dir>/archive, or
     AUDITSTREAM_ARCHIVE_DIR), its records come first, every epoch in order,
     then the topic from where the archive ends (from its start when the
-    topic's history restarted since); --since uses the topic only.
+    topic's history restarted since). With --since, the events received
+    before it are copied from the live store, and both the archive and the
+    topic are read from that time on.
 
     Builds a fresh collection (events_replay) while live ingestion continues,
     verifies it, then pauses writers briefly (see docs/chain.md) and swaps it

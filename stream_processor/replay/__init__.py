@@ -13,9 +13,10 @@ The phases (numbered apart from the processor's Steps, docs/processor.md):
    the archiver's own test). Segments are checked against their SHA-256 and
    the manifest chain as they are read.
 1. Into a fresh ``events_replay`` collection (same indexes, unique chain index),
-   from the beginning of the topic (or where the archive ends) — or, with ``since``
-   (which does not use the archive), from the offsets of that
-   time (``offsets_for_times``) after copying the live events received before it.
+   from the beginning of the topic (or where the archive ends) — or, with ``since``,
+   after copying the live events received before it: the archive from each
+   partition's first record timestamped at or after it, the topic from the
+   offsets of that time (``offsets_for_times``) or where the archive ends.
    Records go through the processor's own steps (decode, Step 2; seal + ordered
    insert, Step 5; apply corrections/erasures, Step 6), so documents, seqs,
    hashes, corrections and erasures come out identical. Live ingestion goes on.
