@@ -263,6 +263,10 @@ from auditstream.streams_cli import streamer, streams  # noqa: E402
 main.add_command(streams)
 main.add_command(streamer)
 
+from auditstream.masking_cli import masking  # noqa: E402
+
+main.add_command(masking)
+
 from auditstream.retention_cli import purge, retention  # noqa: E402
 
 main.add_command(retention)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from audit_events import topics
 from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
+from producers.masking import ProducerMasking
 
 Compression = Literal["gzip", "lz4", "zstd", "snappy"] | None
 
@@ -78,6 +79,8 @@ class ProducerConfig:
     #: Extra keyword arguments for ``AIOKafkaProducer`` (security settings, client_id…);
     #: the security ones (``KAFKA_SECURITY_KEYS``) also go to the topic-creating admin client.
     kafka_options: dict[str, Any] = field(default_factory=dict)
+    #: Masking rules applied to every event before it is encoded (docs/masking.md).
+    masking: ProducerMasking | None = None
 
     def __post_init__(self) -> None:
         if self.durable and self.spool_dir is None and self.spool_path is None:

@@ -264,8 +264,10 @@ class AuditProducer:
     def prepare(
         self, event: AuditEvent | Mapping[str, Any] | None = None, /, **fields: Any
     ) -> AuditEvent:
-        """Validate ``event``/``fields`` into an event with the producer's defaults."""
-        return build_event(event, defaults=self._defaults, **fields)
+        """Validate ``event``/``fields`` into an event with the producer's defaults
+        (masked when the config has masking rules)."""
+        built = build_event(event, defaults=self._defaults, **fields)
+        return built if self.config.masking is None else self.config.masking.apply(built)
 
     async def emit(
         self,

@@ -22,6 +22,7 @@ from query_api.docs_assets import CSS_URL as DOCS_CSS_URL
 from query_api.docs_assets import JS_URL as DOCS_JS_URL
 from query_api.docs_assets import bp as docs_assets_bp
 from query_api.histogram import bp as histogram_bp
+from query_api.masking import bp as masking_bp
 from query_api.openapi import ProblemAwareOpenAPI
 from query_api.problems import register_problem_handlers
 from query_api.read_audit import install as install_read_audit
@@ -43,6 +44,7 @@ BLUEPRINTS = (
     docs_assets_bp,
     histogram_bp,
     streams.bp,
+    masking_bp,
     retention_bp,
 )
 

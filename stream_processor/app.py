@@ -44,6 +44,7 @@ from stream_processor.flush import FlushPolicy
 from stream_processor.health import WorkerProbes
 from stream_processor.invalidate import Invalidate
 from stream_processor.kafka import app_class
+from stream_processor.masking import masked_write
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
 from stream_processor.records import Batch, Record, record_from_message
@@ -206,7 +207,7 @@ def create_app(
             redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)
         )
         return BatchProcessor(
-            steps.write,
+            masked_write(steps.write, collection.database, settings),  # before the seal
             Invalidate(invalidator, metrics),
             FaustDeadLetters(dlq, settings.dlq_max_record_bytes),
             fence=steps.fence,

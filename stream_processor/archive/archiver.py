@@ -68,6 +68,7 @@ from stream_processor.archive.storage import (
     archive_storage,
     as_storage,
 )
+from stream_processor.masking import archive_masker, archived_records
 from stream_processor.records import Record
 
 __all__ = ["ArchiveBusy", "Archiver", "Buffer", "clean_unpublished", "publish_segments"]
@@ -91,8 +92,10 @@ class Buffer:
     last: Record | None = None
     opened: float = 0.0
 
-    def add(self, rec: Record, timestamp_type: int) -> None:
-        line = encode_line(ArchivedRecord(rec, timestamp_type))
+    def add(self, rec: Record, timestamp_type: int, stored: Record | None = None) -> None:
+        # ``stored``: the masked copy to archive; ``rec`` (as in the topic) stays the
+        # reference of the epoch probes (``last``)
+        line = encode_line(ArchivedRecord(stored or rec, timestamp_type))
         if self.first is None:
             self.first = rec
             self.opened = time.monotonic()
@@ -200,6 +203,7 @@ class Archiver:
         self.max_seconds = settings.archive_segment_seconds
         self.buffers: dict[TopicPartition, Buffer] = {}
         self.manifest = Manifest(self.storage)
+        self.masker = archive_masker(settings)  # the archived copy is masked (docs/masking.md)
         self._stop: asyncio.Event | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._prober: AIOKafkaConsumer | None = None
@@ -284,8 +288,8 @@ class Archiver:
                 buf = self.buffers.get(tp)
                 if buf is None:
                     continue
-                for m in messages:
-                    buf.add(record_of(m), int(getattr(m, "timestamp_type", 0) or 0))
+                for rec, out, ts_type in await archived_records(self.masker, messages, record_of):
+                    buf.add(rec, ts_type, out)
                     if buf.size >= self.max_bytes:  # by size: close at once, mid-fetch
                         await self._close([tp])
                         buf = self.buffers[tp]
@@ -314,8 +318,8 @@ class Archiver:
                 buf = self.buffers.get(tp)
                 if buf is None:
                     continue
-                for m in messages:
-                    buf.add(record_of(m), int(getattr(m, "timestamp_type", 0) or 0))
+                for rec, out, ts_type in await archived_records(self.masker, messages, record_of):
+                    buf.add(rec, ts_type, out)
         await self._close([tp for tp, b in self.buffers.items() if b.lines])
         log.info("stopped; %d segments in the manifest", len(self.manifest.entries))
 

@@ -38,6 +38,7 @@ from stream_processor.archive.storage import archive_storage
 from stream_processor.chain import ChainWriter, Write, ensure_chain_index
 from stream_processor.control import ApplyControls, ControlApplier, ControlGate, Keys
 from stream_processor.decode import decode_batch
+from stream_processor.masking import masked_write
 from stream_processor.records import Batch, Record
 from stream_processor.replay.result import STATE_ID, ReplayResult
 from stream_processor.replay.source import Positions, TopicSource
@@ -95,7 +96,7 @@ class Replayer:
                 db, state, target, source, since, fresh, result, archived=reader is not None
             )
             # Steps 5 and 6 of the processor; only authentic control events are applied
-            steps = _Steps(target, self._control_keys)
+            steps = _Steps(target, self._control_keys, self._settings)
             if reader is not None and not result.resumed:
                 await self._from_archive(reader, source, positions, steps, result, since)
                 await state.update_one(
@@ -332,6 +333,9 @@ class Replayer:
 class _Steps:
     """The processor's Steps 5 and 6 on the rebuilt collection."""
 
-    def __init__(self, target: AsyncCollection[dict[str, Any]], keys: Keys) -> None:
-        self.write = Write(ChainWriter(target))
+    def __init__(
+        self, target: AsyncCollection[dict[str, Any]], keys: Keys, settings: AuditSettings
+    ) -> None:
+        # masked as the live run masked (the rules in force at each received_at)
+        self.write = masked_write(Write(ChainWriter(target)), target.database, settings)
         self.controls = ApplyControls(ControlApplier(target, keys))

@@ -335,3 +335,17 @@ def test_the_masked_content_hash_is_the_chains(fields: dict[str, Any]) -> None:
     masked = Masker(rules(("actor.name", "hash"), ("metadata.deep", "redact")), KEY).apply(doc)
     for d in (doc, masked):
         assert content_hash_of(d) == document_content_hash(d)
+
+
+def test_the_producer_masks_what_it_emits_when_configured() -> None:
+    from producers import AuditProducer, ProducerConfig
+    from producers.masking import ProducerMasking
+
+    masking = ProducerMasking.for_tenants(
+        {"*": [{"path": "metadata.user.email", "action": "hash"}]}, secret=b"secret"
+    )
+    producer = AuditProducer(ProducerConfig(bootstrap="", masking=masking))
+    ev = producer.prepare(event())
+    assert ev.metadata["user"] == {"email": hash_value(KEY, "ann@example.com")}
+    plain = AuditProducer(ProducerConfig(bootstrap="")).prepare(event())
+    assert plain.metadata["user"] == {"email": "ann@example.com"}
