@@ -133,17 +133,36 @@ class StreamSecrets:
         return None if plain is None else self.seal(plain)
 
     def opened(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """A copy of a stored destination with its secrets in plain (worker memory only)."""
+        """A copy of a stored destination with its secrets in plain (worker memory only).
+
+        SecretKeyError when the current secret cannot be opened; a previous secret
+        that cannot be (a lost key) is left out: it only signs during an overlap.
+        """
         out = dict(doc)
+        out["secret"] = self.open(out.get("secret"))
+        if "previous_secret" in out:
+            try:
+                out["previous_secret"] = self.open(out["previous_secret"])
+            except SecretKeyError:
+                out["previous_secret"] = None
+        return out
+
+    def unreadable(self, doc: dict[str, Any]) -> list[str]:
+        """The secret fields of ``doc`` no configured key opens."""
+        out = []
         for name in SECRET_FIELDS:
-            if name in out:
-                out[name] = self.open(out[name])
+            try:
+                self.open(doc.get(name))
+            except SecretKeyError:
+                out.append(name)
         return out
 
     def migration(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """The ``$set`` re-encrypting a destination's secrets under the current key."""
+        """The ``$set`` re-encrypting a destination's secrets under the current key
+        (those no configured key opens are left as they are: see :meth:`unreadable`)."""
+        skip = self.unreadable(doc)
         return {
             name: self.reseal(doc[name])
             for name in SECRET_FIELDS
-            if doc.get(name) is not None and not self.is_current(doc[name])
+            if doc.get(name) is not None and name not in skip and not self.is_current(doc[name])
         }

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from audit_events.chain import CONTROL_ACTIONS, event_fields
-from audit_events.stream_secrets import StreamSecrets
+from audit_events.stream_secrets import SecretKeyError, StreamSecrets
 
 STREAMS_COLLECTION = "streams"
 STREAM_DEAD_LETTERS_COLLECTION = "stream_dead_letters"
@@ -355,10 +355,15 @@ def stream_changes(
     }
     if box.can_seal:
         changes.update(box.migration(doc))
-    if body.secret is not None and body.secret != box.open(doc.get("secret")):
-        changes["secret"] = box.seal(body.secret)
-        changes["previous_secret"] = box.reseal(doc.get("secret"))
-        changes["previous_secret_until"] = now + timedelta(seconds=overlap_seconds)
+    if body.secret is not None:
+        try:
+            old = box.open(doc.get("secret"))
+        except SecretKeyError:  # under a lost key: replaced, nothing left to sign with
+            old = None
+        if body.secret != old:
+            changes["secret"] = box.seal(body.secret)
+            changes["previous_secret"] = None if old is None else box.seal(old)
+            changes["previous_secret_until"] = now + timedelta(seconds=overlap_seconds)
     return changes
 
 

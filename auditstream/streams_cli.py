@@ -321,12 +321,16 @@ def encrypt_secrets() -> None:
     changed meanwhile is left to its own update (which re-encrypts too).
     """
 
-    async def action(settings: AuditSettings, db: Db) -> tuple[int, int, int]:
+    async def action(settings: AuditSettings, db: Db) -> tuple[int, int, int, list[str]]:
         box = StreamSecrets.from_settings(settings)
         if not box.can_seal:
             raise SecretKeyError(f"{KEY_ENV} is not set")
         rewritten = current = changed = 0
+        lost: list[str] = []
         async for doc in db[STREAMS_COLLECTION].find({}):
+            if "secret" in box.unreadable(doc):
+                lost.append(str(doc["_id"]))
+                continue
             changes = box.migration(doc)
             if not changes:
                 current += 1
@@ -338,13 +342,19 @@ def encrypt_secrets() -> None:
                 rewritten += 1
             else:
                 changed += 1
-        return rewritten, current, changed
+        return rewritten, current, changed, lost
 
-    rewritten, current, changed = _run(action)
+    rewritten, current, changed, lost = _run(action)
     click.echo(
         f"{rewritten} re-encrypted, {current} already under the current key"
         + (f", {changed} changed meanwhile (run again)" if changed else "")
     )
+    if lost:  # a lost or missing retired key: give these destinations a new secret
+        raise click.ClickException(
+            f"{len(lost)} destination(s) have a secret no configured key decrypts "
+            f"(set it again with `auditstream streams update ID --rotate-secret`): "
+            + ", ".join(lost)
+        )
 
 
 @streams.command("delete")

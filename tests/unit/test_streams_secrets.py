@@ -90,3 +90,19 @@ def test_up_generates_and_keeps_a_development_key(tmp_path: Path) -> None:
     own = generate_key()
     configured = AuditSettings(streams_secret_key=own)
     assert dev_streams_env(configured, tmp_path)["AUDITSTREAM_STREAMS_SECRET_KEY"] == own
+
+
+def test_a_secret_under_a_lost_key_can_be_replaced_and_blocks_nothing_else() -> None:
+    lost = StreamSecrets(generate_key()).seal(FIRST)
+    box = StreamSecrets(generate_key())
+    doc = {"_id": "st_1", "kind": "webhook", "secret": lost, "previous_secret": lost}
+    assert box.unreadable(doc) == ["secret", "previous_secret"]
+    assert box.migration(doc) == {}  # left for the operator (the CLI names it)
+    renamed = stream_changes(doc, StreamFields(name="n"), overlap_seconds=60, now=NOW, box=box)
+    assert renamed == {"name": "n"}
+    new = stream_changes(doc, StreamFields(secret=SECOND), overlap_seconds=60, now=NOW, box=box)
+    assert box.open(new["secret"]) == SECOND and new["previous_secret"] is None
+    with pytest.raises(SecretKeyError):
+        box.opened(doc)  # the worker cannot deliver: it says so in last_error
+    readable = {**doc, "secret": box.seal(FIRST)}
+    assert box.opened(readable)["previous_secret"] is None  # only an overlap courtesy
