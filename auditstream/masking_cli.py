@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -104,6 +105,20 @@ def _save(tenant: str, rules: MaskingRules) -> None:
         return version_view(doc, tenant, now)
 
     _print(_run(action))
+
+
+def dev_masking_env(settings: AuditSettings, data_dir: Path) -> dict[str, str]:
+    """The masking secret for ``auditstream up``'s children: the configured one,
+    otherwise a development secret kept under the data dir (``masking_secret``, 0600),
+    so `hash` rules hash rather than redact and stay joinable across restarts."""
+    if settings.masking_secret is not None:
+        return {"AUDITSTREAM_MASKING_SECRET": settings.masking_secret.get_secret_value()}
+    path = data_dir / "masking_secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48) + "\n")
+        path.chmod(0o600)
+    return {"AUDITSTREAM_MASKING_SECRET": path.read_text().strip()}
 
 
 @click.group()

@@ -40,6 +40,7 @@ from auditstream.embedded import (
     redis_server,
     wait_for_port,
 )
+from auditstream.masking_cli import dev_masking_env
 from auditstream.stack_state import publish as publish_stack
 from auditstream.streams_cli import dev_streams_env
 from auditstream.trust_cli import CONTROL_SIGNING_ENV, dev_checkpoint_env, dev_control_env
@@ -223,6 +224,7 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float, tracker: Track
     env.update(dev_checkpoint_env(settings, data_dir))  # signed chain checkpoints
     env.update(dev_control_env(settings, data_dir))  # control-event proof (API signs)
     env.update(dev_streams_env(settings, data_dir))  # destination secrets at rest
+    env.update(dev_masking_env(settings, data_dir))  # `hash` masking rules' key
     click.secho("auditstream up — starting the pipeline", bold=True)
     embedded: list[Server] = []
     worker: Server | None = None
