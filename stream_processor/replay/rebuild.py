@@ -97,8 +97,9 @@ class Replayer:
             )
             # Steps 5 and 6 of the processor; only authentic control events are applied
             steps = _Steps(target, self._control_keys, self._settings)
+            ends: Positions | None = None  # the first catch-up's, taken during phase 0
             if reader is not None and not result.resumed:
-                await self._from_archive(reader, source, positions, steps, result, since)
+                ends = await self._from_archive(reader, source, positions, steps, result, since)
                 await state.update_one(
                     {"_id": STATE_ID},
                     {
@@ -112,7 +113,7 @@ class Replayer:
             async def catch_up() -> None:
                 await self._catch_up(source, positions, steps, state, result)
 
-            await catch_up()
+            await self._catch_up(source, positions, steps, state, result, ends)
             result.rebuild_seconds = time.perf_counter() - started
             if swap:
                 topic = await source.extent()
@@ -186,7 +187,7 @@ class Replayer:
         steps: _Steps,
         result: ReplayResult,
         since: datetime | None = None,
-    ) -> None:
+    ) -> Positions:
         """Phase 0: every archived record of the events topic, then where the topic takes over.
 
         With ``since``, a partition's archived records start at its first record
@@ -196,7 +197,8 @@ class Replayer:
         Overlapped, with the same order of writes: probing the broker for where the
         topic takes over (which waits on fetches) runs while the records are written,
         and the next chunk is read and decoded in a thread while the current one is
-        written and its control events applied.
+        written and its control events applied. Returns the topic's end offsets, taken
+        after the probes, for the first catch-up (phase 1).
         """
         topic = self._settings.topic_events
         partitions = reader.partitions(topic)
@@ -211,8 +213,10 @@ class Replayer:
                 await self._store(batch, steps, result)
                 result.archived_records += len(batch.records)
                 self._progress(result, result.records)
-            for partition, offset in (await taking_over).items():
+            takes_over, ends = await taking_over
+            for partition, offset in takes_over.items():
                 positions[partition] = max(positions[partition], offset)
+            return ends
         finally:  # after an error: the thread's chunk is dropped, the probe stopped
             decoding.cancel()
             taking_over.cancel()
@@ -220,20 +224,21 @@ class Replayer:
 
     async def _topic_takes_over(
         self, reader: ArchiveReader, source: TopicSource, partitions: list[int]
-    ) -> Positions:
+    ) -> tuple[Positions, Positions]:
         """The archive's end of every partition whose topic continues the archive's
-        latest epoch (elsewhere the topic is read from its beginning, or ``since``)."""
+        latest epoch (elsewhere the topic is read from its beginning, or ``since``),
+        and then the topic's end offsets (:meth:`TopicSource.ends`)."""
         topic = self._settings.topic_events
         live = {tp.partition: tp for tp in source.tps}
-        ends: Positions = {}
+        takes_over: Positions = {}
         for partition in partitions:
             tp = live.get(partition)
             if tp is not None:
                 held = reader.state(topic, partition)
                 start = decide(held, await probe(source.consumer, tp, held))
                 if not start.new_epoch:
-                    ends[partition] = start.offset
-        return ends
+                    takes_over[partition] = start.offset
+        return takes_over, await source.ends()
 
     def _archived_chunks(
         self, reader: ArchiveReader, partitions: list[int], since: datetime | None
@@ -305,12 +310,15 @@ class Replayer:
         steps: _Steps,
         state: AsyncCollection[dict[str, Any]],
         result: ReplayResult,
+        ends: Positions | None = None,
     ) -> None:
-        """Phase 1: replay until every partition reaches the end offsets taken now.
+        """Phase 1: replay until every partition reaches the end offsets taken now
+        (or ``ends``, taken a moment before).
 
         Phase 2: the positions are saved after every batch, so a crashed replay resumes.
         """
-        ends = await source.ends()
+        if ends is None:
+            ends = await source.ends()
         total = result.records + sum(max(0, ends[p] - positions[p]) for p in ends)
         source.seek(positions)
         while any(positions[p] < ends[p] for p in ends):
