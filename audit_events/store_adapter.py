@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from audit_events.retention import PURGES_COLLECTION
 from audit_events.storage import CHAIN_INDEX
 
 if TYPE_CHECKING:
@@ -158,7 +159,9 @@ def seq_probes(events: Any, tenant: str, projection: dict[str, int]) -> tuple[Pr
     return first_from, exact
 
 
-async def find_head(first_from: Probe, exact: Probe | None = None) -> dict[str, Any] | None:
+async def find_head(
+    first_from: Probe, exact: Probe | None = None, *, start_seq: int = 1
+) -> dict[str, Any] | None:
     """The stored event with the highest seq, by galloping and bisecting.
 
     ``first_from(k)`` returns the event with the smallest seq ``>= k`` (an
@@ -171,7 +174,14 @@ async def find_head(first_from: Probe, exact: Probe | None = None) -> dict[str, 
     chain has no gaps, so galloping on point lookups finds the head; one
     ``first_from`` past it confirms nothing lies beyond. A damaged chain (a gap)
     falls through to range probes from the first event past the gap.
+
+    ``start_seq`` (the seq after a tenant's purge marker: seq 1 is gone) is where
+    the point lookups begin; when no event has it, the probes start from seq 1.
     """
+    if exact is not None and start_seq > 1 and (start := await exact(start_seq)) is not None:
+        lo = await _gallop(exact, start)
+        beyond = await first_from(int(lo["seq"]) + 1)
+        return lo if beyond is None else await _gallop(first_from, beyond)
     if exact is not None and (start := await exact(1)) is not None:
         lo = await _gallop(exact, start)
         beyond = await first_from(int(lo["seq"]) + 1)
@@ -227,8 +237,10 @@ async def chain_head(
     """``tenant``'s stored event with the highest seq (``projection``'s fields), or None.
 
     With ``backward_index_scan`` one descending index lookup; otherwise
-    :func:`find_head` on :func:`seq_probes`. Both consider only events with a
-    numeric ``seq >= 1``.
+    :func:`find_head` on :func:`seq_probes`, from the seq after the tenant's purge
+    marker when there is one (``retention_purges`` in ``events``' database: after a
+    purge seq 1 is gone, and a range probe from it is slow on SecantusDB). Both
+    consider only events with a numeric ``seq >= 1``.
     """
     caps = caps or await capabilities_of(events)
     if caps.backward_index_scan:
@@ -236,4 +248,7 @@ async def chain_head(
             {"tenant": tenant, "seq": {"$gte": 1}}, projection=projection, sort=[("seq", -1)]
         )
         return doc
-    return await find_head(*seq_probes(events, tenant, projection))
+    marker = await events.database[PURGES_COLLECTION].find_one({"_id": tenant}, {"through_seq": 1})
+    through = marker.get("through_seq") if marker else None
+    start_seq = through + 1 if isinstance(through, int) and through > 0 else 1
+    return await find_head(*seq_probes(events, tenant, projection), start_seq=start_seq)

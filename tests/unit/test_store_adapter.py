@@ -34,6 +34,11 @@ class FakeEvents:
         self.database = self  # collection.database.client.admin.command(...)
         self.client = self
         self.admin = self
+        self.markers: Any = FakeMarkers({})
+
+    def __getitem__(self, name: str) -> Any:  # collection.database["retention_purges"]
+        assert name == "retention_purges", name
+        return self.markers
 
     async def command(self, name: str) -> dict[str, Any]:
         assert name == "buildInfo"
@@ -145,3 +150,33 @@ async def test_a_collection_without_a_client_gets_the_conservative_paths() -> No
         pass
 
     assert await capabilities_of(Bare()) is CONSERVATIVE
+
+
+class FakeMarkers:
+    """``retention_purges``: one purge marker per tenant, by ``_id``."""
+
+    def __init__(self, markers: dict[str, dict[str, Any]]) -> None:
+        self.markers = markers
+
+    async def find_one(self, filter: dict[str, Any], projection: Any = None) -> Any:
+        return self.markers.get(filter["_id"])
+
+
+async def test_head_probe_starts_after_the_purge_marker() -> None:
+    """After a purge seq 1 is gone: the point lookups start at the marker's K + 1,
+    never a range probe from seq 1 (which SecantusDB answers by sorting the tenant)."""
+    docs = [{"tenant": "acme", "seq": s, "hash": f"h{s}"} for s in range(21, 41)]
+    events = FakeEvents(docs)
+    events.markers = FakeMarkers({"acme": {"_id": "acme", "through_seq": 20}})
+    head = await chain_head(events, "acme", {"seq": 1, "hash": 1}, SECANTUSDB)
+    assert (head or {}).get("hash") == "h40"
+    ranges = [f["seq"]["$gte"] for f, _ in events.queries if isinstance(f["seq"], dict)]
+    assert ranges == [41], events.queries  # only the one confirming nothing lies beyond
+    # a marker beyond what is stored (a rebuilt copy still filling): the old path
+    short = FakeEvents([{"tenant": "acme", "seq": s} for s in range(1, 6)])
+    short.markers = FakeMarkers({"acme": {"_id": "acme", "through_seq": 20}})
+    assert (await chain_head(short, "acme", {"seq": 1}, SECANTUSDB) or {})["seq"] == 5
+    # no marker for the tenant: from seq 1 as before
+    plain = FakeEvents([{"tenant": "acme", "seq": s} for s in range(1, 6)])
+    plain.markers = FakeMarkers({})
+    assert (await chain_head(plain, "acme", {"seq": 1}, SECANTUSDB) or {})["seq"] == 5
