@@ -367,8 +367,9 @@ class AuditSettings(BaseSettings):
     # --- Masking before storage (helper H10, issue 17; docs/masking.md) -------
     masking_secret: SecretStr | None = Field(
         None,
-        description="Processor role: the secret per-tenant HMAC keys of `hash` rules are"
-        " derived from (HKDF-SHA256); unset: `hash` rules redact. Never change it once used.",
+        description="Processor, archiver and replay: the secret per-tenant HMAC keys of `hash`"
+        " rules are derived from (HKDF-SHA256); unset: `hash` rules redact; the REPLACE-ME"
+        " placeholder is refused. Never change it once used.",
     )
     masking_cache_seconds: float = Field(
         2.0, gt=0, le=60, description="How long the processor keeps a tenant's rules cached."
@@ -386,7 +387,14 @@ class AuditSettings(BaseSettings):
     def _empty_masking_secret_is_unset(cls, value: object) -> object:
         # as for the other secrets: a blanked variable (compose) means unset, never a
         # key derived from the empty string
-        return None if value == "" else value
+        if value == "":
+            return None
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if "REPLACE-ME" in raw:
+            # the shipped placeholder (.env.example, k8s Secrets): never a key, since the
+            # secret can never change once events were hashed with it
+            raise ValueError("masking_secret is the REPLACE-ME placeholder: set a random secret")
+        return value
 
     # --- Auditing of reads (helper H12, issue 17; query_api/read_audit.py) ----
     read_audit: bool = Field(

@@ -159,6 +159,7 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Audi
 REAL_SIGNING_KEY, REAL_PUBLIC_KEY = generate_keypair()
 REAL_CONTROL_KEY, REAL_CONTROL_PUBLIC = generate_keypair()
 REAL_STREAMS_KEY = "x8hDbTxmE2Jq3Q1n5nYl5W0sMZp6s2VJbmF3d0lJcGs="  # a Fernet key (32 bytes)
+REAL_MASKING_SECRET = "m" * 64
 
 
 def _with_real_secret(env: dict[str, str]) -> dict[str, str]:
@@ -171,6 +172,7 @@ def _with_real_secret(env: dict[str, str]) -> dict[str, str]:
         "AUDITSTREAM_CONTROL_SIGNING_KEY": REAL_CONTROL_KEY,
         "AUDITSTREAM_CONTROL_PUBLIC_KEYS": f'["{REAL_CONTROL_PUBLIC}"]',
         "AUDITSTREAM_STREAMS_SECRET_KEY": REAL_STREAMS_KEY,
+        "AUDITSTREAM_MASKING_SECRET": REAL_MASKING_SECRET,
     }
     compose_style = "AUDITSTREAM_MONGO_URI" not in env  # .env.example: one file, every key
     return {
@@ -796,12 +798,17 @@ ROLE_SECRET_KEYS = {
     },
     "processor": {
         "AUDITSTREAM_CHECKPOINT_SIGNING_KEY",
+        "AUDITSTREAM_MASKING_SECRET",  # hash rules: per-tenant HMAC keys derive from it
         "AUDITSTREAM_MONGO_URI",
         "AUDITSTREAM_REDIS_URL",
         "AUDITSTREAM_KAFKA_SASL_USERNAME",
         "AUDITSTREAM_KAFKA_SASL_PASSWORD",
     },
-    "archiver": {"AUDITSTREAM_KAFKA_SASL_USERNAME", "AUDITSTREAM_KAFKA_SASL_PASSWORD"},
+    "archiver": {  # it masks its copy of the events as the processor does
+        "AUDITSTREAM_MASKING_SECRET",
+        "AUDITSTREAM_KAFKA_SASL_USERNAME",
+        "AUDITSTREAM_KAFKA_SASL_PASSWORD",
+    },
     "topics": {"AUDITSTREAM_KAFKA_SASL_USERNAME", "AUDITSTREAM_KAFKA_SASL_PASSWORD"},
     # opens the destination secrets; MongoDB is its only store
     "streamer": {"AUDITSTREAM_STREAMS_SECRET_KEY", "AUDITSTREAM_MONGO_URI"},
@@ -968,6 +975,7 @@ COMPOSE_BLANKED = {
     # service: the secrets from .env it must not hold (blanked in its environment)
     "api": {
         "AUDITSTREAM_CHECKPOINT_SIGNING_KEY",
+        "AUDITSTREAM_MASKING_SECRET",
         "AUDITSTREAM_ARCHIVE_S3_SECRET_ACCESS_KEY",
         "AUDITSTREAM_ARCHIVE_S3_SESSION_TOKEN",
     },
@@ -988,6 +996,7 @@ COMPOSE_BLANKED = {
         "AUDITSTREAM_JWT_SECRET",
         "AUDITSTREAM_CHECKPOINT_SIGNING_KEY",
         "AUDITSTREAM_CONTROL_SIGNING_KEY",
+        "AUDITSTREAM_MASKING_SECRET",
         "AUDITSTREAM_ARCHIVE_S3_SECRET_ACCESS_KEY",
         "AUDITSTREAM_ARCHIVE_S3_SESSION_TOKEN",
     },
@@ -1010,6 +1019,38 @@ def test_compose_each_service_holds_only_its_roles_secrets(
     if service == "processor":
         assert settings.checkpoint_signing_key is not None
         assert settings.control_public_keys == [REAL_CONTROL_PUBLIC]
+    if service in MASKING_ROLES:
+        assert settings.masking_secret is not None, "hash rules would redact"
+        assert settings.masking_secret.get_secret_value() == REAL_MASKING_SECRET
+
+
+MASKING_ROLES = ("processor", "archiver")  # and `auditstream replay` (processor image)
+
+
+@pytest.mark.unit
+def test_masking_secret_goes_to_the_roles_that_mask_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AUDITSTREAM_MASKING_SECRET (docs/masking.md): the processor, the archiver and
+    replay (run from the processor's service/Secret) derive the tenants' hash keys from
+    it; compose keeps it from .env for those and blanks it for the others; k8s puts it
+    in their Secrets only; the shipped placeholder is refused, never used as a key."""
+    name = "AUDITSTREAM_MASKING_SECRET"
+    assert _env_example()[name] == "REPLACE-ME"
+    services = _services()
+    for service in MASKING_ROLES:
+        assert name not in _environment(services[service]), f"{service} keeps it from .env"
+    for service in ("api", "streamer", "demo-producer"):
+        assert _environment(services[service])[name] == "", f"{service} must not hold it"
+    holders = {s["metadata"]["name"] for s in _k8s("Secret") if name in s["stringData"]}
+    assert holders == {f"auditstream-{role}-secrets" for role in MASKING_ROLES}
+    for role in MASKING_ROLES:
+        assert _role_secret(role)["stringData"][name] == "REPLACE-ME"
+    (config,) = _k8s("ConfigMap")
+    assert name not in config["data"]
+    with pytest.raises(ValidationError, match="masking_secret"):
+        _settings_from({name: "REPLACE-ME"}, monkeypatch)
+    guide = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
+    assert name in guide and "hashed values" in guide
+    assert "docker compose run --rm --no-deps processor auditstream replay" in guide
 
 
 @pytest.mark.unit
