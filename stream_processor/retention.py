@@ -16,7 +16,13 @@ ago, and only those the archive holds:
    candidate must be found in it by (tenant, id). K shrinks to the last seq
    before the first event the archive lacks: nothing is purged before it is
    archived;
-4. stubs (``purged_events``) are written, then the marker (``retention_purges``:
+3. the tenant's log streams (:mod:`audit_events.streams`) must have delivered it:
+   K is at most the lowest committed ``position`` of any of its destinations,
+   enabled or paused (a paused one resumes from its position), and below the
+   first seq of any pending dead-lettered batch (``auditstream streams redrive``
+   re-reads those from the store). A deleted destination holds nothing (its
+   document and dead letters are gone). The note says which one held K back;
+5. stubs (``purged_events``) are written, then the marker (``retention_purges``:
    through seq K, hash of K, the segment holding K, the time), then the events
    are deleted in ascending seq ranges, then the tenant's cache generations are
    bumped (best effort). A crash anywhere repeats harmlessly at the next run;
@@ -50,6 +56,7 @@ from audit_events.retention import (
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENTS_COLLECTION, event_key
 from audit_events.store_adapter import seq_probes
+from audit_events.streams import STREAM_DEAD_LETTERS_COLLECTION, STREAMS_COLLECTION
 from stream_processor.archive.manifest import Entry
 from stream_processor.archive.reader import ArchiveError, ArchiveReader
 from stream_processor.archive.storage import ArchiveStorage, archive_storage
@@ -77,6 +84,9 @@ class PurgeResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def add_note(self, note: str) -> None:
+        self.note = note if self.note is None else f"{self.note}; {note}"
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,36 @@ def archived_ids(
                 if event_id in wanted and event_id not in found:
                     found[event_id] = Archived(entry, rec.offset)
     return found
+
+
+async def stream_hold(db: AsyncDatabase[dict[str, Any]], tenant: str) -> tuple[int, str] | None:
+    """The highest seq the purge may delete without leaving a log stream a gap, and
+    which destination (or dead-lettered batch) sets it; None: no destination holds any.
+
+    Every destination of ``tenant`` counts, enabled or paused: it delivers (or will,
+    once resumed) from ``position + 1``. A pending dead-lettered batch holds from its
+    ``first_seq``: a redrive reads it from the store again.
+    """
+    hold: tuple[int, str] | None = None
+    async for dest in db[STREAMS_COLLECTION].find(
+        {"tenant": tenant}, {"position": 1, "enabled": 1, "name": 1}
+    ):
+        position = int(dest.get("position") or 0)
+        if hold is None or position < hold[0]:
+            state = "enabled" if dest.get("enabled", True) else "paused"
+            why = f"stream {dest['_id']} ({state}) has not delivered seq {position + 1}"
+            hold = (position, why)
+    async for item in (
+        db[STREAM_DEAD_LETTERS_COLLECTION].find({"tenant": tenant}).sort("first_seq", 1).limit(1)
+    ):
+        first = int(item.get("first_seq") or 1)
+        if hold is None or first - 1 < hold[0]:
+            why = (
+                f"a dead-lettered batch of stream {item.get('stream_id')} from seq {first}"
+                " awaits redrive"
+            )
+            hold = (first - 1, why)
+    return hold
 
 
 def _older(doc: dict[str, Any], cutoff: datetime) -> bool:
@@ -201,6 +241,13 @@ async def purge_tenant(
     if last < start:
         result.note = "nothing older than the policy (the newest event is always kept)"
         return result
+    # never past what a log stream has yet to deliver (it would hit a gap)
+    hold = await stream_hold(db, tenant)
+    if hold is not None and hold[0] < last:
+        last = hold[0]
+        result.add_note(f"held at seq {last}: {hold[1]}")
+        if last < start:
+            return result
     # the prefix start..last as stored: it must link, and be found in the archive
     docs: list[dict[str, Any]] = []
     projection = {"id": 1, "seq": 1, "hash": 1, "content_hash": 1, "received_at": 1, "targets": 1}
@@ -214,7 +261,7 @@ async def purge_tenant(
         docs.append(doc)
         prev = str(doc["hash"])
     if len(docs) < last - start + 1:
-        result.note = f"the stored chain does not link at seq {start + len(docs)}: run verify"
+        result.add_note(f"the stored chain does not link at seq {start + len(docs)}: run verify")
     if not docs:
         return result
     result.candidates = len(docs)
@@ -222,12 +269,12 @@ async def purge_tenant(
     try:
         where = archived_ids(storage, topic, tenant, {str(d["id"]) for d in docs})
     except (ArchiveError, FileNotFoundError) as exc:
-        result.note = f"the archive does not verify: {exc}"
+        result.add_note(f"the archive does not verify: {exc}")
         return result
     kept = 0
     for doc in docs:
         if str(doc["id"]) not in where:
-            result.note = f"seq {doc['seq']} and later are not archived yet"
+            result.add_note(f"seq {doc['seq']} and later are not archived yet")
             break
         kept += 1
     docs = docs[:kept]

@@ -20,6 +20,7 @@ from quart.typing import TestClientProtocol as Client
 from audit_events.retention import PURGES_COLLECTION, set_policy
 from audit_events.settings import AuditSettings
 from audit_events.store_adapter import MONGODB, SECANTUSDB, chain_head
+from audit_events.streams import STREAM_DEAD_LETTERS_COLLECTION, STREAMS_COLLECTION
 from audit_events.topic_admin import ensure_topics
 from query_api.verify import verify_tenant
 from stream_processor.archive.archiver import Archiver
@@ -251,3 +252,68 @@ async def test_cli_retention_purge_and_verify(
     assert shown["purge"]["through_seq"] == 20 and shown["purge"]["purged"] == 20
     cleared = run_cli(settings, "retention", "clear", "acme")
     assert cleared.returncode == 0 and orjson.loads(cleared.stdout)["days"] is None
+
+
+async def test_purge_never_deletes_what_a_log_stream_has_not_delivered(
+    settings: AuditSettings, store: AsyncCollection[dict[str, Any]]
+) -> None:
+    """K stops at the lowest undelivered seq of any destination of the tenant: a paused
+    one holds like an enabled one, a pending dead-letter batch holds until redriven, a
+    deleted destination (and another tenant's) holds nothing."""
+    await ensure_topics(settings)
+    now = datetime.now(UTC)
+    await produce_days(settings, int(now.timestamp() * 1000))
+    assert (await Replayer(settings, grace_seconds=0.2, archive=False).run()).swapped
+    await archive_all(settings, 35)
+    db = store.database
+    storage = DirectoryStorage(settings.archive_path())
+    await set_policy(db, "acme", 1, by="test")
+    streams, dead = db[STREAMS_COLLECTION], db[STREAM_DEAD_LETTERS_COLLECTION]
+    base = {"kind": "webhook", "url": "https://example.com/hook", "batch_size": 100}
+    await streams.insert_many(
+        [
+            {
+                **base,
+                "_id": "caught-up",
+                "tenant": "acme",
+                "name": "a",
+                "enabled": True,
+                "position": 25,
+            },
+            {
+                **base,
+                "_id": "paused",
+                "tenant": "acme",
+                "name": "p",
+                "enabled": False,
+                "position": 12,
+            },
+            {
+                **base,
+                "_id": "elsewhere",
+                "tenant": "globex",
+                "name": "g",
+                "enabled": True,
+                "position": 0,
+            },
+        ]
+    )
+    (result,) = await purge_all(db, storage, settings.topic_events, now=now)
+    assert (result.purged, result.through_seq) == (12, 12), result
+    assert "stream paused" in (result.note or "") and "seq 13" in (result.note or ""), result
+    assert await seqs(store, "acme") == list(range(13, 31))
+
+    # the paused destination is deleted; a dead-lettered batch from seq 16 awaits redrive
+    await streams.delete_one({"_id": "paused"})
+    await dead.insert_one(
+        {"stream_id": "caught-up", "tenant": "acme", "first_seq": 16, "last_seq": 18, "count": 3}
+    )
+    result = await purge_tenant(db, storage, settings.topic_events, "acme", 1, now=now)
+    assert (result.purged, result.through_seq) == (3, 15), result
+    assert "dead-letter" in (result.note or "") and "seq 16" in (result.note or ""), result
+
+    # redriven (the batch left the list): the rest of the old events go
+    await dead.delete_many({})
+    result = await purge_tenant(db, storage, settings.topic_events, "acme", 1, now=now)
+    assert (result.purged, result.through_seq, result.note) == (5, 20, None), result
+    assert (await verified(store, "acme")).ok
