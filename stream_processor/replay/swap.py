@@ -5,11 +5,16 @@ live one holds (stream_processor/replay/__init__.py describes the phases); the
 catch-up under the fence is the rebuild's own (passed in as ``catch_up``), so
 this module knows nothing of Kafka beyond where a tenant's events sit in the
 topic (for the refusal line).
+
+After a swap every tenant's read cache is invalidated (:func:`invalidate_cache`):
+the API's cached answers (a 404 or 410, a page, an object's history) describe the
+replaced store, and no stored batch would bump their generations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +24,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from audit_events.cache_keys import READ_AUDIT_PREFIX, cache_namespace
 from audit_events.chain import GENESIS, Report, checkpoint_keys, verify_chain
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION, EVENTS_COLLECTION, REPLAY_COLLECTION
@@ -26,6 +32,10 @@ from stream_processor.chain import derive_head
 from stream_processor.fence import FENCE_ID
 from stream_processor.replay.result import STATE_ID, ReplayResult
 from stream_processor.replay.source import TopicSource
+from stream_processor.sinks import Invalidator, RedisInvalidator
+
+log = logging.getLogger("auditstream.replay")
+_BUMP_CHUNK = 1000  # scopes per pipelined round trip
 
 
 class Swap:
@@ -105,6 +115,8 @@ class Swap:
             finally:
                 await self._fence(up=False)
                 result.fenced_seconds = time.perf_counter() - fenced_at
+            if result.swapped:
+                await self._invalidate(live)
         result.reports = [reports[t] for t in sorted(reports)]
         if refusal is not None:
             result.refusal = (
@@ -115,6 +127,25 @@ class Swap:
         await state.update_one(
             {"_id": STATE_ID}, {"$set": {"phase": phase, "refusal": result.refusal}}
         )
+
+    async def _invalidate(self, events: AsyncCollection[dict[str, Any]]) -> None:
+        """Bump every tenant's cache generations (best effort: Redis down, cached
+        entries expire by their TTL)."""
+        if not self._settings.redis_url:
+            return
+        from redis.asyncio import Redis
+
+        from audit_events.connections import redis_tls_options
+
+        s = self._settings
+        redis = Redis.from_url(s.redis_url, socket_timeout=5.0, **redis_tls_options(s))
+        try:
+            invalidator = RedisInvalidator(redis, s.cache_ttl_seconds, namespace=cache_namespace(s))
+            await invalidate_cache(events, invalidator)
+        except Exception as exc:
+            log.warning("replay: cache invalidation after the swap failed (%s)", exc)
+        finally:
+            await redis.aclose()
 
     async def _coverage(
         self,
@@ -195,6 +226,28 @@ def _where(tenant: str, source: TopicSource, topic: dict[int, tuple[int, int]]) 
         return ""  # no topic: said once, after every tenant
     first, end = topic.get(partition, (0, 0))
     return f"topic {source.topic} starts at offset {first} of partition {partition}, ends at {end}"
+
+
+async def invalidate_cache(
+    events: AsyncCollection[dict[str, Any]], invalidator: Invalidator
+) -> int:
+    """Bump, through ``invalidator`` (the processor's own key builders), every cache
+    scope of the swapped-in ``events``: each tenant's, its read-audit scope, and each
+    (tenant, target) of its events. Returns how many scope documents were bumped."""
+    scopes: list[dict[str, Any]] = []
+    for tenant in await _tenants(events):
+        scopes.append({"tenant": tenant, "targets": []})  # the tenant's generation
+        scopes.append({"tenant": tenant, "action": READ_AUDIT_PREFIX, "targets": []})
+    seen: set[tuple[str, str, str]] = set()
+    async for doc in events.find({}, {"tenant": 1, "targets": 1}).batch_size(5000):
+        for target in doc.get("targets") or ():
+            key = (str(doc["tenant"]), str(target.get("type")), str(target.get("id")))
+            if key not in seen:
+                seen.add(key)
+                scopes.append({"tenant": key[0], "targets": [{"type": key[1], "id": key[2]}]})
+    for i in range(0, len(scopes), _BUMP_CHUNK):
+        await invalidator.bump(scopes[i : i + _BUMP_CHUNK])
+    return len(scopes)
 
 
 async def _tenants(events: AsyncCollection[dict[str, Any]]) -> list[str]:

@@ -189,9 +189,12 @@ async def test_purge_removes_exactly_the_older_archived_events_and_verify_stays_
     assert (await seqs(store, "acme"))[:30] == list(range(1, 31))
     assert await store.count_documents({"tenant": "acme", "id": {"$regex": "^acme-d3-"}}) == 10
     assert (await verified(store, "acme")).ok
-    # a restored event is served again (one not read before: a replay's swap does not
-    # bump the read cache, so acme-d3-00's cached miss lasts its TTL)
+    # a restored event is served again right away, also one whose 410 the API cached
+    # before the replay (the swap bumps every tenant's cache generations)
+    assert (await client.get("/v1/events/acme-d3-00", headers=reader)).status_code == 200
     assert (await client.get("/v1/events/acme-d3-01", headers=reader)).status_code == 200
+    again = await client.get("/v1/targets/doc/d1/history", headers=reader)  # cached before
+    assert again.status_code == 200 and again.headers["X-Cache"] == "miss", again.headers
 
 
 async def test_purge_stops_where_the_archive_ends(
