@@ -131,13 +131,13 @@ class Swap:
     async def _invalidate(self, events: AsyncCollection[dict[str, Any]]) -> None:
         """Bump every tenant's cache generations (best effort: Redis down, cached
         entries expire by their TTL)."""
-        if not self._settings.redis_url:
+        s = self._settings
+        if not s.redis_url:
             return
         from redis.asyncio import Redis
 
         from audit_events.connections import redis_tls_options
 
-        s = self._settings
         redis = Redis.from_url(s.redis_url, socket_timeout=5.0, **redis_tls_options(s))
         try:
             invalidator = RedisInvalidator(redis, s.cache_ttl_seconds, namespace=cache_namespace(s))
