@@ -56,9 +56,20 @@ class _Client:
     admin = _Admin()
 
 
+class _NoMarkers:
+    """``retention_purges`` without a marker: the head probe starts at seq 1."""
+
+    async def find_one(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class _Database:
     def __init__(self) -> None:
         self.client = _Client()
+
+    def __getitem__(self, name: str) -> _NoMarkers:
+        assert name == "retention_purges", name
+        return _NoMarkers()
 
 
 class FakeEvents:

@@ -35,6 +35,11 @@ class Checkpointer:
         return 0
 
 
+class _NoMarkers:
+    async def find_one(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Events:
     """``distinct`` and the ascending seq probes ``derive_head`` makes on the dev server."""
 
@@ -47,6 +52,10 @@ class Events:
 
     async def distinct(self, field: str) -> list[str]:
         return list(self.heads)
+
+    def __getitem__(self, name: str) -> Any:  # database["retention_purges"]: no marker
+        assert name == "retention_purges", name
+        return _NoMarkers()
 
     async def find_one(self, query: dict[str, Any], **kwargs: Any) -> dict[str, Any] | None:
         """Seqs 1..head are stored: the first at or after ``$gte``, or exactly ``seq``."""
