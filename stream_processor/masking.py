@@ -260,12 +260,20 @@ def record_masker(database: Any, settings: Any) -> RecordMasker:
 ARCHIVE_LOAD_RETRY_SECONDS = 60.0
 
 
-def archive_masker(settings: Any) -> RecordMasker | None:
+def archive_masker(settings: Any) -> RecordMasker:
     """The archiver's masker: the rules from MongoDB, a short-lived client per load
-    (the archiver holds no MongoDB connection otherwise). None without a MongoDB URI."""
+    (the archiver holds no MongoDB connection otherwise).
+
+    Without a MongoDB URI it raises :class:`SettingsError`: the archiver cannot know
+    whether a tenant asked for masking, and an unmasked copy of data a tenant asked
+    to have masked is a leak; it refuses to start instead of archiving one."""
     if not settings.mongo_uri:
-        log.warning("AUDITSTREAM_MONGO_URI is not set: the archive holds records unmasked")
-        return None
+        from audit_events.settings import SettingsError
+
+        raise SettingsError(
+            "missing setting AUDITSTREAM_MONGO_URI: the archiver loads the tenants' "
+            "masking rules from MongoDB (collection masking_rules) to mask its copy"
+        )
 
     async def load(tenants: list[str]) -> list[dict[str, Any]]:
         from pymongo import AsyncMongoClient

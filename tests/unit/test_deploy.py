@@ -806,6 +806,7 @@ ROLE_SECRET_KEYS = {
     },
     "archiver": {  # it masks its copy of the events as the processor does
         "AUDITSTREAM_MASKING_SECRET",
+        "AUDITSTREAM_MONGO_URI",  # a read-only user: it loads the tenants' masking rules
         "AUDITSTREAM_KAFKA_SASL_USERNAME",
         "AUDITSTREAM_KAFKA_SASL_PASSWORD",
     },
@@ -945,7 +946,7 @@ def test_k8s_network_policies_allow_only_the_paths_the_design_needs() -> None:
         # role: (ingress ports, egress ports)
         "api": ({8080, 9111}, {53, 9092, 9093, 27017, 6379, 443}),
         "processor": ({9108}, {53, 9092, 9093, 27017, 6379}),
-        "archiver": ({9109}, {53, 9092, 9093, 443}),
+        "archiver": ({9109}, {53, 9092, 9093, 27017, 443}),  # MongoDB: masking rules
         "topics": (set(), {53, 9092, 9093}),
         "streamer": ({9110}, {53, 27017, 443, 8088, 6514}),
     }
@@ -960,8 +961,8 @@ def test_k8s_network_policies_allow_only_the_paths_the_design_needs() -> None:
         rules = _policy(f"auditstream-{role}")["spec"]["ingress"]
         (rule,) = [r for r in rules if 8080 not in _ports([r])]
         assert rule["from"] and all("namespaceSelector" in f for f in rule["from"])
-    for store, roles in (  # the stores: api and processor (and MongoDB: the streamer)
-        ("mongodb", ["api", "processor", "streamer"]),
+    for store, roles in (  # the stores: api and processor (MongoDB: streamer, archiver)
+        ("mongodb", ["api", "archiver", "processor", "streamer"]),
         ("redis", ["api", "processor"]),
     ):
         spec = _policy(f"auditstream-{store}-clients")["spec"]
@@ -1022,6 +1023,7 @@ def test_compose_each_service_holds_only_its_roles_secrets(
     if service in MASKING_ROLES:
         assert settings.masking_secret is not None, "hash rules would redact"
         assert settings.masking_secret.get_secret_value() == REAL_MASKING_SECRET
+        assert settings.mongo_uri, "it loads the tenants' masking rules from MongoDB"
 
 
 MASKING_ROLES = ("processor", "archiver")  # and `auditstream replay` (processor image)
@@ -1187,11 +1189,22 @@ def test_k8s_data_services_match_what_auditstream_needs(monkeypatch: pytest.Monk
     assert mongo["spec"]["members"] >= 3 and mongo["spec"]["type"] == "ReplicaSet"
     labels = mongo["spec"]["statefulSet"]["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "mongodb"  # the NetworkPolicy's selector
-    assert {u["name"] for u in mongo["spec"]["users"]} == {
+    users = {u["name"]: u for u in mongo["spec"]["users"]}
+    assert set(users) == {
         "auditstream-api",
         "auditstream-processor",
         "auditstream-streamer",
+        "auditstream-archiver",
     }
+    # the archiver only reads the masking rules: a custom role, find on one collection
+    (grant,) = users["auditstream-archiver"]["roles"]
+    (role,) = [r for r in mongo["spec"]["security"]["roles"] if r["role"] == grant["name"]]
+    assert role["db"] == grant["db"] == "admin" and role["roles"] == []
+    assert role["privileges"] == [
+        {"resource": {"db": "auditstream", "collection": "masking_rules"}, "actions": ["find"]}
+    ]
+    archiver_uri = _role_secret("archiver")["stringData"]["AUDITSTREAM_MONGO_URI"]
+    assert archiver_uri.startswith("mongodb://auditstream-archiver:")
 
     (redis,) = [d for d in _data_docs("redis.yaml") if d["kind"] == "Deployment"]
     pod = redis["spec"]["template"]

@@ -349,3 +349,21 @@ def test_the_producer_masks_what_it_emits_when_configured() -> None:
     assert ev.metadata["user"] == {"email": hash_value(KEY, "ann@example.com")}
     plain = AuditProducer(ProducerConfig(bootstrap="")).prepare(event())
     assert plain.metadata["user"] == {"email": "ann@example.com"}
+
+
+@pytest.mark.unit
+def test_the_archiver_refuses_to_run_without_a_mongo_uri(tmp_path: Any) -> None:
+    """Without AUDITSTREAM_MONGO_URI the archiver cannot know a tenant's masking rules:
+    it refuses to start rather than archive a copy the tenant asked to have masked."""
+    from audit_events.settings import AuditSettings
+    from stream_processor.archive.archiver import Archiver
+    from stream_processor.masking import archive_masker
+
+    settings = AuditSettings(_env_file=None, kafka_bootstrap="k:1")  # type: ignore[call-arg]
+    assert settings.mongo_uri is None
+    with pytest.raises(Exception, match="AUDITSTREAM_MONGO_URI"):
+        archive_masker(settings)
+    with pytest.raises(Exception, match="AUDITSTREAM_MONGO_URI"):
+        Archiver(settings, root=tmp_path)
+    with_uri = settings.model_copy(update={"mongo_uri": "mongodb://m:27017"})
+    assert archive_masker(with_uri) is not None  # no connection until rules are loaded
