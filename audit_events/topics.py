@@ -2,7 +2,7 @@
 
 The API, the SDK, the processor, compose's ``kafka-init`` job and the k8s
 topic Job all create the topics from :func:`topic_specs` (the deployment files
-are checked against it by ``tests/unit/test_deploy.py``). Every topic keeps
+are checked against it by ``tests/unit/deploy/test_deploy.py``). Every topic keeps
 every record: ``retention.ms=-1``, ``retention.bytes=-1``, ``cleanup.policy=delete``.
 
 - ``events``: the source of truth that replay rebuilds the store from.

@@ -8,7 +8,7 @@ and call ``close_invoice.delay("acme", 42, actor="alice")`` from the application
 Settings from the environment: ``CELERY_BROKER_URL`` (default
 ``redis://127.0.0.1:6379/0``), ``AUDITSTREAM_KAFKA_BOOTSTRAP`` and the other
 ``AUDITSTREAM_*`` variables, ``AUDIT_SPOOL_DIR`` (default
-``/var/lib/billing/audit-spool``). ``tests/integration/test_celery_example.py`` runs it.
+``/var/lib/billing/audit-spool``). ``tests/integration/producers/test_celery_example.py`` runs it.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def _decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | 
     # The chain hashes this form: it must serialise here, not in the write. Its
     # hash is the document's content hash, which sealing (Step 5) then need not
     # recompute by validating the stored fields again (``document_content_hash``
-    # gives the same; tests/unit/test_decode_fuzz.py checks it).
+    # gives the same; tests/unit/stream_processor/test_decode_fuzz.py checks it).
     wire = event_wire_dict(event)
     doc = event_to_document(event, received, wire)
     doc["content_hash"] = hashlib.sha256(canonical_json(wire)).hexdigest()

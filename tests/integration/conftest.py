@@ -1,7 +1,6 @@
 """Fixtures for talking to the pipeline: the API in-process or on a real port, direct
 store access. Plain helpers (``eventually``, ``make_event``, ``served_api``, …) live
-in ``tests/helpers.py``; the names re-exported below keep the older
-``from tests.integration.conftest import …`` imports working."""
+in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -21,14 +20,7 @@ from audit_events.storage import EVENTS_COLLECTION
 from auditstream.embedded import Server, mongo_server
 from query_api.app import create_app
 from query_api.auth import mint_token
-from tests.helpers import LiveApi, Store, serve_api
-from tests.helpers import by_seq as by_seq
-from tests.helpers import eventually as eventually
-from tests.helpers import freeze as freeze
-from tests.helpers import nested as nested
-from tests.helpers import run_cli as run_cli
-from tests.helpers import scrape as scrape
-from tests.helpers import served_api as served_api
+from tests.helpers import LiveApi, Store, freeze, serve_api
 
 pytestmark = pytest.mark.integration
 

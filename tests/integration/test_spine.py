@@ -10,7 +10,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from quart.typing import TestClientProtocol as Client
 
 from tests.conftest import ProcessorProcess
-from tests.integration.conftest import eventually
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
