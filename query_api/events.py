@@ -11,6 +11,7 @@ from quart_schema import document_querystring, document_request, document_respon
 
 from audit_events.chain import RESERVED_ACTION_PREFIX
 from audit_events.codec import content_hash, document_to_api, encode_event
+from audit_events.masking import Masker, MaskingRule, mask_event
 from audit_events.schema import AuditEvent, limits_from, parse_json
 from audit_events.settings import AuditSettings
 from audit_events.topics import partition_key
@@ -21,7 +22,7 @@ from query_api.query import EventFilters, page_body, parse_list_query, single_va
 from query_api.read_audit import audit_read, is_read_event, read_events_scope
 from query_api.retention import purged_problem
 from query_api.state import current_cache, current_publisher, current_settings, current_store
-from query_api.store import StoreUnavailable
+from query_api.store import Masked, StoreUnavailable
 
 bp = Blueprint("events", __name__)
 WAIT_SECONDS = 5.0
@@ -149,8 +150,17 @@ async def _wait_confirmed(events: list[AuditEvent]) -> bool:
     The events are in Kafka already: an unconfirmable wait answers 202, not 5xx.
     """
     wanted = {(e.tenant, e.id): content_hash(e) for e in events}
+    store = current_store()
     try:
-        return await current_store().wait_stored(wanted, WAIT_SECONDS)
+        masked: dict[tuple[str, str], Masked] = {}
+        for tenant in {e.tenant for e in events}:
+            rules = await store.masking_rules(tenant)
+            if rules:  # stored masked: compare with every path it ever masked redacted
+                redact = Masker([MaskingRule(path=r.path, action="redact") for r in rules], None)
+                for e in events:
+                    if e.tenant == tenant:
+                        masked[(e.tenant, e.id)] = (redact, content_hash(mask_event(e, redact)))
+        return await store.wait_stored(wanted, WAIT_SECONDS, masked or None)
     except StoreUnavailable as exc:
         current_app.logger.warning("?wait=true could not confirm storage: %s", exc)
         return False

@@ -30,11 +30,31 @@ import pymongo
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
+from audit_events.chain import document_content_hash
+from audit_events.masking import MASKING_COLLECTION, Masker, MaskingRule
 from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
 from query_api.asof import AsOfFolder
 from query_api.listing import matcher, read_all, read_page
 from query_api.query import MAX_LIMIT, ListQuery, mongo_filter
 from query_api.stored_waits import StoredWaits
+
+Masked = tuple[Masker, str]  # (redact every masked path, the sent event's hash so redacted)
+
+
+def _stored_as_sent(doc: Document, digest: str, masked: Masked | None) -> bool:
+    """Whether the stored ``doc`` is the event whose content hash is ``digest``.
+
+    Masked before storage, its content hash differs: then the two are compared with
+    every masked path redacted (an id reused with other content still differs,
+    unless only in masked values, which the processor dead-letters: a 202 then).
+    """
+    if doc.get("content_hash") == digest:
+        return True
+    if masked is None:
+        return False
+    redact, expected = masked
+    return document_content_hash(redact.apply(doc)) == expected
+
 
 #: What folding needs of each event of an object's timeline.
 FOLD_FIELDS = ("id", "occurred_at", "changes", "crud", "outcome", "targets", "erased")
@@ -70,11 +90,22 @@ class EventStore(Protocol):
     ) -> AsyncIterator[Document]:
         """Every matching document in the query's order, read in batches."""
 
-    async def wait_stored(self, wanted: Mapping[tuple[str, str], str], seconds: float) -> bool:
+    async def wait_stored(
+        self,
+        wanted: Mapping[tuple[str, str], str],
+        seconds: float,
+        masked: Mapping[tuple[str, str], Masked] | None = None,
+    ) -> bool:
         """True once every ``{(tenant, id): content hash}`` is stored with that hash.
 
+        ``masked``: for events of tenants with masking rules, the stored document
+        may differ in the masked paths: it counts as stored when its content hash,
+        with those paths redacted, is the expected :class:`Masked` hash.
         False after ``seconds``, or when the store is away (logged by the caller).
         """
+
+    async def masking_rules(self, tenant: str) -> list[MaskingRule]:
+        """Every rule of every masking version the tenant ever had (empty: none)."""
 
     async def wait_applied(
         self, tenant: str, event_id: str, control_id: str | None, seconds: float
@@ -162,21 +193,36 @@ class MongoEventStore:
         except PyMongoError as exc:
             raise StoreUnavailable(str(exc)) from exc
 
-    async def wait_stored(self, wanted: Mapping[tuple[str, str], str], seconds: float) -> bool:
+    async def wait_stored(
+        self,
+        wanted: Mapping[tuple[str, str], str],
+        seconds: float,
+        masked: Mapping[tuple[str, str], Masked] | None = None,
+    ) -> bool:
         # Looked up by (tenant, id) and compared by content hash: an id its tenant
         # already used for another content is dead-lettered, never stored, so it
         # is not reported as stored; another tenant's events are never seen.
-        hashes = {event_key(tenant, eid): digest for (tenant, eid), digest in wanted.items()}
-        query: Document = {"_id": {"$in": sorted(hashes)}}
+        keys = {event_key(tenant, eid): (tenant, eid) for tenant, eid in wanted}
+        query: Document = {"_id": {"$in": sorted(keys)}}
+        fields: Document = {"search": 0} if masked else {"content_hash": 1}
 
         async def stored() -> bool:
-            found = {
-                d["_id"]: d.get("content_hash")
-                async for d in self.events.find(query, {"content_hash": 1})
-            }
-            return found == hashes
+            found = {d["_id"]: d async for d in self.events.find(query, fields)}
+            return len(found) == len(keys) and all(
+                _stored_as_sent(doc, wanted[keys[k]], (masked or {}).get(keys[k]))
+                for k, doc in found.items()
+            )
 
         return await self._wait({tenant for tenant, _ in wanted}, stored, seconds)
+
+    async def masking_rules(self, tenant: str) -> list[MaskingRule]:
+        try:
+            versions = self.events.database[MASKING_COLLECTION].find(
+                {"tenant": tenant}, {"rules": 1}
+            )
+            return [MaskingRule.model_validate(r) async for v in versions for r in v["rules"]]
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     async def wait_applied(
         self, tenant: str, event_id: str, control_id: str | None, seconds: float
@@ -243,6 +289,7 @@ class MemoryEventStore:
         self.documents: dict[str, Document] = {}
         self.saved_checkpoints: list[Document] = []
         self.reads = 0  # store reads, as a query counter would count them
+        self.rules: dict[str, list[MaskingRule]] = {}  # masking rules per tenant
         self._changed = asyncio.Event()
         self.put(documents)
 
@@ -300,15 +347,23 @@ class MemoryEventStore:
                 return done()
         return True
 
-    async def wait_stored(self, wanted: Mapping[tuple[str, str], str], seconds: float) -> bool:
+    async def wait_stored(
+        self,
+        wanted: Mapping[tuple[str, str], str],
+        seconds: float,
+        masked: Mapping[tuple[str, str], Masked] | None = None,
+    ) -> bool:
         def stored() -> bool:
             return all(
                 (doc := self.documents.get(event_key(*key))) is not None
-                and doc.get("content_hash") == digest
+                and _stored_as_sent(doc, digest, (masked or {}).get(key))
                 for key, digest in wanted.items()
             )
 
         return await self._wait(stored, seconds)
+
+    async def masking_rules(self, tenant: str) -> list[MaskingRule]:
+        return list(self.rules.get(tenant, []))
 
     async def wait_applied(
         self, tenant: str, event_id: str, control_id: str | None, seconds: float

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,3 +268,38 @@ def test_masking_cli_set_show_clear_and_key(settings: AuditSettings) -> None:
     assert cleared.returncode == 0 and orjson.loads(cleared.stdout)["rules"] == []
     key = run_cli(settings, "masking", "key", "acme")
     assert key.stdout.strip() == tenant_key(SECRET, "acme").hex()
+
+
+async def test_wait_true_confirms_a_masked_event_and_still_spots_a_conflict(
+    client: Client,
+    auth: Callable[..., dict[str, str]],
+    settings: AuditSettings,
+    processors: Callable[..., ProcessorProcess],
+) -> None:
+    """`POST ?wait=true` compares what it sent with what was stored; masking changes
+    the stored content, so the comparison leaves the masked paths out: 201 for the
+    masked event (not a 5 s wait and 202), 202 for an id reused with other content."""
+    admin = auth("acme", ADMIN)
+    processors()
+
+    async def worker_stores() -> bool:  # the worker has joined and stores (unmasked tenant)
+        probe = {**ev(0, EMAIL), "tenant": "globex", "id": f"probe-{time.monotonic_ns()}"}
+        resp = await client.post("/v1/events?wait=true", json=probe, headers=auth("globex"))
+        return resp.status_code == 201
+
+    await eventually(worker_stores, 90, what="the worker storing events")
+    put = await client.put("/v1/masking", json={"rules": RULES}, headers=admin)
+    assert put.status_code == 200, await put.get_data(as_text=True)
+    effective = datetime.fromisoformat(
+        (await put.get_json())["effective_at"].replace("Z", "+00:00")
+    )
+    await asyncio.sleep(max(0.0, (effective - datetime.now(UTC)).total_seconds()) + 0.5)
+
+    sent = {**ev(10, EMAIL), "occurred_at": "2026-11-30T10:00:00Z"}
+    stored = await client.post("/v1/events?wait=true", json=sent, headers=admin)
+    assert stored.status_code == 201, await stored.get_data(as_text=True)
+    again = await client.post("/v1/events?wait=true", json=sent, headers=admin)
+    assert again.status_code == 201, await again.get_data(as_text=True)  # a redelivery
+    other = {**sent, "action": "user.delete"}  # same id, other content
+    conflict = await client.post("/v1/events?wait=true", json=other, headers=admin)
+    assert conflict.status_code == 202, await conflict.get_data(as_text=True)
