@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -72,7 +73,7 @@ def serve_api(settings: AuditSettings) -> None:
     _serve_one(settings, worker=False)
 
 
-def _serve_one(settings: AuditSettings, *, worker: bool) -> None:
+def _serve_one(settings: AuditSettings, *, worker: bool, parent: int | None = None) -> None:
     """One API process; ``worker``: one of several (the parent serves the metrics port)."""
     app = create_app(settings)
     config = Config()
@@ -95,24 +96,33 @@ def _serve_one(settings: AuditSettings, *, worker: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if worker:  # a parent killed outright leaves no worker behind
-            parent = os.getppid()
+        if parent is not None:  # a parent killed outright leaves no worker behind
+            # (its pid comes from the parent: one killed while this worker was still
+            # starting would otherwise be taken for init, and never missed)
             loop.call_soon(_stop_when_orphaned, loop, parent, stop)
         await asyncio.gather(*(serve(a, c, shutdown_trigger=stop.wait) for a, c in servers))
 
     asyncio.run(main())
 
 
+ORPHAN_EXIT_SECONDS = 15.0  # an orphaned worker's graceful stop, at most
+
+
 def _stop_when_orphaned(loop: asyncio.AbstractEventLoop, parent: int, stop: asyncio.Event) -> None:
     if os.getppid() != parent:
         stop.set()
+        # Nobody is left to SIGKILL a shutdown that hangs (a client or a shutdown hook
+        # that never returns): a thread, not the loop, ends the process for sure.
+        timer = threading.Timer(ORPHAN_EXIT_SECONDS, os._exit, args=(1,))
+        timer.daemon = True
+        timer.start()
     elif not stop.is_set():
         loop.call_later(1.0, _stop_when_orphaned, loop, parent, stop)
 
 
-def _worker(settings: AuditSettings) -> None:
+def _worker(settings: AuditSettings, parent: int) -> None:
     """A spawned API worker (its metrics go to the parent's multiprocess directory)."""
-    _serve_one(settings, worker=True)
+    _serve_one(settings, worker=True, parent=parent)
 
 
 def serve_workers(settings: AuditSettings) -> int:
@@ -132,7 +142,7 @@ async def _supervise(settings: AuditSettings) -> int:
     ctx = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = []
     for _ in range(settings.api_workers):
-        child = ctx.Process(target=_worker, args=(settings,), name="auditstream-api")
+        child = ctx.Process(target=_worker, args=(settings, os.getpid()), name="auditstream-api")
         child.start()
         workers.append(child)
     stop = asyncio.Event()

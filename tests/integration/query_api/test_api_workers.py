@@ -181,6 +181,32 @@ async def test_workers_stop_when_their_parent_is_killed(
         await asyncio.to_thread(stop_services, [proc])
 
 
+async def test_workers_stop_when_their_parent_is_killed_while_they_start(
+    settings: AuditSettings, tmp_path: Path
+) -> None:
+    """The parent killed before its workers finished starting: a worker that read its
+    parent pid only then took init for its parent and served on, orphaned, forever."""
+    log = tmp_path / "api.log"
+    proc = _spawn(settings, log, free_port(), AUDITSTREAM_API_WORKERS="2")
+    workers: list[int] = []
+    try:
+        workers = await eventually(
+            lambda: w if len(w := _children(proc.pid)) == 2 else None, 60, what="2 workers"
+        )
+        os.kill(proc.pid, signal.SIGKILL)  # before they serve
+        await asyncio.to_thread(proc.wait, 10)
+
+        async def gone() -> bool:
+            return not any(_alive(w) for w in workers)
+
+        await eventually(gone, timeout=40, what="the orphaned workers gone")
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)  # never leave one behind, whatever the result
+        await asyncio.to_thread(stop_services, [proc])
+
+
 def _alive(pid: int) -> bool:
     """``pid`` runs (a zombie reaped by init counts as gone)."""
     try:
