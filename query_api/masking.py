@@ -10,17 +10,14 @@ of the tenant (``masking.rules.changed``, actor = the token's subject).
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pymongo.asynchronous.collection import AsyncCollection
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, g
 from quart_schema import document_request, document_response
 
-from audit_events.codec import encode_event
 from audit_events.masking import (
     MASKING_COLLECTION,
     MaskingError,
@@ -30,14 +27,11 @@ from audit_events.masking import (
     save_version,
     version_view,
 )
-from audit_events.schema import AuditEvent, parse_json
-from audit_events.topics import partition_key
-from query_api.auth import read_tenant, require_scope
+from query_api.admin_requests import json_response, publish_change, read_body, tenant_arg
+from query_api.auth import require_scope
 from query_api.problems import Problem
-from query_api.query import single_values
-from query_api.state import current_publisher, current_services, current_settings
+from query_api.state import current_services, current_settings
 
-log = logging.getLogger("auditstream.api.masking")
 bp = Blueprint("masking", __name__)
 CHANGED_ACTION = "masking.rules.changed"
 
@@ -59,61 +53,14 @@ def _collection() -> AsyncCollection[dict[str, Any]]:
     return current_services().mongo[current_settings().mongo_db][MASKING_COLLECTION]
 
 
-def _tenant() -> str:
-    single_values(request.args, ("tenant",))
-    return read_tenant(g.principal, request.args.get("tenant"))
-
-
-def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body), status=200, content_type="application/json")
-
-
-async def _rules() -> MaskingRules:
-    raw = await request.get_data(cache=False, as_text=False)
-    try:
-        data = parse_json(raw) if raw else None
-    except ValueError as exc:
-        raise Problem(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise Problem(422, 'body must be a JSON object: {"rules": [{"path": ..., "action": ...}]}')
-    try:
-        return MaskingRules.model_validate(data)
-    except ValidationError as exc:
-        errors = [
-            {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()
-        ]
-        raise Problem(422, "invalid masking rules", errors=errors) from None
-
-
-async def _audit(tenant: str, view: dict[str, Any]) -> bool:
-    """Publish the change as the tenant's audit event; False when the log is unavailable."""
-    event = AuditEvent.model_validate(
-        {
-            "tenant": tenant,
-            "action": CHANGED_ACTION,
-            "crud": "u",
-            "actor": {"id": g.principal.subject, "type": "admin"},
-            "targets": [{"type": "masking_rules", "id": tenant}],
-            "source": {"service": "auditstream-api"},
-            "metadata": {k: view[k] for k in ("version", "rules", "effective_at")},
-        }
-    )
-    try:
-        await current_publisher().publish([(partition_key(tenant), encode_event(event))])
-    except Exception as exc:  # the rules are saved; say so rather than fail the request
-        log.warning("masking rules of %s saved, audit event not published: %s", tenant, exc)
-        return False
-    return True
-
-
 @bp.get("/v1/masking")
 @document_response(MaskingStatus)
 @require_scope("events:admin")
 async def get_masking() -> Response:
     """The tenant's masking rules (the newest version and when it takes effect)."""
-    tenant = _tenant()
+    tenant = tenant_arg()
     doc = await latest_version(_collection(), tenant)
-    return _json(version_view(doc, tenant, datetime.now(UTC)))
+    return json_response(version_view(doc, tenant, datetime.now(UTC)))
 
 
 @bp.put("/v1/masking")
@@ -123,8 +70,12 @@ async def get_masking() -> Response:
 async def put_masking() -> Response:
     """Replace the tenant's masking rules (``{"rules": []}`` clears them); they apply to
     events received from ``effective_at`` on, before the hash chain."""
-    tenant = _tenant()
-    rules = await _rules()
+    tenant = tenant_arg()
+    rules = await read_body(
+        MaskingRules,
+        shape=': {"rules": [{"path": ..., "action": ...}]}',
+        invalid="invalid masking rules",
+    )
     now = datetime.now(UTC)
     try:
         doc = await save_version(
@@ -138,5 +89,10 @@ async def put_masking() -> Response:
     except MaskingError as exc:
         raise Problem(409, str(exc)) from None
     view = version_view(doc, tenant, now)
-    view["audited"] = await _audit(tenant, view)
-    return _json(view)
+    view["audited"] = await publish_change(
+        tenant,
+        CHANGED_ACTION,
+        "masking_rules",
+        {k: view[k] for k in ("version", "rules", "effective_at")},
+    )
+    return json_response(view)

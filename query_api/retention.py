@@ -10,16 +10,13 @@ change itself is published as an audit event of the tenant
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, g
 from quart_schema import document_request, document_response
 
-from audit_events.codec import encode_event
 from audit_events.retention import (
     RetentionPolicy,
     marker_view,
@@ -28,14 +25,11 @@ from audit_events.retention import (
     purged_event,
     set_policy,
 )
-from audit_events.schema import AuditEvent, parse_json
-from audit_events.topics import partition_key
-from query_api.auth import read_tenant, require_scope
+from query_api.admin_requests import json_response, publish_change, read_body, tenant_arg
+from query_api.auth import require_scope
 from query_api.problems import Problem
-from query_api.query import single_values
-from query_api.state import api_state, current_publisher, current_services, current_settings
+from query_api.state import api_state, current_services, current_settings
 
-log = logging.getLogger("auditstream.api.retention")
 bp = Blueprint("retention", __name__)
 CHANGED_ACTION = "retention.policy.changed"
 
@@ -55,59 +49,12 @@ def _db() -> AsyncDatabase[dict[str, Any]]:
     return current_services().mongo[current_settings().mongo_db]
 
 
-def _tenant() -> str:
-    single_values(request.args, ("tenant",))
-    return read_tenant(g.principal, request.args.get("tenant"))
-
-
-def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body), status=200, content_type="application/json")
-
-
-async def _policy() -> RetentionPolicy:
-    raw = await request.get_data(cache=False, as_text=False)
-    try:
-        data = parse_json(raw) if raw else None
-    except ValueError as exc:
-        raise Problem(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "days" not in data:
-        raise Problem(422, 'body must be a JSON object: {"days": N} or {"days": null}')
-    try:
-        return RetentionPolicy.model_validate(data)
-    except ValidationError as exc:
-        errors = [
-            {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()
-        ]
-        raise Problem(422, "invalid retention policy", errors=errors) from None
-
-
-async def _audit(tenant: str, days: int | None) -> bool:
-    """Publish the change as the tenant's audit event; False when the log is unavailable."""
-    event = AuditEvent.model_validate(
-        {
-            "tenant": tenant,
-            "action": CHANGED_ACTION,
-            "crud": "u",
-            "actor": {"id": g.principal.subject, "type": "admin"},
-            "targets": [{"type": "retention_policy", "id": tenant}],
-            "source": {"service": "auditstream-api"},
-            "metadata": {"days": days},
-        }
-    )
-    try:
-        await current_publisher().publish([(partition_key(tenant), encode_event(event))])
-    except Exception as exc:  # the policy is saved; say so rather than fail the request
-        log.warning("retention of %s saved, audit event not published: %s", tenant, exc)
-        return False
-    return True
-
-
 @bp.get("/v1/retention")
 @document_response(RetentionStatus)
 @require_scope("events:admin")
 async def get_retention() -> Response:
     """The tenant's retention (``days`` null: kept forever) and its last purge."""
-    return _json(await policy_view(_db(), _tenant()))
+    return json_response(await policy_view(_db(), tenant_arg()))
 
 
 @bp.put("/v1/retention")
@@ -117,13 +64,20 @@ async def get_retention() -> Response:
 async def put_retention() -> Response:
     """Set the tenant's retention in the hot store (``{"days": null}``: forever); the
     purge job deletes only events the archive holds and verifies."""
-    tenant = _tenant()
-    policy = await _policy()
+    tenant = tenant_arg()
+    policy = await read_body(
+        RetentionPolicy,
+        shape=': {"days": N} or {"days": null}',
+        invalid="invalid retention policy",
+        required=("days",),
+    )
     db = _db()
     await set_policy(db, tenant, policy.days, by=g.principal.subject)
     view = await policy_view(db, tenant)
-    view["audited"] = await _audit(tenant, policy.days)
-    return _json(view)
+    view["audited"] = await publish_change(
+        tenant, CHANGED_ACTION, "retention_policy", {"days": policy.days}
+    )
+    return json_response(view)
 
 
 async def purged_problem(tenant: str, event_id: str) -> Problem | None:

@@ -20,13 +20,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pymongo.asynchronous.collection import AsyncCollection
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, g
 from quart_schema import document_request, document_response
 
-from audit_events.schema import parse_json
 from audit_events.stream_secrets import SecretKeyError, StreamSecrets
 from audit_events.streams import (
     DATADOG_DEFAULT_URL,
@@ -40,9 +38,9 @@ from audit_events.streams import (
     stream_view,
     url_problem,
 )
-from query_api.auth import read_tenant, require_scope
+from query_api.admin_requests import json_response, read_body, tenant_arg
+from query_api.auth import require_scope
 from query_api.problems import Problem
-from query_api.query import single_values
 from query_api.state import current_services, current_settings
 
 bp = Blueprint("streams", __name__)
@@ -85,28 +83,6 @@ def _collections() -> tuple[
     services = current_services()
     db = services.mongo[current_settings().mongo_db]
     return db[STREAMS_COLLECTION], db[STREAM_DEAD_LETTERS_COLLECTION], services.events
-
-
-def _tenant() -> str:
-    single_values(request.args, ("tenant",))
-    return read_tenant(g.principal, request.args.get("tenant"))
-
-
-async def _body(model: type[StreamFields]) -> StreamFields:
-    raw = await request.get_data(cache=False, as_text=False)
-    try:
-        data = parse_json(raw) if raw else None
-    except ValueError as exc:
-        raise Problem(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise Problem(422, "body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = [
-            {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()
-        ]
-        raise Problem(422, "invalid stream", errors=errors) from None
 
 
 async def _check_url(url: str, kind: str) -> None:
@@ -157,18 +133,14 @@ def _secret_errors() -> Iterator[None]:
         raise Problem(503, "destination secrets cannot be stored or read on this server") from None
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type="application/json")
-
-
 @bp.post("/v1/streams")
 @document_request(StreamCreate)
 @document_response(StreamStatus, 201)
 @require_scope("events:admin")
 async def create_stream() -> Response:
     """Add a destination for the tenant's events (webhook, Splunk HEC, Datadog, syslog/TLS, S3)."""
-    tenant = _tenant()
-    body = await _body(StreamCreate)
+    tenant = tenant_arg()
+    body = await read_body(StreamCreate, shape="", invalid="invalid stream")
     assert isinstance(body, StreamCreate)
     url = body.url or (DATADOG_DEFAULT_URL if body.kind == "datadog" else None)
     if url is None:
@@ -188,7 +160,7 @@ async def create_stream() -> Response:
             box=StreamSecrets.from_settings(current_settings()),
         )
     await streams.insert_one(doc)
-    return _json(await _status(doc), 201)
+    return json_response(await _status(doc), 201)
 
 
 @bp.get("/v1/streams")
@@ -196,10 +168,10 @@ async def create_stream() -> Response:
 @require_scope("events:admin")
 async def list_streams() -> Response:
     """The tenant's destinations with their position, lag and health."""
-    tenant = _tenant()
+    tenant = tenant_arg()
     streams, _, _ = _collections()
     docs = await streams.find({"tenant": tenant}).sort("created_at", 1).to_list(None)
-    return _json({"data": [await _status(d) for d in docs]})
+    return json_response({"data": [await _status(d) for d in docs]})
 
 
 @bp.get("/v1/streams/<stream_id>")
@@ -207,7 +179,7 @@ async def list_streams() -> Response:
 @require_scope("events:admin")
 async def get_stream(stream_id: str) -> Response:
     """One destination: lag (events, seconds), last success, last error; no secret."""
-    return _json(await _status(await _find(stream_id, _tenant())))
+    return json_response(await _status(await _find(stream_id, tenant_arg())))
 
 
 @bp.put("/v1/streams/<stream_id>")
@@ -216,9 +188,9 @@ async def get_stream(stream_id: str) -> Response:
 @require_scope("events:admin")
 async def update_stream(stream_id: str) -> Response:
     """Change the named fields; a new ``secret`` keeps the previous one valid for a while."""
-    tenant = _tenant()
+    tenant = tenant_arg()
     doc = await _find(stream_id, tenant)
-    body = await _body(StreamFields)
+    body = await read_body(StreamFields, shape="", invalid="invalid stream")
     if body.url is not None:
         await _check_url(body.url, doc["kind"])
     with _secret_errors():
@@ -232,14 +204,14 @@ async def update_stream(stream_id: str) -> Response:
     streams, _, _ = _collections()
     if changes:
         await streams.update_one({"_id": stream_id, "tenant": tenant}, {"$set": changes})
-    return _json(await _status(await _find(stream_id, tenant)))
+    return json_response(await _status(await _find(stream_id, tenant)))
 
 
 @bp.delete("/v1/streams/<stream_id>")
 @require_scope("events:admin")
 async def delete_stream(stream_id: str) -> Response:
     """Remove a destination and its dead-letter list; the worker stops delivering to it."""
-    tenant = _tenant()
+    tenant = tenant_arg()
     await _find(stream_id, tenant)
     streams, dead, _ = _collections()
     await streams.delete_one({"_id": stream_id, "tenant": tenant})
