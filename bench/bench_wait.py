@@ -8,7 +8,11 @@ each client count posts single events for ``--seconds``: first plain (202,
 published), then ``?wait=true`` (201 once stored; a 202 there counts as a
 failed wait). Prints events/s, p50, p99 and the wait/202 ratio per client count
 (the issue's target: >= 0.8x, p50 <= batch interval + 100 ms), and writes
-bench/results/wait.json. The machine is shared: compare ratios, not absolutes.
+bench/results/wait.json (or ``--out``). Each ``wait=true`` row also carries the
+processor's own metrics over the same interval (where a waited event's time
+goes): mean batch size, mean batch wait (first event taken → flush), mean write
+time and mean store delay (Kafka timestamp → batch stored). The machine is
+shared: compare ratios, not absolutes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import httpx
 from common import child_env, spawn, stack_settings, wait_ready
 
 from audit_events.topic_admin import ensure_topics
-from auditstream.embedded import kafka_server, mongo_server, redis_server, stop_all
+from auditstream.embedded import free_port, kafka_server, mongo_server, redis_server, stop_all
 from query_api.auth import mint_token
 
 SECRET = "bench-wait-secret-0123456789abcdef0123"
@@ -71,6 +75,34 @@ async def scenario(
     }
 
 
+async def processor_stats(client: httpx.AsyncClient, url: str) -> dict[str, float]:
+    """The ``_sum``/``_count`` samples of the processor's histograms, by name."""
+    text = (await client.get(url)).text
+    stats = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.endswith(("_sum", "_count")):
+            stats[name] = float(value)
+    return stats
+
+
+def per_batch(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Means over the interval between two :func:`processor_stats` samples."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+
+    def mean(name: str, scale: float = 1000.0) -> float:
+        count = d.get(f"{name}_count", 0.0)
+        return round(d.get(f"{name}_sum", 0.0) / count * scale, 1) if count else float("nan")
+
+    return {
+        "batches": d.get("auditstream_batch_size_count", 0.0),
+        "mean_batch_events": mean("auditstream_batch_size", 1.0),
+        "mean_batch_wait_ms": mean("auditstream_batch_wait_seconds"),
+        "mean_write_ms": mean("auditstream_write_seconds"),
+        "mean_store_delay_ms": mean("auditstream_store_delay_seconds"),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-wait-"))
     servers = [kafka_server(workdir), mongo_server(workdir), redis_server(workdir)]
@@ -78,7 +110,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for server in servers:
             server.start()
-        settings = stack_settings(workdir, servers, SECRET)
+        settings = stack_settings(workdir, servers, SECRET).model_copy(
+            update={"processor_metrics_port": free_port()}
+        )
+        metrics_url = f"http://127.0.0.1:{settings.processor_metrics_port}/metrics"
         port = settings.api_port
         await ensure_topics(settings)
         # no signing key in the bench
@@ -101,7 +136,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = []
             for clients in args.clients:
                 plain = await scenario(client, False, clients, args.seconds)
+                before = await processor_stats(client, metrics_url)
                 waited = await scenario(client, True, clients, args.seconds)
+                waited["processor"] = per_batch(before, await processor_stats(client, metrics_url))
                 waited["vs_202"] = round(waited["events_per_s"] / plain["events_per_s"], 2)
                 rows += [plain, waited]
                 print(json.dumps(plain), json.dumps(waited), sep="\n", flush=True)
@@ -121,10 +158,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "wait.json")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     report = asyncio.run(run(args))
-    out = Path(__file__).parent / "results" / "wait.json"
+    out = args.out
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"written to {out}")
 

@@ -1,10 +1,11 @@
 """Steps 1 and 10: the framework-free consume loop: batch → process → commit, in that order.
 
 The adapter feeds consumed records into an :class:`asyncio.Queue`; :class:`BatchLoop`
-collects them until the :class:`FlushPolicy` says the batch is due (N events or
-T ms after its first event, also when traffic stops; events that queued up while
-the previous batch was being written count from that write's start, so they do
-not wait another T ms), hands the batch to
+collects them until the :class:`FlushPolicy` says the batch is due (N events,
+T ms after its first event, or at once when the consumer caught up: nothing
+queued and, by the ``backlog`` probe's high watermarks, nothing more to come;
+events that queued up while the previous batch was being written count from
+that write's start, so they do not wait another T ms), hands the batch to
 :meth:`BatchProcessor.process` (Steps 2-9, stream_processor/pipeline.py) and
 only when that returned commits the offsets *the batch carries*
 (``Batch.committable()``). Nothing else ever commits, so an offset is committed
@@ -30,6 +31,9 @@ from stream_processor.records import Batch, Record
 log = logging.getLogger("auditstream.processor")
 
 Offsets = dict[tuple[str, int], int]
+#: ``backlog(positions)``: True when the consumer knows of records past ``positions``
+#: (``{(topic, partition): offset after the last record the loop took}``).
+Backlog = Callable[[Mapping[tuple[str, int], int]], bool]
 
 
 class Committer(Protocol):
@@ -66,7 +70,13 @@ class BatchLoop:
         before_commit: Callable[[Batch], None] | None = None,
         on_commit_failed: Callable[[], None] | None = None,
         heartbeat: Heartbeat | None = None,
+        backlog: Backlog | None = None,
+        on_flush: Callable[[float], None] | None = None,
     ) -> None:
+        """``backlog`` None: never known caught up, a partial batch waits out T ms.
+
+        ``on_flush(seconds)`` gets how long each flushed batch waited since its start.
+        """
         self._queue = queue
         self._policy = policy
         self._processor = processor
@@ -76,7 +86,11 @@ class BatchLoop:
         self._before_commit = before_commit
         self._on_commit_failed = on_commit_failed
         self._heartbeat = heartbeat
+        self._backlog = backlog
+        self._on_flush = on_flush
         self.pending: list[Record] = []
+        # Per partition, the offset after the last record taken (the backlog probe's input).
+        self.positions: Offsets = {}
         self.batch_started: float | None = None
         self.uncommitted: Offsets = {}
         # Set by a flush: whatever is queued when it returns arrived after this.
@@ -91,7 +105,8 @@ class BatchLoop:
         """Flush if due, else wait (bounded by the policy) for one more record."""
         if self._heartbeat is not None:
             self._heartbeat.tick()  # liveness: the loop is stepping
-        if self._policy.should_flush(self._clock(), self.batch_started, len(self.pending)):
+        now, count = self._clock(), len(self.pending)
+        if self._policy.should_flush(now, self.batch_started, count, caught_up=self._caught_up()):
             await self.flush()
             return
         if not self._take_ready():
@@ -99,8 +114,11 @@ class BatchLoop:
 
     async def flush(self) -> None:
         """Process the pending records, then commit what the stored batch carries."""
-        records, self.pending, self.batch_started = self.pending, [], None
+        records, started = self.pending, self.batch_started
+        self.pending, self.batch_started = [], None
         self._queued_since = self._clock()
+        if self._on_flush is not None and started is not None:
+            self._on_flush(max(0.0, self._queued_since - started))
         if self._heartbeat is not None:
             self._heartbeat.flush_started()  # bounded by the retry deadline
         batch = await self._processor.process(records)  # raises → nothing committed
@@ -125,11 +143,18 @@ class BatchLoop:
         elif self._on_commit_failed is not None:
             self._on_commit_failed()
 
+    def _caught_up(self) -> bool:
+        """Nothing more pending: no queued record and, by the probe, none still to come."""
+        if not self.pending or self._backlog is None or not self._queue.empty():
+            return False
+        return not self._backlog(self.positions)
+
     def _add(self, record: Record) -> None:
         if self.batch_started is None:
             since = self._queued_since
             self.batch_started = self._clock() if since is None else since
         self.pending.append(record)
+        self.positions[(record.topic, record.partition)] = record.offset + 1
 
     def _take_ready(self) -> bool:
         """Move already-queued records into the batch without yielding; True if any."""

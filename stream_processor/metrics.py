@@ -31,6 +31,13 @@ class ProcessorMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=r,
         )
+        self.batch_wait = Histogram(
+            "auditstream_batch_wait_seconds",
+            "Seconds from a batch's start (its first event taken, or the previous write's"
+            " start for events that queued up during it) until it was flushed",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
         self.write_seconds = Histogram(
             "auditstream_write_seconds", "MongoDB bulk-write latency", registry=r
         )

@@ -38,3 +38,18 @@ def test_wait_time_counts_down_to_the_deadline_and_never_goes_negative() -> None
 def test_rejects_non_positive_bounds(events: int, ms: int) -> None:
     with pytest.raises(ValueError, match="positive"):
         FlushPolicy(events, ms)
+
+
+def test_caught_up_flushes_a_partial_batch_at_once() -> None:
+    # nothing more pending: waiting out max_ms cannot grow the batch
+    assert POLICY.should_flush(now=10.0, batch_started=10.0, count=1, caught_up=True) is True
+    assert POLICY.should_flush(now=10.0, batch_started=10.0, count=1, caught_up=False) is False
+
+
+def test_caught_up_never_flushes_an_empty_batch() -> None:
+    assert POLICY.should_flush(now=10.0, batch_started=None, count=0, caught_up=True) is False
+
+
+def test_behind_keeps_the_size_and_time_bounds() -> None:
+    assert POLICY.should_flush(now=10.0, batch_started=10.0, count=3, caught_up=False) is True
+    assert POLICY.should_flush(now=10.2, batch_started=10.0, count=1, caught_up=False) is True

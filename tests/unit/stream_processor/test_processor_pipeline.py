@@ -249,6 +249,63 @@ async def test_events_queued_during_a_slow_write_do_not_wait_another_max_ms() ->
     assert clock.now == 100.8  # two writes of 300 ms, no max_ms wait in between
 
 
+async def test_a_caught_up_loop_flushes_a_lone_event_without_waiting() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    waits: list[float] = []
+    probed: list[dict[tuple[str, int], int]] = []
+
+    def backlog(positions: Mapping[tuple[str, int], int]) -> bool:
+        probed.append(dict(positions))
+        return False  # the high watermarks say nothing more is coming
+
+    loop = BatchLoop(
+        queue,
+        FlushPolicy(100, 200),
+        processor(store, clock),
+        committer,
+        clock=clock,
+        backlog=backlog,
+        on_flush=waits.append,
+    )
+    queue.put_nowait(rec(0))
+    await loop.step()  # takes record 0
+    await loop.step()  # caught up: flushed now, not at 100.2
+    assert committer.commits == [{(TOPIC, 0): 1}] and store.ids() == ["e-0-0"]
+    assert clock.now == 100.0 and waits == [0.0]
+    assert probed == [{(TOPIC, 0): 1}]
+
+
+async def test_a_loop_behind_the_high_watermark_keeps_filling_its_batch() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    highwater = {(TOPIC, 0): 3}  # the last fetch said offsets 0-2 exist
+
+    def backlog(positions: Mapping[tuple[str, int], int]) -> bool:
+        return any(highwater.get(tp, 0) > offset for tp, offset in positions.items())
+
+    loop = BatchLoop(
+        queue,
+        FlushPolicy(100, 200),
+        processor(store, clock),
+        committer,
+        clock=clock,
+        backlog=backlog,
+    )
+    queue.put_nowait(rec(0))
+    await loop.step()  # takes record 0
+    await asyncio.wait_for(loop.step(), 5)  # queue empty but behind: waits (really 0.2 s)
+    assert committer.commits == [] and len(loop.pending) == 1
+    queue.put_nowait(rec(1))
+    await loop.step()  # records queued: never caught up while the queue holds any
+    assert committer.commits == [] and len(loop.pending) == 2
+    queue.put_nowait(rec(2))
+    await loop.step()  # takes record 2: now at the high watermark
+    await loop.step()
+    assert committer.commits == [{(TOPIC, 0): 3}] and loop.pending == []
+    assert clock.now == 100.0  # flushed when caught up, before max_ms
+
+
 async def test_batch_never_exceeds_max_events_and_commits_per_partition() -> None:
     clock, store, committer = Clock(), MemoryStore(), Committer()
     queue: asyncio.Queue[Record] = asyncio.Queue()
