@@ -52,8 +52,53 @@ def _parse_time(value: str) -> datetime:
 _WORD = re.compile(r"[^\W_]+")
 
 
+# Index tokens in the ``search`` array beside the words (issue 18): one multikey index
+# ``tenant_search_time`` serves every indexed list filter. A word is alphanumeric only,
+# so no word is ever equal to a token (``*`` or a ``x:`` prefix).
+ALL_TOKEN = "*"  # every stored event: the unfiltered list walks it
+
+
+def action_token(action: str) -> str:
+    """The ``search`` token of the exact ``action`` filter."""
+    return "c:" + action
+
+
+def actor_token(actor_id: str) -> str:
+    """The ``search`` token of the ``actor`` (id) filter."""
+    return "a:" + actor_id
+
+
+def target_token(target_id: str) -> str:
+    """The ``search`` token of the ``target_id`` filter (one per target)."""
+    return "t:" + target_id
+
+
+def _words(parts: list[str]) -> list[str]:
+    terms: set[str] = set()
+    for part in parts:
+        for word in _WORD.findall(part.lower()):  # runs of str.isalnum() characters
+            if len(word) <= 64:
+                terms.add(word)
+    return sorted(terms)
+
+
+def _tokens(action: object, actor: object, targets: object) -> list[str]:
+    out = [ALL_TOKEN]
+    if isinstance(action, str):
+        out.append(action_token(action))
+    if isinstance(actor, dict) and isinstance(actor.get("id"), str):
+        out.append(actor_token(actor["id"]))
+    if isinstance(targets, list):
+        ids = {t["id"] for t in targets if isinstance(t, dict) and isinstance(t.get("id"), str)}
+        out += [target_token(i) for i in sorted(ids)]
+    return out
+
+
 def search_terms(event: AuditEvent) -> list[str]:
-    """Normalised words for the ``q`` filter (no ``$text`` index needed)."""
+    """The stored ``search`` array: the normalised words of the ``q`` filter (no
+    ``$text`` index needed) — action, description, actor and target ids and names —
+    then the index tokens: :data:`ALL_TOKEN`, the exact action, the actor id and
+    each target id (:func:`action_token`, :func:`actor_token`, :func:`target_token`)."""
     parts: list[str] = [event.action, *event.action.split(".")]
     if event.description:
         parts.append(event.description)
@@ -61,12 +106,33 @@ def search_terms(event: AuditEvent) -> list[str]:
         parts += [event.actor.id, event.actor.name or ""]
     for t in event.targets:
         parts += [t.id, t.name or ""]
-    terms: set[str] = set()
-    for part in parts:
-        for word in _WORD.findall(part.lower()):  # runs of str.isalnum() characters
-            if len(word) <= 64:
-                terms.add(word)
-    return sorted(terms)
+    actor = {"id": event.actor.id} if event.actor else None
+    return _words(parts) + _tokens(event.action, actor, [{"id": t.id} for t in event.targets])
+
+
+def document_search_terms(doc: dict[str, Any]) -> list[str]:
+    """The ``search`` array :func:`event_to_document` gives ``doc``'s fields today.
+
+    Read from a stored document (its top-level fields, which corrections never
+    change). An erased document keeps only the tokens of what erasure keeps (the
+    action, and the targets of an erased correction): no words, so ``q`` never
+    matches a tombstone, while ``include_erased`` reads still find it.
+    """
+    action, actor, targets = doc.get("action"), doc.get("actor"), doc.get("targets")
+    tokens = _tokens(action, actor, targets)
+    if "erased" in doc:
+        return tokens
+    parts: list[str] = []
+    if isinstance(action, str):
+        parts += [action, *action.split(".")]
+    if isinstance(doc.get("description"), str):
+        parts.append(doc["description"])
+    for item in ([actor] if isinstance(actor, dict) else []) + (
+        targets if isinstance(targets, list) else []
+    ):
+        if isinstance(item, dict):
+            parts += [v for v in (item.get("id"), item.get("name")) if isinstance(v, str)]
+    return _words(parts) + tokens
 
 
 def event_to_document(
@@ -142,14 +208,19 @@ def _with_iso_at(record: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "ALL_TOKEN",
     "_parse_time",
+    "action_token",
+    "actor_token",
     "canonical_json",
     "content_hash",
     "corrected_view",
     "current_layout",
+    "document_search_terms",
     "document_to_api",
     "encode_event",
     "event_to_document",
     "event_wire_dict",
     "search_terms",
+    "target_token",
 ]

@@ -32,14 +32,13 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from audit_events.codec import canonical_json, search_terms
+from audit_events.codec import canonical_json, document_search_terms
 from audit_events.schema import AuditEvent
 
 MASKING_COLLECTION = "masking_rules"  # insert-only versions, one document per (tenant, version)
@@ -54,6 +53,8 @@ MaskAction = Literal["redact", "hash", "truncate_ip"]
 ROOTS = ("metadata", "changes", "context", "actor")
 CONTEXT_FIELDS = ("ip", "user_agent", "request_id", "trace_id")
 ACTOR_FIELDS = ("id", "name", "type")
+# The fields a stored document's ``search`` array is derived from.
+_SEARCHED = ("action", "description", "actor", "targets")
 _HASHED = re.compile(rf"^{HASH_PREFIX}[0-9a-f]{{{HASH_HEX_DIGITS}}}$")
 _SEGMENT = re.compile(r"^(\*|[^$.\x00*][^.\x00]{0,127})$")
 
@@ -225,7 +226,8 @@ class Masker:
         """``event`` (a wire dict or a stored document) masked; unchanged input is returned
         as is, a changed one is a new dict (the input is never modified).
 
-        A stored document's ``search`` terms are derived again when the actor changed.
+        A stored document's ``search`` terms are derived again when a field they come
+        from changed (words and index tokens: no unmasked value stays in the index).
         """
         out: dict[str, Any] | None = None
         for rule in self._compiled:
@@ -240,26 +242,9 @@ class Masker:
                 out[rule.root] = new
         if out is None:
             return event
-        if "search" in out and out.get("actor") != event.get("actor"):
+        if "search" in out and any(out.get(k) != event.get(k) for k in _SEARCHED):
             out["search"] = document_search_terms(out)
         return out
-
-
-def document_search_terms(doc: dict[str, Any]) -> list[str]:
-    """:func:`audit_events.codec.search_terms` of a stored document's fields (read as
-    attributes, without building models: this runs for every masked event)."""
-    actor = doc.get("actor")
-    view = SimpleNamespace(
-        action=str(doc.get("action", "")),
-        description=doc.get("description"),
-        actor=SimpleNamespace(id=actor.get("id"), name=actor.get("name"))
-        if isinstance(actor, dict)
-        else None,
-        targets=[
-            SimpleNamespace(id=t.get("id"), name=t.get("name")) for t in doc.get("targets") or []
-        ],
-    )
-    return search_terms(cast(AuditEvent, view))
 
 
 def mask_event(event: AuditEvent, masker: Masker) -> AuditEvent:

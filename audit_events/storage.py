@@ -11,40 +11,40 @@ USERS_COLLECTION = "users"
 
 # (name, [(field, direction)]) — 1 ascending, -1 descending. Every list-shaped read
 # (query_api/listing.py: list, history, export, the as-of fold) asks the store for
-# the tenant, at most ONE of these equalities and an ``occurred_at`` range, sorted by
-# ``(occurred_at, _id)``; every other clause is checked after the range. So:
-#   no filter, actor_type, outcome, crud, source, action prefix, since/until -> tenant_time
-#   action (exact) -> tenant_action_time;  actor -> tenant_actor_time
-#   target_id, with or without target_type -> api_target_id_time (the type is
-#     checked after the range: one object id rarely has several types)
-#   q (its first word) -> tenant_search_time (one entry per search term, ~7 per event)
+# the tenant, ONE ``search`` value and an ``occurred_at`` range, sorted by
+# ``(occurred_at, _id)``; every other clause is checked after the range. The
+# ``search`` array (audit_events/codec.py search_terms) holds the ``q`` words and
+# one token per indexed attribute, so one multikey index serves every filter:
+#   no filter, actor_type, outcome, crud, source, action prefix, target_type,
+#     since/until -> "*" (every event has it)
+#   action (exact) -> "c:<action>";  actor -> "a:<actor id>"
+#   target_id, with or without target_type -> "t:<target id>" (one per target; the
+#     type is checked after the range: one object id rarely has several types)
+#   q (its first word) -> the word
 # Chain reads (verify, streams, replay, the processor's probes) use tenant_seq
-# (CHAIN_INDEX), get-by-id and ?wait=true use _id. Fewer index entries per event
-# is the store's cost per event (bench/bench_store_cpu.py); RETIRED_EVENT_INDEXES
-# lists what earlier versions created and nothing reads any more.
+# (CHAIN_INDEX), get-by-id and ?wait=true use _id. Fewer indexes and index entries
+# per event is the store's cost per event (bench/bench_store_cpu.py): 3 indexes and
+# ~12.8 entries per event now (~6.8 words, 4 tokens, _id, tenant_seq).
+# RETIRED_EVENT_INDEXES lists what earlier versions created and nothing reads any more.
 EVENT_INDEXES: list[tuple[str, list[tuple[str, int]]]] = [
-    ("tenant_time", [("tenant", 1), ("occurred_at", -1), ("_id", -1)]),
-    ("tenant_action_time", [("tenant", 1), ("action", 1), ("occurred_at", -1), ("_id", -1)]),
-    ("tenant_actor_time", [("tenant", 1), ("actor.id", 1), ("occurred_at", -1), ("_id", -1)]),
-    # The name is the one the API gave it when only the API created it: the same
-    # keys under a new name would make MongoDB refuse the create on existing
-    # deployments (IndexOptionsConflict), so the name stays.
-    (
-        "api_target_id_time",
-        [("tenant", 1), ("targets.id", 1), ("occurred_at", -1), ("_id", -1)],
-    ),
     ("tenant_search_time", [("tenant", 1), ("search", 1), ("occurred_at", -1), ("_id", -1)]),
 ]
 
 # Indexes earlier versions created on the events collection that no query uses now
 # (each cost one index entry per event, or one per target). Nothing drops them
-# automatically: dropping is an operator step (docs/operations.md, "Index changes").
+# automatically: dropping is an operator step (docs/operations.md, "Index changes"),
+# after ``auditstream reindex-search`` gave every stored event its tokens.
 RETIRED_EVENT_INDEXES: tuple[str, ...] = (
     "tenant_target_time",  # (tenant, targets.type, targets.id, …): api_target_id_time
     "api_actor_type_time",  # low-cardinality filters: tenant_time + the matcher
     "api_outcome_time",
     "api_crud_time",
     "api_source_time",
+    # Since the search tokens (issue 18): tenant_search_time serves these filters.
+    "tenant_time",  # "*"
+    "tenant_action_time",  # "c:<action>"
+    "tenant_actor_time",  # "a:<actor id>"
+    "api_target_id_time",  # "t:<target id>"
 )
 
 # The tenant chain's UNIQUE index: one event per (tenant, seq), so two writers can
@@ -59,6 +59,8 @@ REPLAY_STATE_COLLECTION = "replay_state"
 REPLAY_COLLECTION = "events_replay"
 # Journal of ``auditstream migrate-ids`` (documents being moved to their per-tenant _id).
 MIGRATE_IDS_COLLECTION = "migrate_ids"
+# Progress of ``auditstream reindex-search`` (the search tokens of stored events).
+REINDEX_SEARCH_COLLECTION = "reindex_search"
 
 
 def event_key(tenant: str, event_id: str) -> str:

@@ -247,6 +247,10 @@ from auditstream.migrate_ids import migrate_ids  # noqa: E402
 
 main.add_command(migrate_ids)
 
+from auditstream.reindex_search import reindex_search  # noqa: E402
+
+main.add_command(reindex_search)
+
 from auditstream import trust_cli  # noqa: E402
 
 main.add_command(trust_cli.keys)

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from query_api.query import ListQuery, search_words, sort_spec
+from query_api.query import ListQuery, index_token, search_words, sort_spec
 
 FIRST_WINDOW = timedelta(seconds=60)
 GROWTH = 4
@@ -60,22 +60,12 @@ def _field(doc: dict[str, Any], path: str) -> Any:
 
 
 def index_equality(query: ListQuery) -> dict[str, Any]:
-    """The one indexed equality the store filters on (besides the tenant).
-
-    Only fields of one of ``EVENT_INDEXES`` (audit_events/storage.py): SecantusDB
-    scans the collection when a query names a field its index lacks. The target
-    type, source, outcome, crud and actor type are checked by :func:`matcher`.
-    """
-    f = query.filters
-    if "target_id" in f:
-        return {"targets.id": f["target_id"]}
-    if "actor" in f:
-        return {"actor.id": f["actor"]}
-    if "action" in f and not f["action"].endswith(".*"):
-        return {"action": f["action"]}
-    if "q" in f:
-        return {"search": search_words(f["q"])[0]}
-    return {}
+    """The one indexed equality the store filters on (besides the tenant): one value
+    of the ``search`` array, :func:`query_api.query.index_token` (the only index of
+    ``EVENT_INDEXES``, audit_events/storage.py: SecantusDB scans the collection when
+    a query names a field its index lacks). Every filter is checked again by
+    :func:`matcher`."""
+    return {"search": index_token(query)}
 
 
 def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]], bool]:

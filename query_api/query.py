@@ -16,7 +16,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
-from audit_events.codec import document_to_api
+from audit_events.codec import (
+    ALL_TOKEN,
+    action_token,
+    actor_token,
+    document_to_api,
+    target_token,
+)
 from query_api.problems import Problem
 
 FILTERS = (
@@ -51,7 +57,9 @@ class ObjectFilters(BaseModel):
     source: str | None = None
     since: str | None = Field(None, description="RFC 3339, inclusive")
     until: str | None = Field(None, description="RFC 3339, exclusive")
-    q: str | None = Field(None, description="Words in description, action and names")
+    q: str | None = Field(
+        None, description="Words in description, action, actor and target ids and names"
+    )
     tenant: str | None = Field(None, description="Required for multi-tenant tokens")
 
 
@@ -157,6 +165,24 @@ def parse_list_query(args: Any, extra_allowed: tuple[str, ...] = ()) -> ListQuer
 
 def search_words(text: str) -> list[str]:
     return "".join(c if c.isalnum() else " " for c in text.lower()).split()
+
+
+def index_token(query: ListQuery) -> str:
+    """The one ``search`` value whose index range (``tenant_search_time``) holds
+    every event ``query`` can match (audit_events/storage.py): the target id, else
+    the actor, else the exact action, else the first word of ``q``, else
+    :data:`~audit_events.codec.ALL_TOKEN`. The other filters are checked after
+    the range (query_api/listing.py ``matcher``)."""
+    f = query.filters
+    if "target_id" in f:
+        return target_token(f["target_id"])
+    if "actor" in f:
+        return actor_token(f["actor"])
+    if "action" in f and not f["action"].endswith(".*"):
+        return action_token(f["action"])
+    if "q" in f:
+        return search_words(f["q"])[0]
+    return ALL_TOKEN
 
 
 def mongo_filter(tenant: str, query: ListQuery) -> dict[str, Any]:

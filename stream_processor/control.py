@@ -34,7 +34,7 @@ from audit_events.chain import (
     event_fields,
     is_reserved,
 )
-from audit_events.codec import corrected_view
+from audit_events.codec import corrected_view, document_search_terms
 from audit_events.storage import event_key
 from stream_processor.records import Batch
 
@@ -82,9 +82,15 @@ def _record(control: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _erase_update(record: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
-    unset = {f: "" for f in (*ERASED_FIELDS, "corrections") if f not in keep}
-    return {"$unset": unset, "$set": {"erased": record}}
+def _erase_update(
+    record: dict[str, Any], doc: dict[str, Any], keep: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Erase ``doc`` (its ``action`` and the ``keep`` fields are what stays): the
+    payload fields go, ``search`` keeps the index tokens of what stays (so lists
+    with ``include_erased`` still find the tombstone; no word: ``q`` never does)."""
+    unset = {f: "" for f in (*ERASED_FIELDS, "corrections") if f not in keep and f != "search"}
+    kept = {"erased": record, "action": doc.get("action"), **{k: doc.get(k) for k in keep}}
+    return {"$unset": unset, "$set": {"erased": record, "search": document_search_terms(kept)}}
 
 
 class ControlApplier:
@@ -160,11 +166,18 @@ class ControlApplier:
                 "action": CORRECTED_ACTION,
                 "erased": {"$exists": False},
             },
-            _erase_update(record, keep=("targets",)),
+            _erase_update(
+                record,
+                {
+                    "action": CORRECTED_ACTION,
+                    "targets": [{"type": TARGET_TYPE, "id": target["id"]}],
+                },
+                keep=("targets",),
+            ),
         )
         result = await self._coll.update_one(
             {"_id": target["_id"], "tenant": target["tenant"], "erased": {"$exists": False}},
-            _erase_update(record),
+            _erase_update(record, target),
         )
         return target if result.modified_count else None
 

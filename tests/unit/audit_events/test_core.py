@@ -68,7 +68,11 @@ def test_stored_document_round_trips_to_the_same_public_view() -> None:
     received = datetime(2026, 1, 1, tzinfo=UTC)
     doc = event_to_document(event, received)
     assert doc["_id"] == "t/e1" and doc["id"] == "e1"  # identity is (tenant, id)
-    assert doc["search"] == ["9", "invoice", "nine", "u", "update"]
+    # The q words, then the index tokens (all, exact action, actor id, target ids).
+    assert doc["search"] == [
+        *("9", "invoice", "nine", "u", "update"),
+        *("*", "c:invoice.update", "a:u", "t:9"),
+    ]
     view = document_to_api(doc)
     assert view["id"] == "e1" and view["received_at"] == "2026-01-01T00:00:00Z"
     assert "search" not in view

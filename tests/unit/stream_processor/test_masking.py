@@ -176,6 +176,16 @@ def test_stored_documents_get_search_terms_without_the_masked_actor() -> None:
     assert "smith" not in out["search"] and "u1" in out["search"]
 
 
+def test_the_actor_token_of_a_masked_actor_id_is_the_masked_id() -> None:
+    """The ``actor`` filter's index token (``a:<id>``) follows the stored, masked id:
+    the unmasked id is nowhere in the index, and ``actor=<masked id>`` finds it."""
+    doc = event_to_document(AuditEvent.model_validate(event()), T0)
+    assert "a:u1" in doc["search"]
+    out = Masker(rules(("actor.id", "hash")), KEY).apply(doc)
+    assert out["actor"]["id"] != "u1" and "a:u1" not in out["search"]
+    assert "a:" + out["actor"]["id"] in out["search"] and "*" in out["search"]
+
+
 def test_mask_event_gives_a_valid_event() -> None:
     ev = AuditEvent.model_validate(event())
     masked = mask_event(ev, Masker(rules(("actor.id", "hash"), ("context.ip", "redact")), KEY))
