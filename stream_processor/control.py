@@ -12,7 +12,9 @@ redelivered or replayed control event changes nothing the second time.
 - erasure: unsets the payload fields (and the corrections, which carry payload
   too) and sets ``erased {event_id, by, at, reason}``; ``seq``, ``content_hash``
   and ``hash`` stay, so the chain still verifies. Correction events that
-  targeted the erased event are erased with it: they carry its payload.
+  targeted the erased event are erased with it: they carry its payload. So is a
+  correction that comes after the erasure in the log (accepted by the API before
+  the erasure was applied): it is not applied, and erased with the same record.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class ControlApplier:
             return None
         tenant = control["tenant"]
         target = await self._coll.find_one({"_id": event_key(tenant, target_id), "tenant": tenant})
+        if target is not None and target.get("erased") and control["action"] == CORRECTED_ACTION:
+            return await self._erase_late_correction(control, target)
         if target is None or target.get("erased") or target.get("action") in CONTROL_ACTIONS:
             return None  # unknown, already erased, or itself a control event: a no-op
         if control["action"] == CORRECTED_ACTION:
@@ -123,6 +127,23 @@ class ControlApplier:
         if control["action"] == ERASED_ACTION:
             return await self._erase(control, target)
         return None
+
+    async def _erase_late_correction(
+        self, control: dict[str, Any], target: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A correction after its event's erasure in the log (the API accepted both
+        before either was applied) is not applied, and it carries the event's payload
+        (``metadata.set``): it is erased with the event's own erasure record, keeping
+        its ``targets`` as the corrections erased with the event do."""
+        result = await self._coll.update_one(
+            {
+                "_id": event_key(control["tenant"], str(control["id"])),
+                "tenant": control["tenant"],
+                "erased": {"$exists": False},
+            },
+            _erase_update(dict(target["erased"]), control, keep=("targets",)),
+        )
+        return control if result.modified_count else None
 
     async def _correct(
         self, control: dict[str, Any], target: dict[str, Any]

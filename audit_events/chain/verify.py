@@ -149,6 +149,30 @@ async def _authentic_control(
     return control, ""
 
 
+async def _late_correction_erasure(
+    doc: dict[str, Any],
+    record: dict[str, Any],
+    lookup: ControlLookup,
+    keys: Mapping[str, Ed25519PublicKey],
+    why: str,
+) -> tuple[dict[str, Any] | None, str]:
+    """An erased correction may name an erasure *earlier* in the chain: a correction
+    the API accepted before the erasure of its event was applied, which then came
+    after it in the log, is erased with that erasure's record (it carries the
+    event's payload). Only when the corrected event itself names that erasure."""
+    control, late_why = await _authentic_control(
+        record.get("event_id"), ERASED_ACTION, 0, lookup, keys
+    )
+    if control is None:
+        return None, late_why
+    corrected_id = _control_target_of(doc)
+    corrected = await lookup(corrected_id) if corrected_id is not None else None
+    named = (corrected or {}).get("erased")
+    if not isinstance(named, dict) or named.get("event_id") != record.get("event_id"):
+        return None, why
+    return control, ""
+
+
 async def _control_defect(
     doc: dict[str, Any], lookup: ControlLookup | None, keys: Mapping[str, Ed25519PublicKey]
 ) -> tuple[str, str] | None:
@@ -173,6 +197,8 @@ async def _control_defect(
         control, why = await _authentic_control(
             record.get("event_id"), ERASED_ACTION, seq, lookup, keys
         )
+        if control is None and doc.get("action") == CORRECTED_ACTION:
+            control, why = await _late_correction_erasure(doc, record, lookup, keys, why)
         if control is None:
             return "bad_erasure", f"event {own_id!r} is erased but {why}"
         target = _control_target_of(control)
