@@ -4,8 +4,9 @@ Plain data and MongoDB access shared by the API (``/v1/retention``, the 410 of
 a purged event, verify), the CLI (``auditstream retention``) and the purge job
 (:mod:`stream_processor.retention`):
 
-- ``retention``: one policy per tenant, ``{_id: tenant, days, set_at, set_by}``;
-  no document (or ``days: null``) keeps the tenant's events forever;
+- ``retention``: one policy per tenant, ``{_id: tenant, days, version, set_at,
+  set_by}`` (``version`` counts the changes: 1, 2, 3, ...); no document (or
+  ``days: null``) keeps the tenant's events forever;
 - ``retention_purges``: one purge marker per tenant, ``{_id: tenant,
   through_seq K, hash (of event K), purged_at, segment, partition, offset,
   epoch, purged (count)}``: events ``1..K`` left the hot store and are in the
@@ -84,17 +85,28 @@ async def get_policy(db: AsyncDatabase[dict[str, Any]], tenant: str) -> int | No
 
 async def set_policy(
     db: AsyncDatabase[dict[str, Any]], tenant: str, days: int | None, *, by: str
-) -> None:
+) -> dict[str, Any]:
+    """Save ``tenant``'s policy as its next ``version`` (1, 2, 3, ... one atomic update:
+    concurrent changes each get their own number and the highest one is the policy,
+    never a mix of two); returns the policy as this change saved it."""
+    from pymongo import ReturnDocument
+    from pymongo.errors import DuplicateKeyError
+
     coll = db[RETENTION_COLLECTION]
-    if days is None:
-        await coll.delete_one({"_id": tenant})
-        return
-    now = datetime.now(UTC)
-    await coll.replace_one(
-        {"_id": tenant},
-        {"_id": tenant, "tenant": tenant, "days": days, "set_at": now, "set_by": by},
-        upsert=True,
-    )
+    change = {
+        "$set": {"tenant": tenant, "days": days, "set_at": datetime.now(UTC), "set_by": by},
+        "$inc": {"version": 1},
+    }
+    for attempt in range(2):  # two first upserts at once: one inserts, the other updates
+        try:
+            doc: dict[str, Any] | None = await coll.find_one_and_update(
+                {"_id": tenant}, change, upsert=True, return_document=ReturnDocument.AFTER
+            )
+            return doc or {}  # with upsert and AFTER, always the saved document
+        except DuplicateKeyError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def policies(db: AsyncDatabase[dict[str, Any]]) -> dict[str, int]:
@@ -122,12 +134,17 @@ async def purged_event(
     return out
 
 
-async def policy_view(db: AsyncDatabase[dict[str, Any]], tenant: str) -> dict[str, Any]:
-    """``{tenant, days, set_at, set_by, purge}`` (days null: kept forever)."""
-    doc = await db[RETENTION_COLLECTION].find_one({"_id": tenant}) or {}
+async def policy_view(
+    db: AsyncDatabase[dict[str, Any]], tenant: str, saved: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``{tenant, days, version, set_at, set_by, purge}`` (days null: kept forever;
+    version 0: never set) of the stored policy, or of ``saved`` (what a change saved)."""
+    doc = saved if saved is not None else await db[RETENTION_COLLECTION].find_one({"_id": tenant})
+    doc = doc or {}
     return {
         "tenant": tenant,
         "days": doc.get("days"),
+        "version": int(doc.get("version") or 0),
         "set_at": _iso(doc.get("set_at")),
         "set_by": doc.get("set_by"),
         "purge": marker_view(await purge_marker(db, tenant)),

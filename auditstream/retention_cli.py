@@ -54,8 +54,8 @@ def _save(tenant: str, days: int | None) -> None:
         raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--days") from None
 
     async def action(settings: AuditSettings, db: Any) -> dict[str, Any]:
-        await set_policy(db, tenant, days, by=f"cli:{getpass.getuser()}")
-        return await policy_view(db, tenant)
+        saved = await set_policy(db, tenant, days, by=f"cli:{getpass.getuser()}")
+        return await policy_view(db, tenant, saved)
 
     _print(_run(action))
 

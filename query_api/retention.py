@@ -35,10 +35,12 @@ CHANGED_ACTION = "retention.policy.changed"
 
 
 class RetentionStatus(BaseModel):
-    """The tenant's policy (``days`` null: kept forever) and its last purge."""
+    """The tenant's policy (``days`` null: kept forever; ``version``: its number of
+    changes, 0 when never set) and its last purge."""
 
     tenant: str
     days: int | None = None
+    version: int = 0
     set_at: str | None = None
     set_by: str | None = None
     purge: dict[str, Any] | None = None
@@ -72,10 +74,15 @@ async def put_retention() -> Response:
         required=("days",),
     )
     db = _db()
-    await set_policy(db, tenant, policy.days, by=g.principal.subject)
-    view = await policy_view(db, tenant)
+    # each change gets its own version (concurrent PUTs: the highest version is the
+    # policy); the answer and the audit event are this change, whoever wrote last
+    saved = await set_policy(db, tenant, policy.days, by=g.principal.subject)
+    view = await policy_view(db, tenant, saved)
     view["audited"] = await publish_change(
-        tenant, CHANGED_ACTION, "retention_policy", {"days": policy.days}
+        tenant,
+        CHANGED_ACTION,
+        "retention_policy",
+        {"days": policy.days, "version": view["version"]},
     )
     return json_response(view)
 
