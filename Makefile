@@ -57,7 +57,7 @@ bench: $(DEV_STAMP)
 bench-quick: $(DEV_STAMP)
 	$(BIN)/python bench/bench_store_cpu.py
 	$(BIN)/python bench/bench_processor_cpu.py
-	$(BIN)/python bench/bench_growth.py --sizes 5000,20000,50000 --budget 150 --repeat 9 --name growth-quick
+	$(BIN)/python bench/bench_growth.py --sizes 5000,20000,50000 --budget 150 --rounds 9 --name growth-quick
 
 # The lock files deploy/Dockerfile installs from (uv pip compile: every pin with
 # its hashes, one resolution for every platform, Python 3.11 as in the image).

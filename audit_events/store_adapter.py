@@ -2,7 +2,7 @@
 chain's MongoDB-shaped queries that depend on it.
 
 :mod:`audit_events.storage` says *what* is stored (collections, index specs);
-this module says *how* the chain is read and indexed on a given server. Two
+this module says *how* the chain is read and indexed on a given server. Three
 behaviours differ between production MongoDB and the development server
 SecantusDB (``auditstream up``, the tests, the bench), each behind a named
 :class:`StoreCapabilities` field:
@@ -23,6 +23,12 @@ SecantusDB (``auditstream up``, the tests, the bench), each behind a named
     document one; only documents seeded directly, e.g. by tests, lack it).
     An existing index of the other form is kept as it is (see
     :func:`ensure_chain_index`): changing it is an operator's decision.
+``materialises_before_limit``
+    MongoDB walks an index range in order and stops at ``limit`` (or when the
+    reader closes the cursor). SecantusDB fetches, filters and sorts every
+    match of the range first, so an open range costs all of a tenant's events:
+    there the API reads lists and exports in bounded ``occurred_at`` windows
+    (:mod:`query_api.listing`); on MongoDB it keeps the plain keyset query.
 
 The capabilities are detected from ``buildInfo`` (SecantusDB reports
 ``secantusVersion``). A server that cannot be asked gets :data:`CONSERVATIVE`:
@@ -59,11 +65,17 @@ class StoreCapabilities:
     backward_index_scan: bool
     #: plans queries with partial indexes: the chain index may be partial
     partial_indexes: bool
+    #: materialises every index match of a query before it sorts and applies
+    #: ``limit``: list and export reads ask for bounded time windows
+    materialises_before_limit: bool = True
 
 
 #: Production MongoDB (and any server that is not SecantusDB).
-MONGODB = StoreCapabilities("mongodb", backward_index_scan=True, partial_indexes=True)
-#: The development server: no backward index walks, partial indexes not planned.
+MONGODB = StoreCapabilities(
+    "mongodb", backward_index_scan=True, partial_indexes=True, materialises_before_limit=False
+)
+#: The development server: no backward index walks, partial indexes not planned,
+#: every index match materialised before ``limit``.
 SECANTUSDB = StoreCapabilities("secantusdb", backward_index_scan=False, partial_indexes=False)
 #: A server whose kind is unknown: the paths that give the same results everywhere.
 CONSERVATIVE = StoreCapabilities("unknown", backward_index_scan=False, partial_indexes=False)

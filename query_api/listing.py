@@ -19,11 +19,15 @@ one last open-ended range). The keyset cursor is unchanged.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from audit_events.retention import PURGES_COLLECTION
+from audit_events.storage import CHAIN_INDEX
+from audit_events.store_adapter import StoreCapabilities, capabilities_of, chain_head
 from query_api.query import ListQuery, index_token, search_words, sort_spec
 
 FIRST_WINDOW = timedelta(seconds=60)
@@ -217,14 +221,62 @@ def _saw(tenant: str, when: Any) -> None:
         _NEWEST[tenant] = when
 
 
+def keyset_range(query: ListQuery) -> dict[str, Any]:
+    """The page's whole ``occurred_at`` range as one MongoDB range (the plain keyset
+    query): from the cursor (inclusive; its tie-break is the matcher's) or the
+    query's own start, to its own end."""
+    f = query.filters
+    since = datetime.fromisoformat(f["since"]) if "since" in f else None
+    until = datetime.fromisoformat(f["until"]) if "until" in f else None
+    at = query.cursor[0] if query.cursor else None
+    out: dict[str, Any] = {}
+    if query.order == "desc":
+        if at is not None and (until is None or at < until):
+            out["$lte"] = at
+        elif until is not None:
+            out["$lt"] = until
+        if since is not None:
+            out.update(_at_or_after(since))
+        return out
+    if at is not None and (since is None or at >= since):
+        out.update(_at_or_after(at))
+    elif since is not None:
+        out.update(_at_or_after(since))
+    if until is not None:
+        out["$lt"] = until
+    return out
+
+
 async def read_page(
-    collection: Any, tenant: str, query: ListQuery, include_erased: bool
+    collection: Any,
+    tenant: str,
+    query: ListQuery,
+    include_erased: bool,
+    caps: StoreCapabilities | None = None,
 ) -> list[dict[str, Any]]:
-    """Up to ``query.limit + 1`` matching documents in page order."""
+    """Up to ``query.limit + 1`` matching documents in page order.
+
+    On a store that materialises before ``limit`` (``caps``, detected when not
+    given) in bounded :func:`windows`; otherwise the plain keyset query, one
+    range (:func:`keyset_range`) walked in order until the page is full."""
+    caps = caps or await capabilities_of(collection)
     base: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
     match = matcher(query, include_erased)
     want = query.limit + 1
     docs: list[dict[str, Any]] = []
+    if not caps.materialises_before_limit:
+        time_range = keyset_range(query)
+        where = {**base, "occurred_at": time_range} if time_range else base
+        cursor = collection.find(where).sort(sort_spec(query.order)).batch_size(max(want, 101))
+        try:
+            async for doc in cursor:
+                if match(doc):
+                    docs.append(doc)
+                    if len(docs) >= want:
+                        break
+        finally:
+            await cursor.close()
+        return docs
     seen: set[Any] = set()
     ranges = windows(query, datetime.now(UTC), _NEWEST.get(tenant))
     time_range = next(ranges)
@@ -252,6 +304,74 @@ async def read_page(
             return docs
 
 
+# --- reads without a page limit (exports) ------------------------------------
+
+#: An export window's expected size on a store that materialises before limit.
+WINDOW_EVENTS = 2000
+#: Sampled times per window boundary (the boundaries are every k-th sampled time).
+OVERSAMPLE = 4
+#: At most this many sampled events (one ``$in`` query on the chain index).
+MAX_SAMPLES = 20_000
+
+
+def sample_seqs(first: int, last: int) -> list[int]:
+    """Evenly spaced seqs of ``first..last`` (a tenant's chain): ``OVERSAMPLE`` per
+    ``WINDOW_EVENTS`` events, none when the chain fits one window."""
+    per_window = WINDOW_EVENTS
+    n = last - first + 1
+    if n <= per_window:
+        return []
+    count = min(MAX_SAMPLES, -(-n * OVERSAMPLE // per_window))
+    return sorted({first + (2 * j + 1) * n // (2 * count) for j in range(count)})
+
+
+def boundaries(times: list[datetime]) -> list[datetime]:
+    """Window boundaries from sampled ``occurred_at`` times: every ``OVERSAMPLE``-th
+    of them in time order, distinct, ascending."""
+    ordered = sorted(_utc(t) for t in times)
+    return sorted(set(ordered[OVERSAMPLE // 2 :: OVERSAMPLE]))
+
+
+def time_windows(
+    query: ListQuery, cuts: list[datetime]
+) -> list[tuple[datetime | None, datetime | None]]:
+    """``[lo, hi)`` windows in ``query.order`` that tile the query's own
+    ``since``/``until`` range (``None``: open) at ``cuts`` (ascending): every time
+    lies in exactly one window."""
+    f = query.filters
+    since = datetime.fromisoformat(f["since"]) if "since" in f else None
+    until = datetime.fromisoformat(f["until"]) if "until" in f else None
+    inner = [c for c in cuts if (since is None or c > since) and (until is None or c < until)]
+    edges: list[datetime | None] = [since, *inner, until]
+    out = list(itertools.pairwise(edges))
+    return out[::-1] if query.order == "desc" else out
+
+
+async def _sampled_cuts(collection: Any, tenant: str, caps: StoreCapabilities) -> list[datetime]:
+    """Window boundaries for ``tenant``'s events, from ``occurred_at`` of events
+    sampled evenly along its chain: ``O(log n)`` point lookups for the head, one
+    ``$in`` query on the chain index for the samples. Empty when the collection
+    has no chain index (each probe would scan) or the chain fits one window."""
+    names = {ix.get("name") async for ix in await collection.list_indexes()}
+    if CHAIN_INDEX[0] not in names:
+        return []
+    head = await chain_head(collection, tenant, {"seq": 1}, caps)
+    if head is None or not isinstance(head.get("seq"), int):
+        return []
+    marker = await collection.database[PURGES_COLLECTION].find_one(
+        {"_id": tenant}, {"through_seq": 1}
+    )
+    through = marker.get("through_seq") if marker else None
+    first = through + 1 if isinstance(through, int) and through > 0 else 1
+    seqs = sample_seqs(first, int(head["seq"]))
+    if not seqs:
+        return []
+    where = {"tenant": tenant, "seq": {"$in": seqs}}
+    found = collection.find(where, {"occurred_at": 1, "_id": 0}).batch_size(len(seqs))
+    times = [d["occurred_at"] async for d in found if isinstance(d.get("occurred_at"), datetime)]
+    return boundaries(times)
+
+
 async def read_all(
     collection: Any,
     tenant: str,
@@ -259,28 +379,41 @@ async def read_all(
     include_erased: bool,
     projection: Mapping[str, int] | None = None,
     batch_size: int = 1000,
+    *,
+    bounded: bool = False,
+    caps: StoreCapabilities | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Every matching document in ``query.order``, for reads without a page limit
-    (exports, the ``as_of`` fold): one index range, the query's own ``since`` /
+    (exports, the ``as_of`` fold): index ranges within the query's own ``since`` /
     ``until``, sorted by ``(occurred_at, _id)``; the other clauses are checked
     here by :func:`matcher` (so ``projection`` must keep the fields they test).
     The same shape as :func:`read_page`'s windows, without the slow ``erased``
-    clause; ``query.limit`` and the cursor's window logic do not apply."""
-    f = query.filters
-    time_range: dict[str, Any] = {}
-    if "since" in f:
-        time_range.update(_at_or_after(datetime.fromisoformat(f["since"])))
-    if "until" in f:
-        time_range["$lt"] = datetime.fromisoformat(f["until"])
-    where: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
-    if time_range:
-        where["occurred_at"] = time_range
+    clause; ``query.limit`` and the cursor's window logic do not apply.
+
+    ``bounded`` (exports), on a store that materialises before ``limit``: in
+    :func:`time_windows` cut at times sampled along the tenant's chain, about
+    ``WINDOW_EVENTS`` events each, so no round trip fetches the whole range.
+    Otherwise (MongoDB, or no chain to sample) one range read in order."""
+    cuts: list[datetime] = []
+    if bounded:
+        caps = caps or await capabilities_of(collection)
+        if caps.materialises_before_limit:
+            cuts = await _sampled_cuts(collection, tenant, caps)
+    base: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
     match = matcher(query, include_erased)
     fields = dict(projection) if projection is not None else None
-    cursor = collection.find(where, fields).sort(sort_spec(query.order)).batch_size(batch_size)
-    try:
-        async for doc in cursor:
-            if match(doc):
-                yield doc
-    finally:
-        await cursor.close()
+    for lo, hi in time_windows(query, cuts):
+        time_range: dict[str, Any] = _at_or_after(lo) if lo is not None else {}
+        if hi is not None:
+            time_range["$lt"] = hi
+        where = {**base, "occurred_at": time_range} if time_range else base
+        cursor = collection.find(where, fields).sort(sort_spec(query.order)).batch_size(batch_size)
+        try:
+            async for doc in cursor:
+                when = doc.get("occurred_at")
+                if lo is not None and isinstance(when, datetime) and _utc(when) < lo:
+                    continue  # below the window ($gt one millisecond early): the next one's
+                if match(doc):
+                    yield doc
+        finally:
+            await cursor.close()

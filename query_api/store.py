@@ -182,7 +182,9 @@ class MongoEventStore:
     ) -> AsyncIterator[Document]:
         # The search terms are the store's, not the event's (the q filter needs them).
         fields = None if "q" in query.filters else {"search": 0}
-        return read_all(self._exports, tenant, query, include_erased, fields, EXPORT_BATCH)
+        return read_all(
+            self._exports, tenant, query, include_erased, fields, EXPORT_BATCH, bounded=True
+        )
 
     async def _wait(
         self, tenants: set[str], done: Callable[[], Awaitable[bool]], seconds: float
