@@ -53,6 +53,7 @@ from stream_processor.archive.manifest import (
     PartitionState,
     segment_path,
 )
+from stream_processor.archive.masking import ArchiveRules, MaskingUnavailable
 from stream_processor.archive.metrics import ArchiveMetrics
 from stream_processor.archive.segment import (
     ArchivedRecord,
@@ -68,7 +69,6 @@ from stream_processor.archive.storage import (
     archive_storage,
     as_storage,
 )
-from stream_processor.masking import archive_masker, archived_records
 from stream_processor.records import Record
 
 __all__ = ["ArchiveBusy", "Archiver", "Buffer", "clean_unpublished", "publish_segments"]
@@ -203,7 +203,9 @@ class Archiver:
         self.max_seconds = settings.archive_segment_seconds
         self.buffers: dict[TopicPartition, Buffer] = {}
         self.manifest = Manifest(self.storage)
-        self.masker = archive_masker(settings)  # the archived copy is masked (docs/masking.md)
+        # the archived copy is masked (docs/masking.md): one MongoDB client for the
+        # archiver's life; while MongoDB is down the archiving waits (docs/archive.md)
+        self.rules = ArchiveRules(settings)
         self._stop: asyncio.Event | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._prober: AIOKafkaConsumer | None = None
@@ -261,11 +263,16 @@ class Archiver:
             # the next start archives it
             log.warning("stopped without publishing the buffered records: %s", exc)
             self.buffers.clear()
+        except MaskingUnavailable as exc:
+            # stopped while MongoDB was down: the records not yet masked stay in the
+            # topic (the manifest's position), the masked ones buffered are published
+            log.warning("stopped while the masking rules were unavailable: %s", exc)
         finally:
             with contextlib.suppress(Exception):
                 await self._close([tp for tp, b in self.buffers.items() if b.lines])
             await prober.stop()
             await consumer.stop()
+            await self.rules.close()
 
     async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         next_check = 0.0
@@ -288,7 +295,7 @@ class Archiver:
                 buf = self.buffers.get(tp)
                 if buf is None:
                     continue
-                for rec, out, ts_type in await archived_records(self.masker, messages, record_of):
+                for rec, out, ts_type in await self.rules.records(messages, record_of, stop):
                     buf.add(rec, ts_type, out)
                     if buf.size >= self.max_bytes:  # by size: close at once, mid-fetch
                         await self._close([tp])
@@ -318,7 +325,7 @@ class Archiver:
                 buf = self.buffers.get(tp)
                 if buf is None:
                     continue
-                for rec, out, ts_type in await archived_records(self.masker, messages, record_of):
+                for rec, out, ts_type in await self.rules.records(messages, record_of, self._stop):
                     buf.add(rec, ts_type, out)
         await self._close([tp for tp, b in self.buffers.items() if b.lines])
         log.info("stopped; %d segments in the manifest", len(self.manifest.entries))
