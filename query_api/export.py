@@ -1,8 +1,11 @@
 """``/v1/events/export``: a filtered query streamed as CSV or NDJSON in constant memory.
 
 The response body is an async generator over the store's export cursor
-(``EventStore.export``: one index range, read in batches): at most one cursor
-batch and one output chunk are held at a time, however many events match. The
+(``EventStore.export``: one index range, read in batches; on SecantusDB, which
+materialises a range before its first batch, consecutive windows of about
+``listing.WINDOW_EVENTS`` events): at most one cursor batch (SecantusDB: one
+window, server-side) and one output chunk are held at a time, however many events
+match. The
 cursor comes from a client bounded per round trip rather than by ``timeoutMS``
 (see ``Services.exports``): MongoDB would count the ``maxTimeMS`` PyMongo
 derives from it against the whole cursor and cut a long export off. Nothing

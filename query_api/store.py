@@ -7,12 +7,15 @@ never hold a database client, so their logic is testable against
 :class:`MemoryEventStore` (as httpx puts I/O behind a transport and ships a
 ``MockTransport``). :class:`MongoEventStore` is the real one:
 
-- list and history pages read a bounded index range that widens until the page
-  is full (:func:`query_api.listing.read_page`, issue 18), never the slow
-  ``erased: {$exists: false}`` clause;
+- list and history pages read one index range in order on MongoDB, and on
+  SecantusDB (which materialises a range before ``limit``) bounded windows that
+  widen until the page is full (:func:`query_api.listing.read_page`, issue 18),
+  never the slow ``erased: {$exists: false}`` clause;
 - exports and the ``as_of`` fold read one index range in order (the query's own
   ``since``/``until``) and drop what the other filters exclude here
   (:func:`query_api.listing.read_all`), the same shape, so they use the index too;
+  on SecantusDB an export reads that range in windows of about
+  ``listing.WINDOW_EVENTS`` events, cut at times sampled along the tenant's chain;
 - waits look again when the processor announces a stored batch
   (:class:`query_api.stored_waits.StoredWaits`), not on a timer.
 
