@@ -2,24 +2,29 @@
 
     .venv/bin/python bench/bench_store_cpu.py [--events 6000] [--rounds 3]
 
-Starts one SecantusDB (temporary data dir) and, alternating the two index sets
+Starts one SecantusDB (temporary data dir) and, alternating the index sets
 ``--rounds`` times on fresh collections of the same server, inserts the same
 sealed documents (``auditstream loadgen``'s events, 50 tenants, with the seq and
 hash the processor gives them) 500 per ordered ``insert_many``, as the processor
 writes. Measures the SecantusDB server process's CPU time (user + system, from
 ``/proc/<pid>/stat``) over each insert, per 1,000 events, p50 over the rounds:
-- before: the 12 indexes of the code before (``_id``, five shared ``EVENT_INDEXES``,
-  the API's five ``READ_INDEXES``, the unique ``tenant_seq``);
-- after: ``_id``, today's ``EVENT_INDEXES`` and ``tenant_seq`` (as the processor
-  and the API create them);
+- before: the 12 indexes of the code before issue 18 (``_id``, five shared
+  ``EVENT_INDEXES``, the API's five ``READ_INDEXES``, the unique ``tenant_seq``),
+  documents whose ``search`` holds the ``q`` words only;
+- previous: the 7 indexes of issue 18's first step (``_id``, ``tenant_time``,
+  ``tenant_action_time``, ``tenant_actor_time``, ``api_target_id_time``,
+  ``tenant_search_time``, ``tenant_seq``), words only;
+- after: what the code stores now: ``_id``, ``EVENT_INDEXES`` (``tenant_search_time``
+  alone) and ``tenant_seq``, the documents of ``event_to_document`` (the words and
+  the tokens ``*``, ``c:<action>``, ``a:<actor id>``, ``t:<target id>``);
 - none: ``_id`` only (the server's floor);
-- merged (a design, not what the code stores): the attribute pattern — the actor,
-  exact action and target ids as prefixed tokens (``a:…``, ``c:…``, ``t:…``) in the
-  ``search`` array beside the words, so ``tenant_search_time`` serves those filters
-  too and their three indexes go (``_id``, ``tenant_time``, ``tenant_search_time``,
-  ``tenant_seq``). It needs a stored-shape change and a backfill (see the report).
-Prints index entries per event and ms CPU per 1,000 events for each, and the
-ratio after / before. Writes ``bench/results/store_cpu.json``.
+- two designs not shipped, measured for the report: ``no_id_words`` (after, without
+  the words of actor and target ids: ``q`` would no longer find an id's words) and
+  ``tokens_only`` (after, without any word: ``q`` would read the tenant's whole
+  ``*`` range).
+Prints index entries per event (as MongoDB counts them; SecantusDB writes one more,
+the whole array, per array-valued index of a document) and ms CPU per 1,000 events
+for each, and the ratios to before. Writes ``bench/results/store_cpu.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -42,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ingest import _sealed
 
-from audit_events.codec import event_to_document
+from audit_events.codec import ALL_TOKEN, event_to_document
 from audit_events.storage import CHAIN_INDEX, EVENT_INDEXES
 from audit_events.store_adapter import capabilities_of, chain_index_model
 from auditstream.embedded import mongo_server
@@ -68,16 +74,36 @@ BEFORE: Indexes = [
 ]
 
 
-MERGED: Indexes = [EVENT_INDEXES[0], EVENT_INDEXES[-1]]
+PREVIOUS: Indexes = [
+    ("tenant_time", [("tenant", 1), *_T]),
+    ("tenant_action_time", [("tenant", 1), ("action", 1), *_T]),
+    ("tenant_actor_time", [("tenant", 1), ("actor.id", 1), *_T]),
+    ("api_target_id_time", [("tenant", 1), ("targets.id", 1), *_T]),
+    ("tenant_search_time", [("tenant", 1), ("search", 1), *_T]),
+]
 
 
-def merged(doc: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` with the attribute tokens the merged design would store."""
-    tokens = [f"c:{doc['action']}"]
-    if isinstance(doc.get("actor"), dict):
-        tokens.append(f"a:{doc['actor']['id']}")
-    tokens += [f"t:{t['id']}" for t in doc.get("targets") or ()]
-    return {**doc, "search": [*doc["search"], *tokens]}
+def _is_token(term: str) -> bool:
+    return term == ALL_TOKEN or term[:2] in ("c:", "a:", "t:")
+
+
+def words_only(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as the code before the search tokens stored it."""
+    return {**doc, "search": [t for t in doc["search"] if not _is_token(t)]}
+
+
+def no_id_words(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` without the words only an actor or target id gives (a design)."""
+    actor = doc.get("actor") or {}
+    parts = [doc["action"], doc.get("description") or "", actor.get("name") or ""]
+    parts += [t.get("name") or "" for t in doc.get("targets") or ()]
+    keep = {w for p in parts for w in re.findall(r"[^\W_]+", p.lower())}
+    return {**doc, "search": [t for t in doc["search"] if _is_token(t) or t in keep]}
+
+
+def tokens_only(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` without any ``q`` word (a design)."""
+    return {**doc, "search": [t for t in doc["search"] if _is_token(t)]}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,11 +161,19 @@ async def run(count: int, rounds: int) -> dict[str, Any]:
     docs = _sealed([event_to_document(e, datetime.now(UTC)) for e in events])
     sets: dict[str, tuple[Indexes, bool]] = {
         "before": (BEFORE, True),
+        "previous": (PREVIOUS, True),
         "after": (EVENT_INDEXES, True),
         "none": ([], False),
-        "merged": (MERGED, True),
+        "no_id_words": (EVENT_INDEXES, True),
+        "tokens_only": (EVENT_INDEXES, True),
     }
-    shapes = {"merged": [merged(d) for d in docs]}
+    old = [words_only(d) for d in docs]
+    shapes = {
+        "before": old,
+        "previous": old,
+        "no_id_words": [no_id_words(d) for d in docs],
+        "tokens_only": [tokens_only(d) for d in docs],
+    }
     server = mongo_server(Path(tempfile.mkdtemp(prefix="bench-store-cpu-")))
     server.start()
     assert server.proc is not None
@@ -166,7 +200,7 @@ async def run(count: int, rounds: int) -> dict[str, Any]:
             "rounds_ms": [round(x) for x in spent[label]],
         }
     s = out["sets"]
-    for label in ("after", "merged"):
+    for label in ("previous", "after", "no_id_words", "tokens_only"):
         out[f"{label}_vs_before"] = round(
             s[label]["store_cpu_ms_per_1000"] / s["before"]["store_cpu_ms_per_1000"], 2
         )
@@ -187,7 +221,9 @@ def main() -> None:
             f"/event, {row['store_cpu_ms_per_1000']:>5.0f} ms store CPU per 1,000 events"
         )
     print(f"store CPU per 1,000 events, after / before: {result['after_vs_before']}")
-    print(f"(design not shipped) merged / before: {result['merged_vs_before']}")
+    print(f"  (issue 18's first step) previous / before: {result['previous_vs_before']}")
+    for label in ("no_id_words", "tokens_only"):
+        print(f"  (design not shipped) {label} / before: {result[label + '_vs_before']}")
 
 
 if __name__ == "__main__":

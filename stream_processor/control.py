@@ -95,6 +95,28 @@ def _erase_update(
     return {"$unset": unset, "$set": {"erased": record, "search": document_search_terms(kept)}}
 
 
+# A word of CORRECTED_ACTION: in the ``search`` array of every correction that is
+# not erased, with or without the index tokens (before ``auditstream reindex-search``).
+_CORRECTED_WORD = CORRECTED_ACTION.rsplit(".", 1)[-1]
+
+
+def corrections_of(tenant: str, event_id: str) -> dict[str, Any]:
+    """The filter of the corrections of ``tenant``'s event ``event_id`` not erased yet.
+
+    MongoDB reads the ``tenant_search_time`` range of a word of the correction
+    action (the tenant's corrections, not all its events; SecantusDB scans the
+    collection for any filter with fields outside one index); the word, not the
+    ``t:`` token, so a correction stored before the search tokens is erased too."""
+    return {
+        "tenant": tenant,
+        "search": _CORRECTED_WORD,
+        "targets.type": TARGET_TYPE,
+        "targets.id": event_id,
+        "action": CORRECTED_ACTION,
+        "erased": {"$exists": False},
+    }
+
+
 class ControlApplier:
     """Applies authentic control events; ``keys``: the control public keys by key id.
 
@@ -176,17 +198,11 @@ class ControlApplier:
     ) -> dict[str, Any] | None:
         record = _record(control)
         # Corrections of the erased event carry its payload: erase them too
-        # (filter on the tenant_target_time index prefix). They keep ``targets``
-        # (the erased event's id), so verify can tell which erasure took them.
+        # (corrections_of: an index range). They keep ``targets`` (the erased
+        # event's id), so verify can tell which erasure took them.
         # First, so a crash before the target's own update redoes both.
         await self._coll.update_many(
-            {
-                "tenant": target["tenant"],
-                "targets.type": TARGET_TYPE,
-                "targets.id": target["id"],
-                "action": CORRECTED_ACTION,
-                "erased": {"$exists": False},
-            },
+            corrections_of(target["tenant"], target["id"]),
             _erase_update(
                 record,
                 {

@@ -32,6 +32,7 @@ from auditstream.reindex_search import ReindexResult, reindex
 from query_api.listing import read_page
 from query_api.query import mongo_filter, parse_list_query, sort_spec
 from stream_processor.chain import ensure_chain_index
+from stream_processor.control import corrections_of
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +43,10 @@ TOKEN = ("*", "c:", "a:", "t:")
 def old_shape(tenant: str, n: int) -> list[dict[str, Any]]:
     """``n`` chained events of ``tenant`` as the version before the tokens stored them:
     ``search`` = the words only; an erased event without ``search``; an erased
-    correction (keeps its target); a corrected event."""
+    correction (keeps its target), another correction; a corrected event."""
     docs, prev = [], GENESIS
     for i in range(1, n + 1):
-        corr = i == 4
+        corr = i in (4, 6)
         event = AuditEvent(
             id=f"{tenant}-{i}",
             tenant=tenant,
@@ -119,6 +120,11 @@ async def test_reindex_search_finds_old_events_resumes_and_is_idempotent(
     # Without their tokens the list reads (one index: tenant_search_time) miss them.
     assert await pages(store, {}, windowed=True) == []
     assert await pages(store, {}, windowed=False)
+    # An erasure finds the corrections of its event in either shape (MongoDB reads the
+    # tenant_search_time range of their word; SecantusDB scans: its planner wants
+    # the filter's every field in the index).
+    corrections = corrections_of("acme", "acme-2")
+    assert [d["_id"] async for d in store.find(corrections)] == ["acme/acme-6"]
 
     journal = store.database[REINDEX_SEARCH_COLLECTION]
 
@@ -143,6 +149,7 @@ async def test_reindex_search_finds_old_events_resumes_and_is_idempotent(
         }  # seq, hashes, corrections, erasure: unchanged
     assert "*" in docs["acme/acme-3"]["search"] and "number" not in docs["acme/acme-3"]["search"]
     assert "t:acme-2" in docs["acme/acme-4"]["search"]  # the erased correction's target
+    assert [d["_id"] async for d in store.find(corrections)] == ["acme/acme-6"]
     for tenant in ("acme", "globex"):
         chain = await store.find({"tenant": tenant}).sort([("seq", 1)]).to_list()
         report = await verify_chain(tenant, aiter_list(chain), [], None)
