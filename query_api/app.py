@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from flask import logging as flask_logging
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pymongo.monitoring import CommandListener
 from quart import Quart, Response, g, request
@@ -48,7 +52,66 @@ BLUEPRINTS = (
     retention_bp,
 )
 
+ACCESS_FORMAT = "%s %s %s request_id=%s"  # method, path, status, request id
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+
+
+class LoopLogHandler(logging.Handler):
+    """The app logger's default output (stderr, Quart's format), written by the event loop.
+
+    Quart's default handler (Flask's) resolves its stream through a context proxy
+    and writes and flushes every line: on the API's access line (one per
+    request) that is a write system call per request (issue 18). Here a record is
+    formatted where it is logged and the lines of one event-loop iteration go
+    out in one write right after it (``call_soon``); outside a running loop, at
+    once. The same lines, in the same order, on the same stream. Installed in
+    place of that default handler only: an operator's own logging configuration
+    (a handler on the app logger or one of its parents) is left alone.
+    """
+
+    def __init__(self, formatter: logging.Formatter | None) -> None:
+        super().__init__()
+        self.setFormatter(formatter)
+        self._lines: list[str] = []
+        self._scheduled: asyncio.AbstractEventLoop | None = None  # a write is due on this loop
+
+    def emit(self, record: logging.LogRecord) -> None:  # called under self.lock
+        try:
+            self._lines.append(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: write now
+            self._write()
+            return
+        if self._scheduled is not loop:  # (a loop closed before its write ran: this one)
+            self._scheduled = loop
+            loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._scheduled = None
+            lines, self._lines = self._lines, []
+        if lines:
+            try:
+                stream = sys.stderr  # at write time, as the default handler resolves it
+                stream.write("".join(lines))
+                stream.flush()
+            except (OSError, ValueError):  # a broken or closed stream: nowhere to say so
+                pass
+
+    def flush(self) -> None:
+        self._write()
+
+
+def _loop_logging(logger: logging.Logger) -> None:
+    """Swap the framework's default handler on ``logger`` for :class:`LoopLogHandler`."""
+    if flask_logging.default_handler in logger.handlers:
+        logger.removeHandler(flask_logging.default_handler)
+        if not any(isinstance(h, LoopLogHandler) for h in logger.handlers):
+            logger.addHandler(LoopLogHandler(flask_logging.default_handler.formatter))
 
 
 @dataclass
@@ -110,8 +173,10 @@ def create_app(
             "AUDITSTREAM_JWKS_URL): no key to verify tokens with"
         )
     app = Quart(__name__)
-    # One access line per request (method, path, status, request id) on Quart's handler.
+    # One access line per request (method, path, status, request id) in Quart's
+    # default format and stream, written by the event loop (LoopLogHandler).
     app.logger.setLevel(logging.INFO)
+    _loop_logging(app.logger)
     verifier, metrics = TokenVerifier(settings), ApiMetrics()
     app.extensions[EXTENSION] = state = ApiState(settings, verifier, metrics)
     install_read_audit(app)  # who read the log: query_api/read_audit.py
@@ -128,6 +193,15 @@ def create_app(
         security=[{"bearer": []}],
         openapi_provider_class=ProblemAwareOpenAPI,
     )
+    # quart_schema wraps make_response to convert models and dataclasses; a Response
+    # (what the routes return) has nothing to convert: it skips the conversion.
+    converting = app.make_response
+    plain = converting.__wrapped__  # type: ignore[attr-defined]
+
+    async def make_response(result: Any) -> Any:
+        return await (plain if isinstance(result, Response) else converting)(result)
+
+    app.make_response = make_response  # type: ignore[method-assign]
     register_problem_handlers(app)
     # Any order: the router prefers a static segment (/v1/events/export) to a
     # variable one (/v1/events/<event_id>); test_api_store registers them reversed too.
@@ -155,27 +229,57 @@ def create_app(
         if services is not None:
             await services.close()
 
+    # The metrics' labelled children, looked up once per label set (prometheus_client's
+    # labels() takes a lock and builds the key on every call).
+    logger = app.logger
+    counted: dict[tuple[str, str, int], Any] = {}
+    timed: dict[str, Any] = {}
+    cached: dict[str, Any] = {}
+
     @app.before_request
     async def start_request() -> None:
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        g.started = time.perf_counter()
+        ctx = g._get_current_object()  # one proxy lookup, not two
+        ctx.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        ctx.started = time.perf_counter()
 
     @app.after_request
     async def finish_request(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - g.get("started", 0.0))
-        if "X-Cache" in response.headers:
-            metrics.cache.labels(response.headers["X-Cache"]).inc()
-        app.logger.info(
-            "%s %s %s request_id=%s",
-            request.method,
-            request.path,
-            response.status_code,
-            g.get("request_id"),
-        )
+        req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup each
+        ctx = g._get_current_object()
+        request_id = getattr(ctx, "request_id", "")
+        headers = response.headers
+        headers["X-Request-ID"] = request_id
+        route = req.url_rule.rule if req.url_rule else "unmatched"
+        status = response.status_code
+        key = (route, req.method, status)
+        if (count := counted.get(key)) is None:
+            count = counted[key] = metrics.requests.labels(route, req.method, str(status))
+        count.inc()
+        if (latency := timed.get(route)) is None:
+            latency = timed[route] = metrics.latency.labels(route)
+        latency.observe(time.perf_counter() - getattr(ctx, "started", 0.0))
+        if (result := headers.get("X-Cache")) is not None:
+            if (cache := cached.get(result)) is None:
+                cache = cached[result] = metrics.cache.labels(result)
+            cache.inc()
+        if logger.isEnabledFor(logging.INFO):  # the access line
+            # As logger.info() would, without its stack walk for the caller (the same
+            # record: this module, function and line).
+            line = sys._getframe().f_lineno
+            args = (req.method, req.path, status, getattr(ctx, "request_id", None))
+            logger.handle(
+                logger.makeRecord(
+                    logger.name,
+                    logging.INFO,
+                    __file__,
+                    line,
+                    ACCESS_FORMAT,
+                    args,
+                    None,
+                    "finish_request",
+                )
+            )
         return response
 
     return app

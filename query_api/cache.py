@@ -31,9 +31,11 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from audit_events.cache_keys import (
     generation_ttl_seconds,
@@ -75,6 +77,61 @@ LOCK_SUFFIX = ":loading"
 _SPLIT = 7_373_737_373_737_373_737  # a generation no counter has, to split query_key()'s text
 
 
+class HitConnections:
+    """Redis connections kept for the hit script: one command per cached hit.
+
+    redis-py's ``execute_command`` costs a cached hit about as much CPU as the
+    rest of the request (issue 18 profile): the blocking pool's condition and
+    wait timeout, the retry wrapper, a ``wait_for`` task per send and a timeout
+    per read. Here a hit takes an idle connection of its own (made with the
+    pool's connection settings: URL, credentials, TLS), sends the command and
+    reads the reply under one ``asyncio.timeout`` of ``timeout`` seconds (the
+    client's socket timeout), and puts the connection back. At most ``size``
+    are open; a hit that finds them all busy waits up to ``wait_seconds`` for one
+    (the pool's own wait), then fails like a Redis error (the read bypasses the
+    cache). A connection that failed or was interrupted mid-command is dropped.
+    """
+
+    def __init__(
+        self, pool: ConnectionPool, size: int, *, timeout: float = 1.0, wait_seconds: float = 5.0
+    ) -> None:
+        self._pool = pool
+        self._kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._idle: list[AbstractConnection] = []
+        self._slots = asyncio.Semaphore(size)
+        self.timeout = timeout
+        self.wait_seconds = wait_seconds
+
+    async def call(self, *args: str | int | bytes) -> object:
+        """One command's reply; raises ``RedisError`` or ``OSError`` (a timeout)."""
+        if self._slots.locked():
+            async with asyncio.timeout(self.wait_seconds):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()  # free: no suspension
+        try:
+            conn = self._idle.pop() if self._idle else self._pool.connection_class(**self._kwargs)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await conn.send_command(*args)  # connects a new connection first
+                    reply = await conn.read_response()
+            except ResponseError:  # a whole error reply: the connection is fine
+                self._idle.append(conn)
+                raise
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+            self._idle.append(conn)
+            return reply
+        finally:
+            self._slots.release()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
+
+
 class ReadCache:
     grace_seconds = 1.0
     retry_seconds = 1.0
@@ -86,8 +143,17 @@ class ReadCache:
     poll_first_seconds = 0.005  # the first poll of a waiting process, doubling
     poll_max_seconds = 0.05  # up to this interval
 
-    def __init__(self, redis: Redis | None, ttl_seconds: int, *, namespace: str) -> None:
+    def __init__(
+        self,
+        redis: Redis | None,
+        ttl_seconds: int,
+        *,
+        namespace: str,
+        hit_connections: HitConnections | None = None,
+    ) -> None:
         self._redis = redis
+        # The hit script's own connections (Services passes them); else the client's.
+        self._hits = hit_connections
         # The deployment's key namespace (audit_events.cache_keys.cache_namespace):
         # the processor bumps the counters under the same one.
         self.namespace = namespace
@@ -107,6 +173,11 @@ class ReadCache:
         self.on_load: Callable[[], None] | None = None
         # Test seam: awaited between a miss's MongoDB read and its cache set.
         self.after_load: Callable[[str], Awaitable[None]] | None = None
+
+    async def aclose(self) -> None:
+        """Close the hit script's own connections (the client is its owner's to close)."""
+        if self._hits is not None:
+            await self._hits.aclose()
 
     def tenant_scope(self, tenant: str) -> list[str]:
         """The generation keys of a read of the tenant's events."""
@@ -135,9 +206,10 @@ class ReadCache:
             gens, cached, looked, ttl_ms = await self._read(
                 kind, tenant, generation_keys, normalized_query
             )
-            key = query_key(self.namespace, kind, tenant, gens, normalized_query)
             if not looked:
-                cached = await self._redis.get(key)
+                cached = await self._redis.get(
+                    query_key(self.namespace, kind, tenant, gens, normalized_query)
+                )
         except (RedisError, OSError) as exc:
             log.warning("redis unavailable, reading from MongoDB: %s", exc)
             self._redis_down_until = time.monotonic() + self.retry_seconds
@@ -148,9 +220,11 @@ class ReadCache:
                 # Early refresh: a hot entry is reloaded in the background before it
                 # expires (single-flight), so no reader waits on an expired hot key.
                 self.refreshes += 1
+                key = query_key(self.namespace, kind, tenant, gens, normalized_query)
                 self._flight(key, loader, store=True, refresh=True)
             return cached if isinstance(cached, bytes) else cached.encode(), "hit"
         self.misses += 1
+        key = query_key(self.namespace, kind, tenant, gens, normalized_query)  # a hit needs none
         return await asyncio.shield(self._flight(key, loader, store=True)), "miss"
 
     async def _read(
@@ -168,9 +242,19 @@ class ReadCache:
         # EVALSHA directly: redis-py's Script.__call__ cost ~3 % of a hit (an isinstance
         # check against a Protocol class on every call).
         try:
-            reply = await self._redis.evalsha(  # type: ignore[union-attr]
-                self._hit_script.sha, len(generation_keys), *generation_keys, head, tail
-            )
+            if self._hits is not None:
+                reply: Any = await self._hits.call(
+                    "EVALSHA",
+                    self._hit_script.sha,
+                    len(generation_keys),
+                    *generation_keys,
+                    head,
+                    tail,
+                )
+            else:
+                reply = await self._redis.evalsha(  # type: ignore[union-attr]
+                    self._hit_script.sha, len(generation_keys), *generation_keys, head, tail
+                )
         except NoScriptError:  # a restarted or other server: the wrapper loads it
             reply = await self._hit_script(keys=generation_keys, args=[head, tail])
         n = len(generation_keys)

@@ -15,13 +15,15 @@ from audit_events.cache_keys import cache_namespace
 from audit_events.connections import redis_tls_options
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION, USERS_COLLECTION
-from query_api.cache import ReadCache
+from query_api.cache import HitConnections, ReadCache
 from query_api.publisher import Publisher, ensure_topics
 from query_api.stored_waits import StoredWaits
 from query_api.throttle import LOCKOUTS_COLLECTION, LoginThrottle
 from query_api.users import UserStore
 
 REDIS_POOL_SIZE = 64
+REDIS_TIMEOUT_SECONDS = 1.0  # a Redis call slower than this reads MongoDB instead
+HIT_CONNECTIONS = 32  # the cached hit's own connections (query_api/cache.py HitConnections)
 
 
 @dataclass
@@ -76,8 +78,8 @@ class Services:
             settings.redis_url or "",
             max_connections=REDIS_POOL_SIZE,
             timeout=5.0,  # waiting for a pooled connection, not for Redis itself
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             **redis_tls_options(settings),
         )
         redis = Redis.from_pool(pool)  # owns the pool: aclose() closes it
@@ -98,7 +100,15 @@ class Services:
             mongo,
             events,
             redis,
-            ReadCache(redis, settings.cache_ttl_seconds, namespace=cache_namespace(settings)),
+            ReadCache(
+                redis,
+                settings.cache_ttl_seconds,
+                namespace=cache_namespace(settings),
+                # A hit's one command skips redis-py's pool and per-command machinery.
+                hit_connections=HitConnections(
+                    pool, HIT_CONNECTIONS, timeout=REDIS_TIMEOUT_SECONDS, wait_seconds=5.0
+                ),
+            ),
             publisher,
             UserStore(db[USERS_COLLECTION]),
             throttle,
@@ -111,6 +121,7 @@ class Services:
         if self.waits is not None:
             await self.waits.stop()
         await self.publisher.stop()
+        await self.cache.aclose()
         await self.redis.aclose()
         await self.mongo.close()
         if self.export_client is not None:
