@@ -36,16 +36,25 @@ unit: $(DEV_STAMP)
 integration: $(DEV_STAMP)
 	$(BIN)/pytest -m integration -q
 
-# The full gate: everything but `slow`. CI (.ci/run) runs the same set as two steps,
-# test-fast then test-resilience; while coding, `make test-fast` (about 3 min on 2 cores).
-test: $(DEV_STAMP) lint typecheck
-	$(BIN)/pytest -q -m "not slow"
+# The full gate: everything but `slow`, as two steps (CI's .ci/run runs the same):
+# test-fast then test-resilience; while coding, `make test-fast`.
+# Both run on pytest-xdist workers, each with its own session servers (tests/conftest.py):
+# the resilience scenarios mostly wait (kills, restarts, timeouts), so four workers on two
+# cores; `xdist_group` keeps a module that shares a stack on one worker (--dist loadgroup),
+# and the few `serial` scenarios run alone afterwards. FAST_WORKERS=0 or
+# RESILIENCE_WORKERS=0 runs that step in one process, as before.
+FAST_WORKERS       ?= 2
+RESILIENCE_WORKERS ?= 4
+
+test: $(DEV_STAMP) lint typecheck test-fast test-resilience
 
 test-fast: $(DEV_STAMP)
-	$(BIN)/pytest -q -m "not slow and not resilience"
+	$(BIN)/pytest -q -n $(FAST_WORKERS) --dist loadgroup -m "not slow and not resilience"
 
 test-resilience: $(DEV_STAMP)
-	$(BIN)/pytest -q -m "resilience and not slow"
+	$(BIN)/pytest -q -n $(RESILIENCE_WORKERS) --dist loadgroup \
+		-m "resilience and not slow and not serial"
+	$(BIN)/pytest -q -m "resilience and not slow and serial"
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/run.py

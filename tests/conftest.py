@@ -213,8 +213,30 @@ RESILIENCE: dict[str, set[str] | None] = {
 }
 
 
+# The longest scenarios (1-4 min each on 2 shared cores), started first when pytest-xdist
+# spreads the resilience step over workers: collected last (tests/integration/stream_processor
+# sorts late), they otherwise start near the end and one worker runs on alone.
+LONGEST_FIRST = (
+    "test_sigkill_at_random_moments_loses_and_duplicates_nothing",
+    "test_store_outage_delays_but_loses_nothing_and_commits_nothing_early",
+    "test_two_workers_one_sigkilled_mid_stream_exact_id_set",
+    "test_fuzz_from_openapi",
+    "test_cli_beside_up_needs_no_setup_and_replay_never_empties_the_store",
+    "test_sigkill_streamer_during_s3_delivery_loses_nothing",
+    "test_replay_reproduces_the_store_while_live_ingestion_continues",
+    "test_up_restarts_its_servers_and_says_loudly_when_kafka_dies",
+    "test_up_restarts_a_killed_worker_and_drains_before_stopping",
+    "test_admin_history_view_reads_the_query_api",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: its order is the scheduler's queue
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda it: rank.get(getattr(it, "originalname", it.name), len(rank)))
     for item in items:
+        if item.get_closest_marker("serial") is not None:
+            item.add_marker(pytest.mark.resilience)  # run alone in make test-resilience's 2nd pass
         if item.get_closest_marker("integration") is None:
             continue  # unit tests share some module names with integration ones
         names = RESILIENCE.get(item.path.name, set())

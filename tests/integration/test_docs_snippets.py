@@ -41,6 +41,7 @@ then fail and retry, which no snippet depends on).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -59,7 +60,15 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+from auditstream.drain import LagReader
+
+# One worker runs the whole module, in order (pytest-xdist `--dist loadgroup`): the
+# snippets build on each other and share the module's stack.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(300),
+    pytest.mark.xdist_group("docs_snippets"),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -460,7 +469,33 @@ def _compare_response(stack: Stack, snippet: Snippet) -> None:
     assert not empty, f"{snippet.id}: GET {path} answered empty {', '.join(empty)}"
 
 
+def _settle(stack: Stack, timeout: float = 60.0) -> None:
+    """Wait until the stack's processor stored every event on the topic (its group's lag
+    is 0): a snippet reads what the snippets before it emitted (on a busy machine the
+    processor can be seconds behind)."""
+    (state_path,) = stack.folder.glob(".auditstream*/stack.json")
+    env = json.loads(state_path.read_text())["env"]
+
+    async def lag() -> int:
+        reader = LagReader(
+            env["AUDITSTREAM_KAFKA_BOOTSTRAP"],
+            env["AUDITSTREAM_PROCESSOR_GROUP"],
+            env["AUDITSTREAM_TOPIC_EVENTS"],
+        )
+        async with reader:
+            deadline = time.monotonic() + timeout
+            while True:
+                behind = await reader.lag()
+                if not behind or time.monotonic() > deadline:
+                    return behind
+                await asyncio.sleep(0.2)
+
+    behind = asyncio.run(lag())
+    assert behind == 0, f"the processor is still {behind} events behind after {timeout:g}s"
+
+
 def _run(stack: Stack, snippet: Snippet) -> subprocess.CompletedProcess[str]:
+    _settle(stack)
     body = stack.moved(snippet.body)
     if snippet.lang == "python":
         script = stack.folder / f"snippet_{snippet.path.replace('/', '_')}_{snippet.line}.py"

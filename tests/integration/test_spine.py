@@ -57,6 +57,7 @@ async def test_event_travels_the_whole_way(
     assert other_tenant.status_code == 404
 
 
+@pytest.mark.serial  # stored within the 5 s wait: alone, not beside busy workers
 async def test_wait_true_answers_201_once_stored(
     client: Client,
     auth: Callable[..., dict[str, str]],

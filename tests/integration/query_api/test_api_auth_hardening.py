@@ -53,6 +53,7 @@ async def login(client: Client, ip: str, username: str, password: str) -> Any:
     )
 
 
+@pytest.mark.serial  # dozens of Redis connects within 1 s each: alone, not beside busy workers
 async def test_concurrent_guesses_for_one_user_check_at_most_the_limit(
     api: Quart, client: Client
 ) -> None:
@@ -79,6 +80,7 @@ async def test_concurrent_guesses_for_one_user_check_at_most_the_limit(
     assert statuses[-1] in (200, 429) and statuses[:-1].count(200) == 0
 
 
+@pytest.mark.serial  # dozens of Redis connects within 1 s each: alone, not beside busy workers
 async def test_concurrent_attempts_from_one_ip_check_at_most_the_limit(
     api: Quart, client: Client
 ) -> None:

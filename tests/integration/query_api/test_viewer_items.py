@@ -48,7 +48,9 @@ from tests.integration.query_api.test_viewer import (
     seed_chained,
 )
 
-pytestmark = pytest.mark.integration
+# One worker runs the whole module (pytest-xdist `--dist loadgroup`): its tests share
+# the module's API, seeded store and browser.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("viewer_items")]
 
 # AUDITSTREAM_SCREENSHOTS=docs refreshes the committed docs/screenshots/; otherwise
 # they go to tests/artifacts/viewer-items/ (a test run leaves the tree clean).
