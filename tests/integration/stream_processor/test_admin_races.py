@@ -116,6 +116,8 @@ async def test_concurrent_erasures_of_one_event_erase_it_once(
     assert again.status_code == 204  # sequentially: a no-op, nothing published
     assert await store.count_documents({"action": chain.ERASED_ACTION}) == len(ids)
     await verified(settings)
+    report = await (await client.get("/v1/verify", headers=auth())).get_json()
+    assert (report["ok"], report["erased"]) == (True, 1), report
     await replay_rebuilds(settings, store)
 
 
