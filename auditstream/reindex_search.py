@@ -57,49 +57,70 @@ async def reindex(
     on_progress: Callable[[ReindexResult], None] | None = None,
 ) -> ReindexResult:
     """One full pass over ``events`` (resuming an interrupted one); returns the counts."""
-    from pymongo import UpdateOne
-
     started = time.perf_counter()
     key = {"_id": events.name}
     state = await journal.find_one(key)
     result = ReindexResult()
-    after = None
+    after: Any = None
     if state is not None and not state.get("done"):
         after = result.resumed_after = state.get("after")
     else:
         await journal.replace_one(
             key, {"done": False, "after": None, "started_at": datetime.now(UTC)}, upsert=True
         )
-    while True:
-        where = {"_id": {"$gt": after}} if after is not None else {}
-        docs = await events.find(where, FIELDS).sort([("_id", 1)]).limit(batch_size).to_list()
-        if not docs:
-            break
-        updates = []
-        for doc in docs:
-            want = document_search_terms(doc)
-            have = doc.get("search")
-            if have == want:
-                continue
-            guard: dict[str, Any] = {
-                "_id": doc["_id"],
-                "erased": {"$exists": "erased" in doc},
-                "search": have if have is not None else {"$exists": False},
-            }
-            updates.append(UpdateOne(guard, {"$set": {"search": want}}))
-        if updates:
-            written = await events.bulk_write(updates, ordered=False)
-            result.updated += written.modified_count
-        result.scanned += len(docs)
-        after = docs[-1]["_id"]
-        await journal.update_one(key, {"$set": {"after": after}})
-        if on_progress is not None:
-            on_progress(result)
+    where = {"_id": {"$gt": after}} if after is not None else {}
+    # One cursor in _id order (SecantusDB materialises a query's whole range before
+    # its limit: a query per batch would cost the rest of the collection each time).
+    cursor = events.find(where, FIELDS).sort([("_id", 1)]).batch_size(batch_size)
+    try:
+        docs: list[dict[str, Any]] = []
+        async for doc in cursor:
+            docs.append(doc)
+            if len(docs) >= batch_size:
+                await _step(events, journal, key, docs, result, on_progress)
+                docs = []
+        if docs:
+            await _step(events, journal, key, docs, result, on_progress)
+    finally:
+        await cursor.close()
     await journal.update_one(
         key, {"$set": {"done": True, "finished_at": datetime.now(UTC), "after": None}}
     )
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def _step(
+    events: AsyncCollection[dict[str, Any]],
+    journal: AsyncCollection[dict[str, Any]],
+    key: dict[str, Any],
+    docs: list[dict[str, Any]],
+    result: ReindexResult,
+    on_progress: Callable[[ReindexResult], None] | None,
+) -> None:
+    """Rewrite the ``search`` arrays of ``docs`` that differ, then record the position."""
+    from pymongo import UpdateOne
+
+    updates = []
+    for doc in docs:
+        want = document_search_terms(doc)
+        have = doc.get("search")
+        if have == want:
+            continue
+        # Only if the document is as read: a concurrent erasure wins.
+        guard: dict[str, Any] = {
+            "_id": doc["_id"],
+            "erased": {"$exists": "erased" in doc},
+            "search": have if have is not None else {"$exists": False},
+        }
+        updates.append(UpdateOne(guard, {"$set": {"search": want}}))
+    if updates:
+        written = await events.bulk_write(updates, ordered=False)
+        result.updated += written.modified_count
+    result.scanned += len(docs)
+    await journal.update_one(key, {"$set": {"after": docs[-1]["_id"]}})
+    if on_progress is not None:
+        on_progress(result)
 
 
 async def _run(settings: AuditSettings, batch_size: int) -> ReindexResult:
