@@ -81,7 +81,10 @@ async def scenario(
     clients: int,
     seconds: float,
     expect_cache: set[str],
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
+    """``clients`` httpx clients GET ``path(i)`` for ``seconds``; with ``server_pid``
+    also the server's CPU ms per request (the process and its children)."""
     latencies: list[float] = []
     cache: Counter[str] = Counter()
     counter = iter(range(10**9))
@@ -97,9 +100,11 @@ async def scenario(
                 raise RuntimeError(f"{name}: {url} answered {resp.status_code}: {resp.text}")
             cache[resp.headers.get("X-Cache", "-")] += 1
 
+    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     elapsed = time.perf_counter() - began
+    cpu = cpu_seconds(server_pid) - cpu0 if server_pid else None
     unexpected = set(cache) - expect_cache
     if unexpected:
         raise RuntimeError(f"{name}: unexpected X-Cache values {dict(cache)}")
@@ -110,7 +115,31 @@ async def scenario(
         "p50_ms": round(pct(latencies, 0.50) * 1000, 2),
         "p99_ms": round(pct(latencies, 0.99) * 1000, 2),
         "x_cache": dict(cache),
+        **({"server_cpu_ms_per_request": round(cpu * 1000 / len(latencies), 3)} if cpu else {}),
     }
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its live children (API workers, Hypercorn's)."""
+    total = 0.0
+    pids = [pid] + [int(e) for e in os.listdir("/proc") if e.isdigit() and _ppid(int(e)) == pid]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
 
 
 async def seed(settings: AuditSettings, count: int) -> None:
@@ -160,6 +189,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.clients,
                     args.seconds,
                     {"hit"},
+                    api.pid,
                 ),
                 await scenario(
                     client,
@@ -168,6 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.clients,
                     args.seconds,
                     {"miss"},
+                    api.pid,
                 ),
                 await scenario(
                     client,
@@ -176,6 +207,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     args.clients,
                     args.seconds,
                     {"hit", "miss"},
+                    api.pid,
                 ),
             ]
         cached, uncached = results[0], results[1]

@@ -1,20 +1,29 @@
 """Cached hit per API process and with AUDITSTREAM_API_WORKERS=2, beside the floor (issue 18).
 
     .venv/bin/python bench/bench_workers.py [--clients 16] [--seconds 8] [--events 2000]
+        [--rounds 5] [--before DIR]
 
-One run, one embedded stack (Tansu, SecantusDB, redis-server):
-1. the floor: a minimal Quart app under one Hypercorn process whose one route
+One run, one embedded stack (Tansu, SecantusDB, redis-server), every server
+started once and left idle while another is measured:
+1. ``auditstream api`` with 1 worker and with 2 workers: the cached list
+   ``GET /v1/events?limit=100`` (every request a hit; read auditing off: the
+   hit alone);
+2. the floor: a minimal Quart app under one Hypercorn process whose one route
    returns one Redis GET of a value the size of the cached page;
-2. ``auditstream api`` with 1 worker, then with 2 workers: the cached list
-   ``GET /v1/events?limit=100`` (every request a hit);
-3. the floor again (the machine is shared: the floor is the mean of both runs).
+3. ``--before DIR``: the API of another source tree too (``PYTHONPATH``; e.g.
+   ``git archive <commit> | tar -x -C DIR``), 1 and 2 workers: before and
+   after in the same rounds.
+``--rounds`` interleaved rounds, each measuring every server once (rotating
+order); the report gives the medians (the machine is shared).
 
 The load generator is a raw HTTP/1.1 keep-alive client (asyncio streams, a
 pre-built request), far cheaper per request than the servers, so on this 2-core
 machine it leaves the servers most of the CPU. Besides req/s it reads the
 servers' CPU time (``/proc``, the process and its children): CPU ms per request
 is the per-process cost, independent of how many cores the run got.
-Targets (issue 18): hit >= 0.9x the floor per process, >= 1.6x with two.
+Targets (issue 18): hit >= 0.9x the floor per process, >= 1.6x with two
+(``two_workers_capacity_vs_floor``: 2 x floor CPU / 2-worker CPU per request,
+what two workers serve on two free cores against the one-process floor).
 Writes bench/results/workers.json.
 """
 
@@ -24,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_api import SECRET, TENANT, seed
+from bench_api import SECRET, TENANT, cpu_seconds, seed
 from bench_floor import FLOOR_APP
 from common import child_env, spawn, stack_settings, wait_ready
 
@@ -39,27 +49,7 @@ from auditstream.embedded import free_port, kafka_server, mongo_server, redis_se
 from query_api.auth import mint_token
 
 RESULTS = Path(__file__).parent / "results"
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its live children (the API workers)."""
-    total = 0.0
-    pids = [pid] + [int(e) for e in os.listdir("/proc") if e.isdigit() and _ppid(int(e)) == pid]
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return -1
+FLOOR = "floor (Quart + one GET)"
 
 
 async def hammer(
@@ -127,9 +117,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-async def floor(
-    workdir: Path, redis_url: str, size: int, args: argparse.Namespace
-) -> dict[str, Any]:
+async def start_floor(
+    workdir: Path, redis_url: str, size: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The floor app serving a value of ``size`` bytes; (process, port)."""
     from redis.asyncio import Redis
 
     redis = Redis.from_url(redis_url)
@@ -139,60 +130,105 @@ async def floor(
     port = free_port()
     argv = [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "floor_app:app"]
     proc = subprocess.Popen(argv, cwd=workdir, env={**os.environ, "FLOOR_REDIS": redis_url})  # noqa: ASYNC220
-    try:
-        await wait_ready(f"http://127.0.0.1:{port}")
-        return await measure("floor (Quart + one GET)", proc.pid, port, "/v1/events", {}, args)
-    finally:
-        stop(proc)
+    await wait_ready(f"http://127.0.0.1:{port}")
+    return proc, port
 
 
-async def api(
-    settings: Any, workdir: Path, workers: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    env = child_env(settings, SECRET, AUDITSTREAM_API_WORKERS=str(workers))
-    proc = spawn(env, workdir / f"api-{workers}.log", "api")
-    try:
-        url = f"http://127.0.0.1:{settings.api_port}"
-        await wait_ready(url)
-        token = mint_token(settings, subject="bench", tenant=TENANT, scopes=["events:read"])
-        headers = {"Authorization": f"Bearer {token}"}
-        path = f"/v1/events?limit={args.limit}"
-        return await measure(
-            f"api cached hit, {workers} worker(s)", proc.pid, settings.api_port, path, headers, args
-        )
-    finally:
-        stop(proc)
+def start_api(
+    settings: Any, workdir: Path, workers: int, tree: str | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``auditstream api`` with ``workers`` processes on a port of its own; (process, port).
+
+    ``tree``: run the code of that source tree instead (``PYTHONPATH``), e.g. an
+    older commit unpacked with ``git archive``, to measure before and after in one run.
+    """
+    settings = settings.model_copy(update={"api_port": free_port()})
+    extra = {"PYTHONPATH": tree} if tree else {}
+    env = child_env(settings, SECRET, AUDITSTREAM_API_WORKERS=str(workers), **extra)
+    log = workdir / f"api-{workers}{'-before' if tree else ''}.log"
+    return spawn(env, log, "api"), settings.api_port
+
+
+def median(rows: list[dict[str, Any]], key: str) -> float:
+    return round(statistics.median(r[key] for r in rows), 3)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     servers = [kafka_server(workdir), mongo_server(workdir), redis_server(workdir)]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         for server in servers:
             server.start()
         settings = stack_settings(workdir, servers, SECRET)
         settings = settings.model_copy(update={"read_audit": False})  # a hit only, no read event
         await seed(settings, args.events)
-        one = await api(settings, workdir, 1, args)
+        token = mint_token(settings, subject="bench", tenant=TENANT, scopes=["events:read"])
+        auth = {"Authorization": f"Bearer {token}"}
+        path = f"/v1/events?limit={args.limit}"
+        targets: dict[str, tuple[int, int, str, dict[str, str]]] = {}
+        apis = [(1, None), (2, None)] + (
+            [(1, args.before), (2, args.before)] if args.before else []
+        )
+        for workers, tree in apis:
+            proc, port = start_api(settings, workdir, workers, tree)
+            procs.append(proc)
+            await wait_ready(f"http://127.0.0.1:{port}")
+            name = f"api cached hit, {workers} worker(s)" + (", before" if tree else "")
+            targets[name] = (proc.pid, port, path, auth)
+            await hammer(port, path, auth, args.clients, 1.0)  # the page cached
         size = await page_size(settings)
-        before = await floor(workdir, settings.redis_url or "", size, args)
-        two = await api(settings, workdir, 2, args)
-        after = await floor(workdir, settings.redis_url or "", size, args)
+        floor_proc, floor_port = await start_floor(workdir, settings.redis_url or "", size)
+        procs.append(floor_proc)
+        targets[FLOOR] = (floor_proc.pid, floor_port, "/v1/events", {})
+        # Interleaved rounds (the machine is shared): each round measures every
+        # target once, in an order that rotates; medians over the rounds.
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        names = list(targets)
+        for round_ in range(args.rounds):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                pid, port, target, headers = targets[name]
+                rows[name].append(await measure(name, pid, port, target, headers, args))
     finally:
+        for proc in procs:
+            stop(proc)
         stop_all(servers)
-    floor_rps = (before["rps"] + after["rps"]) / 2
-    floor_cpu = (before["server_cpu_ms_per_request"] + after["server_cpu_ms_per_request"]) / 2
+    summary = {
+        name: {
+            "rps": median(rs, "rps"),
+            "server_cpu_ms_per_request": median(rs, "server_cpu_ms_per_request"),
+        }
+        for name, rs in rows.items()
+    }
+    names = [n for n in names if n != FLOOR]  # the APIs: 1 worker, 2 workers[, before]
+    floor_rps = summary[FLOOR]["rps"]
+    floor_cpu = summary[FLOOR]["server_cpu_ms_per_request"]
+    one_cpu = summary[names[0]]["server_cpu_ms_per_request"]
+    two_cpu = summary[names[1]]["server_cpu_ms_per_request"]
     return {
         "clients": args.clients,
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "page_bytes": size,
         "cpu_count": os.cpu_count(),
-        "runs": [one, before, two, after],
-        "one_worker_vs_floor_rps": round(one["rps"] / floor_rps, 2),
-        "two_workers_vs_floor_rps": round(two["rps"] / floor_rps, 2),
-        "floor_vs_one_worker_cpu_per_request": round(
-            floor_cpu / one["server_cpu_ms_per_request"], 2
-        ),
+        "medians": summary,
+        "runs": [r for rs in rows.values() for r in rs],
+        "one_worker_vs_floor_rps": round(summary[names[0]]["rps"] / floor_rps, 2),
+        "two_workers_vs_floor_rps": round(summary[names[1]]["rps"] / floor_rps, 2),
+        # CPU per request: the per-process cost, whatever share of the cores a run got.
+        "floor_vs_one_worker_cpu_per_request": round(floor_cpu / one_cpu, 2),
+        "floor_vs_two_workers_cpu_per_request": round(floor_cpu / two_cpu, 2),
+        # What two workers can serve on two free cores against the one-process floor.
+        "two_workers_capacity_vs_floor": round(2 * floor_cpu / two_cpu, 2),
+        "before": {  # the --before tree's API, same rounds
+            name.removesuffix(", before"): {
+                "floor_vs_cpu_per_request": round(
+                    floor_cpu / summary[name]["server_cpu_ms_per_request"], 2
+                ),
+                "vs_floor_rps": round(summary[name]["rps"] / floor_rps, 2),
+            }
+            for name in names[2:]
+        },
     }
 
 
@@ -212,6 +248,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before", help="also measure the API of this source tree (PYTHONPATH)")
     args = parser.parse_args()
     report = asyncio.run(run(args))
     RESULTS.mkdir(exist_ok=True)
@@ -219,7 +257,10 @@ def main() -> None:
     print(
         f"cached hit / floor (req/s): 1 worker {report['one_worker_vs_floor_rps']}"
         f" (target >= 0.9), 2 workers {report['two_workers_vs_floor_rps']} (target >= 1.6);"
-        f" floor CPU/request / API CPU/request: {report['floor_vs_one_worker_cpu_per_request']}"
+        " floor CPU/request / API CPU/request:"
+        f" 1 worker {report['floor_vs_one_worker_cpu_per_request']},"
+        f" 2 workers {report['floor_vs_two_workers_cpu_per_request']}"
+        f" (2 workers' capacity / floor: {report['two_workers_capacity_vs_floor']})"
     )
 
 

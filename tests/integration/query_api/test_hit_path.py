@@ -79,3 +79,45 @@ async def test_a_hot_entry_is_refreshed_before_it_expires(
         assert len(loads) == 2
     finally:
         await redis.aclose()
+
+
+async def test_hits_use_their_own_connections_bounded_and_dropped_on_a_timeout(
+    settings: AuditSettings, unique: str
+) -> None:
+    """HitConnections (query_api/cache.py): the hit script on connections of its own,
+    reused, at most ``size``; a Redis slower than the timeout is a bypass (MongoDB)
+    and its connection is dropped; a NOSCRIPT reply (script cache flushed) is
+    answered by loading the script, the connection kept."""
+    from redis.asyncio import BlockingConnectionPool
+
+    from query_api.cache import HitConnections, ReadCache
+
+    pool = BlockingConnectionPool.from_url(settings.redis_url or "", socket_timeout=1.0)
+    redis = Redis.from_pool(pool)
+    hits = HitConnections(pool, 2, timeout=0.3, wait_seconds=0.5)
+    cache = ReadCache(redis, 60, namespace=unique, hit_connections=hits)
+    tenant = f"hits-{unique}"
+    args = ("list", tenant, cache.tenant_scope(tenant), "q")
+
+    async def loader() -> bytes:
+        return b"page"
+
+    try:
+        assert await cache.get_or_load(*args, loader) == (b"page", "miss")
+        await asyncio.sleep(cache.grace_seconds + 0.1)
+        results = await asyncio.gather(*(cache.get_or_load(*args, loader) for _ in range(20)))
+        assert set(results) == {(b"page", "hit")} and cache.loads == 1
+        assert 1 <= len(hits._idle) <= 2  # reused, never more than size
+        await redis.script_flush()  # a restarted Redis: NOSCRIPT, then loaded
+        assert await cache.get_or_load(*args, loader) == (b"page", "hit")
+        assert len(hits._idle) >= 1
+        await redis.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        began = time.perf_counter()
+        assert await cache.get_or_load(*args, loader) == (b"page", "bypass")
+        assert time.perf_counter() - began < 0.9  # the hit's timeout, not the pause
+        assert len(hits._idle) <= 1  # the interrupted connection was dropped
+        await asyncio.sleep(1.2)  # the pause and the cache's retry pause are over
+        assert await cache.get_or_load(*args, loader) == (b"page", "hit")
+    finally:
+        await cache.aclose()
+        await redis.aclose()
