@@ -24,6 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
 from audit_events.chain import control_keys
+from audit_events.codec import document_search_terms
 from audit_events.schema import Limits
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import (
@@ -296,6 +297,9 @@ class Replayer:
     ) -> None:
         chunk: list[dict[str, Any]] = []
         async for doc in live.find({"received_at": {"$lt": since}}).batch_size(1000):
+            # Today's search array (index tokens: docs/operations.md "Index changes"),
+            # also for events stored before `auditstream reindex-search`.
+            doc["search"] = document_search_terms(doc)
             chunk.append(doc)
             if len(chunk) >= self._batch_size:
                 await target.insert_many(chunk, ordered=True)

@@ -177,3 +177,25 @@ async def test_reindex_search_finds_old_events_resumes_and_is_idempotent(
     )
     assert run.returncode == 0, run.stderr
     assert f"scanned {len(old)} event(s), updated 0" in run.stdout
+
+
+async def test_replay_since_copies_old_events_with_todays_search(
+    store: AsyncCollection[dict[str, Any]], settings: AuditSettings
+) -> None:
+    """``auditstream replay --since`` copies the events received before ``since`` from
+    the live store: they get today's ``search`` (tokens), whatever shape they had."""
+    from stream_processor.replay.rebuild import Replayer
+
+    old = old_shape("acme", 6)
+    await store.insert_many([dict(d) for d in old])
+    target = store.database["events_replay_copy_test"]
+    replayer = Replayer(settings, batch_size=4)
+    await replayer._copy_before(store, target, datetime.now(UTC))
+    copied = {d["_id"]: d async for d in target.find({})}
+    assert sorted(copied) == sorted(d["_id"] for d in old)
+    for before in old:
+        after = copied[before["_id"]]
+        assert after["search"] == document_search_terms(before) and "*" in after["search"]
+        assert {k: v for k, v in after.items() if k != "search"} == {
+            k: v for k, v in before.items() if k != "search"
+        }
