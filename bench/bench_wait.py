@@ -1,6 +1,7 @@
 """``POST /v1/events?wait=true`` against the 202 path, same run, 1 and 16 clients.
 
     .venv/bin/python bench/bench_wait.py [--seconds 10] [--clients 1,16]
+        [--batch-max-ms MS] [--fetch-wait-ms MS] [--out FILE]
 
 Starts Tansu, SecantusDB and redis-server (temporary data dir), one processor
 worker and the API as separate processes, warms the consumer group, then for
@@ -111,7 +112,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for server in servers:
             server.start()
         settings = stack_settings(workdir, servers, SECRET).model_copy(
-            update={"processor_metrics_port": free_port()}
+            update={
+                "processor_metrics_port": free_port(),
+                **({"batch_max_ms": args.batch_max_ms} if args.batch_max_ms else {}),
+                **({"kafka_fetch_max_wait_ms": args.fetch_wait_ms} if args.fetch_wait_ms else {}),
+            }
         )
         metrics_url = f"http://127.0.0.1:{settings.processor_metrics_port}/metrics"
         port = settings.api_port
@@ -142,7 +147,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 waited["vs_202"] = round(waited["events_per_s"] / plain["events_per_s"], 2)
                 rows += [plain, waited]
                 print(json.dumps(plain), json.dumps(waited), sep="\n", flush=True)
-        return {"batch_max_ms": settings.batch_max_ms, "cpu_count": os.cpu_count(), "rows": rows}
+        return {
+            "batch_max_ms": settings.batch_max_ms,
+            "kafka_fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+            "cpu_count": os.cpu_count(),
+            "rows": rows,
+        }
     finally:
         for child in children:
             child.terminate()
@@ -158,6 +168,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--batch-max-ms", type=int, help="the processor's BATCH_MAX_MS")
+    parser.add_argument("--fetch-wait-ms", type=int, help="the processor's KAFKA_FETCH_MAX_WAIT_MS")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "wait.json")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
