@@ -4,8 +4,9 @@
 
 1. Starts Tansu, SecantusDB and redis-server on free ports (temporary data dir).
 2. Serves the API with Hypercorn in this process (it creates the indexes), then
-   inserts ``--events`` documents for one tenant directly into MongoDB
-   (``event_to_document``, 5,000 per ``insert_many``), with realistic fields.
+   inserts ``--events`` documents for one tenant directly into MongoDB as the
+   processor stores them (``event_to_document``, ``seq`` 1..n, the chain index;
+   5,000 per ``insert_many``), with realistic fields.
 3. Streams
    ``GET /v1/events/export?format=…`` with httpx, counting bytes and lines.
 4. Memory, two ways, both over the export alone:
@@ -42,6 +43,7 @@ from audit_events.codec import event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENTS_COLLECTION
+from audit_events.store_adapter import ensure_chain_index
 from auditstream.embedded import free_port, kafka_server, mongo_server, redis_server, stop_all
 from query_api.app import create_app
 from query_api.auth import mint_token
@@ -70,11 +72,14 @@ def event(i: int) -> dict[str, Any]:
 async def insert(settings: AuditSettings, n: int) -> float:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri)
     coll = client[settings.mongo_db][EVENTS_COLLECTION]
+    # As the processor stores them: the chain index and seq 1..n (what the export's
+    # windows sample on SecantusDB).
+    await ensure_chain_index(coll)
     received = datetime.now(UTC)
     started = time.perf_counter()
     for start in range(0, n, 5000):
         docs = [
-            event_to_document(AuditEvent.model_validate(event(i)), received)
+            {**event_to_document(AuditEvent.model_validate(event(i)), received), "seq": i + 1}
             for i in range(start, min(n, start + 5000))
         ]
         await coll.insert_many(docs, ordered=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,7 +141,10 @@ def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]]
 
 
 def windows(
-    query: ListQuery, now: datetime, newest: datetime | None = None
+    query: ListQuery,
+    now: datetime,
+    newest: datetime | None = None,
+    oldest: datetime | None = None,
 ) -> Generator[dict[str, Any], float, None]:
     """The ``occurred_at`` ranges to read, in page order, as MongoDB range operators.
 
@@ -150,6 +154,9 @@ def windows(
     last window was empty: descending, the next one then reaches down to
     ``newest`` (the tenant's newest event seen so far, a hint), so a tenant
     whose events lie far below the start skips the gap in one window.
+    Ascending with no start (no cursor, no ``since``), ``oldest`` (a hint: a time
+    near the tenant's oldest events) anchors the windows: the first one is
+    everything below it, the next ones start there; without it, one open range.
     """
     f = query.filters
     since = datetime.fromisoformat(f["since"]) if "since" in f else None
@@ -188,6 +195,11 @@ def windows(
         lower_op, start = _at_or_after(at), at
     elif since is not None:
         lower_op, start = _at_or_after(since), since
+    if start is None and oldest is not None and (until is None or oldest < until):
+        # Everything below the hint, then windows from it: the two tile the range.
+        factor = yield {"$lt": oldest}
+        lower_op, start = _at_or_after(oldest), oldest
+        width = FIRST_WINDOW * (factor or GROWTH)
     if start is None:  # ascending from the tenant's first event: one open range
         yield {"$lt": until} if until else {}
         return
@@ -278,7 +290,10 @@ async def read_page(
             await cursor.close()
         return docs
     seen: set[Any] = set()
-    ranges = windows(query, datetime.now(UTC), _NEWEST.get(tenant))
+    oldest = None
+    if query.order == "asc" and query.cursor is None and "since" not in query.filters:
+        oldest = await _oldest_hint(collection, tenant, caps)
+    ranges = windows(query, datetime.now(UTC), _NEWEST.get(tenant), oldest)
     time_range = next(ranges)
     while True:
         where = {**base, "occurred_at": time_range} if time_range else base
@@ -348,10 +363,16 @@ def time_windows(
 
 
 async def _sampled_cuts(collection: Any, tenant: str, caps: StoreCapabilities) -> list[datetime]:
-    """Window boundaries for ``tenant``'s events, from ``occurred_at`` of events
-    sampled evenly along its chain: ``O(log n)`` point lookups for the head, one
-    ``$in`` query on the chain index for the samples. Empty when the collection
-    has no chain index (each probe would scan) or the chain fits one window."""
+    """Window boundaries for ``tenant``'s events (:func:`boundaries` of
+    :func:`_sampled_times`)."""
+    return boundaries(await _sampled_times(collection, tenant, caps))
+
+
+async def _sampled_times(collection: Any, tenant: str, caps: StoreCapabilities) -> list[datetime]:
+    """``occurred_at`` of events sampled evenly along ``tenant``'s chain
+    (:func:`sample_seqs`): ``O(log n)`` point lookups for the head, one ``$in``
+    query on the chain index for the samples. Empty when the collection has no
+    chain index (each probe would scan) or the chain fits one window."""
     names = {ix.get("name") async for ix in await collection.list_indexes()}
     if CHAIN_INDEX[0] not in names:
         return []
@@ -368,8 +389,33 @@ async def _sampled_cuts(collection: Any, tenant: str, caps: StoreCapabilities) -
         return []
     where = {"tenant": tenant, "seq": {"$in": seqs}}
     found = collection.find(where, {"occurred_at": 1, "_id": 0}).batch_size(len(seqs))
-    times = [d["occurred_at"] async for d in found if isinstance(d.get("occurred_at"), datetime)]
-    return boundaries(times)
+    return [d["occurred_at"] async for d in found if isinstance(d.get("occurred_at"), datetime)]
+
+
+# Per (database, tenant): (expiry, the oldest sampled occurred_at or None), this
+# process. A hint only (it places the first ascending window), so it may be stale.
+_OLDEST: dict[tuple[str, str], tuple[float, datetime | None]] = {}
+OLDEST_TTL = 300.0
+
+
+async def _oldest_hint(collection: Any, tenant: str, caps: StoreCapabilities) -> datetime | None:
+    """The oldest of the times :func:`_sampled_cuts` samples along ``tenant``'s chain
+    (about ``WINDOW_EVENTS / OVERSAMPLE`` events lie below it), cached; None when
+    there is nothing to sample (a small tenant: one open range is cheap)."""
+    database = getattr(getattr(collection, "database", None), "name", None)
+    if not isinstance(database, str):
+        return None
+    key = (database, tenant)
+    now = time.monotonic()
+    cached = _OLDEST.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    times = await _sampled_times(collection, tenant, caps)
+    hint = min(times) if times else None
+    if len(_OLDEST) >= _NEWEST_MAX:
+        _OLDEST.clear()
+    _OLDEST[key] = (now + OLDEST_TTL, hint)
+    return hint
 
 
 async def read_all(

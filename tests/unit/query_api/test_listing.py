@@ -166,3 +166,18 @@ def test_time_windows_tile_the_range_in_order() -> None:
     clipped = time_windows(q(since=since.isoformat(), until=until.isoformat()), cuts)
     assert clipped[0][1] == until and clipped[-1][0] == since
     assert all(since <= lo and hi <= until for lo, hi in clipped if lo and hi)
+
+
+def test_asc_without_a_start_is_anchored_at_the_oldest_hint() -> None:
+    oldest = datetime(2025, 3, 7, tzinfo=UTC)
+    gen = windows(q(order="asc"), NOW, oldest=oldest)
+    assert next(gen) == {"$lt": oldest}  # everything below the hint
+    second = gen.send(0.0)
+    assert second["$gt"] == oldest - timedelta(milliseconds=1)  # then from it, upward
+    assert second["$lt"] == oldest + FIRST_WINDOW * GROWTH
+    rest = list(gen)
+    assert rest[-1].keys() == {"$gt"}  # open-ended above
+    until = oldest - timedelta(days=1)  # the hint above until: one range below until
+    assert list(windows(q(order="asc", until=until.isoformat()), NOW, oldest=oldest)) == [
+        {"$lt": until}
+    ]
