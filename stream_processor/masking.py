@@ -255,51 +255,9 @@ def record_masker(database: Any, settings: Any) -> RecordMasker:
     )
 
 
-# --- The archiver's copy (stream_processor/archive/archiver.py calls these) ----------
+# --- The archiver's copy (stream_processor/archive/masking.py ArchiveRules calls this) --
 
 ARCHIVE_LOAD_RETRY_SECONDS = 60.0
-
-
-def archive_masker(settings: Any) -> RecordMasker:
-    """The archiver's masker: the rules from MongoDB, a short-lived client per load
-    (the archiver holds no MongoDB connection otherwise).
-
-    Without a MongoDB URI it raises :class:`SettingsError`: the archiver cannot know
-    whether a tenant asked for masking, and an unmasked copy of data a tenant asked
-    to have masked is a leak; it refuses to start instead of archiving one."""
-    if not settings.mongo_uri:
-        from audit_events.settings import SettingsError
-
-        raise SettingsError(
-            "missing setting AUDITSTREAM_MONGO_URI: the archiver loads the tenants' "
-            "masking rules from MongoDB (collection masking_rules) to mask its copy"
-        )
-
-    async def load(tenants: list[str]) -> list[dict[str, Any]]:
-        from pymongo import AsyncMongoClient
-
-        from audit_events.settings import mongo_client_options
-
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            settings.mongo_uri, tz_aware=True, **mongo_client_options(settings)
-        )
-        try:
-            found = client[settings.mongo_db][MASKING_COLLECTION].find({"tenant": {"$in": tenants}})
-            docs: list[dict[str, Any]] = await found.to_list(None)
-            return docs
-        finally:
-            await client.close()
-
-    secret = settings.masking_secret
-    rules = RuleCache(
-        load,
-        secret.get_secret_value().encode() if secret is not None else None,
-        cache_seconds=settings.masking_cache_seconds,
-        delay_seconds=settings.masking_delay_seconds,
-    )
-    return RecordMasker(
-        rules, settings.topic_events, limits_from(settings), settings.max_event_bytes
-    )
 
 
 async def archived_records(

@@ -367,13 +367,13 @@ def test_the_archiver_refuses_to_run_without_a_mongo_uri(tmp_path: Any) -> None:
     it refuses to start rather than archive a copy the tenant asked to have masked."""
     from audit_events.settings import AuditSettings
     from stream_processor.archive.archiver import Archiver
-    from stream_processor.masking import archive_masker
+    from stream_processor.archive.masking import ArchiveRules
 
     settings = AuditSettings(_env_file=None, kafka_bootstrap="k:1")  # type: ignore[call-arg]
     assert settings.mongo_uri is None
     with pytest.raises(Exception, match="AUDITSTREAM_MONGO_URI"):
-        archive_masker(settings)
+        ArchiveRules(settings)
     with pytest.raises(Exception, match="AUDITSTREAM_MONGO_URI"):
         Archiver(settings, root=tmp_path)
     with_uri = settings.model_copy(update={"mongo_uri": "mongodb://m:27017"})
-    assert archive_masker(with_uri) is not None  # no connection until rules are loaded
+    assert ArchiveRules(with_uri).client is None  # no connection until rules are loaded
