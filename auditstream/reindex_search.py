@@ -113,7 +113,8 @@ async def _step(
             "erased": {"$exists": "erased" in doc},
             "search": have if have is not None else {"$exists": False},
         }
-        updates.append(UpdateOne(guard, {"$set": {"search": want}}))
+        # The _id index by name: SecantusDB would otherwise scan for the guard's fields.
+        updates.append(UpdateOne(guard, {"$set": {"search": want}}, hint="_id_"))
     if updates:
         written = await events.bulk_write(updates, ordered=False)
         result.updated += written.modified_count

@@ -199,3 +199,27 @@ async def test_replay_since_copies_old_events_with_todays_search(
         assert {k: v for k, v in after.items() if k != "search"} == {
             k: v for k, v in before.items() if k != "search"
         }
+
+
+async def test_an_erasure_between_read_and_write_wins(
+    store: AsyncCollection[dict[str, Any]],
+) -> None:
+    """A document erased after the pass read it keeps its tombstone's ``search``: the
+    pass writes only if ``search`` and the erasure state are still what it read."""
+    from auditstream.reindex_search import FIELDS, _step
+
+    old = old_shape("acme", 6)[4:]  # two events, not erased
+    await store.insert_many([dict(d) for d in old])
+    read = await store.find({}, FIELDS).sort([("_id", 1)]).to_list()
+    tombstone = ["*", "c:" + old[0]["action"]]
+    await store.update_one(
+        {"_id": old[0]["_id"]},
+        {"$set": {"erased": {"by": "x"}, "search": tombstone}, "$unset": {"description": ""}},
+    )
+    result = ReindexResult()
+    journal = store.database[REINDEX_SEARCH_COLLECTION]
+    await _step(store, journal, {"_id": store.name}, read, result, None)
+    assert (result.scanned, result.updated) == (2, 1)
+    docs = {d["_id"]: d async for d in store.find({})}
+    assert docs[old[0]["_id"]]["search"] == tombstone
+    assert docs[old[1]["_id"]]["search"] == document_search_terms(old[1])
