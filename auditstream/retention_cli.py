@@ -1,14 +1,17 @@
 """``auditstream retention …`` and ``auditstream purge`` (issue 16; docs/archive.md, "Retention").
 
 ``retention set/show/clear`` work on MongoDB directly, with the validation of
-``PUT /v1/retention``. ``purge`` runs the purge job once (a cron job, a
-Kubernetes CronJob) or every ``--every`` seconds: it deletes from MongoDB only
-what the archive holds and verifies (stream_processor/retention.py).
+``PUT /v1/retention``; like it, ``set`` and ``clear`` publish the change as the
+tenant's audit event ``retention.policy.changed`` (actor ``cli:<user>``).
+``purge`` runs the purge job once (a cron job, a Kubernetes CronJob) or every
+``--every`` seconds: it deletes from MongoDB only what the archive holds and
+verifies (stream_processor/retention.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import sys
 import time
@@ -47,17 +50,71 @@ def _print(view: Any) -> None:
     click.echo(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
 
 
+PUBLISH_TIMEOUT_SECONDS = 15.0
+
+
+async def _publish_change(
+    settings: AuditSettings, tenant: str, by: str, metadata: dict[str, Any]
+) -> str | None:
+    """Publish the change as the tenant's audit event, as ``PUT /v1/retention`` does
+    (query_api/admin_requests.py ``publish_change``); None once Kafka acknowledged it,
+    else why not (the change is saved either way)."""
+    from audit_events.codec import encode_event
+    from audit_events.schema import AuditEvent
+    from audit_events.topics import partition_key
+    from query_api.publisher import Publisher
+    from query_api.retention import CHANGED_ACTION
+
+    event = AuditEvent.model_validate(
+        {
+            "tenant": tenant,
+            "action": CHANGED_ACTION,
+            "crud": "u",
+            "actor": {"id": by, "type": "admin"},
+            "targets": [{"type": "retention_policy", "id": tenant}],
+            "source": {"service": "auditstream-cli"},
+            "metadata": metadata,
+        }
+    )
+    publisher = Publisher(settings)
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await publisher.start()
+            await publisher.publish([(partition_key(tenant), encode_event(event))])
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        with contextlib.suppress(Exception):
+            await publisher.stop()
+    return None
+
+
 def _save(tenant: str, days: int | None) -> None:
     try:
         RetentionPolicy(days=days)
     except ValidationError as exc:
         raise click.BadParameter(exc.errors()[0]["msg"], param_hint="--days") from None
+    failure: list[str] = []
 
     async def action(settings: AuditSettings, db: Any) -> dict[str, Any]:
-        saved = await set_policy(db, tenant, days, by=f"cli:{getpass.getuser()}")
-        return await policy_view(db, tenant, saved)
+        by = f"cli:{getpass.getuser()}"
+        saved = await set_policy(db, tenant, days, by=by)
+        view = await policy_view(db, tenant, saved)
+        why = await _publish_change(
+            settings, tenant, by, {"days": days, "version": view["version"]}
+        )
+        view["audited"] = why is None
+        failure.extend([why] if why is not None else [])
+        return view
 
     _print(_run(action))
+    if failure:
+        click.echo(
+            f"retention of {tenant} saved, but its audit event (retention.policy.changed) was not "
+            f"published: {failure[0]}; the trail lacks this change",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @click.group()
@@ -72,14 +129,16 @@ def retention() -> None:
 )
 def set_retention(tenant: str, days: int) -> None:
     """Keep TENANT's events DAYS days in MongoDB; `auditstream purge` then deletes
-    older ones once the archive holds them."""
+    older ones once the archive holds them. The change is published as TENANT's
+    audit event retention.policy.changed (exit 1 if Kafka did not take it: saved,
+    but not in the trail)."""
     _save(tenant, days)
 
 
 @retention.command("clear")
 @click.argument("tenant")
 def clear_retention(tenant: str) -> None:
-    """Keep TENANT's events forever (the default)."""
+    """Keep TENANT's events forever (the default); published like `set`."""
     _save(tenant, None)
 
 
