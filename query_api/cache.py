@@ -35,6 +35,7 @@ from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from audit_events.cache_keys import (
@@ -103,28 +104,45 @@ class HitConnections:
         self.wait_seconds = wait_seconds
 
     async def call(self, *args: str | int | bytes) -> object:
-        """One command's reply; raises ``RedisError`` or ``OSError`` (a timeout)."""
+        """One command's reply; raises ``RedisError`` or ``OSError`` (a timeout).
+
+        A reused connection that turns out closed (Redis restarted, or dropped
+        idle clients) is retried once on a new connection, and the other idle
+        ones are dropped (closed alike, most likely), as redis-py's own retry
+        would reconnect: a restart costs no bypass.
+        """
         if self._slots.locked():
             async with asyncio.timeout(self.wait_seconds):
                 await self._slots.acquire()
         else:
             await self._slots.acquire()  # free: no suspension
         try:
-            conn = self._idle.pop() if self._idle else self._pool.connection_class(**self._kwargs)
+            if not self._idle:
+                return await self._once(self._new(), args)
             try:
-                async with asyncio.timeout(self.timeout):
-                    await conn.send_command(*args)  # connects a new connection first
-                    reply = await conn.read_response()
-            except ResponseError:  # a whole error reply: the connection is fine
-                self._idle.append(conn)
-                raise
-            except BaseException:
-                await conn.disconnect(nowait=True)
-                raise
-            self._idle.append(conn)
-            return reply
+                return await self._once(self._idle.pop(), args)
+            except RedisConnectionError:
+                await self.aclose()
+                return await self._once(self._new(), args)
         finally:
             self._slots.release()
+
+    def _new(self) -> AbstractConnection:
+        return self._pool.connection_class(**self._kwargs)  # connects on its first command
+
+    async def _once(self, conn: AbstractConnection, args: tuple[str | int | bytes, ...]) -> object:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await conn.send_command(*args)
+                reply = await conn.read_response()
+        except ResponseError:  # a whole error reply: the connection is fine
+            self._idle.append(conn)
+            raise
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        self._idle.append(conn)
+        return reply
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []

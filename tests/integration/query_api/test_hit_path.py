@@ -85,9 +85,10 @@ async def test_hits_use_their_own_connections_bounded_and_dropped_on_a_timeout(
     settings: AuditSettings, unique: str
 ) -> None:
     """HitConnections (query_api/cache.py): the hit script on connections of its own,
-    reused, at most ``size``; a Redis slower than the timeout is a bypass (MongoDB)
-    and its connection is dropped; a NOSCRIPT reply (script cache flushed) is
-    answered by loading the script, the connection kept."""
+    reused, at most ``size``; connections Redis closed are replaced without a
+    bypass; a Redis slower than the timeout is a bypass (MongoDB) and its
+    connection is dropped; a NOSCRIPT reply (script cache flushed) is answered by
+    loading the script, the connection kept."""
     from redis.asyncio import BlockingConnectionPool
 
     from query_api.cache import HitConnections, ReadCache
@@ -108,6 +109,9 @@ async def test_hits_use_their_own_connections_bounded_and_dropped_on_a_timeout(
         results = await asyncio.gather(*(cache.get_or_load(*args, loader) for _ in range(20)))
         assert set(results) == {(b"page", "hit")} and cache.loads == 1
         assert 1 <= len(hits._idle) <= 2  # reused, never more than size
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert await cache.get_or_load(*args, loader) == (b"page", "hit")  # reconnected
+        assert len(hits._idle) == 1  # the closed ones dropped
         await redis.script_flush()  # a restarted Redis: NOSCRIPT, then loaded
         assert await cache.get_or_load(*args, loader) == (b"page", "hit")
         assert len(hits._idle) >= 1
