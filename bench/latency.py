@@ -117,6 +117,8 @@ async def end_to_end_latency(
         # From the processor's own metrics, over the same interval:
         "mean_batch_events": delta.get("auditstream_batch_size_sum", 0.0) / batches,
         "mean_write_ms": delta.get("auditstream_write_seconds_sum", 0.0) / batches * 1000,
+        # first event taken → flush (absent before the caught-up flush: 0)
+        "mean_batch_wait_ms": delta.get("auditstream_batch_wait_seconds_sum", 0.0) / batches * 1000,
         "mean_store_delay_ms": delta.get("auditstream_store_delay_seconds_sum", 0.0)
         / stored
         * 1000,
