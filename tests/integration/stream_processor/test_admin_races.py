@@ -17,12 +17,15 @@ from pymongo.asynchronous.collection import AsyncCollection
 from quart.typing import TestClientProtocol as Client
 
 from audit_events import chain
-from audit_events.codec import event_to_document, event_wire_dict
-from audit_events.schema import AuditEvent
+from audit_events.codec import encode_event, event_to_document, event_wire_dict
+from audit_events.schema import AuditEvent, limits_from
 from audit_events.settings import AuditSettings
 from audit_events.storage import event_key
 from query_api.verify import verify_tenant
-from stream_processor.control import ControlApplier
+from stream_processor.chain import ChainWriter, Write, ensure_chain_index
+from stream_processor.control import ApplyControls, ControlApplier, ControlGate
+from stream_processor.decode import decode_batch
+from stream_processor.records import Record
 from stream_processor.replay import Replayer, store_digest
 from tests.conftest import CONTROL_PRIVATE, ProcessorProcess
 from tests.helpers import eventually, run_cli
@@ -258,3 +261,78 @@ async def test_concurrent_retention_changes_each_get_a_version_and_the_last_one_
         {"days": b["days"], "version": b["version"]}
         for b in sorted(bodies, key=lambda b: b["version"])
     ]
+
+
+# --- batch boundaries: the live processor cuts small batches, replay big ones --------
+
+E, X, X2, C, C2 = "event", "erasure", "erasure2", "correction", "correction2"
+LOG_ORDERS = [
+    (E, X, C),  # the late correction (accepted before the erasure was applied)
+    (E, C, X),
+    (E, X, C, X2),
+    (E, X, X2, C),
+    (E, C, X, X2),
+    (E, C, X, C2),
+    (E, X, C, C2),
+]
+
+
+def splits(n: int) -> list[list[int]]:
+    """Every way to cut ``n`` records into consecutive batches (their sizes)."""
+    if n == 0:
+        return [[]]
+    return [[k, *rest] for k in range(1, n + 1) for rest in splits(n - k)]
+
+
+@pytest.mark.parametrize("order", LOG_ORDERS, ids=["-".join(o) for o in LOG_ORDERS])
+async def test_the_stored_result_does_not_depend_on_where_batches_are_cut(
+    order: tuple[str, ...], store: AsyncCollection[dict[str, Any]], settings: AuditSettings
+) -> None:
+    """The same records (as the API publishes them), fed to the processor's Steps 2, 5
+    and 6 cut into batches every possible way: the stored documents are identical (the
+    replay digest), so a replay's big batches rebuild what the live small ones stored."""
+    keys = chain.control_keys(settings)
+    event = AuditEvent.model_validate(make_events(1, "b")[0])
+    fix = {"description": f"credited {SECRET}"}
+    made = {
+        E: event,
+        X: signed_control(chain.ERASED_ACTION, "b-00", crud="d"),
+        X2: signed_control(chain.ERASED_ACTION, "b-00", crud="d", description="again"),
+        C: signed_control(chain.CORRECTED_ACTION, "b-00", crud="u", metadata={"set": fix}),
+        C2: signed_control(
+            chain.CORRECTED_ACTION, "b-00", crud="u", metadata={"set": {"description": "2"}}
+        ),
+    }
+    base = int(datetime.now(UTC).timestamp() * 1000)
+    records = [
+        Record("events", 0, i, base + i, b"acme", encode_event(made[name]))
+        for i, name in enumerate(order)
+    ]
+    digests: dict[tuple[int, ...], tuple[int, str]] = {}
+    stores: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for n, sizes in enumerate(splits(len(records))):
+        coll = store.database[f"batch_cut_{n}"]
+        await coll.drop()
+        await ensure_chain_index(coll)
+        write, controls = Write(ChainWriter(coll)), ApplyControls(ControlApplier(coll, keys))
+        at = 0
+        for size in sizes:
+            part = records[at : at + size]
+            at += size
+            batch = decode_batch(
+                part, limits_from(settings), settings.max_event_bytes, ControlGate(keys)
+            )
+            assert batch.rejects == []
+            await write(batch)
+            await controls(batch)
+        digests[tuple(sizes)] = await store_digest(coll)
+        stores[tuple(sizes)] = [d async for d in coll.find({}).sort("_id", 1)]
+        await coll.drop()
+    one = (len(records),)  # one batch: what a replay does
+    assert [d["id"] for d in stores[one] if SECRET in str(d)] == []  # every order erases
+    differ = {
+        sizes: [(a, b) for a, b in zip(stores[one], docs, strict=True) if a != b]
+        for sizes, docs in stores.items()
+        if digests[sizes] != digests[one]
+    }
+    assert differ == {}, differ
