@@ -33,6 +33,7 @@ import bson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from audit_events.codec import encode_event
+from audit_events.retention import PURGES_COLLECTION
 from audit_events.schema import Limits
 from producers.loadgen import generate_events
 from stream_processor.chain import ChainWriter
@@ -51,6 +52,9 @@ class FreeStore:
 
     def __init__(self) -> None:
         self.encoded = 0
+        # Its database's collections (the purge markers chain_head reads) are as empty;
+        # a dict has no ``client``, so capabilities_of() takes the conservative paths.
+        self.database: dict[str, FreeStore] = {PURGES_COLLECTION: self}
 
     async def find_one(self, *args: Any, **kwargs: Any) -> None:
         return None
