@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import targets
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -25,14 +27,25 @@ def machine() -> dict[str, Any]:
 
 
 def write_reports(results: dict[str, Any]) -> None:
+    """results.json, results.md (the sections present in ``results``) and the plots."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    lines = ["# auditstream benchmark", "", f"Machine: {results.get('machine')}", ""]
+    if "ingestion" in results:
+        lines += ingestion_lines(results)
+    if "reads" in results:
+        lines += reads_lines(results)
+    table = targets.rows(ingestion=results.get("ingestion"))
+    lines += targets.markdown(table, results.get("targets"), results.get("targets_note", ""))
+    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    targets.plot(table, RESULTS / "targets.png")
+    if "ingestion" in results and "reads" in results and "end_to_end" in results:
+        plot(results)
+
+
+def ingestion_lines(results: dict[str, Any]) -> list[str]:
     ing = results["ingestion"]
     lines = [
-        "# auditstream benchmark",
-        "",
-        f"Machine: {results['machine']}",
-        "",
         "## Ingestion",
         "",
         "| path | events/s | vs ceiling |",
@@ -50,6 +63,10 @@ def write_reports(results: dict[str, Any]) -> None:
         "",
         f"Pipeline vs per-event approach: x{ing['ratio_to_per_event']:.1f}.",
         "",
+    ]
+    if "end_to_end" not in results:
+        return lines
+    lines += [
         "End-to-end (produce → visible via GET /v1/events/{id}), steady rate:",
         "",
         "| events/s offered | samples | not visible in 30 s | p50 ms | p99 ms | max ms "
@@ -64,11 +81,12 @@ def write_reports(results: dict[str, Any]) -> None:
         f"{e.get('mean_store_delay_ms', float('nan')):.0f} |"
         for e in results["end_to_end"]
     ]
-    lines += [
-        "",
-        "## Reads",
-        "",
-    ]
+    lines.append("")
+    return lines
+
+
+def reads_lines(results: dict[str, Any]) -> list[str]:
+    lines = ["## Reads", ""]
     for level in results["reads"]:
         lines += [
             f"Store size {level['store_size']} (insert_many while growing to it: "
@@ -83,8 +101,7 @@ def write_reports(results: dict[str, Any]) -> None:
             for r in level["reads"]
         ]
         lines.append("")
-    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
-    plot(results)
+    return lines
 
 
 def plot(results: dict[str, Any]) -> None:

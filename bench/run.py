@@ -13,17 +13,23 @@ Measured side by side in one run:
    at each ``--store-sizes`` (read latency and insert rate as the store grows);
 3. end-to-end latency (produce → visible in ``GET /v1/events/{id}``) at steady
    rates, on a fresh database, with the processor's batch size, write time and
-   Kafka → stored delay over the same interval.
+   Kafka → stored delay over the same interval;
+4. issue 18's targets (:mod:`targets`): the target scripts run as subprocesses, each
+   on its own servers, writing to ``bench/results/targets/``; results.md gets the
+   "Issue 18 targets" table (measured, reference, ratio, target, met) and
+   ``targets.png``. ``--targets-only`` runs just this step (quick sizes) and merges it
+   into the last results.json; ``--skip-targets`` leaves it out.
 
 Modules (run as scripts from this folder): ``stack`` (the servers, shared with the
 tests through :mod:`auditstream.devstack`), ``ingest``, ``reads``, ``latency``,
-``report``; this file only sequences them.
+``targets``, ``report``; this file only sequences them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -36,6 +42,7 @@ from latency import latencies, latency_only
 from reads import reads, seed_store
 from report import RESULTS, machine, write_reports
 from stack import Stack
+from targets import run_targets
 
 from audit_events.codec import event_to_document
 from auditstream.embedded import free_port
@@ -46,6 +53,18 @@ from query_api.auth import mint_token
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.latency_only:
         return await latency_only(args)
+    if args.targets_only:
+        previous = RESULTS / "results.json"
+        results = json.loads(previous.read_text()) if previous.exists() else {}
+        results["machine"] = machine()
+        quick = args.target_sizes != "full"
+        results["targets"] = run_targets(quick=quick)
+        results["targets_note"] = (
+            f"This step alone (`--targets-only`, {'quick' if quick else 'full'} sizes) on "
+            f"{results['machine']['date']}; the sections above and the ingestion rows come "
+            "from the last whole run."
+        )
+        return results
     workdir = Path(tempfile.mkdtemp(prefix="auditstream-bench-"))
     stack = Stack(workdir)
     stack.start()
@@ -107,6 +126,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         results["end_to_end"] = await latencies(stack, args.rate, args.latency_seconds)
     finally:
         stack.stop()
+    if not args.skip_targets:
+        print("4. issue 18 targets (each script on its own servers) …", flush=True)
+        results["targets"] = run_targets(quick=args.target_sizes == "quick")
+        results.pop("targets_note", None)
     return results
 
 
@@ -142,6 +165,19 @@ def parse() -> argparse.Namespace:
         "--latency-only",
         action="store_true",
         help="re-measure end-to-end latency on a fresh stack; merge into results.json",
+    )
+    p.add_argument(
+        "--targets-only",
+        action="store_true",
+        help="run only step 4, the issue-18 target scripts (quick sizes unless "
+        "--target-sizes full, ~10 min); merge into results.json",
+    )
+    p.add_argument("--skip-targets", action="store_true", help="leave out step 4")
+    p.add_argument(
+        "--target-sizes",
+        choices=["quick", "full"],
+        help="step 4's sizes (default: full in a whole run, quick with --targets-only); "
+        "full grows the uncached-list store to 1,000,000 events (about an hour here)",
     )
     p.add_argument("--timeout", type=float, default=900.0)
     return p.parse_args()
