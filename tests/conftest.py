@@ -73,6 +73,18 @@ def backends() -> Iterator[Backends]:
         stack.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """This session's own ``$XDG_STATE_HOME``, inherited by every process it starts: the
+    producer SDK's default spool directory lives under it, and a producer claims the spool
+    files of dead processes there, so workers of one run (pytest-xdist) or other runs on
+    the machine would otherwise send each other's spooled events to their own Kafka."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]
