@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
 
 
 def run_targets(out: Path = OUT, quick: bool = False, timeout: float = 5400.0) -> dict[str, Any]:
-    """Run every target script; returns {script: {"rc", "seconds", "log"}}.
+    """Run every target script; returns {script: {"rc", "seconds", "flags"}}.
 
     Each script is reached through a symlink in a temporary folder whose ``results`` is
     ``out``: the scripts write ``Path(__file__).parent / "results"`` and import their
@@ -66,9 +67,9 @@ def run_targets(out: Path = OUT, quick: bool = False, timeout: float = 5400.0) -
         (folder / script).symlink_to(BENCH / script)
         flags = short if quick else full
         if script == "bench_wait.py":
-            flags = [*flags, "--out", str(out / "wait.json")]
-        log = out / f"{script.removesuffix('.py')}.log"
-        print(f"4. {script} {' '.join(flags)} (log: {log.relative_to(BENCH.parent)}) …", flush=True)
+            flags = [*flags, "--out", os.path.relpath(out / "wait.json", BENCH.parent)]
+        log = folder / f"{script.removesuffix('.py')}.log"
+        print(f"4. {script} {' '.join(flags)} (log: {log}) …", flush=True)
         t = time.perf_counter()
         with log.open("w") as f:
             try:
@@ -84,6 +85,8 @@ def run_targets(out: Path = OUT, quick: bool = False, timeout: float = 5400.0) -
                 rc = -1
         ran[script] = {"rc": rc, "seconds": round(time.perf_counter() - t), "flags": flags}
         print(f"   rc {rc} in {ran[script]['seconds']} s", flush=True)
+        if rc:
+            print(*log.read_text().splitlines()[-15:], sep="\n", flush=True)
     return ran
 
 
@@ -387,5 +390,5 @@ def plot(table: list[Row], path: Path) -> None:
     ax.set_xlabel("ratio to the reference (green: target met)")
     ax.set_title("Issue 18 targets")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
