@@ -63,11 +63,14 @@ import pytest
 from auditstream.drain import LagReader
 
 # One worker runs the whole module, in order (pytest-xdist `--dist loadgroup`): the
-# snippets build on each other and share the module's stack.
+# snippets build on each other and share the module's stack. `serial`: beside three busy
+# xdist workers docs/chain.md:167 exported nothing (3 runs of 3, cause not found yet;
+# it passes alone, also with the CPU saturated), so make test-resilience runs it alone.
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(300),
     pytest.mark.xdist_group("docs_snippets"),
+    pytest.mark.serial,
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
