@@ -62,10 +62,13 @@ import pytest
 
 from auditstream.drain import LagReader
 
-# One worker runs the whole module, in order (pytest-xdist `--dist loadgroup`): the
-# snippets build on each other and share the module's stack. `serial`: beside three busy
-# xdist workers docs/chain.md:167 exported nothing (3 runs of 3, cause not found yet;
-# it passes alone, also with the CPU saturated), so make test-resilience runs it alone.
+# The snippets build on each other and share the module's stack, so they must run in
+# order on one stack. `xdist_group` puts the module on one worker but does not keep its
+# tests contiguous: when the worker runs another module's test between two of them, pytest
+# tears the module's stack down and starts a fresh one, and the later snippets miss what
+# the earlier ones emitted (seen: docs/chain.md:167 exported nothing; docs/viewer.md:191's
+# history request was the first request its new stack ever served). `serial`: make
+# test-resilience runs the module alone, in one process, after the parallel pass.
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(300),
