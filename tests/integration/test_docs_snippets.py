@@ -63,12 +63,12 @@ import pytest
 from auditstream.drain import LagReader
 
 # The snippets build on each other and share the module's stack, so they must run in
-# order on one stack. `xdist_group` puts the module on one worker but does not keep its
-# tests contiguous: when the worker runs another module's test between two of them, pytest
-# tears the module's stack down and starts a fresh one, and the later snippets miss what
-# the earlier ones emitted (seen: docs/chain.md:167 exported nothing; docs/viewer.md:191's
-# history request was the first request its new stack ever served). `serial`: make
-# test-resilience runs the module alone, in one process, after the parallel pass.
+# order on one stack. `xdist_group` does not keep them together: with pytest 9 + xdist
+# 3.8 the group suffix is not applied, and a parallel run spread this module over all four
+# workers, each with its own stack, so later snippets missed what earlier ones emitted
+# (docs/chain.md:167 exported nothing; docs/viewer.md:191's history request was the first
+# request its worker's stack served). `serial`: make test-resilience runs the module
+# alone, in one process, after the parallel pass.
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(300),
