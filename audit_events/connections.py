@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pymongo.write_concern import WriteConcern
+
     from audit_events.settings import AuditSettings
 
 #: The keys :func:`kafka_client_options` may return (all aiokafka client kinds accept them).
@@ -165,6 +167,15 @@ def mongo_tls_options(settings: AuditSettings) -> dict[str, Any]:
         options["tls"] = True
         options["tlsCertificateKeyFile"] = settings.mongo_tls_certificate_key_file
     return options
+
+
+def mongo_write_concern(settings: AuditSettings) -> WriteConcern:
+    """The write concern of every store writer: ``mongo_write_concern`` (``majority``
+    or ``1``) with journaling as ``mongo_journal`` says."""
+    from pymongo.write_concern import WriteConcern
+
+    w: int | str = "majority" if settings.mongo_write_concern == "majority" else 1
+    return WriteConcern(w=w, j=settings.mongo_journal)
 
 
 def redis_tls_options(settings: AuditSettings) -> dict[str, Any]:

@@ -46,10 +46,10 @@ def _clear_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            line = settings_error_line(exc)
-            if line is None:
+            clear = one_line_error(exc)
+            if clear is None:
                 raise
-            raise SettingsProblem(line) from None
+            raise clear from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -87,20 +87,44 @@ def missing_extra_line(exc: BaseException) -> str | None:
     )
 
 
+def store_unreachable_line(exc: BaseException) -> str | None:
+    """One line for a MongoDB that did not answer (pymongo's ``ConnectionFailure``:
+    server selection timed out, connection refused or lost), else None."""
+    errors = sys.modules.get("pymongo.errors")  # not imported: not a pymongo error
+    if errors is None or not isinstance(exc, errors.ConnectionFailure):
+        return None
+    first = str(exc).split(", Timeout:")[0].split(" (configured timeouts")[0]
+    return f"MongoDB unreachable (AUDITSTREAM_MONGO_URI, AUDITSTREAM_MONGO_TIMEOUT_MS): {first}"
+
+
+def one_line_error(exc: Exception) -> click.ClickException | None:
+    """The one-line error a command's failure ``exc`` stands for, else None (a bug:
+    its traceback is shown): an extra not installed or a missing/invalid setting
+    (exit 2), a MongoDB that does not answer (exit 1)."""
+    missing = missing_extra_line(exc)
+    if missing is not None:
+        return MissingExtra(missing)
+    line = settings_error_line(exc)
+    if line is not None:
+        return SettingsProblem(line)
+    unreachable = store_unreachable_line(exc)
+    if unreachable is not None:
+        return click.ClickException(unreachable)
+    return None
+
+
 class _Main(click.Group):
-    """The command group: every command's settings failure is one line, exit 2."""
+    """The command group: every command's settings failure is one line, exit 2; a
+    MongoDB that does not answer is one line, exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            missing = missing_extra_line(exc)
-            if missing is not None:
-                raise MissingExtra(missing) from None
-            line = settings_error_line(exc)
-            if line is None:
+            clear = one_line_error(exc)
+            if clear is None:
                 raise
-            raise SettingsProblem(line) from None
+            raise clear from None
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,8 +136,9 @@ def main(ctx: click.Context) -> None:
     the current directory; the environment wins); a setting left unset is taken
     from the running `auditstream up` of this folder (its state file
     .auditstream/stack.json), so commands run beside `make run` need no setup.
-    A missing or invalid setting exits with status 2 and one line naming it.
-    See README.md for the list.
+    A missing or invalid setting exits with status 2 and one line naming it; a
+    MongoDB that does not answer within AUDITSTREAM_MONGO_TIMEOUT_MS, with status 1
+    and one line. See README.md for the list.
     """
     # Only the command line reads .env (the SDK inside a host application never
     # does), and only for this run.

@@ -40,7 +40,13 @@ if TYPE_CHECKING:  # pymongo comes with the processor/api extras, not the base i
     from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.codec import current_layout
-from audit_events.settings import AuditSettings, SettingsError, load_settings
+from audit_events.connections import mongo_write_concern
+from audit_events.settings import (
+    AuditSettings,
+    SettingsError,
+    load_settings,
+    mongo_client_options,
+)
 from audit_events.storage import EVENTS_COLLECTION, MIGRATE_IDS_COLLECTION
 
 DUPLICATE_KEY = 11000
@@ -139,13 +145,13 @@ async def migrate(
 
 async def _run(settings: AuditSettings, batch_size: int) -> MigrationResult:
     from pymongo import AsyncMongoClient
-    from pymongo.write_concern import WriteConcern
 
-    wc = WriteConcern(
-        w="majority" if settings.mongo_write_concern == "majority" else 1,
-        j=settings.mongo_journal,
+    wc = mongo_write_concern(settings)
+    # Selection and connect bounded by mongo_timeout_ms (and TLS from the settings);
+    # single operations not: a pass over a large collection may rightly take long.
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, tz_aware=True, **mongo_client_options(settings, operations=False)
     )
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
     try:
         db = client[settings.mongo_db]
         events = db[EVENTS_COLLECTION].with_options(write_concern=wc)

@@ -35,7 +35,13 @@ if TYPE_CHECKING:  # pymongo comes with the processor/api extras, not the base i
     from pymongo.asynchronous.collection import AsyncCollection
 
 from audit_events.codec import document_search_terms
-from audit_events.settings import AuditSettings, SettingsError, load_settings
+from audit_events.connections import mongo_write_concern
+from audit_events.settings import (
+    AuditSettings,
+    SettingsError,
+    load_settings,
+    mongo_client_options,
+)
 from audit_events.storage import EVENTS_COLLECTION, REINDEX_SEARCH_COLLECTION
 
 FIELDS = {"search": 1, "action": 1, "description": 1, "actor": 1, "targets": 1, "erased": 1}
@@ -126,13 +132,13 @@ async def _step(
 
 async def _run(settings: AuditSettings, batch_size: int) -> ReindexResult:
     from pymongo import AsyncMongoClient
-    from pymongo.write_concern import WriteConcern
 
-    wc = WriteConcern(
-        w="majority" if settings.mongo_write_concern == "majority" else 1,
-        j=settings.mongo_journal,
+    wc = mongo_write_concern(settings)
+    # Selection and connect bounded by mongo_timeout_ms (and TLS from the settings);
+    # single operations not: a pass over a large collection may rightly take long.
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, tz_aware=True, **mongo_client_options(settings, operations=False)
     )
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
     try:
         db = client[settings.mongo_db]
         events = db[EVENTS_COLLECTION].with_options(write_concern=wc)

@@ -27,12 +27,15 @@ from typing import Any, NoReturn, cast
 
 import faust
 from pymongo import AsyncMongoClient
-from pymongo.write_concern import WriteConcern
 from redis.asyncio import Redis
 
 from audit_events.cache_keys import cache_namespace
 from audit_events.chain import control_keys
-from audit_events.connections import faust_broker_options, redis_tls_options
+from audit_events.connections import (
+    faust_broker_options,
+    mongo_write_concern,
+    redis_tls_options,
+)
 from audit_events.schema import limits_from
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.topics import topic_spec
@@ -180,10 +183,7 @@ def create_app(
         _connect_probes(app, probes, state)
 
     async def open_clients() -> BatchProcessor:
-        wc = WriteConcern(
-            w="majority" if settings.mongo_write_concern == "majority" else 1,
-            j=settings.mongo_journal,
-        )
+        wc = mongo_write_concern(settings)
         # Every store call is bounded (mongo_timeout_ms): a frozen MongoDB fails
         # writes, so the retry policy's deadline applies instead of a hang.
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(

@@ -21,10 +21,10 @@ from typing import Any
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.write_concern import WriteConcern
 
 from audit_events.chain import control_keys
 from audit_events.codec import document_search_terms
+from audit_events.connections import mongo_write_concern
 from audit_events.schema import Limits
 from audit_events.settings import AuditSettings, mongo_client_options
 from audit_events.storage import (
@@ -78,9 +78,7 @@ class Replayer:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             s.mongo_uri, tz_aware=True, **mongo_client_options(s, operations=False)
         )
-        wc = WriteConcern(
-            w="majority" if s.mongo_write_concern == "majority" else 1, j=s.mongo_journal
-        )
+        wc = mongo_write_concern(s)
         db = client[s.mongo_db]
         try:
             source = await TopicSource.open(s, self._batch_size)
