@@ -361,12 +361,23 @@ async def test_ingestion_goes_on_while_the_archive_bucket_is_down(
         await wait_count(store, 500, timeout=120)
         stored_up = time.monotonic() - started
         s3.stop()
-        held = archived_events()
+        failed_before = archiver.metrics.write_errors._value.get()
         started = time.monotonic()
         await produce_events(settings, 400, "down")
         await wait_count(store, 900, timeout=120)  # stored while the archive cannot write
         stored_in = time.monotonic() - started
+        # A publish already under way when the bucket stopped may still land (it did
+        # once: 12 more records); once a publish has failed the archiver publishes one
+        # segment at a time, so from then on nothing may be published while it is down.
+        await eventually(
+            lambda: archiver.metrics.write_errors._value.get() > failed_before,
+            60,
+            what="a failed publish",
+        )
+        held = archived_events()
+        await asyncio.sleep(2)  # several retries (0.2 s, doubling)
         assert archived_events() == held  # nothing published meanwhile
+        assert held < 900
         s3.start()
         await eventually(lambda: archived_events() >= 900, 90, what="the archive caught up")
     finally:
