@@ -19,6 +19,7 @@ a purged event, verify), the CLI (``auditstream retention``) and the purge job
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -93,20 +94,27 @@ async def set_policy(
     from pymongo.errors import DuplicateKeyError
 
     coll = db[RETENTION_COLLECTION]
-    change = {
-        "$set": {"tenant": tenant, "days": days, "set_at": datetime.now(UTC), "set_by": by},
-        "$inc": {"version": 1},
-    }
-    for attempt in range(2):  # two first upserts at once: one inserts, the other updates
-        try:
-            doc: dict[str, Any] | None = await coll.find_one_and_update(
-                {"_id": tenant}, change, upsert=True, return_document=ReturnDocument.AFTER
-            )
-            return doc or {}  # with upsert and AFTER, always the saved document
-        except DuplicateKeyError:
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+    # The document exists first (version 0 reads as "never set"), so the change below
+    # is a plain atomic update that always matches and answers its own post-image.
+    # One upsert that both creates and answers is not used: on SecantusDB the loser of
+    # two first upserts matched the winner's new document and answered null.
+    with suppress(DuplicateKeyError):  # MongoDB: two first upserts at once, one inserts
+        await coll.update_one(
+            {"_id": tenant},
+            {"$setOnInsert": {"tenant": tenant, "days": None, "version": 0}},
+            upsert=True,
+        )
+    doc: dict[str, Any] | None = await coll.find_one_and_update(
+        {"_id": tenant},
+        {
+            "$set": {"tenant": tenant, "days": days, "set_at": datetime.now(UTC), "set_by": by},
+            "$inc": {"version": 1},
+        },
+        return_document=ReturnDocument.AFTER,
+    )
+    if doc is None:  # only if the policy was deleted in between (nothing deletes it)
+        raise RuntimeError(f"the retention policy of {tenant!r} vanished while it was set")
+    return doc
 
 
 async def policies(db: AsyncDatabase[dict[str, Any]]) -> dict[str, int]:

@@ -320,3 +320,22 @@ async def test_purge_never_deletes_what_a_log_stream_has_not_delivered(
     result = await purge_tenant(db, storage, settings.topic_events, "acme", 1, now=now)
     assert (result.purged, result.through_seq, result.note) == (5, 20, None), result
     assert (await verified(store, "acme")).ok
+
+
+async def test_concurrent_first_changes_each_answer_their_own_version(
+    store: AsyncCollection[dict[str, Any]],
+) -> None:
+    """Eight changes at once to a tenant with no policy yet, for 12 tenants: every
+    change answers what it saved (its days, its own version), never an empty answer.
+    On SecantusDB a losing first upsert matched the winner's new document and answered
+    ``value: null`` (one CI run: two PUTs answered ``days: null, version: 0``)."""
+    db = store.database
+    wanted = [1, 2, 3, None, 5, 6, 7, 8]
+    for n in range(12):
+        tenant = f"race-{n}"
+        saved = await asyncio.gather(
+            *(set_policy(db, tenant, days, by=f"admin-{i}") for i, days in enumerate(wanted))
+        )
+        assert [s.get("days") for s in saved] == wanted, (tenant, saved)
+        assert [s.get("set_by") for s in saved] == [f"admin-{i}" for i in range(8)]
+        assert sorted(int(s["version"]) for s in saved) == list(range(1, 9)), saved
