@@ -318,10 +318,18 @@ async def save_version(
     now: datetime,
     delay_seconds: float,
     by: str,
-    attempts: int = 5,
+    attempts: int = 100,
 ) -> dict[str, Any]:
     """Insert the next version of ``tenant``'s rules; a concurrent writer's version wins
-    its number and this one takes the next."""
+    its number and this one takes the next.
+
+    A version never takes effect before the one below it: the processor picks the
+    rules in force by ``effective_at``, ``GET /v1/masking`` shows the highest version,
+    and both must name the same rules. (Two concurrent changes: the one that read
+    the clock first may lose the number race and become the newer version.) Each
+    failed attempt means another writer saved a version, so ``attempts`` only runs
+    out under that many concurrent changes.
+    """
     from pymongo.errors import DuplicateKeyError
 
     for _ in range(attempts):
@@ -334,6 +342,8 @@ async def save_version(
             delay_seconds=delay_seconds,
             by=by,
         )
+        if latest is not None and as_ms(latest["effective_at"]) > as_ms(doc["effective_at"]):
+            doc["effective_at"] = latest["effective_at"]
         try:
             await collection.insert_one(doc)
         except DuplicateKeyError:
