@@ -11,6 +11,7 @@ so integers beyond 64 bits stay exact (and are refused) on both paths.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -83,8 +84,9 @@ def parse_json(raw: bytes | str) -> Any:
     """Parse JSON exactly as ``AuditEvent.model_validate_json`` does (pydantic-core).
 
     Integers of any size stay exact ints (orjson turns those beyond 64 bits into
-    lossy floats), NaN/Infinity and lone surrogates are refused. Raises
-    :class:`ValueError` on invalid JSON.
+    lossy floats), lone surrogates are refused; NaN/Infinity (and ``1e999``) are
+    read as floats, which the validator refuses (as it refuses ints beyond 64
+    bits). Raises :class:`ValueError` on invalid JSON.
     """
     return pydantic_core.from_json(raw)
 
@@ -108,13 +110,18 @@ class Target(_Strict):
 INT64 = (-(2**63), 2**63 - 1)  # what BSON can store; larger ints would poison the store
 
 
-def _check_ints(value: Any, path: str) -> None:
-    """Refuse integers BSON cannot store (iterative: no recursion limit to hit)."""
+def _check_numbers(value: Any, path: str) -> None:
+    """Refuse integers BSON cannot store and NaN/Infinity (iterative: no recursion
+    limit to hit). JSON has no NaN or Infinity, yet the parser reads them (and
+    ``1e999`` as infinity); serialised, they became ``null``: the event published,
+    hashed and stored would not be the one received."""
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         item, where = stack.pop()
         if isinstance(item, bool):
             continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{item} at {where or 'top level'} is not a finite number")
         if isinstance(item, int):
             if not INT64[0] <= item <= INT64[1]:
                 raise ValueError(f"integer at {where or 'top level'} does not fit in 64 bits")
@@ -135,7 +142,7 @@ def _check_free_form(
     max_depth = min(limits.max_metadata_depth + extra_depth, MAX_FREE_FORM_DEPTH)
     if _depth(value, self_level) > max_depth:
         raise ValueError(f"{what} nested deeper than {max_depth} levels")
-    _check_ints(value, "")
+    _check_numbers(value, "")
     _check_keys(value, "")
 
 
@@ -228,7 +235,7 @@ class AuditEvent(_Strict):
         limits = (info.context or {}).get("limits", DEFAULT_LIMITS)
         control = str(info.data.get("action", "")).startswith(CONTROL_ACTION_PREFIX)
         extra = CONTROL_ENVELOPE_DEPTH if control else 0
-        # depth and ints before orjson, which fails on deep nesting and on ints beyond 64 bits
+        # depth and numbers before orjson, which fails on deep nesting and on ints beyond 64 bits
         _check_free_form(value, "metadata", limits, self_level=1, extra_depth=extra)
         size = len(orjson.dumps(value))
         if size > limits.max_metadata_bytes and not control:  # control: event size bounds it

@@ -138,3 +138,17 @@ async def test_a_valid_correction_of_deep_values_is_accepted_not_500(
         f"/v1/events/{event.id}", json={"reason": "fix", "set": huge}, headers=admin
     )
     assert_problem(put, 413)  # was 202, then dead-lettered by the worker as oversized
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"1e999"])
+async def test_nan_and_infinity_are_422_not_published_as_null(
+    http: httpx.AsyncClient, settings: AuditSettings, number: bytes
+) -> None:
+    auth = {**bearer(settings), "Content-Type": "application/json"}
+    for body in (
+        b'{"tenant":"acme","action":"a.b","metadata":{"x":%s}}' % number,
+        b'{"events":[{"tenant":"acme","action":"a.b","changes":{"f":{"old":[%s]}}}]}' % number,
+    ):
+        resp = await http.post("/v1/events", content=body, headers=auth)
+        assert_problem(resp, 422)  # was 202, published (and stored) with null instead
+        assert "not a finite number" in resp.text

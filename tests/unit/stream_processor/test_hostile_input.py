@@ -98,3 +98,21 @@ def test_a_control_event_may_wrap_a_correction_of_values_at_the_limit() -> None:
     too_deep = {"set": {"changes": {"f": {"old": nested(limit + 1)}}}}
     with pytest.raises(ValidationError, match="nested deeper"):
         AuditEvent.model_validate(ev(action="auditstream.event.corrected", metadata=too_deep))
+
+
+NON_FINITE = (b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400")
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+@pytest.mark.parametrize(
+    "template",
+    [b'{"metadata":{"x":%s}}', b'{"metadata":{"l":[1,{"y":%s}]}}', b'{"changes":{"f":{"new":%s}}}'],
+)
+def test_nan_and_infinity_are_refused_not_stored_as_null(template: bytes, number: bytes) -> None:
+    # JSON has no such numbers; they were parsed, then published and hashed as null:
+    # the stored event was not the one received (and 202 for a value never kept).
+    raw = b'{"id":"e1","tenant":"acme","action":"a.b",' + (template % number)[1:]
+    with pytest.raises(ValidationError, match="not a finite number"):
+        AuditEvent.model_validate_json(raw)
+    result = decode(rec(raw), LIMITS, MAX_BYTES)
+    assert isinstance(result, str) and "not a finite number" in result, result
