@@ -10,7 +10,7 @@ from quart import Blueprint, Response, current_app, g, request
 from quart_schema import document_querystring, document_request, document_response
 
 from audit_events.chain import RESERVED_ACTION_PREFIX
-from audit_events.codec import content_hash, document_to_api, encode_event
+from audit_events.codec import canonical_json, content_hash, document_to_api, encode_event
 from audit_events.masking import Masker, MaskingRule, mask_event
 from audit_events.schema import AuditEvent, limits_from, parse_json
 from audit_events.settings import AuditSettings
@@ -93,16 +93,31 @@ def _parse_events(raw: bytes, settings: AuditSettings) -> list[AuditEvent]:
     if not items:
         raise Problem(422, "no events given")
     limits = limits_from(settings)
-    events, errors = [], []
+    events: list[AuditEvent] = []
+    errors: list[dict[str, Any]] = []
+    # (tenant, id) -> (index, the item's canonical JSON, its event): the worker stores
+    # the first event of a (tenant, id) and dead-letters another content under it
+    seen: dict[tuple[str, str], tuple[int, bytes, AuditEvent]] = {}
     for index, item in enumerate(items):
+        prefix = ["events", index] if len(items) > 1 or "events" in body else []
         try:
-            events.append(AuditEvent.model_validate(item, context={"limits": limits}))
+            event = AuditEvent.model_validate(item, context={"limits": limits})
         except ValidationError as exc:
-            prefix = ["events", index] if len(items) > 1 or "events" in body else []
             errors += [
                 {"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]}
                 for e in exc.errors(include_url=False, include_input=False)
             ]
+            continue
+        key, raw_item = (event.tenant, event.id), canonical_json(item)
+        if key not in seen:
+            seen[key] = (index, raw_item, event)
+        elif raw_item == seen[key][1]:
+            event = seen[key][2]  # the same event again: the same defaults (occurred_at)
+        elif encode_event(event) != encode_event(seen[key][2]):
+            msg = f"id {event.id!r} of tenant {event.tenant} is events[{seen[key][0]}] too"
+            msg += ", with other content (an event id is its idempotency key)"
+            errors.append({"loc": [*prefix, "id"], "msg": msg, "type": "duplicate_id"})
+        events.append(event)
     if errors:
         raise Problem(422, "event validation failed", errors=errors)
     return events

@@ -152,3 +152,24 @@ async def test_nan_and_infinity_are_422_not_published_as_null(
         resp = await http.post("/v1/events", content=body, headers=auth)
         assert_problem(resp, 422)  # was 202, published (and stored) with null instead
         assert "not a finite number" in resp.text
+
+
+async def test_one_request_reusing_an_id_for_another_content_is_422(
+    http: httpx.AsyncClient, settings: AuditSettings
+) -> None:
+    # The worker stores the first and dead-letters the second ("duplicate id with
+    # different content"): answering 202 for both promised what was never stored.
+    auth = bearer(settings, tenant=["acme", "globex"])
+    first, other = _event(id="dup-1"), _event(id="dup-1", action="a.c")
+    resp = await http.post("/v1/events", json={"events": [first, other]}, headers=auth)
+    assert_problem(resp, 422)
+    (error,) = resp.json()["errors"]
+    assert (error["loc"], error["type"]) == (["events", 1, "id"], "duplicate_id")
+    assert "id 'dup-1' of tenant acme is events[0] too, with other content" in error["msg"]
+
+    # the same event twice is one event (idempotent), and ids are per tenant
+    again = await http.post("/v1/events", json={"events": [first, first]}, headers=auth)
+    assert again.status_code == 202 and again.json()["ids"] == ["dup-1", "dup-1"]
+    theirs = {**other, "tenant": "globex"}
+    both = await http.post("/v1/events", json={"events": [first, theirs]}, headers=auth)
+    assert both.status_code == 202
