@@ -21,11 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
+from pymongo import IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 from quart import Blueprint, Response, g
 from quart_schema import document_request, document_response
 
-from audit_events.stream_secrets import SecretKeyError, StreamSecrets
+from audit_events.stream_secrets import SECRET_FIELDS, SecretKeyError, StreamSecrets
 from audit_events.streams import (
     DATADOG_DEFAULT_URL,
     STREAM_DEAD_LETTERS_COLLECTION,
@@ -46,6 +48,20 @@ from query_api.state import current_services, current_settings
 bp = Blueprint("streams", __name__)
 log = logging.getLogger(__name__)
 MAX_STREAMS_PER_TENANT = 20
+# Each destination the API creates holds one of its tenant's MAX_STREAMS_PER_TENANT
+# slots, unique per tenant: concurrent creates cannot exceed the limit (a count
+# before the insert let them all through). Destinations stored without a slot
+# (before slots, or by ``auditstream streams add``) count against the limit too.
+SLOT_INDEX = IndexModel(
+    [("tenant", 1), ("slot", 1)],
+    name="stream_slot",
+    unique=True,
+    partialFilterExpression={"slot": {"$exists": True}},
+)
+# A lost race (another request saved first) is retried with what it saved; each
+# retry means another request succeeded, so this bound is only reached under
+# that many concurrent changes of one destination.
+ATTEMPTS = 100
 
 
 class StreamStatus(BaseModel):
@@ -147,8 +163,7 @@ async def create_stream() -> Response:
         raise Problem(422, "url is required", errors=[{"loc": "url", "msg": "required"}])
     await _check_url(url, body.kind)
     streams, _, events = _collections()
-    if await streams.count_documents({"tenant": tenant}) >= MAX_STREAMS_PER_TENANT:
-        raise Problem(422, f"a tenant has at most {MAX_STREAMS_PER_TENANT} streams")
+    await _free_slots(streams, tenant)  # 422 before anything else when the tenant is full
     with _secret_errors():
         doc = new_stream_document(
             tenant,
@@ -159,8 +174,33 @@ async def create_stream() -> Response:
             now=datetime.now(UTC),
             box=StreamSecrets.from_settings(current_settings()),
         )
-    await streams.insert_one(doc)
+    await _insert_in_a_slot(streams, doc)
     return json_response(await _status(doc), 201)
+
+
+async def _free_slots(streams: AsyncCollection[dict[str, Any]], tenant: str) -> list[int]:
+    """The tenant's free slots (422 when there is none)."""
+    present = await streams.find({"tenant": tenant}, {"slot": 1}).to_list(None)
+    used = {d.get("slot") for d in present}
+    room = MAX_STREAMS_PER_TENANT - len(present)  # unslotted destinations count too
+    free = [n for n in range(MAX_STREAMS_PER_TENANT) if n not in used][: max(0, room)]
+    if not free:
+        raise Problem(422, f"a tenant has at most {MAX_STREAMS_PER_TENANT} streams")
+    return free
+
+
+async def _insert_in_a_slot(streams: AsyncCollection[dict[str, Any]], doc: dict[str, Any]) -> None:
+    """Insert ``doc`` holding a free slot of its tenant (the unique index refuses a
+    slot another request took meanwhile: try a free one again)."""
+    await streams.create_indexes([SLOT_INDEX])  # idempotent; creating a stream is rare
+    for _ in range(ATTEMPTS):
+        doc["slot"] = secrets.choice(await _free_slots(streams, doc["tenant"]))
+        try:
+            await streams.insert_one(doc)
+        except DuplicateKeyError:
+            continue
+        return
+    raise Problem(409, "the tenant's streams changed concurrently too often; try again")
 
 
 @bp.get("/v1/streams")
@@ -193,18 +233,31 @@ async def update_stream(stream_id: str) -> Response:
     body = await read_body(StreamFields, shape="", invalid="invalid stream")
     if body.url is not None:
         await _check_url(body.url, doc["kind"])
-    with _secret_errors():
-        changes = stream_changes(
-            doc,
-            body,
-            overlap_seconds=current_settings().streams_secret_overlap_seconds,
-            now=datetime.now(UTC),
-            box=StreamSecrets.from_settings(current_settings()),
-        )
     streams, _, _ = _collections()
-    if changes:
-        await streams.update_one({"_id": stream_id, "tenant": tenant}, {"$set": changes})
-    return json_response(await _status(await _find(stream_id, tenant)))
+    for _ in range(ATTEMPTS):
+        with _secret_errors():
+            changes = stream_changes(
+                doc,
+                body,
+                overlap_seconds=current_settings().streams_secret_overlap_seconds,
+                now=datetime.now(UTC),
+                box=StreamSecrets.from_settings(current_settings()),
+            )
+        if not changes:
+            return json_response(await _status(doc))
+        # The changes were computed from the secrets read (a rotation keeps the one it
+        # replaces): saved only if they are still those, and answered with what this
+        # request saved, not with what a concurrent one saved after it.
+        unchanged = {name: doc.get(name) for name in SECRET_FIELDS}
+        saved = await streams.find_one_and_update(
+            {"_id": stream_id, "tenant": tenant, **unchanged},
+            {"$set": changes},
+            return_document=ReturnDocument.AFTER,
+        )
+        if saved is not None:
+            return json_response(await _status(saved))
+        doc = await _find(stream_id, tenant)  # deleted meanwhile: 404
+    raise Problem(409, f"stream {stream_id!r} changed concurrently too often; try again")
 
 
 @bp.delete("/v1/streams/<stream_id>")
@@ -212,8 +265,9 @@ async def update_stream(stream_id: str) -> Response:
 async def delete_stream(stream_id: str) -> Response:
     """Remove a destination and its dead-letter list; the worker stops delivering to it."""
     tenant = tenant_arg()
-    await _find(stream_id, tenant)
     streams, dead, _ = _collections()
-    await streams.delete_one({"_id": stream_id, "tenant": tenant})
+    deleted = await streams.delete_one({"_id": stream_id, "tenant": tenant})
+    if not deleted.deleted_count:  # never there, or a concurrent DELETE removed it
+        raise Problem(404, f"no stream {stream_id!r}")
     await dead.delete_many({"stream_id": stream_id})
     return Response(status=204)

@@ -19,10 +19,36 @@ from quart.typing import TestClientProtocol as Client
 
 from audit_events.masking import MASKING_COLLECTION
 from audit_events.settings import AuditSettings
+from audit_events.stream_secrets import StreamSecrets
+from audit_events.streams import STREAMS_COLLECTION
+from query_api.streams import MAX_STREAMS_PER_TENANT
 from tests.integration.stream_processor.test_archive import topic_records
 
 pytestmark = pytest.mark.integration
 ADMIN = "events:read events:write events:admin"
+HOOK = "https://127.0.0.1:9/hook"  # never called: no stream worker runs here
+
+
+@pytest.fixture
+def settings(settings: AuditSettings) -> AuditSettings:
+    return settings.model_copy(update={"streams_allow_private_hosts": True})
+
+
+async def stored_streams(settings: AuditSettings) -> list[dict[str, Any]]:
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
+    try:
+        coll = mongo[settings.mongo_db][STREAMS_COLLECTION]
+        return await coll.find({"tenant": "acme"}).to_list(None)
+    finally:
+        await mongo.close()
+
+
+async def new_stream(client: Client, admin: dict[str, str], name: str = "siem") -> str:
+    body = {"kind": "webhook", "name": name, "url": HOOK, "secret": "whsec-0-0123456789"}
+    r = await client.post("/v1/streams", json=body, headers=admin)
+    assert r.status_code == 201, await r.get_data(as_text=True)
+    stream_id: str = (await r.get_json())["id"]
+    return stream_id
 
 
 async def trail(settings: AuditSettings, action: str) -> list[dict[str, Any]]:
@@ -72,3 +98,71 @@ async def test_concurrent_masking_changes_each_get_their_own_version_in_force_or
     assert sorted((c["version"], c["rules"][0]["path"]) for c in changes) == sorted(
         (b["version"], b["rules"][0]["path"]) for b in bodies
     )
+
+
+async def test_concurrent_stream_changes_each_answer_their_own_and_rotate_in_a_chain(
+    client: Client, auth: Callable[..., dict[str, str]], settings: AuditSettings
+) -> None:
+    """8 admins rename the destination and rotate its secret at once: each answer shows
+    its own name, and the stored secrets are a serial order's: the newest secret's
+    ``previous_secret`` is another of the 8 (the one before it), never the original
+    that every request read."""
+    admin = auth(scopes=ADMIN)
+    sid = await new_stream(client, admin)
+    n = 8
+
+    async def put(i: int) -> tuple[int, dict[str, Any]]:
+        body = {"name": f"name-{i}", "secret": f"whsec-{i + 1}-0123456789"}
+        r = await client.put(f"/v1/streams/{sid}", json=body, headers=admin)
+        return r.status_code, await r.get_json()
+
+    answers = await asyncio.gather(*(put(i) for i in range(n)))
+    assert [status for status, _ in answers] == [200] * n, answers
+    assert [body["name"] for _, body in answers] == [f"name-{i}" for i in range(n)]
+    [doc] = await stored_streams(settings)
+    box = StreamSecrets.from_settings(settings)
+    secret, previous = box.open(doc["secret"]), box.open(doc["previous_secret"])
+    assert doc["name"] == f"name-{int(str(secret).split('-')[1]) - 1}"  # one PUT's whole change
+    mine = {f"whsec-{i + 1}-0123456789" for i in range(n)}
+    assert secret in mine and previous in mine - {secret}, (secret, previous)
+
+
+async def test_concurrent_deletes_of_one_stream_delete_it_once(
+    client: Client, auth: Callable[..., dict[str, str]], settings: AuditSettings
+) -> None:
+    """8 DELETEs of one destination at once, and 8 PUTs beside them: one DELETE answers
+    204, the others 404 (as they would one after another); no PUT answers 500, and
+    the destination is gone."""
+    admin = auth(scopes=ADMIN)
+    sid = await new_stream(client, admin)
+    deletes = [client.delete(f"/v1/streams/{sid}", headers=admin) for _ in range(8)]
+    puts = [
+        client.put(f"/v1/streams/{sid}", json={"name": f"n{i}"}, headers=admin) for i in range(8)
+    ]
+    answers = await asyncio.gather(*deletes, *puts)
+    gone = sorted(r.status_code for r in answers[:8])
+    assert gone == [204] + [404] * 7, gone
+    assert {r.status_code for r in answers[8:]} <= {200, 404}, [r.status_code for r in answers]
+    assert await stored_streams(settings) == []
+    after = await client.get(f"/v1/streams/{sid}", headers=admin)
+    assert after.status_code == 404
+
+
+async def test_concurrent_creates_keep_the_per_tenant_limit(
+    client: Client, auth: Callable[..., dict[str, str]], settings: AuditSettings
+) -> None:
+    """More creates at once than a tenant may have: as many 201 as destinations stored,
+    never more than the limit, the rest 422."""
+    admin = auth(scopes=ADMIN)
+    n = MAX_STREAMS_PER_TENANT + 6
+    body = {"kind": "webhook", "url": HOOK, "secret": "whsec-0-0123456789"}
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/streams", json={**body, "name": f"s{i}"}, headers=admin)
+            for i in range(n)
+        )
+    )
+    statuses = [r.status_code for r in answers]
+    assert set(statuses) <= {201, 422}, statuses
+    docs = await stored_streams(settings)
+    assert statuses.count(201) == len(docs) == MAX_STREAMS_PER_TENANT, (statuses, len(docs))
