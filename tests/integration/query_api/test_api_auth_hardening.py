@@ -104,17 +104,23 @@ async def test_throttle_counts_per_window_and_successes_give_their_slot_back(
     t = LoginThrottle(redis, max_per_user=2, max_per_ip=3, window_seconds=60, clock=lambda: now[0])
     user, other, ip = f"u-{uuid.uuid4().hex}", f"o-{uuid.uuid4().hex}", new_ip()
     try:
+
+        async def failure(name: str, address: str) -> None:  # a checked attempt that failed
+            slot = await t.reserve(name, address)
+            assert slot.retry_after is None
+            await t.failed(slot)
+
         first = await t.reserve(user, ip)
         assert first.retry_after is None
         await t.release(first)  # a success: not counted
-        assert (await t.reserve(user, ip)).retry_after is None
-        assert (await t.reserve(user, "10.9.9.9")).retry_after is None
+        await failure(user, ip)
+        await failure(user, "10.9.9.9")
         refused = await t.reserve(user, ip)  # the name is spent, from any address
-        assert refused.retry_after is not None and 0 < refused.retry_after <= 60
+        assert refused.retry_after is not None and 1 < refused.retry_after <= 60
         await t.release(refused)  # releasing a refusal changes nothing
         assert (await t.reserve(user, "10.8.8.8")).retry_after is not None
-        assert (await t.reserve(other, ip)).retry_after is None  # refusals are not counted
-        assert (await t.reserve(other, ip)).retry_after is None  # 3rd from this IP
+        await failure(other, ip)  # refusals are not counted
+        await failure(other, ip)  # 3rd from this IP
         assert (await t.reserve(f"x-{other}", ip)).retry_after is not None
         now[0] += 60  # the next window
         assert (await t.reserve(user, ip)).retry_after is None

@@ -1,0 +1,82 @@
+"""Concurrent logins against the failed-login throttle (query_api/throttle.py), the API
+in-process on the real redis-server and SecantusDB.
+
+The throttle reserves every attempt before checking it, so no more than the limit of
+attempts is ever checked at once; attempts beyond that wait for the ones under way
+rather than being answered as if they had failed: N correct logins at once all get
+their token, N wrong ones lock the name exactly as N one after the other do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
+
+from query_api.state import api_state
+
+pytestmark = pytest.mark.integration
+
+
+def new_ip() -> str:
+    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+async def service_login(client: Client, ip: str, name: str, secret: str) -> Any:
+    form = {"grant_type": "client_credentials", "client_id": name, "client_secret": secret}
+    return await client.post("/v1/token", form=form, scope_base={"client": (ip, 40000)})
+
+
+async def test_concurrent_correct_logins_all_get_a_token(api: Quart, client: Client) -> None:
+    """A service account's 12 replicas start at once (one address, per-user limit 5):
+    every one gets its token; none is told it failed too often (429 for up to a
+    window, 15 minutes by default)."""
+    services = api_state(api).services
+    assert services is not None
+    limit = api_state(api).settings.login_max_failures_per_user
+    n = 12
+    assert n > limit
+    name = f"svc-{uuid.uuid4().hex[:8]}"
+    await services.users.add(name, "service", "svc-secret-0123", "acme", ["events:write"])
+    ip = new_ip()
+    started = time.monotonic()
+    answers = await asyncio.gather(
+        *(service_login(client, ip, name, "svc-secret-0123") for _ in range(n))
+    )
+    took = time.monotonic() - started
+    statuses = [a.status_code for a in answers]
+    print(
+        f"\n{n} concurrent correct logins, limit {limit}:"
+        f" {statuses.count(200)} tokens in {took:.2f} s"
+    )
+    assert statuses == [200] * n, [(a.status_code, a.headers.get("Retry-After")) for a in answers]
+
+
+async def test_concurrent_wrong_and_right_logins_lock_as_a_serial_order_does(
+    api: Quart, client: Client
+) -> None:
+    """Wrong secrets and the right one at once: exactly ``limit`` wrong ones are checked
+    (401) and lock the name; the right one gets a token if it was checked before the
+    lock, else 429; the rest 429 with the window's Retry-After."""
+    services = api_state(api).services
+    assert services is not None
+    settings = api_state(api).settings
+    limit = settings.login_max_failures_per_user
+    name = f"svc-{uuid.uuid4().hex[:8]}"
+    await services.users.add(name, "service", "svc-secret-0123", "acme", ["events:write"])
+    secrets = [f"wrong-secret-{i}" for i in range(limit + 6)] + ["svc-secret-0123"]
+    answers = await asyncio.gather(*(service_login(client, new_ip(), name, s) for s in secrets))
+    statuses = [a.status_code for a in answers]
+    assert statuses[:-1].count(401) == limit, statuses
+    assert set(statuses[:-1]) == {401, 429} and statuses[-1] in (200, 429), statuses
+    for a in answers:
+        if a.status_code == 429:
+            assert int(a.headers["Retry-After"]) > 1, a.headers  # locked: the window's end
+    after = await service_login(client, new_ip(), name, "svc-secret-0123")
+    assert after.status_code == 429
