@@ -998,3 +998,50 @@ async def test_streamer_probes_mean_what_they_say(sset: AuditSettings) -> None:
         stop.set()
         probes.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_three_workers_deliver_each_destination_once_in_order(
+    sapi: Quart,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    sset: AuditSettings,
+) -> None:
+    """Three stream workers at once on the same destinations, renamed through the API
+    meanwhile: each destination is delivered by one worker at a time (its lease), so
+    every receiver gets the tenant's events once each, in seq order."""
+    n_dest, n_events = 4, 120
+    got = [receivers(secrets=[SECRET]) for _ in range(n_dest)]
+    made = [
+        await create(sapi, token, url=r.url, name=f"d{i}", batch_size=7) for i, r in enumerate(got)
+    ]
+    await seed(db, "acme", 1, n_events // 2)
+    # A lease far longer than a batch: a duplicate here is two workers at once, not a
+    # lease that expired on a busy machine.
+    lset = sset.model_copy(update={"streams_lease_seconds": 20.0})
+    workers = [Streamer(lset) for _ in range(3)]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    try:
+        # while they deliver: renames through the API, and the rest of the events
+        client = sapi.test_client()
+        renames = [
+            client.put(f"/v1/streams/{d['id']}", json={"name": f"r{i}"}, headers=headers(token))
+            for i, d in enumerate(made)
+        ]
+        answers = await asyncio.gather(*renames, seed(db, "acme", n_events // 2 + 1, n_events // 2))
+        assert [a.status_code for a in answers[:n_dest]] == [200] * n_dest
+
+        async def all_delivered() -> bool:
+            return all(len(r.events()) >= n_events for r in got)
+
+        await eventually(all_delivered, 60, what="every destination delivered")
+        await asyncio.sleep(0.5)  # a duplicate would arrive now
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    for r in got:
+        assert [e["seq"] for e in r.events()] == list(range(1, n_events + 1))
+    docs = await db[STREAMS_COLLECTION].find({"tenant": "acme"}).to_list(None)
+    assert sorted(d["name"] for d in docs) == [f"r{i}" for i in range(n_dest)]
+    assert all(d["position"] == n_events and d["delivered"] == n_events for d in docs), docs
