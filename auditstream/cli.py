@@ -171,7 +171,7 @@ def up(host: str | None, port: int | None, timeout: float) -> None:
     application exports. A worker or API that exits is restarted with backoff.
     Ctrl-C, SIGTERM or SIGHUP stops the API, waits until the worker has stored
     every accepted event (a second signal stops at once), then stops the rest;
-    if `up` is killed, its watchdog stops what it started.
+    if `up` is killed, its watchdog does the same (API, drain, the rest).
     """
     from auditstream.up import run_up
 

@@ -49,6 +49,7 @@ from auditstream.up_guard import (
     Tracker,
     kill_hint,
     port_clash,
+    previous_note,
     stale_stack,
     wait_for_previous_watchdog,
 )
@@ -172,6 +173,10 @@ def _preflight(settings: AuditSettings, data_dir: Path) -> str | None:
     """One line saying why nothing can start, or None: a stale stack, a taken port."""
     if wait_for_previous_watchdog(data_dir):
         click.echo("  • the previous up was killed; its watchdog stopped its processes")
+    note = previous_note(data_dir)
+    if note:  # what became of the events the in-memory Kafka held
+        lost = "lost" in note
+        click.secho(f"  {'!' if lost else '•'} {note}", fg="red" if lost else None, err=lost)
     stale = stale_stack(data_dir)
     if stale:
         listed = ", ".join(f"{role} pid {pid}" for role, pid in stale)
@@ -252,6 +257,10 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float, tracker: Track
             started.append(server)
             embedded.append(server)
             env[f"{ENV_PREFIX}{role}"] = server.url
+            if role == "KAFKA_BOOTSTRAP":  # in memory: a killed up's watchdog drains it
+                tracker.drain_before_stop(
+                    server.url, settings.processor_group, settings.topic_events
+                )
             _done(t)
         python = sys.executable
         worker = Server(

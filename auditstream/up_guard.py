@@ -4,10 +4,14 @@
   (pid and kernel start time, so a reused pid is never taken for ours).
 * The watchdog (``python -m auditstream.up_guard``) is started first, in its own
   session, reading a pipe whose only writer is ``up``. When ``up`` ends in any way
-  (exit, crash, SIGKILL, OOM) the kernel closes the pipe; the watchdog then sends
-  SIGTERM to the process group of every recorded service still alive, SIGKILL to
-  what is left of them after 2 s, then the same for Kafka, MongoDB and Redis (3 s),
-  and marks ``stack.json`` stopped.
+  (exit, crash, SIGKILL, OOM) the kernel closes the pipe. With the embedded Kafka
+  (its log is in memory) the watchdog then does what Ctrl-C does: it stops the API
+  (no new 202s) and waits until the worker stored everything Kafka holds (the
+  consumer group's lag is 0), giving up only when the worker is gone or the lag
+  has not shrunk for ``DRAIN_STALL`` s; the outcome goes to ``logs/up.log`` and
+  the next ``up`` prints it. Then it sends SIGTERM to the process group of every
+  recorded service still alive, SIGKILL to what is left of them after 2 s, then
+  the same for Kafka, MongoDB and Redis (3 s), and marks ``stack.json`` stopped.
   Chosen over ``prctl(PR_SET_PDEATHSIG)``: that reaches only the direct child (not
   a server's own helpers), fires when the *thread* that forked dies, needs a
   ``preexec_fn`` (unsafe once threads exist) and is Linux-only; the pipe works
@@ -28,13 +32,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 PIDS_FILE = "up.pids"
-GRACE = 5.0  # at most, from up's death to the last SIGKILL
+GRACE = 5.0  # at most, from the end of the drain to the last SIGKILL
 SERVICES_GRACE = 2.0  # the services' share of it
+DRAIN_STALL = 30.0  # the drain gives up when the lag has not shrunk for this long
 SERVERS = ("kafka", "mongodb", "redis")
 
 
@@ -90,6 +96,7 @@ class Tracker:
         self.children: dict[str, int] = {}
         self.watchdog: subprocess.Popen[bytes] | None = None
         self._pipe_w: int | None = None
+        self.drain: dict[str, str] | None = None
 
     def start_watchdog(self) -> None:
         self._save()
@@ -108,6 +115,12 @@ class Tracker:
         self.children[role] = pid
         self._save()
 
+    def drain_before_stop(self, bootstrap: str, group: str, topic: str) -> None:
+        """Kafka at ``bootstrap`` loses its log when stopped: the watchdog drains
+        ``group``'s lag on ``topic`` first."""
+        self.drain = {"bootstrap": bootstrap, "group": group, "topic": topic}
+        self._save()
+
     def _save(self) -> None:
         state: dict[str, Any] = {
             "up": _entry("up", os.getpid()),
@@ -115,6 +128,8 @@ class Tracker:
         }
         if self.watchdog is not None:
             state["watchdog"] = _entry("watchdog", self.watchdog.pid)
+        if self.drain is not None:
+            state["drain"] = self.drain
         _write_pids(self.data_dir, state)
 
     def finish(self) -> None:
@@ -124,7 +139,7 @@ class Tracker:
             self._pipe_w = None
         if self.watchdog is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.watchdog.wait(GRACE + 10)
+                self.watchdog.wait(GRACE + 10)  # a drain it still runs goes on alone
 
 
 def _alive_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -150,16 +165,24 @@ def stop_recorded(data_dir: Path, up_pid: int) -> None:
     # then the servers (MongoDB flushes its store on SIGTERM).
     services = [e for e in alive if e.get("role") not in SERVERS]
     servers = [e for e in alive if e.get("role") in SERVERS]
-    for phase, grace in ((services, SERVICES_GRACE), (servers, GRACE - SERVICES_GRACE)):
-        for entry in reversed(phase):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(entry["pid"], signal.SIGTERM)
-        until = time.monotonic() + grace
-        while time.monotonic() < until and any(_group_alive(e["pid"]) for e in phase):
-            time.sleep(0.05)
-        for entry in phase:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(entry["pid"], signal.SIGKILL)
+    drain = state.get("drain")
+    if isinstance(drain, dict) and any(e.get("role") == "kafka" for e in servers):
+        # The embedded Kafka's log is in memory: what it holds and the worker has
+        # not stored yet would be lost with it. As at Ctrl-C: the API first (no
+        # new 202s), then the worker drains the lag, then the rest.
+        _stop_groups([e for e in services if e.get("role") == "api"], SERVICES_GRACE)
+        services = [e for e in services if e.get("role") != "api"]
+        workers = [e for e in services if e.get("role") == "processor"]
+        note = drain_lag(
+            str(drain.get("bootstrap")),
+            str(drain.get("group")),
+            str(drain.get("topic")),
+            lambda: any(_same_process(e) for e in workers),
+        )
+        state["note"] = f"the previous up was killed; its watchdog {note}"
+        _log(data_dir, state["note"])
+    _stop_groups(services, SERVICES_GRACE)
+    _stop_groups(servers, GRACE - SERVICES_GRACE)
     state["children"] = []
     state.pop("watchdog", None)
     with contextlib.suppress(OSError):
@@ -169,6 +192,91 @@ def stop_recorded(data_dir: Path, up_pid: int) -> None:
         from auditstream.stack_state import mark_stopped
 
         mark_stopped(stack_state_path(data_dir), up_pid)
+
+
+def _stop_groups(entries: list[dict[str, Any]], grace: float) -> None:
+    """SIGTERM to each entry's process group, SIGKILL to what is left after ``grace``."""
+    for entry in reversed(entries):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(entry["pid"], signal.SIGTERM)
+    until = time.monotonic() + grace
+    while time.monotonic() < until and any(_group_alive(e["pid"]) for e in entries):
+        time.sleep(0.05)
+    for entry in entries:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(entry["pid"], signal.SIGKILL)
+
+
+def drain_lag(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    worker_alive: Callable[[], bool],
+    stall: float = DRAIN_STALL,
+) -> str:
+    """Wait until ``group``'s lag on ``topic`` is 0; what happened, as a phrase.
+
+    Gives up when the worker is gone or the lag has not shrunk for ``stall`` s
+    (a worker still joining its group or retrying a write shrinks it later).
+    """
+    import asyncio
+
+    from auditstream.drain import LagReader
+
+    async def run() -> str:
+        started = time.monotonic()
+        best: int | None = None
+        progress = started
+        lag: int | None = None
+        reader: LagReader | None = None
+        try:
+            while True:
+                try:
+                    if reader is None:
+                        reader = LagReader(bootstrap, group, topic)
+                        await reader.__aenter__()
+                    lag = await reader.lag()
+                except Exception:  # Kafka not answering: try afresh
+                    lag = None
+                    if reader is not None:
+                        with contextlib.suppress(Exception):
+                            await reader.__aexit__(None, None, None)
+                        reader = None
+                now = time.monotonic()
+                if lag == 0:
+                    return (
+                        "drained the worker's lag: every accepted event is stored "
+                        f"({now - started:.1f}s)"
+                    )
+                if lag is not None and (best is None or lag < best):
+                    best, progress = lag, now
+                lost = f"{lag:,}" if lag is not None else "an unknown number of"
+                if not worker_alive():
+                    return (
+                        f"found no processor worker to drain Kafka: {lost} accepted "
+                        "events were not stored and are lost with the in-memory Kafka"
+                    )
+                if now - progress >= stall:
+                    return (
+                        f"gave up draining after {stall:.0f}s without progress: {lost} "
+                        "accepted events were not stored and are lost with the in-memory Kafka"
+                    )
+                await asyncio.sleep(0.5)
+        finally:
+            if reader is not None:
+                with contextlib.suppress(Exception):
+                    await reader.__aexit__(None, None, None)
+
+    return asyncio.run(run())
+
+
+def _log(data_dir: Path, line: str) -> None:
+    """Append ``line`` to ``logs/up.log`` (the watchdog has no terminal)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with contextlib.suppress(OSError):
+        (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(data_dir / "logs" / "up.log", "a") as out:
+            out.write(f"{stamp} {line}\n")
 
 
 def watchdog_main(data_dir: str, up_pid: str) -> None:
@@ -188,8 +296,9 @@ def watchdog_main(data_dir: str, up_pid: str) -> None:
 # --- before anything starts ----------------------------------------------------
 
 
-def wait_for_previous_watchdog(data_dir: Path, timeout: float = GRACE + 10) -> bool:
-    """True when the watchdog of an earlier up was still stopping its stack (waited)."""
+def wait_for_previous_watchdog(data_dir: Path, timeout: float = 120.0) -> bool:
+    """True when the watchdog of an earlier up was still stopping its stack (waited:
+    its drain lasts while the lag shrinks, then ``DRAIN_STALL`` + ``GRACE`` at most)."""
     entry = read_pids(data_dir).get("watchdog")
     if not isinstance(entry, dict) or not _same_process(entry):
         return False
@@ -197,6 +306,12 @@ def wait_for_previous_watchdog(data_dir: Path, timeout: float = GRACE + 10) -> b
     while _same_process(entry) and time.monotonic() < deadline:
         time.sleep(0.1)
     return True
+
+
+def previous_note(data_dir: Path) -> str | None:
+    """What the watchdog of an earlier, killed up did about Kafka's lag, if anything."""
+    note = read_pids(data_dir).get("note")
+    return note if isinstance(note, str) else None
 
 
 def _cmdline(pid: int) -> list[str]:
