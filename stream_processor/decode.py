@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from audit_events.codec import canonical_json, event_to_document, event_wire_dict
 from audit_events.schema import AuditEvent, Limits
+from audit_events.topics import partition_key
 from stream_processor.records import Batch, Record
 
 log = logging.getLogger("auditstream.processor")
@@ -81,6 +82,15 @@ def _decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | 
         if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
             return "not a JSON object"
         return f"invalid event: {describe_validation_error(exc)}"[:MAX_REASON_CHARS]
+    if record.key != partition_key(event.tenant):
+        # The key places the record: another key (or none) puts a tenant's events on
+        # two partitions, whose order is the reader's (replay reads one after the other),
+        # so the chain's seqs would not be the log's. Every producer here keys by tenant.
+        shown = "null" if record.key is None else repr(record.key[:80])
+        return (
+            f"record key {shown} is not the tenant {event.tenant!r}: "
+            "the key must be the event's tenant (its partition key)"
+        )
     received = datetime.fromtimestamp(ts / 1000, tz=UTC)
     updates: dict[str, Any] = {}
     if "occurred_at" not in event.model_fields_set:

@@ -102,7 +102,8 @@ def test_control_keys_from_settings_by_key_id() -> None:
 
 
 def record(value: dict[str, Any], offset: int = 0) -> Record:
-    return Record("audit.events", 0, offset, 1_700_000_000_000, b"acme", orjson.dumps(value))
+    key = str(value["tenant"]).encode()  # keyed by tenant, as every producer does
+    return Record("audit.events", 0, offset, 1_700_000_000_000, key, orjson.dumps(value))
 
 
 def test_the_gate_dead_letters_forged_control_events_in_decode_batch() -> None:

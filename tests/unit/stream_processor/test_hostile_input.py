@@ -116,3 +116,13 @@ def test_nan_and_infinity_are_refused_not_stored_as_null(template: bytes, number
         AuditEvent.model_validate_json(raw)
     result = decode(rec(raw), LIMITS, MAX_BYTES)
     assert isinstance(result, str) and "not a finite number" in result, result
+
+
+@pytest.mark.parametrize("key", [b"globex", None, b"", b"ACME", b"acme ", "acme".encode("utf-16")])
+def test_a_record_keyed_other_than_its_tenant_is_a_reason(key: bytes | None) -> None:
+    # Its tenant's events would sit on two partitions: the chain's order then depends
+    # on which partition a worker (or replay, partition after partition) reads first.
+    result = decode(rec(orjson.dumps(ev()), key=key), LIMITS, MAX_BYTES)
+    assert isinstance(result, str) and result.startswith("record key "), result
+    assert "is not the tenant 'acme'" in result
+    assert not isinstance(decode(rec(orjson.dumps(ev()), key=b"acme"), LIMITS, MAX_BYTES), str)

@@ -8,6 +8,7 @@ cannot be stored propagates out of the loop uncommitted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -383,8 +384,10 @@ async def test_poison_goes_to_the_dlq_and_its_offset_is_committed() -> None:
 
 
 def same_id(record: Record, offset: int, **changes: Any) -> Record:
-    """``record``'s event with ``changes`` (same id), as the record at ``offset``."""
-    return rec(offset, orjson.dumps({**orjson.loads(record.value), **changes}))
+    """``record``'s event with ``changes`` (same id), as the record at ``offset``
+    (keyed by its tenant, as every producer keys it)."""
+    body = {**orjson.loads(record.value), **changes}
+    return dataclasses.replace(rec(offset, orjson.dumps(body)), key=str(body["tenant"]).encode())
 
 
 async def test_same_id_other_content_is_dead_lettered_before_the_commit() -> None:

@@ -1,0 +1,155 @@
+"""Hostile producers writing the events topic directly (aiokafka), against a real worker.
+
+Real Tansu, SecantusDB and redis-server; the worker is a real ``auditstream
+processor`` child process. Every bad record goes to the DLQ with its reason, the
+worker keeps going (the events after them are stored), nothing of one tenant
+reaches another, and every tenant's chain still verifies (with the control-event
+proofs). The attacks already covered elsewhere (poison pills, forged control
+events without a proof: test_processor_resilience.py, test_control_proof.py) are
+not repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from pymongo.asynchronous.collection import AsyncCollection
+
+from audit_events import chain
+from audit_events.chain.checkpoints import key_id, load_private_key, load_public_key
+from audit_events.settings import AuditSettings
+from query_api.verify import verify_tenant
+from tests.conftest import CONTROL_PRIVATE, CONTROL_PUBLIC, ProcessorProcess
+from tests.helpers import event_body, eventually, exited
+from tests.integration.stream_processor.test_processor_resilience import Kafka
+
+pytestmark = pytest.mark.integration
+
+KEY_REASON = "record key {} is not the tenant 'acme'"
+
+
+def erasure(tenant: str, target: str, control_id: str) -> dict[str, Any]:
+    """An erasure signed with the API's control key, as DELETE /v1/events/{id} issues it."""
+    fields = {
+        "id": control_id,
+        "tenant": tenant,
+        "action": chain.ERASED_ACTION,
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "actor": {"id": "admin", "type": "admin"},
+        "targets": [{"type": "audit_event", "id": target}],
+        "description": "gdpr",
+    }
+    return chain.sign_control(load_private_key(CONTROL_PRIVATE), fields)
+
+
+def attacks() -> list[tuple[str, Any, bytes | None, dict[str, Any], str | None]]:
+    """(name, value, key, send options, DLQ reason prefix or None when stored/ignored)."""
+    theirs = erasure("globex", "globex-000000", "erase-g0")  # valid, applied first
+    return [
+        ("valid erasure", theirs, b"globex", {}, None),
+        ("the same erasure replayed", theirs, b"globex", {}, None),  # a duplicate: no-op
+        ("replayed under another key", theirs, b"acme", {}, "record key b'acme'"),
+        ("signature moved to acme", {**theirs, "tenant": "acme"}, b"acme", {}, "forged control"),
+        # authentic for acme, aimed at globex's id: looked up as acme's, a no-op
+        ("cross-tenant target", erasure("acme", "globex-000001", "erase-x"), b"acme", {}, None),
+        ("key of another tenant", event_body(10), b"globex", {}, KEY_REASON.format("b'globex'")),
+        ("null key", event_body(11), None, {}, KEY_REASON.format("null")),
+        ("key case", event_body(12), b"ACME", {}, KEY_REASON.format("b'ACME'")),
+        # headers claiming a tenant or trust are not read: an ordinary acme event
+        ("headers", event_body(13), b"acme", {"headers": [("tenant", b"globex")]}, None),
+        ("trust header", event_body(14), b"acme", {"headers": [("x-trust", b"api")]}, None),
+        # duplicate JSON keys: the last wins, the same for the API and the worker
+        (
+            "duplicate keys",
+            b'{"id":"dk","tenant":"globex","tenant":"acme","action":"a.b"}',
+            b"acme",
+            {},
+            None,
+        ),
+        (
+            "NaN",
+            b'{"id":"nan","tenant":"acme","action":"a.b","metadata":{"x":NaN}}',
+            b"acme",
+            {},
+            "invalid event: metadata: Value error, nan at x is not a finite number",
+        ),
+        (
+            "1e999",
+            b'{"id":"inf","tenant":"acme","action":"a.b","changes":{"f":{"new":1e999}}}',
+            b"acme",
+            {},
+            "invalid event: changes.f.new",
+        ),
+        (
+            "same id, other content",
+            event_body(0, description="rewritten"),
+            b"acme",
+            {},
+            "duplicate id with different content",
+        ),
+        ("globex's id in acme", event_body(0, id="globex-000000"), b"acme", {}, None),
+    ]
+
+
+async def test_hostile_records_are_dead_lettered_the_rest_stored_chains_verify(
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+    settings: AuditSettings,
+) -> None:
+    worker = processors()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+
+    async def send(value: Any, key: bytes | None, **options: Any) -> tuple[int, int]:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        meta = await producer.send_and_wait(settings.topic_events, raw, key=key, **options)
+        return meta.partition, meta.offset
+
+    sent: dict[tuple[int, int], tuple[str, str | None]] = {}
+    try:
+        for tenant in ("acme", "globex"):
+            for n in range(3):
+                await send(event_body(n, tenant), tenant.encode())
+        for name, value, key, options, reason in attacks():
+            sent[await send(value, key, **options)] = (name, reason)
+        for tenant in ("acme", "globex"):
+            await send(event_body(99, tenant), tenant.encode())
+    finally:
+        await producer.stop()
+
+    wanted = {name: reason for name, reason in sent.values() if reason}
+    async with Kafka(settings) as kafka:  # every record handled: stored or dead-lettered
+        await eventually(kafka.fully_committed, 120, 0.5, abort=exited(worker.proc))
+        dead = await kafka.dead_letters(len(wanted), timeout=30)
+    assert worker.proc is not None and worker.proc.poll() is None
+    letters = {(d["source"]["partition"], d["source"]["offset"]): d for d in dead}
+    got = {sent[pos][0]: d["reason"] for pos, d in letters.items()}
+    assert set(got) == set(wanted), got
+    for name, reason in wanted.items():
+        assert got[name].startswith(reason), (name, got[name])
+
+    ids: dict[str, set[str]] = {}
+    async for doc in store.find({}, {"tenant": 1, "id": 1}):
+        ids.setdefault(doc["tenant"], set()).add(doc["id"])
+    assert ids == {
+        "acme": {
+            *(f"acme-{n:06d}" for n in (0, 1, 2, 13, 14, 99)),
+            "erase-x",
+            "dk",
+            "globex-000000",
+        },
+        "globex": {"globex-000000", "globex-000001", "globex-000002", "globex-000099", "erase-g0"},
+    }
+    erased = {d["_id"] async for d in store.find({"erased": {"$exists": True}}, {"_id": 1})}
+    assert erased == {"globex/globex-000000"}  # by its own valid erasure, once
+    original = await store.find_one({"_id": "acme/acme-000000"})
+    assert original is not None and original["description"] == "event number 0"
+
+    keys = {key_id(CONTROL_PUBLIC): load_public_key(CONTROL_PUBLIC)}
+    for tenant in ids:
+        report = await verify_tenant(store, tenant, [], CONTROL_PUBLIC, control_keys=keys)
+        assert report.ok and report.head_seq == len(ids[tenant]), report
