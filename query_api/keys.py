@@ -76,6 +76,7 @@ class KeySet:
         self._attempted_at = -1e18
         self._file_id: tuple[int, int, int] | None = None
         self._lock = asyncio.Lock()
+        self._reloads = 0  # reloads done
 
     @property
     def configured(self) -> bool:
@@ -99,7 +100,7 @@ class KeySet:
             kid not in self._keys and self._may_refetch(now)
         ):
             try:
-                await self._reload()
+                await self._reload(unless_after=self._reloads)
             except (OSError, ValueError, httpx.HTTPError) as exc:
                 log.warning("JWKS reload failed, keeping %d keys: %s", len(self._keys), exc)
         return self._keys.get(kid)
@@ -117,8 +118,18 @@ class KeySet:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    async def _reload(self) -> None:
+    async def _reload(self, unless_after: int | None = None) -> None:
+        """Read the set; with ``unless_after`` (the reloads done when the caller decided
+        to reload), not again if one was done since (and, for a file, read the file as
+        it is now): the tokens that find the set stale at once, waiting on the lock,
+        cause one read, not one each."""
         async with self._lock:
+            if (
+                unless_after is not None
+                and self._reloads > unless_after
+                and (self._path is None or self._stat() == self._file_id)
+            ):
+                return
             self._attempted_at = self._clock()
             if self._path is not None:
                 file_id = self._stat()
@@ -129,6 +140,7 @@ class KeySet:
                 raw = await self._fetch(self._url)
             keys = parse_jwks(raw)
             self._keys, self._file_id, self._loaded_at = keys, file_id, self._clock()
+            self._reloads += 1
             log.info("loaded %d JWKS keys: %s", len(keys), sorted(keys))
 
 
