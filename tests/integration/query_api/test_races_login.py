@@ -80,3 +80,28 @@ async def test_concurrent_wrong_and_right_logins_lock_as_a_serial_order_does(
             assert int(a.headers["Retry-After"]) > 1, a.headers  # locked: the window's end
     after = await service_login(client, new_ip(), name, "svc-secret-0123")
     assert after.status_code == 429
+
+
+async def test_concurrent_account_changes_are_each_a_serial_step(api: Quart) -> None:
+    """8 creations of one name at once: one account, 7 'already exists'. Then 4 secret
+    rotations and 4 disables at once: token_version counts all 8 (each revoked the
+    tokens before it), the account is disabled and its secret is one of the rotations'."""
+    services = api_state(api).services
+    assert services is not None
+    users = services.users
+    name = f"racer-{uuid.uuid4().hex[:8]}"
+    made = await asyncio.gather(
+        *(users.add(name, "user", f"password-{i}", "acme", ["events:read"]) for i in range(8)),
+        return_exceptions=True,
+    )
+    created = [m for m in made if not isinstance(m, BaseException)]
+    refused = [m for m in made if isinstance(m, BaseException)]
+    assert len(created) == 1, made
+    assert all("already exists" in str(e) for e in refused), refused
+    changes = [users.rotate_secret(name, f"rotated-{i}") for i in range(4)]
+    disables = [users.disable(name) for _ in range(4)]
+    done = await asyncio.gather(*changes, *disables)
+    assert all(d is not None and d is not False for d in done), done
+    assert await users.token_state(name) == (True, 8)
+    logins = [await users.login(name, f"rotated-{i}", "user") for i in range(4)]
+    assert [outcome.value for outcome, _ in logins].count("disabled") == 1, logins
