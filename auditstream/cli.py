@@ -167,7 +167,8 @@ def up(host: str | None, port: int | None, timeout: float) -> None:
     move them). Every port is checked before anything starts (a taken one: one
     line naming the setting, exit 1); AUDITSTREAM_PORT_OFFSET moves them all (a
     second copy). Then start one processor worker and the API, wait until
-    /readyz answers 200 and print a development token and the variables an
+    /readyz answers 200 and the worker joined its consumer group (its /readyz,
+    unless AUDITSTREAM_PROCESSOR_METRICS_PORT=0), and print a development token and the variables an
     application exports. A worker or API that exits is restarted with backoff.
     Ctrl-C, SIGTERM or SIGHUP stops the API, waits until the worker has stored
     every accepted event (a second signal stops at once), then stops the rest;

@@ -121,6 +121,16 @@ def _wait_ready(url: str, procs: list[Server], timeout: float) -> None:
     raise EmbeddedError(f"not ready after {timeout:.0f}s: {last}")
 
 
+def _probe_url(settings: AuditSettings, path: str) -> str:
+    """The processor worker's probe ``path``, as ``up`` reaches it."""
+    host = settings.processor_metrics_host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.processor_metrics_port}{path}"
+
+
 def _effective(settings: AuditSettings) -> AuditSettings:
     """``settings`` with AUDITSTREAM_PORT_OFFSET added to every port ``up`` uses
     (the children get the resulting ports and offset 0)."""
@@ -304,6 +314,12 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float, tracker: Track
         t = _step("waiting for the API to listen and /readyz to answer 200")
         wait_for_port(api.port, timeout, api.proc)
         _wait_ready(f"{api.url}/readyz", [worker, api], timeout)
+        if settings.processor_metrics_port:  # else it has no probe to ask
+            # The worker joins its consumer group seconds after the API answers;
+            # until then nothing is stored (the banner's ?wait=true would answer 202).
+            _done(t)
+            t = _step("waiting for the processor worker to join its consumer group")
+            _wait_ready(_probe_url(settings, "/readyz"), [worker, api], timeout)
         for p in started:  # /readyz came from *our* API, with everything still up
             if p.proc is not None and p.proc.poll() is not None:
                 raise EmbeddedError(
