@@ -460,6 +460,11 @@ async def test_sigkill_streamer_during_delivery_loses_nothing(
             kills += 1
             proc = _streamer(sset, tmp_path / "streamer.log")
         await eventually(lambda: _unique(rec, total), 60)
+
+        async def saved() -> bool:  # the last 200 reached the receiver before its save
+            return (await status(sapi, token, st["id"]))["position"] == total
+
+        await eventually(saved, 30, what="the streamer saves its position")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
