@@ -172,11 +172,28 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+# Objects a correction amends field by field: ``{"actor": {"id": "u-2"}}`` keeps the
+# actor's type and name. Merged when the correction is read, in log order, so two
+# corrections of one object made at once (each from a view without the other) both
+# hold: the API publishes only the fields the admin named.
+MERGED_FIELDS = ("actor", "source", "context")
+
+
+def corrected(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``current`` with one correction's ``changes`` applied."""
+    out = {**current, **changes}
+    for name in MERGED_FIELDS:
+        old, new = current.get(name), changes.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out[name] = {**old, **new}
+    return out
+
+
 def corrected_view(doc: dict[str, Any]) -> dict[str, Any]:
     """The stored fields with every correction's ``set`` applied, oldest first."""
     out = dict(doc)
     for record in doc.get("corrections") or ():
-        out.update(record.get("set") or {})
+        out = corrected(out, record.get("set") or {})
     return out
 
 
@@ -209,11 +226,13 @@ def _with_iso_at(record: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "ALL_TOKEN",
+    "MERGED_FIELDS",
     "_parse_time",
     "action_token",
     "actor_token",
     "canonical_json",
     "content_hash",
+    "corrected",
     "corrected_view",
     "current_layout",
     "document_search_terms",

@@ -24,7 +24,13 @@ from audit_events.chain import (
     load_private_key,
     sign_control,
 )
-from audit_events.codec import corrected_view, document_to_api, encode_event, event_wire_dict
+from audit_events.codec import (
+    corrected,
+    corrected_view,
+    document_to_api,
+    encode_event,
+    event_wire_dict,
+)
 from audit_events.schema import AuditEvent, limits_from, parse_json
 from audit_events.topics import partition_key
 from query_api.auth import Principal, read_tenant, require_scope
@@ -138,20 +144,6 @@ def _accepted(control: AuditEvent, event_id: str) -> Response:
     return resp
 
 
-# Objects a correction amends field by field: ``{"actor": {"id": "u-2"}}`` keeps
-# the actor's type and name (it replaced the whole actor, dropping its type).
-MERGED_FIELDS = ("actor", "source", "context")
-
-
-def _merged(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = dict(changes)
-    for name in MERGED_FIELDS:
-        old, new = current.get(name), changes.get(name)
-        if isinstance(old, dict) and isinstance(new, dict):
-            out[name] = {**old, **new}
-    return out
-
-
 @bp.put("/v1/events/<event_id>")
 @require_scope("events:admin")
 async def correct_event(event_id: str) -> Response:
@@ -169,11 +161,13 @@ async def correct_event(event_id: str) -> Response:
     target = await _target(event_id, tenant)
     if target.get("erased"):
         raise Problem(409, f"event {event_id!r} was erased; it cannot be corrected")
-    changes = _merged(corrected_view(target), changes)
+    # Published as named: ``actor``, ``source`` and ``context`` are amended field by
+    # field when the correction is applied and read (codec.corrected), so a concurrent
+    # correction of another field of the same object is kept.
     limits = limits_from(current_settings())
     try:  # the corrected view must still be a valid event
         AuditEvent.model_validate(
-            event_fields({**corrected_view(target), **changes}), context={"limits": limits}
+            event_fields(corrected(corrected_view(target), changes)), context={"limits": limits}
         )
     except ValidationError as exc:
         errors = [
