@@ -22,6 +22,7 @@ import faust
 from faust.transport.drivers import aiokafka as driver
 
 from stream_processor.broker import ANY_BROKER, BrokerCapabilities
+from stream_processor.records import tolerate_undecodable_header_names
 
 
 def app_class(fetch_max_wait_ms: int, broker: BrokerCapabilities = ANY_BROKER) -> type[faust.App]:
@@ -30,6 +31,7 @@ def app_class(fetch_max_wait_ms: int, broker: BrokerCapabilities = ANY_BROKER) -
     Plain ``faust.App`` (Faust's 1,500 ms fetch wait) when ``broker`` answers
     empty fetches promptly: there the wait costs no latency.
     """
+    tolerate_undecodable_header_names()  # a header name that is not UTF-8 (records.py)
     if broker.prompt_empty_fetch:
         return faust.App
     transport = kafka_transport(fetch_max_wait_ms)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.record.default_records import _DefaultRecordBatchPy
+from aiokafka.record.memory_records import _MemoryRecordsPy
+
+log = logging.getLogger("auditstream.processor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +133,87 @@ def as_headers(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
         return tuple(out)
     except (TypeError, ValueError):
         return (("(unreadable headers)", as_bytes(repr(headers))),)
+
+
+# --- header names that are not UTF-8 ------------------------------------------------
+# The Kafka protocol says a header name is a UTF-8 string; the broker does not check.
+# aiokafka's record parser decodes it strictly: one record whose header name is not
+# UTF-8 raised UnicodeDecodeError out of every fetch of its partition, so the worker
+# (and replay, the archiver) crashed on it again after every restart. Headers are
+# never read here (only copied into a dead letter): the batch that fails so is read
+# again by aiokafka's pure-Python parser, with undecodable bytes of header names
+# written as ``\xNN`` escapes; every other byte of the record is kept as it is.
+
+
+class _LenientSlice(bytearray):
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytearray.decode(self, encoding, "backslashreplace")
+
+
+class _LenientBuffer(bytearray):
+    """A batch buffer whose slices decode leniently (the parser decodes header names only)."""
+
+    def __getitem__(self, index: Any) -> Any:
+        item = bytearray.__getitem__(self, index)
+        return _LenientSlice(item) if isinstance(index, slice) else item
+
+
+class _LenientBatch(_DefaultRecordBatchPy):  # type: ignore[misc]  # untyped in aiokafka
+    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
+        super().__init__(buffer)
+        self._buffer: bytearray = _LenientBuffer(self._buffer)
+
+    def _maybe_uncompress(self) -> None:
+        super()._maybe_uncompress()  # a compressed batch gets a new (plain) buffer
+        if not isinstance(self._buffer, _LenientBuffer):
+            self._buffer = _LenientBuffer(self._buffer)
+
+
+class _TolerantBatch:
+    """aiokafka's (C) record batch; read again leniently if a header name is not UTF-8."""
+
+    def __init__(self, fast: Any, raw: memoryview) -> None:
+        self._fast = fast
+        self._raw = raw
+        self._records: Iterator[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:  # base_offset, validate_crc, next_offset, ...
+        return getattr(self._fast, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        done = 0
+        try:
+            for record in self._fast:
+                yield record
+                done += 1
+        except UnicodeDecodeError:
+            log.warning(
+                "record batch at offset %s: a header name is not UTF-8; read leniently",
+                self._fast.base_offset,
+            )
+            for index, record in enumerate(_LenientBatch(bytes(self._raw))):
+                if index >= done:
+                    yield record
+
+    def __next__(self) -> Any:  # the fetcher reads a control batch's marker with next()
+        if self._records is None:
+            self._records = iter(self)
+        return next(self._records)
+
+
+class _TolerantMemoryRecords(_MemoryRecordsPy):  # type: ignore[misc]  # untyped in aiokafka
+    """aiokafka's ``MemoryRecords`` (the pure-Python splitter of a fetched buffer into
+    batches, which the C batches then parse), each v2 batch wrapped in :class:`_TolerantBatch`."""
+
+    def next_batch(self, *args: Any, **kwargs: Any) -> Any:
+        raw = self._next_slice
+        batch = super().next_batch(*args, **kwargs)
+        if raw is None or batch is None or getattr(batch, "magic", 0) < 2:
+            return batch
+        return _TolerantBatch(batch, raw)
+
+
+def tolerate_undecodable_header_names() -> None:
+    """Make every aiokafka consumer of this process survive header names that are not
+    UTF-8 (idempotent; called where the worker, replay and the archiver consume)."""
+    aiokafka_fetcher.MemoryRecords = _TolerantMemoryRecords

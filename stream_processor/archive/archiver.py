@@ -69,7 +69,7 @@ from stream_processor.archive.storage import (
     archive_storage,
     as_storage,
 )
-from stream_processor.records import Record
+from stream_processor.records import Record, tolerate_undecodable_header_names
 
 __all__ = ["ArchiveBusy", "Archiver", "Buffer", "clean_unpublished", "publish_segments"]
 
@@ -234,6 +234,7 @@ class Archiver:
             await ensure_topics(self.settings)
         except Exception as exc:  # e.g. not allowed to create: archive what exists
             log.warning("could not create the topics: %s", exc)
+        tolerate_undecodable_header_names()  # a header name that is not UTF-8 (records.py)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=self.settings.archiver_group,

@@ -19,7 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from audit_events.connections import kafka_client_options
 from audit_events.settings import AuditSettings
 from stream_processor.offsets import true_end_offsets
-from stream_processor.records import Record
+from stream_processor.records import Record, tolerate_undecodable_header_names
 
 Positions = dict[int, int]  # partition -> next offset to read
 
@@ -36,6 +36,7 @@ class TopicSource:
     @classmethod
     async def open(cls, settings: AuditSettings, batch_size: int) -> TopicSource:
         """Connect and assign every partition the topic has now (none if it does not exist)."""
+        tolerate_undecodable_header_names()  # a header name that is not UTF-8 (records.py)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             enable_auto_commit=False,

@@ -153,3 +153,47 @@ async def test_hostile_records_are_dead_lettered_the_rest_stored_chains_verify(
     for tenant in ids:
         report = await verify_tenant(store, tenant, [], CONTROL_PUBLIC, control_keys=keys)
         assert report.ok and report.head_seq == len(ids[tenant]), report
+
+
+class _RawName(str):
+    """A header name whose wire bytes are not UTF-8 (the Kafka protocol says they are)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe-not-utf-8"
+
+
+async def test_a_header_name_that_is_not_utf8_does_not_stop_the_partition(
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+    settings: AuditSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aiokafka's record parser decodes header names as UTF-8 and raises: the fetch of
+    # the whole partition failed again and again, nothing after the record was stored.
+    from aiokafka.producer import message_accumulator
+    from aiokafka.producer import producer as producer_module
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    for module in (message_accumulator, producer_module):  # the builder that calls encode()
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    worker = processors()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        bad = orjson.dumps(event_body(0))
+        await producer.send_and_wait(
+            settings.topic_events, bad, key=b"acme", headers=[(_RawName("h"), b"v")]
+        )
+        for n in (1, 2):
+            await producer.send_and_wait(
+                settings.topic_events, orjson.dumps(event_body(n)), key=b"acme"
+            )
+    finally:
+        await producer.stop()
+
+    async def all_stored() -> bool:  # headers are never read: it is an ordinary event
+        ids = ["acme-000000", "acme-000001", "acme-000002"]
+        return await store.count_documents({"id": {"$in": ids}}) == 3
+
+    await eventually(all_stored, 60, 0.5, what="all three stored", abort=exited(worker.proc))
+    assert worker.proc is not None and worker.proc.poll() is None

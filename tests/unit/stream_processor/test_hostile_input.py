@@ -126,3 +126,39 @@ def test_a_record_keyed_other_than_its_tenant_is_a_reason(key: bytes | None) -> 
     assert isinstance(result, str) and result.startswith("record key "), result
     assert "is not the tenant 'acme'" in result
     assert not isinstance(decode(rec(orjson.dumps(ev()), key=b"acme"), LIMITS, MAX_BYTES), str)
+
+
+class _RawName(str):
+    """A header name whose wire bytes are not UTF-8 (the protocol says they are)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe-h"
+
+
+@pytest.mark.parametrize("compression", [0, 1])  # none, gzip
+def test_a_batch_with_a_header_name_that_is_not_utf8_is_read_not_raised(
+    compression: int,
+) -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch, _DefaultRecordBatchBuilderPy
+    from aiokafka.record.memory_records import MemoryRecords
+
+    from stream_processor.records import _TolerantMemoryRecords
+
+    builder = _DefaultRecordBatchBuilderPy(2, compression, 0, -1, -1, -1, 1 << 20)
+    builder.append(0, 1_000, b"acme", b"first", [])
+    builder.append(1, 1_001, b"acme", b"bad", [(_RawName("h"), b"v"), ("ok", None)])
+    builder.append(2, 1_002, b"acme", b"after", [("ok", b"1")])
+    raw = bytes(builder.build())
+    with pytest.raises(UnicodeDecodeError):  # aiokafka's own (C) parser: every fetch failed
+        list(DefaultRecordBatch(raw))
+    with pytest.raises(UnicodeDecodeError):
+        list(MemoryRecords(raw).next_batch())
+    records = _TolerantMemoryRecords(raw)
+    batch = records.next_batch()
+    assert batch.validate_crc() and batch.next_offset == 3 and not records.has_next()
+    got = [(r.offset, r.key, r.value, r.headers) for r in batch]
+    assert got == [
+        (0, b"acme", b"first", []),
+        (1, b"acme", b"bad", [("\\xff\\xfe-h", b"v"), ("ok", None)]),
+        (2, b"acme", b"after", [("ok", b"1")]),
+    ]
