@@ -105,3 +105,25 @@ async def test_concurrent_account_changes_are_each_a_serial_step(api: Quart) -> 
     assert await users.token_state(name) == (True, 8)
     logins = [await users.login(name, f"rotated-{i}", "user") for i in range(4)]
     assert [outcome.value for outcome, _ in logins].count("disabled") == 1, logins
+
+
+async def test_concurrent_correct_logins_from_one_address_all_get_a_token(
+    api: Quart, client: Client
+) -> None:
+    """An office behind one NAT address logs in at 9:00: more users at once than the
+    per-address limit (20), every one with the right password, all get their token."""
+    services = api_state(api).services
+    assert services is not None
+    limit = api_state(api).settings.login_max_failures_per_ip
+    names = [f"staff{i}-{uuid.uuid4().hex[:6]}" for i in range(limit + 4)]
+    await asyncio.gather(
+        *(services.users.add(n, "user", "staff-password", "acme", ["events:read"]) for n in names)
+    )
+    ip = new_ip()
+
+    async def login(name: str) -> Any:
+        form = {"grant_type": "password", "username": name, "password": "staff-password"}
+        return await client.post("/v1/token", form=form, scope_base={"client": (ip, 40000)})
+
+    answers = await asyncio.gather(*(login(name) for name in names))
+    assert [a.status_code for a in answers] == [200] * len(names)
