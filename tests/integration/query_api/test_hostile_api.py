@@ -173,3 +173,59 @@ async def test_one_request_reusing_an_id_for_another_content_is_422(
     theirs = {**other, "tenant": "globex"}
     both = await http.post("/v1/events", json={"events": [first, theirs]}, headers=auth)
     assert both.status_code == 202
+
+
+# (name, raw body, status): what test_api_injection (operator injection), test_api_ingest
+# (bounds, field paths) and the tests above do not send already.
+HOSTILE_BODIES: list[tuple[str, bytes, int]] = [
+    ("garbage bytes", b"\xff\xfe\x00garbage", 400),
+    ("empty", b"", 400),
+    ("not UTF-8 in a string", b'{"tenant":"acme","action":"a.b","description":"\xc3\x28"}', 400),
+    ("lone surrogate", b'{"tenant":"acme","action":"a.b","description":"\\ud800"}', 400),
+    ("UTF-8 BOM", b'\xef\xbb\xbf{"tenant":"acme","action":"a.b"}', 400),
+    ("UTF-16", '{"tenant":"acme","action":"a.b"}'.encode("utf-16"), 400),
+    ("two documents", b'{"tenant":"acme","action":"a.b"}{"tenant":"acme","action":"a.b"}', 400),
+    ("array", b"[1,2]", 422),
+    ("string", b'"x"', 422),
+    ("null", b"null", 422),
+    ("nested lists", b'{"events":' + b"[" * 5000 + b"]" * 5000 + b"}", 422),
+    ("events null", b'{"events":null}', 422),
+    ("events empty", b'{"events":[]}', 422),
+    ("events of lists", b'{"events":[[1]]}', 422),
+    ("a field beside events", b'{"events":[{"tenant":"acme","action":"a.b"}],"tenant":"x"}', 422),
+    ("numeric id", b'{"id":123,"tenant":"acme","action":"a.b"}', 422),
+    ("NUL in the id", b'{"id":"a\\u0000","tenant":"acme","action":"a.b"}', 422),
+    ("NUL in a metadata key", b'{"tenant":"acme","action":"a.b","metadata":{"a\\u0000":1}}', 422),
+    ("tenant with a newline", b'{"tenant":"acme\\n","action":"a.b"}', 422),
+    ("fullwidth tenant", b'{"tenant":"\\uff41\\uff43\\uff4d\\uff45","action":"a.b"}', 422),
+    ("fullwidth action", b'{"tenant":"acme","action":"\\uff41.b"}', 422),
+    (
+        "occurred_at without zone",
+        b'{"tenant":"acme","action":"a.b","occurred_at":"2020-01-01T00:00:00"}',
+        422,
+    ),
+    (
+        "occurred_at year 10000",
+        b'{"tenant":"acme","action":"a.b","occurred_at":"+10000-01-01T00:00:00Z"}',
+        422,
+    ),
+    ("tenant of another case", b'{"tenant":"Acme","action":"a.b"}', 403),
+    (
+        "duplicate keys, another tenant last",
+        b'{"tenant":"acme","tenant":"globex","action":"a.b"}',
+        403,
+    ),
+    ("reserved namespace", b'{"tenant":"acme","action":"auditstream.event.erased"}', 422),
+]
+
+
+async def test_hostile_bodies_answer_4xx_problem_json_never_500(
+    http: httpx.AsyncClient, settings: AuditSettings
+) -> None:
+    auth = {**bearer(settings), "Content-Type": "application/json"}
+    got = {}
+    for name, raw, _ in HOSTILE_BODIES:
+        resp = await http.post("/v1/events?wait=true", content=raw, headers=auth)
+        assert resp.headers["Content-Type"] == PROBLEM, (name, resp.text)
+        got[name] = resp.status_code
+    assert got == {name: status for name, _, status in HOSTILE_BODIES}
