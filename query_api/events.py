@@ -83,7 +83,9 @@ def _parse_events(raw: bytes, settings: AuditSettings) -> list[AuditEvent]:
     if isinstance(body, dict) and "events" in body:
         items = body["events"]
         if extra := sorted(body.keys() - {"events"}):  # an event's unknown fields are 422 too
-            unknown = [{"loc": [k[:100]], "msg": "Extra inputs are not permitted"} for k in extra[:5]]
+            unknown = [
+                {"loc": [k[:100]], "msg": "Extra inputs are not permitted"} for k in extra[:5]
+            ]
             raise Problem(422, 'a batch is {"events": [...]} only', errors=unknown)
         if not isinstance(items, list):
             raise Problem(422, "'events' must be a list", errors=[{"loc": ["events"]}])
