@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from audit_events.chain import CONTROL_ACTIONS, event_fields
-from audit_events.stream_secrets import SecretKeyError, StreamSecrets
+from audit_events.stream_secrets import SECRET_FIELDS, SecretKeyError, StreamSecrets
 
 STREAMS_COLLECTION = "streams"
 STREAM_DEAD_LETTERS_COLLECTION = "stream_dead_letters"
@@ -365,6 +365,49 @@ def stream_changes(
             changes["previous_secret"] = None if old is None else box.seal(old)
             changes["previous_secret_until"] = now + timedelta(seconds=overlap_seconds)
     return changes
+
+
+class StreamChangedConcurrently(Exception):
+    """A destination changed under every attempt to save a change of it."""
+
+
+async def save_stream_changes(
+    collection: Any,
+    where: dict[str, Any],
+    body: StreamFields,
+    *,
+    overlap_seconds: int,
+    box: StreamSecrets,
+    attempts: int = 100,
+) -> dict[str, Any] | None:
+    """Apply ``body`` to the destination matching ``where`` (API and CLI alike); the
+    saved document, or None when there is no such destination.
+
+    The changes are computed from the secrets read (a rotation keeps the secret it
+    replaces valid for the overlap): they are saved only while those are unchanged,
+    else computed again, so two rotations at once chain as one after the other do,
+    and the answer is this change's own post-image. Each failed attempt means another
+    writer saved meanwhile. ``collection``: async PyMongo; SecretKeyError as
+    :func:`stream_changes`.
+    """
+    from pymongo import ReturnDocument
+
+    for _ in range(attempts):
+        doc: dict[str, Any] | None = await collection.find_one(where)
+        if doc is None:
+            return None
+        changes = stream_changes(
+            doc, body, overlap_seconds=overlap_seconds, now=datetime.now(UTC), box=box
+        )
+        if not changes:
+            return doc
+        unchanged = {name: doc.get(name) for name in SECRET_FIELDS}
+        saved: dict[str, Any] | None = await collection.find_one_and_update(
+            {**where, **unchanged}, {"$set": changes}, return_document=ReturnDocument.AFTER
+        )
+        if saved is not None:
+            return saved
+    raise StreamChangedConcurrently("the destination changed concurrently too often; try again")
 
 
 async def stream_lag(events: Any, tenant: str, position: int) -> tuple[int, float]:

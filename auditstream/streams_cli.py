@@ -26,10 +26,11 @@ from audit_events.streams import (
     KINDS,
     STREAM_DEAD_LETTERS_COLLECTION,
     STREAMS_COLLECTION,
+    StreamChangedConcurrently,
     StreamCreate,
     StreamFields,
     new_stream_document,
-    stream_changes,
+    save_stream_changes,
     stream_lag,
     stream_view,
     url_problem,
@@ -269,16 +270,17 @@ def update(
             return False
         if body.url is not None:
             _check_url(settings, body.url, doc["kind"])
-        changes = stream_changes(
-            doc,
-            body,
-            overlap_seconds=settings.streams_secret_overlap_seconds,
-            now=datetime.now(UTC),
-            box=StreamSecrets.from_settings(settings),
-        )
-        if changes:
-            await db[STREAMS_COLLECTION].update_one({"_id": stream_id}, {"$set": changes})
-        return True
+        try:  # as PUT /v1/streams/{id}: a concurrent rotation is chained, not lost
+            saved = await save_stream_changes(
+                db[STREAMS_COLLECTION],
+                {"_id": stream_id},
+                body,
+                overlap_seconds=settings.streams_secret_overlap_seconds,
+                box=StreamSecrets.from_settings(settings),
+            )
+        except StreamChangedConcurrently as exc:
+            raise click.ClickException(str(exc)) from None
+        return saved is not None
 
     if not _run(action):
         raise click.ClickException(f"no stream {stream_id!r}")

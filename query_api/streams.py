@@ -21,21 +21,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from pymongo import IndexModel, ReturnDocument
+from pymongo import IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 from quart import Blueprint, Response, g
 from quart_schema import document_request, document_response
 
-from audit_events.stream_secrets import SECRET_FIELDS, SecretKeyError, StreamSecrets
+from audit_events.stream_secrets import SecretKeyError, StreamSecrets
 from audit_events.streams import (
     DATADOG_DEFAULT_URL,
     STREAM_DEAD_LETTERS_COLLECTION,
     STREAMS_COLLECTION,
+    StreamChangedConcurrently,
     StreamCreate,
     StreamFields,
     new_stream_document,
-    stream_changes,
+    save_stream_changes,
     stream_lag,
     stream_view,
     url_problem,
@@ -58,9 +59,8 @@ SLOT_INDEX = IndexModel(
     unique=True,
     partialFilterExpression={"slot": {"$exists": True}},
 )
-# A lost race (another request saved first) is retried with what it saved; each
-# retry means another request succeeded, so this bound is only reached under
-# that many concurrent changes of one destination.
+# A create that lost its slot to another is retried; each retry means another create
+# succeeded, so this bound is only reached under that many concurrent creates.
 ATTEMPTS = 100
 
 
@@ -234,30 +234,21 @@ async def update_stream(stream_id: str) -> Response:
     if body.url is not None:
         await _check_url(body.url, doc["kind"])
     streams, _, _ = _collections()
-    for _ in range(ATTEMPTS):
+    try:
         with _secret_errors():
-            changes = stream_changes(
-                doc,
+            # answered with what this request saved, not what a concurrent one saved after
+            saved = await save_stream_changes(
+                streams,
+                {"_id": stream_id, "tenant": tenant},
                 body,
                 overlap_seconds=current_settings().streams_secret_overlap_seconds,
-                now=datetime.now(UTC),
                 box=StreamSecrets.from_settings(current_settings()),
             )
-        if not changes:
-            return json_response(await _status(doc))
-        # The changes were computed from the secrets read (a rotation keeps the one it
-        # replaces): saved only if they are still those, and answered with what this
-        # request saved, not with what a concurrent one saved after it.
-        unchanged = {name: doc.get(name) for name in SECRET_FIELDS}
-        saved = await streams.find_one_and_update(
-            {"_id": stream_id, "tenant": tenant, **unchanged},
-            {"$set": changes},
-            return_document=ReturnDocument.AFTER,
-        )
-        if saved is not None:
-            return json_response(await _status(saved))
-        doc = await _find(stream_id, tenant)  # deleted meanwhile: 404
-    raise Problem(409, f"stream {stream_id!r} changed concurrently too often; try again")
+    except StreamChangedConcurrently as exc:
+        raise Problem(409, str(exc)) from None
+    if saved is None:  # deleted meanwhile
+        raise Problem(404, f"no stream {stream_id!r}")
+    return json_response(await _status(saved))
 
 
 @bp.delete("/v1/streams/<stream_id>")
