@@ -64,6 +64,7 @@ MAX_ERROR = 500
 LAG_EVERY = 1.0  # seconds between lag measurements of a destination that is busy
 SCHEDULE_DEADLINE = 60.0  # one scheduling step, MongoDB's server selection included
 CONFIG_EVERY = 1.0  # seconds between re-reads of a busy destination's configuration
+REDRIVE_CLAIM_SECONDS = 60.0  # a redrive's claim of a dead-letter batch (at least)
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -455,6 +456,8 @@ async def redrive(settings: AuditSettings, stream_id: str) -> tuple[int, int, st
 
     Returns (batches delivered, events delivered, first error). A delivered
     batch leaves the list; the first failure stops (the rest stay, in order).
+    Redrives of one destination at once share the list: each batch is claimed
+    by one of them (REDRIVE_CLAIM_SECONDS at least), delivered and counted once.
     """
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongo_uri, **mongo_client_options(settings), tz_aware=True
@@ -469,8 +472,33 @@ async def redrive(settings: AuditSettings, stream_id: str) -> tuple[int, int, st
             return 0, 0, f"no stream {stream_id!r}"
         dest = StreamSecrets.from_settings(settings).opened(dest)
         ctx = tls_context(settings)
+        me = uuid.uuid4().hex
+        claim_seconds = max(REDRIVE_CLAIM_SECONDS, 4 * settings.streams_timeout_seconds)
         async with http_client(settings, ctx) as client:
             async for item in dead.find({"stream_id": stream_id}).sort([("at", 1), ("_id", 1)]):
+                # One redrive at a time delivers a batch: claim it (a claim of a redrive
+                # that died expires), skip it when another redrive holds it or took it.
+                now = datetime.now(UTC)
+                claimed = await dead.find_one_and_update(
+                    {
+                        "_id": item["_id"],
+                        "$or": [
+                            {"redrive": {"$exists": False}},
+                            {"redrive.until": {"$lt": now}},
+                        ],
+                    },
+                    {
+                        "$set": {
+                            "redrive": {
+                                "by": me,
+                                "until": now + timedelta(seconds=claim_seconds),
+                            }
+                        }
+                    },
+                    projection={"_id": 1},
+                )
+                if claimed is None:
+                    continue
                 # Read back from the store: an event erased since goes out as a tombstone.
                 docs = (
                     await db[EVENTS_COLLECTION]
@@ -487,8 +515,13 @@ async def redrive(settings: AuditSettings, stream_id: str) -> tuple[int, int, st
                 if batch:
                     error = await send(client, ctx, dest, batch, settings.streams_timeout_seconds)
                     if error is not None:
+                        await dead.update_one(
+                            {"_id": item["_id"], "redrive.by": me}, {"$unset": {"redrive": ""}}
+                        )
                         return batches, events, error
-                await dead.delete_one({"_id": item["_id"]})
+                taken = await dead.delete_one({"_id": item["_id"], "redrive.by": me})
+                if not taken.deleted_count:  # held so long that another redrive took it
+                    continue
                 await streams.update_one(
                     {"_id": stream_id},
                     {

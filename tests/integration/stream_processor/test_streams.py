@@ -1050,3 +1050,38 @@ async def test_three_workers_deliver_each_destination_once_in_order(
     docs = await db[STREAMS_COLLECTION].find({"tenant": "acme"}).to_list(None)
     assert sorted(d["name"] for d in docs) == [f"r{i}" for i in range(n_dest)]
     assert all(d["position"] == n_events and d["delivered"] == n_events for d in docs), docs
+
+
+async def test_concurrent_redrives_deliver_each_dead_letter_once(
+    sapi: Quart,
+    sset: AuditSettings,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+) -> None:
+    """Three ``auditstream streams redrive`` of one destination at once (two operators):
+    each dead-lettered batch is delivered once, counted once, and leaves the list."""
+    rec = receivers(secrets=[SECRET])
+    st = await create(sapi, token, url=rec.url, batch_size=10)
+    await seed(db, "acme", 1, 30)
+    now = datetime.now(UTC)
+    await db[STREAM_DEAD_LETTERS_COLLECTION].insert_many(
+        [
+            {
+                "stream_id": st["id"],
+                "tenant": "acme",
+                "first_seq": first,
+                "last_seq": first + 9,
+                "count": 10,
+                "error": "HTTP 503",
+                "at": now,
+            }
+            for first in (1, 11, 21)
+        ]
+    )
+    results = await asyncio.gather(*(redrive(sset, st["id"]) for _ in range(3)))
+    assert all(error is None for _, _, error in results), results
+    assert sum(b for b, _, _ in results) == 3 and sum(e for _, e, _ in results) == 30, results
+    assert sorted(e["seq"] for e in rec.events()) == list(range(1, 31))
+    assert (await status(sapi, token, st["id"]))["delivered"] == 30
+    assert await db[STREAM_DEAD_LETTERS_COLLECTION].count_documents({}) == 0
