@@ -336,6 +336,13 @@ def _run(settings: AuditSettings, data_dir: Path, timeout: float, tracker: Track
         _banner(api.url, token, data_dir, env)
     except KeyboardInterrupt:
         click.echo("\nstopping …")
+        if worker in started and any(s.role == "kafka" for s in started):
+            # The in-memory Kafka may hold accepted events already (the API answers,
+            # and an SDK publishes, before the worker joined): drain as after the banner.
+            services = [s for s in (worker, archiver, streamer, api) if s in started]
+            return _graceful_stop(
+                settings, env, Supervisor(env, embedded, services), signals, started
+            )
         return _shutdown(started, 0)
     except EmbeddedError as exc:
         click.secho(f"\nerror: {exc}", fg="red", err=True)
@@ -503,9 +510,10 @@ def _graceful_stop(
     """
     forced = True
     try:
-        t = _step("stopping the query API (no new events accepted)")
-        supervisor.stop_service("api")
-        _done(t, "stopped")
+        if any(w.server.role == "api" for w in supervisor.watches):
+            t = _step("stopping the query API (no new events accepted)")
+            supervisor.stop_service("api")
+            _done(t, "stopped")
         # Only an embedded Kafka loses what it holds when it stops; a real one keeps it.
         if any(s.role == "kafka" for s in started):
             bootstrap = env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"]
