@@ -398,6 +398,9 @@ class Streamer:
             dest["position"] = last
         else:  # lease lost, or the position moved under us: re-read before going on
             dest["_stale"] = True
+            if dead and not await self.streams.count_documents({"_id": dest["_id"]}, limit=1):
+                # deleted (DELETE removes its dead letters) while this batch was failing
+                await self.dead.delete_many({"stream_id": dest["_id"]})
         if delivered:
             labels = self._labels(dest)
             self.metrics.delivered.labels(*labels).inc(delivered)

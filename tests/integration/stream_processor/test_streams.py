@@ -1085,3 +1085,36 @@ async def test_concurrent_redrives_deliver_each_dead_letter_once(
     assert sorted(e["seq"] for e in rec.events()) == list(range(1, 31))
     assert (await status(sapi, token, st["id"]))["delivered"] == 30
     assert await db[STREAM_DEAD_LETTERS_COLLECTION].count_documents({}) == 0
+
+
+async def test_a_destination_deleted_while_its_batch_fails_leaves_no_dead_letters(
+    sapi: Quart,
+    sset: AuditSettings,
+    db: AsyncDatabase[dict[str, Any]],
+    token: Callable[..., str],
+    receivers: Any,
+    worker: Any,
+) -> None:
+    """DELETE /v1/streams/{id} while the worker's last attempt of a batch is under way:
+    the batch the worker dead-letters after the DELETE is removed with the destination,
+    not left behind in ``stream_dead_letters`` for a destination that no longer exists."""
+    rec = receivers(secrets=[SECRET], status=503, delay=0.5)
+    st = await create(sapi, token, url=rec.url, batch_size=10)
+    await seed(db, "acme", 1, 10)
+    worker(sset.model_copy(update={"streams_dead_letter_after_seconds": 0.0}))
+    await eventually(lambda: _in_flight(rec), 30, what="the batch being sent")
+    gone = await sapi.test_client().delete(f"/v1/streams/{st['id']}", headers=headers(token))
+    assert gone.status_code == 204
+
+    async def no_dead_letters() -> bool:
+        await asyncio.sleep(0.2)
+        return rec.in_flight == 0 and (
+            await db[STREAM_DEAD_LETTERS_COLLECTION].count_documents({"stream_id": st["id"]}) == 0
+        )
+
+    await asyncio.sleep(1.0)  # the send ends (0.5 s) and the worker dead-letters it
+    await eventually(no_dead_letters, 10, what="no dead letters of the deleted destination")
+
+
+async def _in_flight(rec: Receiver) -> bool:
+    return rec.in_flight > 0
