@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from audit_events.codec import canonical_json, event_to_document, event_wire_dict
 from audit_events.schema import AuditEvent, Limits
 from audit_events.topics import partition_key
-from stream_processor.records import Batch, Record
+from stream_processor.records import Batch, Record, unreadable_batch_reason
 
 log = logging.getLogger("auditstream.processor")
 
@@ -59,6 +59,9 @@ def _where(record: Record) -> tuple[object, object, object]:
 
 
 def _decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | str:
+    unreadable = unreadable_batch_reason(record)
+    if unreadable is not None:  # the consumer could not parse its batch (records.py)
+        return unreadable
     value = record.value
     if value is None:
         return "null value (a tombstone): an audit event must be a JSON object"

@@ -169,31 +169,91 @@ class _LenientBatch(_DefaultRecordBatchPy):  # type: ignore[misc]  # untyped in 
             self._buffer = _LenientBuffer(self._buffer)
 
 
+# The header the fetcher puts on the one record that stands for a batch it cannot read
+# (decode dead-letters that record with the reason it carries). A producer that sets
+# it on its own record only gets that record dead-lettered.
+UNREADABLE_BATCH_HEADER = "auditstream-unreadable-batch"
+UNREADABLE_BATCH = "unreadable record batch"
+
+
+@dataclass(frozen=True, slots=True)
+class _UnreadableBatchRecord:
+    """What the fetcher makes a ``ConsumerRecord`` of: the batch's last offset, its raw bytes."""
+
+    offset: int
+    timestamp: int
+    timestamp_type: int
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    key: None = None
+    checksum: None = None
+
+
+def unreadable_batch_reason(record: Record) -> str | None:
+    """The reason a record stands for a batch the fetcher could not read, if it does."""
+    for name, value in record.headers:
+        if name == UNREADABLE_BATCH_HEADER:
+            detail = (value or b"").decode("utf-8", "backslashreplace")[:500]
+            return f"{UNREADABLE_BATCH} (offsets up to this one): {detail}"
+    return None
+
+
 class _TolerantBatch:
-    """aiokafka's (C) record batch; read again leniently if a header name is not UTF-8."""
+    """aiokafka's (C) record batch, made never to raise at its consumer.
+
+    A header name that is not UTF-8: the batch is read again leniently. A batch that
+    cannot be read at all (a codec nobody installed, compressed bytes that do not
+    decompress, records that do not parse, a CRC that does not match, which Tansu
+    accepts): one record at its last offset carries its raw bytes and the reason to
+    the DLQ, and the partition goes on after it (aiokafka raised out of every fetch).
+    """
 
     def __init__(self, fast: Any, raw: memoryview) -> None:
         self._fast = fast
         self._raw = raw
         self._records: Iterator[Any] | None = None
+        self._crc_ok = True
 
-    def __getattr__(self, name: str) -> Any:  # base_offset, validate_crc, next_offset, ...
+    def __getattr__(self, name: str) -> Any:  # base_offset, next_offset, ...
         return getattr(self._fast, name)
 
+    def validate_crc(self) -> bool:
+        self._crc_ok = bool(self._fast.validate_crc())
+        return True  # a mismatch is dead-lettered when read, not raised at every fetch
+
+    def _unreadable(self, why: str) -> _UnreadableBatchRecord:
+        fast = self._fast
+        log.warning("record batch at offset %s cannot be read: %s", fast.base_offset, why)
+        return _UnreadableBatchRecord(
+            offset=fast.next_offset - 1,
+            timestamp=fast.first_timestamp,
+            timestamp_type=fast.timestamp_type,
+            value=bytes(self._raw),
+            headers=((UNREADABLE_BATCH_HEADER, why[:500].encode("utf-8", "replace")),),
+        )
+
     def __iter__(self) -> Iterator[Any]:
+        if not self._crc_ok:
+            yield self._unreadable("its CRC does not match its bytes")
+            return
         done = 0
         try:
             for record in self._fast:
                 yield record
                 done += 1
-        except UnicodeDecodeError:
+        except UnicodeDecodeError:  # a header name
             log.warning(
                 "record batch at offset %s: a header name is not UTF-8; read leniently",
                 self._fast.base_offset,
             )
-            for index, record in enumerate(_LenientBatch(bytes(self._raw))):
-                if index >= done:
-                    yield record
+            try:
+                for index, record in enumerate(_LenientBatch(bytes(self._raw))):
+                    if index >= done:
+                        yield record
+            except Exception as exc:
+                yield self._unreadable(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # codec, compression, structure
+            yield self._unreadable(f"{type(exc).__name__}: {exc}")
 
     def __next__(self) -> Any:  # the fetcher reads a control batch's marker with next()
         if self._records is None:
@@ -214,6 +274,8 @@ class _TolerantMemoryRecords(_MemoryRecordsPy):  # type: ignore[misc]  # untyped
 
 
 def tolerate_undecodable_header_names() -> None:
-    """Make every aiokafka consumer of this process survive header names that are not
-    UTF-8 (idempotent; called where the worker, replay and the archiver consume)."""
+    """Make every aiokafka consumer of this process survive a batch it cannot parse:
+    header names that are not UTF-8 are read leniently, any other unreadable batch
+    becomes one record for the DLQ (:class:`_TolerantBatch`). Idempotent; called
+    where the worker, replay and the archiver consume."""
     aiokafka_fetcher.MemoryRecords = _TolerantMemoryRecords

@@ -197,3 +197,61 @@ async def test_a_header_name_that_is_not_utf8_does_not_stop_the_partition(
 
     await eventually(all_stored, 60, 0.5, what="all three stored", abort=exited(worker.proc))
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+async def test_compressed_batches_are_read_and_an_unreadable_one_is_dead_lettered(
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+    settings: AuditSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Java clients compress with lz4, zstd or snappy; aiokafka reads those only with
+    # cramjam: without it every fetch of the partition raised and the worker crashed.
+    # A batch whose compressed bytes are garbage raised the same way.
+    from aiokafka.producer import message_accumulator
+    from aiokafka.producer import producer as producer_module
+    from aiokafka.record import default_records
+
+    worker = processors()
+    wanted = set()
+    for n, codec in enumerate(("gzip", "lz4", "zstd", "snappy")):
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type=codec
+        )
+        await producer.start()
+        try:
+            body = event_body(n, id=f"{codec}-{n}")
+            await producer.send_and_wait(settings.topic_events, orjson.dumps(body), key=b"acme")
+            wanted.add(body["id"])
+        finally:
+            await producer.stop()
+    for module in (message_accumulator, producer_module):
+        builder = default_records._DefaultRecordBatchBuilderPy
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", builder)
+    monkeypatch.setattr(default_records, "gzip_encode", lambda data, **_: b"not gzip at all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type="gzip"
+    )
+    await producer.start()
+    try:
+        garbage = await producer.send_and_wait(
+            settings.topic_events, orjson.dumps(event_body(7, id="lost")), key=b"acme"
+        )
+    finally:
+        await producer.stop()
+    monkeypatch.undo()
+    async with Kafka(settings) as kafka:
+        await kafka.send([(b"acme", orjson.dumps(event_body(8, id="after")))])
+        wanted.add("after")
+
+        async def stored() -> bool:
+            return {d["id"] async for d in store.find({}, {"id": 1})} == wanted
+
+        await eventually(stored, 60, 0.5, what="every readable event", abort=exited(worker.proc))
+        (letter,) = await kafka.dead_letters(1, timeout=30)
+    assert letter["reason"].startswith("unreadable record batch"), letter["reason"]
+    assert (letter["source"]["partition"], letter["source"]["offset"]) == (
+        garbage.partition,
+        garbage.offset,
+    )
+    assert worker.proc is not None and worker.proc.poll() is None

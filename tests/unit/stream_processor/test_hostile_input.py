@@ -162,3 +162,46 @@ def test_a_batch_with_a_header_name_that_is_not_utf8_is_read_not_raised(
         (1, b"acme", b"bad", [("\\xff\\xfe-h", b"v"), ("ok", None)]),
         (2, b"acme", b"after", [("ok", b"1")]),
     ]
+
+
+def _batch(compression: int = 0) -> bytes:
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    builder = _DefaultRecordBatchBuilderPy(2, compression, 0, -1, -1, -1, 1 << 20)
+    for offset in range(3):
+        builder.append(offset, 1_000 + offset, b"acme", b"value %d" % offset, [])
+    return bytes(builder.build())
+
+
+def _resealed(raw: bytes) -> bytes:
+    """``raw`` with the CRC a producer computes over it (from the attributes, byte 21)."""
+    from aiokafka.record.util import calc_crc32c
+
+    return raw[:17] + calc_crc32c(raw[21:]).to_bytes(4, "big") + raw[21:]
+
+
+def _garbled(raw: bytes, at: int) -> bytes:
+    return raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "why"),
+    [
+        ("CRC", _garbled(_batch(), -3), "its CRC does not match"),  # a value byte
+        ("unknown codec", _resealed(_batch()[:22] + b"\x07" + _batch()[23:]), "codec"),
+        ("not gzip", _resealed(_batch(1)[:61] + b"garbage" + _batch(1)[68:]), "gzip"),
+    ],
+)
+def test_a_batch_that_cannot_be_read_becomes_one_record_for_the_dlq(
+    name: str, raw: bytes, why: str
+) -> None:
+    from stream_processor.records import _TolerantMemoryRecords
+
+    batch = _TolerantMemoryRecords(raw).next_batch()
+    assert batch.validate_crc()  # the fetcher raised at every fetch on a mismatch
+    (only,) = list(batch)
+    assert only.offset == 2 and only.value == raw  # the batch's last offset, its bytes
+    record = Record("t", 0, only.offset, only.timestamp, only.key, only.value, only.headers)
+    result = decode(record, LIMITS, MAX_BYTES)
+    assert isinstance(result, str) and result.startswith("unreadable record batch"), result
+    assert why in result
