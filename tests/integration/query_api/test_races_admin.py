@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from pymongo import AsyncMongoClient
@@ -22,6 +23,7 @@ from audit_events.settings import AuditSettings
 from audit_events.stream_secrets import StreamSecrets
 from audit_events.streams import STREAMS_COLLECTION
 from query_api.streams import MAX_STREAMS_PER_TENANT
+from tests.helpers import LiveApi, bearer
 from tests.integration.stream_processor.test_archive import topic_records
 
 pytestmark = pytest.mark.integration
@@ -166,3 +168,53 @@ async def test_concurrent_creates_keep_the_per_tenant_limit(
     assert set(statuses) <= {201, 422}, statuses
     docs = await stored_streams(settings)
     assert statuses.count(201) == len(docs) == MAX_STREAMS_PER_TENANT, (statuses, len(docs))
+
+
+async def test_a_burst_of_mixed_admin_requests_over_http_answers_no_500(
+    http: httpx.AsyncClient, live: LiveApi, settings: AuditSettings
+) -> None:
+    """The API on a real port: 60 admin requests of every kind at once (masking, retention,
+    streams created, renamed and deleted, tokens) answer only what a serial order could
+    (2xx, 404 for a destination another request deleted), never 5xx."""
+    admin = bearer(settings, scopes=ADMIN)
+    await live.call(
+        lambda s: s.users.add("burst-svc", "service", "burst-secret-0", "acme", ["events:read"])
+    )
+    made = await http.post(
+        "/v1/streams",
+        json={"kind": "webhook", "name": "s", "url": HOOK, "secret": "whsec-0-0123456789"},
+        headers=admin,
+    )
+    assert made.status_code == 201, made.text
+    sid = made.json()["id"]
+    token_form = {
+        "grant_type": "client_credentials",
+        "client_id": "burst-svc",
+        "client_secret": "burst-secret-0",
+    }
+    requests = []
+    for i in range(6):
+        rules = {"rules": [{"path": f"metadata.f{i}", "action": "hash"}]}
+        stream = {"kind": "webhook", "name": f"n{i}", "url": HOOK, "secret": "whsec-1-0123456789"}
+        requests += [
+            http.put("/v1/masking", json=rules, headers=admin),
+            http.put("/v1/retention", json={"days": 30 + i}, headers=admin),
+            http.post("/v1/streams", json=stream, headers=admin),
+            http.put(f"/v1/streams/{sid}", json={"name": f"r{i}"}, headers=admin),
+            http.put(
+                f"/v1/streams/{sid}", json={"secret": f"whsec-r{i}-0123456789"}, headers=admin
+            ),
+            http.delete(f"/v1/streams/{sid}", headers=admin),
+            http.get(f"/v1/streams/{sid}", headers=admin),
+            http.get("/v1/masking", headers=admin),
+            http.get("/v1/retention", headers=admin),
+            http.post("/v1/token", data=token_form),
+        ]
+    answers = await asyncio.gather(*requests)
+    statuses = [(a.request.method, a.request.url.path, a.status_code) for a in answers]
+    assert all(s < 500 for _, _, s in statuses), statuses
+    deletes = [s for m, p, s in statuses if m == "DELETE"]
+    assert sorted(deletes) == [204] + [404] * 5, statuses
+    for method, path, status in statuses:
+        allowed = {200, 201, 204} | ({404} if path.endswith(sid) else set())
+        assert status in allowed, (method, path, status)
