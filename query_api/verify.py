@@ -89,7 +89,9 @@ async def kafka_checkpoints(
             for messages in fetched.values():
                 for message in messages:
                     with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                        out.append(orjson.loads(message.value))
+                        checkpoint = orjson.loads(message.value)
+                        if isinstance(checkpoint, dict):  # any producer may write the topic
+                            out.append(checkpoint)
             behind = [tp for tp in tps if await consumer.position(tp) < end[tp]]
             if not fetched and not behind:
                 return out

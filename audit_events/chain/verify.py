@@ -76,10 +76,15 @@ def _check_checkpoints(
 ) -> _Checkpoints | None:
     out = _Checkpoints()
     ring = key_ring(keys)
-    for cp in checkpoints:
-        if cp.get("tenant") != tenant:
+    for cp in checkpoints:  # from a topic any producer may write: anything at all
+        if not isinstance(cp, dict) or cp.get("tenant") != tenant:
             continue
-        seq = int(cp.get("seq", 0))
+        try:
+            seq = int(cp.get("seq", 0))
+        except (TypeError, ValueError, OverflowError):
+            detail = f"checkpoint with seq {str(cp.get('seq'))[:40]!r}: not a number"
+            report.fail(0, "bad_checkpoint", detail)
+            return None
         why = checkpoint_problem(ring, cp)
         if why is not None:
             report.fail(seq, "bad_checkpoint", f"checkpoint at seq {seq}: {why}")

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from audit_events.settings import AuditSettings
 from auditstream.embedded import Server
@@ -229,3 +230,22 @@ async def test_hostile_bodies_answer_4xx_problem_json_never_500(
         assert resp.headers["Content-Type"] == PROBLEM, (name, resp.text)
         got[name] = resp.status_code
     assert got == {name: status for name, _, status in HOSTILE_BODIES}
+
+
+async def test_hostile_records_on_the_checkpoints_topic_never_make_verify_500(
+    http: httpx.AsyncClient, settings: AuditSettings
+) -> None:
+    # Any producer that can write the topic: one non-object record answered 500 to
+    # every tenant's GET /v1/verify, for good (the topic keeps everything).
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in (b"[1]", b'"x"', b"null", b'{"tenant":"globex","seq":"x"}'):
+            await producer.send_and_wait(settings.topic_checkpoints, value, key=b"acme")
+    finally:
+        await producer.stop()
+    acme = await http.get("/v1/verify", headers=bearer(settings))
+    assert acme.status_code == 200 and acme.json()["ok"], acme.text
+    globex = await http.get("/v1/verify", headers=bearer(settings, tenant="globex"))
+    assert globex.status_code == 200, globex.text  # its unsigned checkpoint: a defect
+    assert (globex.json()["ok"], globex.json()["reason"]) == (False, "bad_checkpoint")
