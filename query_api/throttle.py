@@ -50,7 +50,9 @@ log = logging.getLogger("auditstream.api.throttle")
 
 LOCKOUTS_COLLECTION = "login_lockouts"
 BUSY_WAIT_SECONDS = 10.0  # an attempt waits this long at most for the checks under way
-BUSY_POLL_SECONDS = (0.02, 0.1)  # between two reservation attempts while waiting
+# Between two reservation attempts while waiting: doubling from the first to the
+# second (jittered), so a crowd of waiting attempts costs Redis little.
+BUSY_POLL_SECONDS = (0.02, 0.25)
 
 
 # A key without TTL (never evicted under volatile-lru): its absence means Redis lost
@@ -191,13 +193,15 @@ class LoginThrottle:
         if self._redis is None:
             raise ThrottleUnavailable("no Redis configured")
         waiting_until = time.monotonic() + self._busy_wait
+        pause, most = BUSY_POLL_SECONDS
         while True:
             reservation = await self._reserve_once(username, ip)
             if reservation.retry_after is None or reservation.retry_after > 0:
                 return reservation
             if time.monotonic() >= waiting_until:  # still busy: try again in a second
                 return Reservation(reservation.keys, 1)
-            await asyncio.sleep(random.uniform(*BUSY_POLL_SECONDS))
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(most, pause * 2)
 
     async def _reserve_once(self, username: str, ip: str) -> Reservation:
         """One reservation; ``retry_after`` 0: refused by checks still under way."""

@@ -10,6 +10,7 @@ secret is checked, and a login is refused with 503 while Redis cannot reserve.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -149,8 +150,12 @@ async def issue_token() -> Response:
         )
     try:
         outcome, account = await services.users.login(name, secret, kind)
+    except asyncio.CancelledError:  # the client went away: counted as a failed attempt,
+        # not left as a check under way that later attempts would wait for
+        await asyncio.shield(services.throttle.failed(slot))
+        raise
     except Exception:  # the store failed: nothing was checked, do not count it
-        await services.throttle.release(slot)  # (a cancelled request keeps it spent)
+        await services.throttle.release(slot)
         raise
     if outcome is Login.OK:
         await services.throttle.release(slot)

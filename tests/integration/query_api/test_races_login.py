@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from query_api.state import api_state
+from tests.helpers import LiveApi
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +130,47 @@ async def test_concurrent_correct_logins_from_one_address_all_get_a_token(
 
     answers = await asyncio.gather(*(login(name) for name in names))
     assert [a.status_code for a in answers] == [200] * len(names)
+
+
+async def test_logins_abandoned_during_their_check_count_as_failures(
+    live: LiveApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients that go away while their secret is being checked (the API on a real
+    port; the connection closed, so the request is cancelled) spend their attempt as a
+    failure: once ``limit`` of them did, the name is locked at once (429 with the
+    window's Retry-After), instead of the next attempts waiting for checks that will
+    never end."""
+    limit = live.settings.login_max_failures_per_user
+    name = f"svc-{uuid.uuid4().hex[:8]}"
+    await live.call(
+        lambda s: s.users.add(name, "service", "svc-secret-0123", "acme", ["events:write"])
+    )
+    users = live.services.users
+    login = users.login
+    checking: list[int] = []
+    all_checking = threading.Event()
+
+    async def held_login(*args: Any) -> Any:
+        checking.append(1)
+        if len(checking) >= limit:
+            all_checking.set()
+        await asyncio.sleep(3600)  # the check of an abandoned request never ends
+        return await login(*args)
+
+    monkeypatch.setattr(users, "login", held_login)
+    form = {"grant_type": "client_credentials", "client_id": name}
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+        tasks = [
+            asyncio.create_task(http.post("/v1/token", data={**form, "client_secret": f"w{i}"}))
+            for i in range(limit)
+        ]
+        assert await asyncio.to_thread(all_checking.wait, 20)
+        for task in tasks:
+            task.cancel()  # closes their connections: the API cancels the requests
+        await asyncio.gather(*tasks, return_exceptions=True)
+    monkeypatch.setattr(users, "login", login)
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+        started = time.monotonic()
+        after = await http.post("/v1/token", data={**form, "client_secret": "svc-secret-0123"})
+    assert after.status_code == 429 and int(after.headers["Retry-After"]) > 1, after.headers
+    assert time.monotonic() - started < 3
