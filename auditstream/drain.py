@@ -1,7 +1,9 @@
 """The processor group's lag: events in Kafka that are not stored yet.
 
 ``auditstream up`` drains it to 0 before stopping an embedded (in-memory) Kafka,
-so nothing that got 202 is lost at Ctrl-C. The group's committed offsets are
+so nothing that got 202 is lost at Ctrl-C: the events on the topic when the stop
+began (:meth:`LagReader.ends`), so producers still publishing straight to Kafka
+do not keep the drain going forever. The group's committed offsets are
 read without joining the group; the end of each partition is the *true* end
 (Tansu reports the last batch's base offset + 1 as the latest offset, see
 :func:`stream_processor.replay.true_end_offsets`).
@@ -34,19 +36,29 @@ class LagReader:
         await self.probe.stop()
         await self.offsets.stop()
 
-    async def lag(self) -> int:
-        """Events on the topic past the group's committed offsets (0: all stored)."""
+    async def ends(self) -> dict[int, int]:
+        """The true end offset of each partition of the topic ({}: no topic yet)."""
         if self.topic not in await self.probe.topics():
-            return 0  # nothing was ever published
+            return {}  # nothing was ever published
         partitions = self.probe.partitions_for_topic(self.topic) or set()
         if not partitions:
-            return 0  # nothing was ever published
+            return {}
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self.probe.assign(tps)
-        ends = await true_end_offsets(self.probe, tps)
+        return await true_end_offsets(self.probe, tps)
+
+    async def lag(self, upto: dict[int, int] | None = None) -> int:
+        """Events on the topic past the group's committed offsets (0: all stored).
+
+        ``upto`` (end offsets from :meth:`ends`, e.g. taken when the stop began)
+        counts only the events before them: producers that keep publishing
+        straight to Kafka do not keep the lag from ever reaching 0.
+        """
         total = 0
-        for tp in tps:
-            committed = await self.offsets.committed(tp)
+        for partition, end in (await self.ends()).items():
+            if upto is not None:
+                end = min(end, upto.get(partition, 0))
+            committed = await self.offsets.committed(TopicPartition(self.topic, partition))
             done = committed if committed is not None and committed >= 0 else 0
-            total += max(0, ends[tp.partition] - done)
+            total += max(0, end - done)
         return total

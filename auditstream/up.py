@@ -523,13 +523,56 @@ def _graceful_stop(
     finally:
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        for server in reversed(started):
+        for server in _stop_order(started):
             if server.proc is None or server.proc.poll() is not None:
                 continue  # the API, stopped above; or a server that died
+            if server.role == "kafka" and not forced:
+                _report_late(env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"], settings)
             t = _step(f"stopping {server.name}")
-            server.stop()
+            if server.role == "kafka":
+                server.kill()  # in memory: nothing to flush, and no acknowledgement after this
+            else:  # the archiver drains the topics for up to 10 s, then publishes
+                server.stop(timeout=ARCHIVER_STOP_SECONDS if server.role == "archiver" else 10.0)
             _done(t, "stopped")
     return 1 if forced else 0
+
+
+ARCHIVER_STOP_SECONDS = 30.0
+# The worker before the archiver: the archiver, stopped last of the services, reads
+# what the topics hold then, so the archive covers every event the worker stored
+# (replay rebuilds from it once the in-memory Kafka is gone). Kafka right after
+# them: a producer publishing straight to it (the SDK) spools from then on.
+STOP_ORDER = ("api", "streamer", "processor", "archiver", "kafka", "redis", "mongodb")
+
+
+def _stop_order(started: list[Server]) -> list[Server]:
+    rank = {role: i for i, role in enumerate(STOP_ORDER)}
+    return sorted(started, key=lambda s: rank.get(s.role, -1))
+
+
+def _report_late(bootstrap: str, settings: AuditSettings) -> None:
+    """Say how many events producers published straight to the embedded Kafka
+    after the drain (the worker is stopped: they are lost with it)."""
+    import asyncio
+
+    from auditstream.drain import LagReader
+
+    async def late() -> int:
+        async with LagReader(bootstrap, settings.processor_group, settings.topic_events) as r:
+            return await r.lag()
+
+    try:
+        count = asyncio.run(asyncio.wait_for(late(), 10))
+    except Exception:
+        return
+    if count:
+        click.secho(
+            f"  ! {count:,} events published straight to Kafka (e.g. by the SDK) during the "
+            "stop were not stored and are lost with the in-memory Kafka: stop such "
+            "producers before Ctrl-C (the SDK spools while Kafka is down)",
+            fg="red",
+            err=True,
+        )
 
 
 DRAIN_REPORT_EVERY = 2.0
@@ -551,6 +594,7 @@ def _drain(
         last_report = 0.0
         lag: int | None = None
         reader: LagReader | None = None
+        target: dict[int, int] | None = None  # the topic's end when the drain began
         try:
             while not signals.forced:
                 supervisor.check()
@@ -560,7 +604,9 @@ def _drain(
                             bootstrap, settings.processor_group, settings.topic_events
                         )
                         await reader.__aenter__()
-                    lag, why = await reader.lag(), ""
+                    if target is None:
+                        target = await reader.ends()
+                    lag, why = await reader.lag(target), ""
                 except Exception as exc:  # Kafka unreachable: keep trying, say so
                     lag, why = None, f"cannot read the lag yet ({exc.__class__.__name__}: {exc})"
                     if reader is not None:  # start afresh next time

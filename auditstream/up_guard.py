@@ -10,8 +10,9 @@
   consumer group's lag is 0), giving up only when the worker is gone or the lag
   has not shrunk for ``DRAIN_STALL`` s; the outcome goes to ``logs/up.log`` and
   the next ``up`` prints it. Then it sends SIGTERM to the process group of every
-  recorded service still alive, SIGKILL to what is left of them after 2 s, then
-  the same for Kafka, MongoDB and Redis (3 s), and marks ``stack.json`` stopped.
+  recorded service still alive, SIGKILL to what is left of them after 2 s (the
+  archiver last, 15 s: its stop drains the topics into the archive), then the
+  same for Kafka, MongoDB and Redis (3 s), and marks ``stack.json`` stopped.
   Chosen over ``prctl(PR_SET_PDEATHSIG)``: that reaches only the direct child (not
   a server's own helpers), fires when the *thread* that forked dies, needs a
   ``preexec_fn`` (unsafe once threads exist) and is Linux-only; the pipe works
@@ -40,6 +41,7 @@ from typing import Any
 PIDS_FILE = "up.pids"
 GRACE = 5.0  # at most, from the end of the drain to the last SIGKILL
 SERVICES_GRACE = 2.0  # the services' share of it
+ARCHIVER_GRACE = 15.0  # the archiver's own: its stop drains the topics for up to 10 s
 DRAIN_STALL = 30.0  # the drain gives up when the lag has not shrunk for this long
 SERVERS = ("kafka", "mongodb", "redis")
 
@@ -181,7 +183,10 @@ def stop_recorded(data_dir: Path, up_pid: int) -> None:
         )
         state["note"] = f"the previous up was killed; its watchdog {note}"
         _log(data_dir, state["note"])
-    _stop_groups(services, SERVICES_GRACE)
+    # The archiver last of the services (it drains the topics for up to 10 s at its
+    # stop, then publishes): the archive then covers what the worker stored.
+    _stop_groups([e for e in services if e.get("role") != "archiver"], SERVICES_GRACE)
+    _stop_groups([e for e in services if e.get("role") == "archiver"], ARCHIVER_GRACE)
     _stop_groups(servers, GRACE - SERVICES_GRACE)
     state["children"] = []
     state.pop("watchdog", None)
@@ -229,13 +234,16 @@ def drain_lag(
         progress = started
         lag: int | None = None
         reader: LagReader | None = None
+        target: dict[int, int] | None = None  # what Kafka held when the drain began
         try:
             while True:
                 try:
                     if reader is None:
                         reader = LagReader(bootstrap, group, topic)
                         await reader.__aenter__()
-                    lag = await reader.lag()
+                    if target is None:
+                        target = await reader.ends()
+                    lag = await reader.lag(target)
                 except Exception:  # Kafka not answering: try afresh
                     lag = None
                     if reader is not None:
