@@ -19,6 +19,7 @@ passes it in; these functions only build the event dicts.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -50,11 +51,18 @@ _FIELD = re.compile(r"^[^$.\x00][^.\x00]{0,127}$")
 _MAX_CHANGES = 256
 
 
+def _finite_or_text(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
 def _loads(text: Any) -> Any:
+    """Django's JSON, in which a FloatField's NaN/Infinity are written as such (not JSON,
+    and refused by the schema): kept as their text ("NaN", "Infinity", "1e999")."""
     if not isinstance(text, str):
         return text
     try:
-        return json.loads(text) if text else None
+        return json.loads(text, parse_constant=str, parse_float=_finite_or_text) if text else None
     except ValueError:
         return None
 

@@ -116,3 +116,27 @@ def test_foreign_keys_get_the_related_objects_name_beside_the_pk() -> None:
         )
     )
     assert created.changes["invoice__str"].new == "Invoice INV-1"
+
+
+def test_a_float_field_holding_nan_or_infinity_is_recorded_as_text() -> None:
+    # Django serialises them as NaN/Infinity (not JSON); the schema refuses non-finite
+    # numbers, so the record would be dropped (logged) instead of recorded.
+    fields = '{"ratio": NaN, "max": Infinity, "min": -Infinity, "big": 1e999, "x": 1.5}'
+    repr_ = '[{"model": "shop.invoice", "pk": 1, "fields": ' + fields + "}]"
+    created = build_event(
+        crud_event({"event_type": 1, "object_id": 1, "object_json_repr": repr_},
+                   tenant="acme", model_label="shop.invoice")
+    )  # fmt: skip
+    assert {k: c.new for k, c in created.changes.items()} == {
+        "ratio": "NaN",
+        "max": "Infinity",
+        "min": "-Infinity",
+        "big": "1e999",
+        "x": 1.5,
+    }
+    changed = json.dumps({"ratio": [float("nan"), 0.5]})  # json.dumps writes NaN too
+    updated = build_event(
+        crud_event({"event_type": 2, "object_id": 1, "changed_fields": changed},
+                   tenant="acme", model_label="shop.invoice")
+    )  # fmt: skip
+    assert (updated.changes["ratio"].old, updated.changes["ratio"].new) == ("NaN", 0.5)
