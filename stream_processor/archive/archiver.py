@@ -69,6 +69,7 @@ from stream_processor.archive.storage import (
     archive_storage,
     as_storage,
 )
+from stream_processor.offsets import true_end_offsets
 from stream_processor.records import Record, tolerate_undecodable_header_names
 
 __all__ = ["ArchiveBusy", "Archiver", "Buffer", "clean_unpublished", "publish_segments"]
@@ -315,8 +316,11 @@ class Archiver:
         archive lacks then is lost for replay.
         """
         deadline = time.monotonic() + seconds
+        target = await self._stop_target()
         quiet = 0
         while self.buffers and quiet < 2 and time.monotonic() < deadline:
+            if target and all(_position(self.buffers[tp]) >= end for tp, end in target.items()):
+                break  # what the topics held at the stop: producers that go on do not hold us
             try:
                 fetched = await consumer.getmany(timeout_ms=200, max_records=10_000)
             except OffsetOutOfRangeError:
@@ -330,6 +334,22 @@ class Archiver:
                     buf.add(rec, ts_type, out)
         await self._close([tp for tp, b in self.buffers.items() if b.lines])
         log.info("stopped; %d segments in the manifest", len(self.manifest.entries))
+
+    async def _stop_target(self) -> dict[TopicPartition, int]:
+        """The true end of every archived partition now ({} when unknown)."""
+        if self._prober is None or not self.buffers:
+            return {}
+        target: dict[TopicPartition, int] = {}
+        try:
+            for topic in sorted({tp.topic for tp in self.buffers}):
+                tps = [tp for tp in self.buffers if tp.topic == topic]
+                self._prober.assign(tps)
+                ends = await true_end_offsets(self._prober, tps)
+                target.update({tp: ends[tp.partition] for tp in tps})
+        except Exception as exc:  # then the drain ends when the topics are quiet
+            log.warning("could not read the end offsets at stop: %s", exc)
+            return {}
+        return target
 
     async def _assign_new(self, consumer: AIOKafkaConsumer) -> None:
         """Assign partitions that appeared (topics created after start) and place them."""
