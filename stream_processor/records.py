@@ -236,24 +236,43 @@ class _TolerantBatch:
         if not self._crc_ok:
             yield self._unreadable("its CRC does not match its bytes")
             return
-        done = 0
         try:
-            for record in self._fast:
-                yield record
-                done += 1
+            records = list(self._fast)  # one batch: bounded by the fetch size
         except UnicodeDecodeError:  # a header name
             log.warning(
                 "record batch at offset %s: a header name is not UTF-8; read leniently",
                 self._fast.base_offset,
             )
             try:
-                for index, record in enumerate(_LenientBatch(bytes(self._raw))):
-                    if index >= done:
-                        yield record
+                records = list(_LenientBatch(bytes(self._raw)))
             except Exception as exc:
                 yield self._unreadable(f"{type(exc).__name__}: {exc}")
+                return
         except Exception as exc:  # codec, compression, structure
             yield self._unreadable(f"{type(exc).__name__}: {exc}")
+            return
+        lie = self._offsets_lie(records)
+        if lie is not None:
+            yield self._unreadable(lie)
+            return
+        yield from records
+
+    def _offsets_lie(self, records: list[Any]) -> str | None:
+        """Why the records' offsets do not fit the batch's header, if they do not.
+
+        The producer writes both; Apache Kafka refuses a batch whose record count
+        differs from its header, Tansu stores it and gives the next batch offsets
+        these records claim: taking them would commit past that batch's events."""
+        first, end = self._fast.base_offset, self._fast.next_offset
+        previous = first - 1
+        for record in records:
+            if not previous < record.offset < end:
+                return (
+                    f"its records' offsets do not fit its header (offsets {first}..{end - 1}:"
+                    f" a record claims {record.offset} after {previous})"
+                )
+            previous = record.offset
+        return None
 
     def __next__(self) -> Any:  # the fetcher reads a control batch's marker with next()
         if self._records is None:

@@ -11,6 +11,7 @@ not repeated.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -255,3 +256,60 @@ async def test_compressed_batches_are_read_and_an_unreadable_one_is_dead_lettere
         garbage.offset,
     )
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+async def test_a_batch_lying_about_its_record_count_loses_no_later_event(
+    processors: Callable[..., ProcessorProcess],
+    store: AsyncCollection[dict[str, Any]],
+    settings: AuditSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three records under a header claiming one: Tansu stores it (Apache Kafka refuses
+    # it) and gives the next batch the offsets these records claim; the worker took
+    # them, committed past them and never stored the next producer's events.
+    from aiokafka.producer import message_accumulator
+    from aiokafka.producer import producer as producer_module
+    from aiokafka.record import default_records
+    from aiokafka.record.util import calc_crc32c
+
+    class Lying(default_records._DefaultRecordBatchBuilderPy):  # type: ignore[misc]
+        def build(self) -> bytearray:
+            raw = bytearray(super().build())
+            raw[23:27] = (0).to_bytes(4, "big")  # last offset delta: "one record"
+            raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")
+            return raw
+
+    worker = processors()
+    with monkeypatch.context() as patch:
+        for module in (message_accumulator, producer_module):
+            patch.setattr(module, "DefaultRecordBatchBuilder", Lying)
+        liar = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        await liar.start()
+        try:
+            sent = [
+                await liar.send(
+                    settings.topic_events, orjson.dumps(event_body(n)), key=b"acme", partition=0
+                )
+                for n in range(3)
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await liar.stop()
+    honest = [(b"acme", orjson.dumps(event_body(n, id=f"after-{n}"))) for n in range(3)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in honest:
+            await producer.send_and_wait(settings.topic_events, value, key=key, partition=0)
+    finally:
+        await producer.stop()
+
+    async def after_stored() -> bool:
+        ids = ["after-0", "after-1", "after-2"]
+        return await store.count_documents({"id": {"$in": ids}}) == 3
+
+    await eventually(after_stored, 60, 0.5, what="the events after it", abort=exited(worker.proc))
+    async with Kafka(settings) as kafka:
+        (letter,) = await kafka.dead_letters(1, timeout=30)
+    assert letter["reason"].startswith("unreadable record batch"), letter["reason"]
+    assert "offsets do not fit" in letter["reason"]

@@ -205,3 +205,20 @@ def test_a_batch_that_cannot_be_read_becomes_one_record_for_the_dlq(
     result = decode(record, LIMITS, MAX_BYTES)
     assert isinstance(result, str) and result.startswith("unreadable record batch"), result
     assert why in result
+
+
+def test_a_batch_whose_records_lie_about_their_offsets_is_dead_lettered_whole() -> None:
+    # Three records under a header that claims one (last offset delta 0): Tansu then
+    # gives the next batch the offsets these records claim, and a consumer that took
+    # them committed past the next producer's events (read once, then skipped).
+    from stream_processor.records import _TolerantMemoryRecords
+
+    raw = _batch()
+    lying = _resealed(raw[:23] + (0).to_bytes(4, "big") + raw[27:])
+    (only,) = list(_TolerantMemoryRecords(lying).next_batch())
+    assert only.offset == 0 and only.value == lying
+    record = Record("t", 0, only.offset, only.timestamp, only.key, only.value, only.headers)
+    result = decode(record, LIMITS, MAX_BYTES)
+    assert isinstance(result, str) and "offsets" in result, result
+    honest = [r.offset for r in _TolerantMemoryRecords(raw).next_batch()]
+    assert honest == [0, 1, 2]
