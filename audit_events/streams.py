@@ -379,16 +379,18 @@ async def save_stream_changes(
     overlap_seconds: int,
     box: StreamSecrets,
     attempts: int = 100,
-) -> dict[str, Any] | None:
-    """Apply ``body`` to the destination matching ``where`` (API and CLI alike); the
-    saved document, or None when there is no such destination.
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Apply ``body`` to the destination matching ``where`` (API and CLI alike):
+    (the document just before this change, the document it saved), or None when
+    there is no such destination.
 
-    The changes are computed from the secrets read (a rotation keeps the secret it
-    replaces valid for the overlap): they are saved only while those are unchanged,
-    else computed again, so two rotations at once chain as one after the other do,
-    and the answer is this change's own post-image. Each failed attempt means another
-    writer saved meanwhile. ``collection``: async PyMongo; SecretKeyError as
-    :func:`stream_changes`.
+    The changes are computed from the document read (a rotation keeps the secret it
+    replaces valid for the overlap): they are saved only while its ``revision`` (each
+    change adds one) and secrets are unchanged, else computed again, so two changes
+    at once apply as one after the other does: two rotations chain, and each change's
+    pre-image is exactly what it replaced (its audit event's old values). Each failed
+    attempt means another writer saved meanwhile. ``collection``: async PyMongo;
+    SecretKeyError as :func:`stream_changes`.
     """
     from pymongo import ReturnDocument
 
@@ -396,17 +398,20 @@ async def save_stream_changes(
         doc: dict[str, Any] | None = await collection.find_one(where)
         if doc is None:
             return None
-        changes = stream_changes(
-            doc, body, overlap_seconds=overlap_seconds, now=datetime.now(UTC), box=box
-        )
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as BSON stores it
+        changes = stream_changes(doc, body, overlap_seconds=overlap_seconds, now=now, box=box)
         if not changes:
-            return doc
-        unchanged = {name: doc.get(name) for name in SECRET_FIELDS}
+            return doc, doc
+        unchanged: dict[str, Any] = {name: doc.get(name) for name in SECRET_FIELDS}
+        revision = doc.get("revision")
+        unchanged["revision"] = {"$exists": False} if revision is None else revision
+        changes["revision"] = int(revision or 0) + 1
         saved: dict[str, Any] | None = await collection.find_one_and_update(
             {**where, **unchanged}, {"$set": changes}, return_document=ReturnDocument.AFTER
         )
         if saved is not None:
-            return saved
+            return doc, saved
     raise StreamChangedConcurrently("the destination changed concurrently too often; try again")
 
 
@@ -430,3 +435,198 @@ async def stream_lag(events: Any, tenant: str, position: int) -> tuple[int, floa
                 at = at.replace(tzinfo=UTC)
             seconds = max(0.0, (datetime.now(UTC) - at).total_seconds())
     return lag, round(seconds, 3)
+
+
+# --- The tenant's limit of destinations (API and CLI alike) ---------------------------
+
+MAX_STREAMS_PER_TENANT = 20
+# Each destination holds one of its tenant's MAX_STREAMS_PER_TENANT slots, unique per
+# tenant (the index below): concurrent creates cannot exceed the limit (a count before
+# the insert let them all through). Destinations stored without a slot (before slots)
+# count against the limit too.
+SLOT_INDEX_KEYS = [("tenant", 1), ("slot", 1)]
+SLOT_INDEX_OPTIONS: dict[str, Any] = {
+    "name": "stream_slot",
+    "unique": True,
+    "partialFilterExpression": {"slot": {"$exists": True}},
+}
+# A create that lost its slot to another is retried; each retry means another create
+# succeeded, so this bound is only reached under that many concurrent creates.
+SLOT_ATTEMPTS = 100
+
+
+class StreamLimitReached(Exception):
+    """The tenant already has MAX_STREAMS_PER_TENANT destinations."""
+
+    def __init__(self) -> None:
+        super().__init__(f"a tenant has at most {MAX_STREAMS_PER_TENANT} streams")
+
+
+async def free_slots(collection: Any, tenant: str) -> list[int]:
+    """The tenant's free slots (StreamLimitReached when there is none)."""
+    present = await collection.find({"tenant": tenant}, {"slot": 1}).to_list(None)
+    used = {d.get("slot") for d in present}
+    room = MAX_STREAMS_PER_TENANT - len(present)  # unslotted destinations count too
+    free = [n for n in range(MAX_STREAMS_PER_TENANT) if n not in used][: max(0, room)]
+    if not free:
+        raise StreamLimitReached
+    return free
+
+
+async def insert_in_a_slot(collection: Any, doc: dict[str, Any]) -> None:
+    """Insert the new destination ``doc`` holding a free slot of its tenant (API and
+    CLI alike): the unique index refuses a slot another create took meanwhile, and
+    another free one is tried. StreamLimitReached when the tenant is full,
+    StreamChangedConcurrently after SLOT_ATTEMPTS lost slots."""
+    import secrets as random_slots
+
+    from pymongo import IndexModel
+    from pymongo.errors import DuplicateKeyError
+
+    # idempotent; creating a stream is rare
+    await collection.create_indexes([IndexModel(SLOT_INDEX_KEYS, **SLOT_INDEX_OPTIONS)])
+    for _ in range(SLOT_ATTEMPTS):
+        doc["slot"] = random_slots.choice(await free_slots(collection, doc["tenant"]))
+        try:
+            await collection.insert_one(doc)
+        except DuplicateKeyError:
+            continue
+        return
+    raise StreamChangedConcurrently(
+        "the tenant's streams changed concurrently too often; try again"
+    )
+
+
+# --- The audit events of destination changes ------------------------------------------
+
+# One event of the tenant per accepted change (named like retention.policy.changed).
+DESTINATION_CREATED = "stream.destination.created"
+DESTINATION_UPDATED = "stream.destination.updated"
+DESTINATION_SECRET_ROTATED = "stream.destination.secret_rotated"
+DESTINATION_DELETED = "stream.destination.deleted"
+DESTINATION_REDRIVEN = "stream.destination.redriven"
+DESTINATION_TARGET = "stream_destination"
+REDACTED = "REDACTED"
+# the settings a change event shows (never a secret, its hash or its ciphertext)
+_AUDITED_FIELDS = (
+    "name",
+    "url",
+    "enabled",
+    "batch_size",
+    "filters",
+    "index",
+    "sourcetype",
+    "service",
+    "tags",
+    "access_key_id",
+    "region",
+)
+_CREDENTIAL_KEY = re.compile(
+    r"token|key|secret|sig|pass|pwd|auth|cred|session|code|jwt|hmac", re.IGNORECASE
+)
+_TOKEN_LIKE = re.compile(r"^(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9._~+/=%\-]{16,}$")
+_TOKEN_SEGMENT = re.compile(r"^(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9_\-]{20,}$")
+
+
+def redacted_url(url: str | None) -> str | None:
+    """``url`` as an audit event shows it: credentials replaced by ``REDACTED``.
+
+    The userinfo (``user:password@``), the value of each query parameter whose name
+    looks like a credential (token, key, secret, sig, pass, auth, code, session, …)
+    or whose value looks like a token (16+ characters with letters and digits), a
+    path segment that looks like a token (20+ letters/digits/``-_`` with both, as
+    Slack's and Discord's webhook URLs carry) and the fragment.
+    """
+    from urllib.parse import parse_qsl, quote, urlunsplit
+
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        host = f"[{host}]" if ":" in host else host
+        netloc = f"{REDACTED}@{host}" + (f":{port}" if port is not None else "")
+    path = "/".join(REDACTED if _TOKEN_SEGMENT.match(seg) else seg for seg in parts.path.split("/"))
+    query = "&".join(
+        f"{quote(k, safe='')}="
+        + (REDACTED if _CREDENTIAL_KEY.search(k) or _TOKEN_LIKE.match(v) else quote(v, safe=""))
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, path, query, REDACTED if parts.fragment else ""))
+
+
+def audited_settings(doc: dict[str, Any]) -> dict[str, Any]:
+    """A destination's settings as its change events show them (URL redacted, no
+    secret: ``secret_set`` only)."""
+    view = stream_view(doc)
+    out: dict[str, Any] = {"kind": doc["kind"]}
+    for key in _AUDITED_FIELDS:
+        if key in view:
+            out[key] = view[key]
+    out["url"] = redacted_url(out.get("url"))
+    out["secret_set"] = view["secret_set"]
+    return out
+
+
+def destination_changes(
+    before: dict[str, Any], after: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], bool]:
+    """What an update changed: ``{field: {old, new}}`` of the audited settings that
+    differ (URLs redacted) and whether the secret was rotated (never its value)."""
+    old, new = audited_settings(before), audited_settings(after)
+    changes = {
+        key: {"old": old.get(key), "new": new.get(key)}
+        for key in _AUDITED_FIELDS
+        if old.get(key) != new.get(key)
+    }
+    rotated = after.get("previous_secret_until") != before.get("previous_secret_until")
+    return changes, rotated
+
+
+def destination_event(
+    doc: dict[str, Any],
+    action: str,
+    *,
+    actor: str,
+    service: str,
+    metadata: dict[str, Any] | None = None,
+    changes: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The fields of the tenant's audit event for a change of the destination ``doc``
+    (the post-image; a deleted one: the pre-image), validated by AuditEvent."""
+    crud = {DESTINATION_CREATED: "c", DESTINATION_DELETED: "d"}.get(action, "u")
+    return {
+        "tenant": doc["tenant"],
+        "action": action,
+        "crud": crud,
+        "actor": {"id": actor, "type": "admin"},
+        "targets": [{"type": DESTINATION_TARGET, "id": doc["_id"], "name": doc["name"]}],
+        "source": {"service": service},
+        "changes": changes or {},
+        "metadata": metadata or {},
+    }
+
+
+def update_event(
+    before: dict[str, Any], after: dict[str, Any], *, actor: str, service: str
+) -> dict[str, Any] | None:
+    """The event of an update (``secret_rotated`` when it gave a new secret, else
+    ``updated``; metadata: the names changed, ``secret_rotated``, the kind), or None
+    when it changed no setting (nothing to audit)."""
+    changes, rotated = destination_changes(before, after)
+    if not changes and not rotated:
+        return None
+    names = sorted([*changes, *(["secret"] if rotated else [])])
+    return destination_event(
+        after,
+        DESTINATION_SECRET_ROTATED if rotated else DESTINATION_UPDATED,
+        actor=actor,
+        service=service,
+        metadata={"kind": after["kind"], "changed": names, "secret_rotated": rotated},
+        changes=changes,
+    )

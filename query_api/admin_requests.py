@@ -60,7 +60,7 @@ async def publish_change(
 ) -> bool:
     """Publish an admin's saved change as the tenant's audit event; False when the
     log is unavailable (the change is saved: the answer says so rather than fail)."""
-    event = AuditEvent.model_validate(
+    return await publish_event(
         {
             "tenant": tenant,
             "action": action,
@@ -71,6 +71,13 @@ async def publish_change(
             "metadata": metadata,
         }
     )
+
+
+async def publish_event(fields: dict[str, Any]) -> bool:
+    """Publish the audit event ``fields`` of an admin's saved change (as
+    :func:`publish_change`); False when the log is unavailable."""
+    event = AuditEvent.model_validate(fields)
+    tenant, action = event.tenant, event.action
     try:
         await current_publisher().publish([(partition_key(tenant), encode_event(event))])
     except Exception as exc:

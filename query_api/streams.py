@@ -8,6 +8,12 @@ AUDITSTREAM_STREAMS_SECRET_KEY (audit_events/stream_secrets.py); without it the
 API answers 503 to a request that would store one. ``PUT`` changes only the fields it names; a new
 ``secret`` keeps the previous one valid for signing during
 AUDITSTREAM_STREAMS_SECRET_OVERLAP_SECONDS (rotation).
+
+Each accepted change is published as the tenant's audit event
+(``stream.destination.created|updated|secret_rotated|deleted``, actor = the
+token's subject, target = the destination; never a secret nor a URL's
+credentials); ``audited`` in the answer (``X-Audited`` on a DELETE) says whether
+Kafka took it. A refused change publishes nothing.
 """
 
 from __future__ import annotations
@@ -20,48 +26,41 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
-from pymongo import IndexModel
+from pydantic import BaseModel, Field
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
 from quart import Blueprint, Response, g
 from quart_schema import document_request, document_response
 
 from audit_events.stream_secrets import SecretKeyError, StreamSecrets
 from audit_events.streams import (
     DATADOG_DEFAULT_URL,
+    DESTINATION_CREATED,
+    DESTINATION_DELETED,
     STREAM_DEAD_LETTERS_COLLECTION,
     STREAMS_COLLECTION,
     StreamChangedConcurrently,
     StreamCreate,
     StreamFields,
+    StreamLimitReached,
+    audited_settings,
+    destination_event,
+    free_slots,
+    insert_in_a_slot,
     new_stream_document,
     save_stream_changes,
     stream_lag,
     stream_view,
+    update_event,
     url_problem,
 )
-from query_api.admin_requests import json_response, read_body, tenant_arg
+from query_api.admin_requests import json_response, publish_event, read_body, tenant_arg
 from query_api.auth import require_scope
 from query_api.problems import Problem
 from query_api.state import current_services, current_settings
 
 bp = Blueprint("streams", __name__)
 log = logging.getLogger(__name__)
-MAX_STREAMS_PER_TENANT = 20
-# Each destination the API creates holds one of its tenant's MAX_STREAMS_PER_TENANT
-# slots, unique per tenant: concurrent creates cannot exceed the limit (a count
-# before the insert let them all through). Destinations stored without a slot
-# (before slots, or by ``auditstream streams add``) count against the limit too.
-SLOT_INDEX = IndexModel(
-    [("tenant", 1), ("slot", 1)],
-    name="stream_slot",
-    unique=True,
-    partialFilterExpression={"slot": {"$exists": True}},
-)
-# A create that lost its slot to another is retried; each retry means another create
-# succeeded, so this bound is only reached under that many concurrent creates.
-ATTEMPTS = 100
+SERVICE = "auditstream-api"  # the source of the change events
 
 
 class StreamStatus(BaseModel):
@@ -85,6 +84,11 @@ class StreamStatus(BaseModel):
     lag_events: int | None = None
     lag_seconds: float | None = None
     dead_letter_batches: int | None = None
+    audited: bool | None = Field(
+        None,
+        description="POST/PUT: whether the change's audit event was published (null: "
+        "the PUT changed nothing, no event)",
+    )
 
 
 class StreamList(BaseModel):
@@ -163,7 +167,8 @@ async def create_stream() -> Response:
         raise Problem(422, "url is required", errors=[{"loc": "url", "msg": "required"}])
     await _check_url(url, body.kind)
     streams, _, events = _collections()
-    await _free_slots(streams, tenant)  # 422 before anything else when the tenant is full
+    with _limit_errors():
+        await free_slots(streams, tenant)  # 422 before anything else when the tenant is full
     with _secret_errors():
         doc = new_stream_document(
             tenant,
@@ -174,33 +179,31 @@ async def create_stream() -> Response:
             now=datetime.now(UTC),
             box=StreamSecrets.from_settings(current_settings()),
         )
-    await _insert_in_a_slot(streams, doc)
-    return json_response(await _status(doc), 201)
+    with _limit_errors():
+        await insert_in_a_slot(streams, doc)
+    view = await _status(doc)
+    view["audited"] = await publish_event(
+        destination_event(
+            doc,
+            DESTINATION_CREATED,
+            actor=g.principal.subject,
+            service=SERVICE,
+            metadata={**audited_settings(doc), "position": doc["position"]},
+        )
+    )
+    return json_response(view, 201)
 
 
-async def _free_slots(streams: AsyncCollection[dict[str, Any]], tenant: str) -> list[int]:
-    """The tenant's free slots (422 when there is none)."""
-    present = await streams.find({"tenant": tenant}, {"slot": 1}).to_list(None)
-    used = {d.get("slot") for d in present}
-    room = MAX_STREAMS_PER_TENANT - len(present)  # unslotted destinations count too
-    free = [n for n in range(MAX_STREAMS_PER_TENANT) if n not in used][: max(0, room)]
-    if not free:
-        raise Problem(422, f"a tenant has at most {MAX_STREAMS_PER_TENANT} streams")
-    return free
-
-
-async def _insert_in_a_slot(streams: AsyncCollection[dict[str, Any]], doc: dict[str, Any]) -> None:
-    """Insert ``doc`` holding a free slot of its tenant (the unique index refuses a
-    slot another request took meanwhile: try a free one again)."""
-    await streams.create_indexes([SLOT_INDEX])  # idempotent; creating a stream is rare
-    for _ in range(ATTEMPTS):
-        doc["slot"] = secrets.choice(await _free_slots(streams, doc["tenant"]))
-        try:
-            await streams.insert_one(doc)
-        except DuplicateKeyError:
-            continue
-        return
-    raise Problem(409, "the tenant's streams changed concurrently too often; try again")
+@contextlib.contextmanager
+def _limit_errors() -> Iterator[None]:
+    """The tenant's limit (audit_events/streams.py, shared with the CLI): 422; 409
+    when every free slot was taken by another create first."""
+    try:
+        yield
+    except StreamLimitReached as exc:
+        raise Problem(422, str(exc)) from None
+    except StreamChangedConcurrently as exc:
+        raise Problem(409, str(exc)) from None
 
 
 @bp.get("/v1/streams")
@@ -248,7 +251,11 @@ async def update_stream(stream_id: str) -> Response:
         raise Problem(409, str(exc)) from None
     if saved is None:  # deleted meanwhile
         raise Problem(404, f"no stream {stream_id!r}")
-    return json_response(await _status(saved))
+    before, after = saved
+    view = await _status(after)
+    event = update_event(before, after, actor=g.principal.subject, service=SERVICE)
+    view["audited"] = None if event is None else await publish_event(event)
+    return json_response(view)
 
 
 @bp.delete("/v1/streams/<stream_id>")
@@ -257,8 +264,19 @@ async def delete_stream(stream_id: str) -> Response:
     """Remove a destination and its dead-letter list; the worker stops delivering to it."""
     tenant = tenant_arg()
     streams, dead, _ = _collections()
-    deleted = await streams.delete_one({"_id": stream_id, "tenant": tenant})
-    if not deleted.deleted_count:  # never there, or a concurrent DELETE removed it
+    # the pre-image: this DELETE removed it (a concurrent one finds nothing: 404)
+    deleted = await streams.find_one_and_delete({"_id": stream_id, "tenant": tenant})
+    if deleted is None:  # never there, or a concurrent DELETE removed it
         raise Problem(404, f"no stream {stream_id!r}")
     await dead.delete_many({"stream_id": stream_id})
-    return Response(status=204)
+    audited = await publish_event(
+        destination_event(
+            deleted,
+            DESTINATION_DELETED,
+            actor=g.principal.subject,
+            service=SERVICE,
+            metadata=audited_settings(deleted),
+        )
+    )
+    # 204 has no body: the header says whether the change's audit event was published
+    return Response(status=204, headers={"X-Audited": "true" if audited else "false"})

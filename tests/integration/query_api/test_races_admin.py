@@ -21,8 +21,7 @@ from quart.typing import TestClientProtocol as Client
 from audit_events.masking import MASKING_COLLECTION
 from audit_events.settings import AuditSettings
 from audit_events.stream_secrets import StreamSecrets
-from audit_events.streams import STREAMS_COLLECTION
-from query_api.streams import MAX_STREAMS_PER_TENANT
+from audit_events.streams import MAX_STREAMS_PER_TENANT, STREAMS_COLLECTION
 from tests.helpers import LiveApi, bearer
 from tests.integration.stream_processor.test_archive import topic_records
 
