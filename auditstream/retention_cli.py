@@ -11,8 +11,6 @@ verifies (stream_processor/retention.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import getpass
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +22,7 @@ from pydantic import ValidationError
 
 from audit_events.retention import RetentionPolicy, policy_view, set_policy
 from audit_events.settings import AuditSettings, load_settings, mongo_client_options
+from auditstream.admin_events import SERVICE, cli_actor, publish_admin_event
 
 T = TypeVar("T")
 
@@ -50,43 +49,26 @@ def _print(view: Any) -> None:
     click.echo(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
 
 
-PUBLISH_TIMEOUT_SECONDS = 15.0
-
-
 async def _publish_change(
     settings: AuditSettings, tenant: str, by: str, metadata: dict[str, Any]
 ) -> str | None:
     """Publish the change as the tenant's audit event, as ``PUT /v1/retention`` does
     (query_api/admin_requests.py ``publish_change``); None once Kafka acknowledged it,
     else why not (the change is saved either way)."""
-    from audit_events.codec import encode_event
-    from audit_events.schema import AuditEvent
-    from audit_events.topics import partition_key
-    from query_api.publisher import Publisher
     from query_api.retention import CHANGED_ACTION
 
-    event = AuditEvent.model_validate(
+    return await publish_admin_event(
+        settings,
         {
             "tenant": tenant,
             "action": CHANGED_ACTION,
             "crud": "u",
             "actor": {"id": by, "type": "admin"},
             "targets": [{"type": "retention_policy", "id": tenant}],
-            "source": {"service": "auditstream-cli"},
+            "source": {"service": SERVICE},
             "metadata": metadata,
-        }
+        },
     )
-    publisher = Publisher(settings)
-    try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
-            await publisher.start()
-            await publisher.publish([(partition_key(tenant), encode_event(event))])
-    except Exception as exc:
-        return str(exc) or type(exc).__name__
-    finally:
-        with contextlib.suppress(Exception):
-            await publisher.stop()
-    return None
 
 
 def _save(tenant: str, days: int | None) -> None:
@@ -97,7 +79,7 @@ def _save(tenant: str, days: int | None) -> None:
     failure: list[str] = []
 
     async def action(settings: AuditSettings, db: Any) -> dict[str, Any]:
-        by = f"cli:{getpass.getuser()}"
+        by = cli_actor()
         saved = await set_policy(db, tenant, days, by=by)
         view = await policy_view(db, tenant, saved)
         why = await _publish_change(

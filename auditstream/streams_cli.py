@@ -2,7 +2,10 @@
 
 The commands work on MongoDB directly, with the same validation as
 ``/v1/streams`` (audit_events/streams.py). Secrets are read from stdin or a
-hidden prompt, never from the command line, and never printed.
+hidden prompt, never from the command line, and never printed. ``add``,
+``update``, ``delete`` and ``redrive`` publish each change as the tenant's audit
+event (``stream.destination.*``, actor ``cli:<user>``), as the API does; exit 1
+when Kafka did not take it (the change is saved, but not in the trail).
 """
 
 from __future__ import annotations
@@ -23,18 +26,25 @@ from audit_events.settings import AuditSettings, load_settings, mongo_client_opt
 from audit_events.storage import EVENTS_COLLECTION
 from audit_events.stream_secrets import KEY_ENV, SecretKeyError, StreamSecrets, generate_key
 from audit_events.streams import (
+    DESTINATION_CREATED,
+    DESTINATION_DELETED,
+    DESTINATION_REDRIVEN,
     KINDS,
     STREAM_DEAD_LETTERS_COLLECTION,
     STREAMS_COLLECTION,
     StreamChangedConcurrently,
     StreamCreate,
     StreamFields,
+    audited_settings,
+    destination_event,
     new_stream_document,
     save_stream_changes,
     stream_lag,
     stream_view,
+    update_event,
     url_problem,
 )
+from auditstream.admin_events import SERVICE, cli_actor, publish_admin_event
 
 T = TypeVar("T")
 Db = Any
@@ -105,6 +115,28 @@ async def _status(db: Db, doc: dict[str, Any]) -> dict[str, Any]:
         {"stream_id": doc["_id"]}
     )
     return view
+
+
+async def _audit(settings: AuditSettings, event: dict[str, Any] | None) -> str | None:
+    """Publish a change's audit event: None when published (or there is none), else
+    the line saying it is not in the trail."""
+    if event is None:
+        return None
+    why = await publish_admin_event(settings, event)
+    if why is None:
+        return None
+    target = event["targets"][0]["id"]
+    return (
+        f"{target}: change saved, but its audit event ({event['action']}) was not "
+        f"published: {why}; the trail lacks this change"
+    )
+
+
+def _unaudited(why: str | None) -> None:
+    """After the command's output: exit 1 when the change is not in the trail."""
+    if why is not None:
+        click.echo(why, err=True)
+        sys.exit(1)
 
 
 def _line(v: dict[str, Any]) -> str:
@@ -188,12 +220,12 @@ def add(
     body = _validate(StreamCreate, data)
     assert isinstance(body, StreamCreate)
 
-    async def action(settings: AuditSettings, db: Db) -> str:
+    async def action(settings: AuditSettings, db: Db) -> tuple[str, str | None]:
         doc = new_stream_document(
             tenant,
             body,
             head_seq=0,
-            by="cli",
+            by=cli_actor(),
             stream_id="st_" + secrets.token_hex(12),
             now=datetime.now(UTC),
             box=StreamSecrets.from_settings(settings),
@@ -205,9 +237,15 @@ def add(
             )
             doc["position"] = int(head["seq"]) if head else 0
         await db[STREAMS_COLLECTION].insert_one(doc)
-        return str(doc["_id"])
+        metadata = {**audited_settings(doc), "position": doc["position"]}
+        event = destination_event(
+            doc, DESTINATION_CREATED, actor=cli_actor(), service=SERVICE, metadata=metadata
+        )
+        return str(doc["_id"]), await _audit(settings, event)
 
-    click.echo(_run(action))
+    stream_id, why = _run(action)
+    click.echo(stream_id)
+    _unaudited(why)
 
 
 @streams.command("show")
@@ -264,10 +302,10 @@ def update(
         data["secret"] = _secret(secret_stdin, "New secret / token")
     body = _validate(StreamFields, data)
 
-    async def action(settings: AuditSettings, db: Db) -> bool:
+    async def action(settings: AuditSettings, db: Db) -> tuple[bool, str | None]:
         doc = await db[STREAMS_COLLECTION].find_one({"_id": stream_id})
         if doc is None:
-            return False
+            return False, None
         if body.url is not None:
             _check_url(settings, body.url, doc["kind"])
         try:  # as PUT /v1/streams/{id}: a concurrent rotation is chained, not lost
@@ -280,11 +318,16 @@ def update(
             )
         except StreamChangedConcurrently as exc:
             raise click.ClickException(str(exc)) from None
-        return saved is not None
+        if saved is None:  # deleted meanwhile
+            return False, None
+        event = update_event(*saved, actor=cli_actor(), service=SERVICE)  # None: no change
+        return True, await _audit(settings, event)
 
-    if not _run(action):
+    found, why = _run(action)
+    if not found:
         raise click.ClickException(f"no stream {stream_id!r}")
     click.echo(f"{stream_id} updated")
+    _unaudited(why)
 
 
 def dev_streams_env(settings: AuditSettings, data_dir: Path) -> dict[str, str]:
@@ -364,14 +407,26 @@ def encrypt_secrets() -> None:
 def delete(stream_id: str) -> None:
     """Remove a destination and its dead-letter list."""
 
-    async def action(settings: AuditSettings, db: Db) -> int:
-        result = await db[STREAMS_COLLECTION].delete_one({"_id": stream_id})
+    async def action(settings: AuditSettings, db: Db) -> tuple[bool, str | None]:
+        # the pre-image: this command removed it (a concurrent delete finds nothing)
+        gone = await db[STREAMS_COLLECTION].find_one_and_delete({"_id": stream_id})
         await db[STREAM_DEAD_LETTERS_COLLECTION].delete_many({"stream_id": stream_id})
-        return int(result.deleted_count)
+        if gone is None:
+            return False, None
+        event = destination_event(
+            gone,
+            DESTINATION_DELETED,
+            actor=cli_actor(),
+            service=SERVICE,
+            metadata=audited_settings(gone),
+        )
+        return True, await _audit(settings, event)
 
-    if not _run(action):
+    found, why = _run(action)
+    if not found:
         raise click.ClickException(f"no stream {stream_id!r}")
     click.echo(f"{stream_id} deleted")
+    _unaudited(why)
 
 
 @streams.command("dead-letters")
@@ -395,16 +450,32 @@ def redrive(stream_id: str) -> None:
 
     A delivered batch leaves the list; the first failure stops (exit status 1)
     and keeps the rest. Events carry their ids as idempotency keys, so a
-    receiver that already has some of them can drop the duplicates.
+    receiver that already has some of them can drop the duplicates. A redrive
+    that delivered batches is published as the tenant's audit event
+    stream.destination.redriven (batches, events, the error that stopped it).
     """
     from stream_processor.streams.worker import redrive as run_redrive
 
-    settings = load_settings()
-    settings.require("mongo_uri")
-    batches, events, error = asyncio.run(run_redrive(settings, stream_id))
+    async def action(settings: AuditSettings, db: Db) -> tuple[int, int, str | None, str | None]:
+        doc = await db[STREAMS_COLLECTION].find_one({"_id": stream_id})
+        if doc is None:
+            return 0, 0, f"no stream {stream_id!r}", None
+        batches, events, error = await run_redrive(settings, stream_id)
+        if not batches:  # nothing delivered: nothing changed
+            return batches, events, error, None
+        metadata = {"batches": batches, "events": events, "error": error}
+        event = destination_event(
+            doc, DESTINATION_REDRIVEN, actor=cli_actor(), service=SERVICE, metadata=metadata
+        )
+        return batches, events, error, await _audit(settings, event)
+
+    batches, events, error, why = _run(action)
     click.echo(f"{stream_id}: {batches} batches, {events} events redelivered")
     if error:
         click.secho(f"stopped: {error}", fg="red")
+    if why is not None:
+        click.echo(why, err=True)
+    if error or why is not None:
         sys.exit(1)
 
 

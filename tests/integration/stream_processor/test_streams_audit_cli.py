@@ -1,0 +1,119 @@
+"""``auditstream streams add/update/delete/redrive`` leave each change in the tenant's
+trail as ``/v1/streams`` does (actor ``cli:<user>``, never a secret), publish nothing
+for a refused change."""
+
+from __future__ import annotations
+
+import getpass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+
+from audit_events.settings import AuditSettings
+from audit_events.streams import (
+    STREAM_DEAD_LETTERS_COLLECTION,
+    STREAMS_COLLECTION,
+)
+from audit_events.topic_admin import ensure_topics
+from tests.integration.stream_processor import test_streams as base
+from tests.integration.stream_processor.test_archive import topic_records
+from tests.integration.stream_processor.test_streams import SECRET, _cli, seed
+
+pytestmark = pytest.mark.integration
+PREFIX = "stream.destination."
+# the log-stream tests' fixtures: loopback receivers behind TLS, private hosts allowed
+tls, sset, db, receivers = base.tls, base.sset, base.db, base.receivers
+
+
+async def trail(settings: AuditSettings) -> list[dict[str, Any]]:
+    records = await topic_records(settings)
+    events = [
+        orjson.loads(value)
+        for (topic, _, _), (_, value, *_) in sorted(records.items())
+        if topic == settings.topic_events
+    ]
+    return [e for e in events if str(e.get("action", "")).startswith(PREFIX)]
+
+
+def add_args(url: str, name: str = "cli") -> tuple[str, ...]:
+    return ("streams", "add", "--tenant", "acme", "--kind", "webhook", "--name", name,
+            "--url", url, "--secret-stdin")  # fmt: skip
+
+
+async def test_cli_destination_changes_are_audited(
+    sset: AuditSettings, db: AsyncDatabase[dict[str, Any]], receivers: Any
+) -> None:
+    await ensure_topics(sset)
+    rec = receivers(secrets=[SECRET])
+    await seed(db, "acme", 1, 2)
+    added = _cli(sset, *add_args(rec.url + "?api_key=k1&v=2"), stdin=SECRET + "\n")
+    assert added.returncode == 0, added.stderr
+    sid = added.stdout.strip()
+    # refused: nothing published
+    assert _cli(sset, "streams", "update", "st_nope", "--name", "x").returncode == 1
+    assert _cli(sset, "streams", "delete", "st_nope").returncode == 1
+    assert _cli(sset, "streams", "redrive", "st_nope").returncode == 1
+    bad = _cli(sset, "streams", "update", sid, "--url", "http://example.com/")
+    assert bad.returncode == 1
+    renamed = _cli(sset, "streams", "update", sid, "--name", "cli-2", "--disable")
+    assert renamed.returncode == 0, renamed.stderr
+    rotated = _cli(sset, "streams", "update", sid, "--rotate-secret", "--secret-stdin",
+                   stdin="whsec-rotated-0123456789\n")  # fmt: skip
+    assert rotated.returncode == 0, rotated.stderr
+    nothing = _cli(sset, "streams", "redrive", sid)  # no dead letters: no change
+    assert nothing.returncode == 0, nothing.stderr
+    await db[STREAM_DEAD_LETTERS_COLLECTION].insert_one(
+        {"stream_id": sid, "tenant": "acme", "first_seq": 2, "last_seq": 2, "count": 1,
+         "at": datetime.now(UTC), "error": "HTTP 500"}
+    )  # fmt: skip
+    rec.secrets = ["whsec-rotated-0123456789"]
+    redriven = _cli(sset, "streams", "redrive", sid)
+    assert redriven.returncode == 0, redriven.stdout + redriven.stderr
+    deleted = _cli(sset, "streams", "delete", sid)
+    assert deleted.returncode == 0, deleted.stderr
+
+    events = await trail(sset)
+    assert [e["action"] for e in events] == [
+        PREFIX + "created",
+        PREFIX + "updated",
+        PREFIX + "secret_rotated",
+        PREFIX + "redriven",
+        PREFIX + "deleted",
+    ]
+    for e in events:
+        assert e["tenant"] == "acme"
+        assert e["actor"] == {"id": f"cli:{getpass.getuser()}", "type": "admin"}
+        assert e["source"] == {"service": "auditstream-cli"}
+        assert e["targets"][0]["type"] == "stream_destination"
+        assert e["targets"][0]["id"] == sid
+        text = orjson.dumps(e).decode()
+        assert SECRET not in text and "whsec-rotated" not in text and "k1" not in text
+    created, updated, secret_rotated, redrive_ev, _ = events
+    assert created["metadata"]["url"] == rec.url + "?api_key=REDACTED&v=2"
+    assert created["metadata"]["position"] == 2
+    assert updated["changes"] == {
+        "name": {"old": "cli", "new": "cli-2"},
+        "enabled": {"old": True, "new": False},
+    }
+    assert secret_rotated["metadata"]["changed"] == ["secret"]
+    assert redrive_ev["metadata"] == {"batches": 1, "events": 1, "error": None}
+    doc = await db[STREAMS_COLLECTION].find_one({"_id": sid})
+    assert doc is None
+
+
+async def test_cli_change_without_kafka_is_saved_and_says_it_is_not_audited(
+    sset: AuditSettings, db: AsyncDatabase[dict[str, Any]]
+) -> None:
+    await ensure_topics(sset)
+    added = _cli(sset, *add_args("https://127.0.0.1:9/hook"), stdin=SECRET + "\n")
+    assert added.returncode == 0, added.stderr
+    sid = added.stdout.strip()
+    down = sset.model_copy(update={"kafka_bootstrap": "127.0.0.1:9"})
+    renamed = _cli(down, "streams", "update", sid, "--name", "n2")
+    assert renamed.returncode == 1, renamed
+    assert "not published" in renamed.stderr and "stream.destination.updated" in renamed.stderr
+    doc = await db[STREAMS_COLLECTION].find_one({"_id": sid})
+    assert doc is not None and doc["name"] == "n2"
