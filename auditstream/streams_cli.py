@@ -35,8 +35,10 @@ from audit_events.streams import (
     StreamChangedConcurrently,
     StreamCreate,
     StreamFields,
+    StreamLimitReached,
     audited_settings,
     destination_event,
+    insert_in_a_slot,
     new_stream_document,
     save_stream_changes,
     stream_lag,
@@ -236,7 +238,10 @@ def add(
                 {"tenant": tenant, "seq": {"$exists": True}}, {"seq": 1}, sort=[("seq", -1)]
             )
             doc["position"] = int(head["seq"]) if head else 0
-        await db[STREAMS_COLLECTION].insert_one(doc)
+        try:  # one of the tenant's slots, as POST /v1/streams takes
+            await insert_in_a_slot(db[STREAMS_COLLECTION], doc)
+        except (StreamLimitReached, StreamChangedConcurrently) as exc:
+            raise click.ClickException(str(exc)) from None
         metadata = {**audited_settings(doc), "position": doc["position"]}
         event = destination_event(
             doc, DESTINATION_CREATED, actor=cli_actor(), service=SERVICE, metadata=metadata

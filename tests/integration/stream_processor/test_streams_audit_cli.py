@@ -1,9 +1,11 @@
 """``auditstream streams add/update/delete/redrive`` leave each change in the tenant's
 trail as ``/v1/streams`` does (actor ``cli:<user>``, never a secret), publish nothing
-for a refused change."""
+for a refused change, and ``add`` keeps the tenant's limit of destinations with the
+API's slots, also when several run at once."""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,9 +15,14 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from audit_events.settings import AuditSettings
+from audit_events.stream_secrets import StreamSecrets
 from audit_events.streams import (
+    MAX_STREAMS_PER_TENANT,
     STREAM_DEAD_LETTERS_COLLECTION,
     STREAMS_COLLECTION,
+    StreamCreate,
+    insert_in_a_slot,
+    new_stream_document,
 )
 from audit_events.topic_admin import ensure_topics
 from tests.integration.stream_processor import test_streams as base
@@ -117,3 +124,39 @@ async def test_cli_change_without_kafka_is_saved_and_says_it_is_not_audited(
     assert "not published" in renamed.stderr and "stream.destination.updated" in renamed.stderr
     doc = await db[STREAMS_COLLECTION].find_one({"_id": sid})
     assert doc is not None and doc["name"] == "n2"
+
+
+async def test_cli_add_keeps_the_tenants_limit_with_the_apis_slots(
+    sset: AuditSettings, db: AsyncDatabase[dict[str, Any]]
+) -> None:
+    """The tenant has limit - 2 destinations; 4 ``streams add`` at once: 2 succeed, 2
+    exit 1 with one line naming the limit; nothing is published for those."""
+    await ensure_topics(sset)
+    box = StreamSecrets.from_settings(sset)
+    for i in range(MAX_STREAMS_PER_TENANT - 2):
+        body = StreamCreate(kind="webhook", name=f"s{i}", url="https://127.0.0.1:9/", secret=SECRET)
+        doc = new_stream_document(
+            "acme", body, head_seq=0, by="test", stream_id=f"st_{i}", now=datetime.now(UTC), box=box
+        )
+        await insert_in_a_slot(db[STREAMS_COLLECTION], doc)
+    runs = await asyncio.gather(
+        *(
+            asyncio.to_thread(
+                _cli, sset, *add_args("https://127.0.0.1:9/", f"c{i}"), stdin=SECRET + "\n"
+            )
+            for i in range(4)
+        )
+    )
+    codes = sorted(r.returncode for r in runs)
+    assert codes == [0, 0, 1, 1], [(r.returncode, r.stderr) for r in runs]
+    for r in runs:
+        if r.returncode:
+            assert (
+                r.stderr.strip() == f"Error: a tenant has at most {MAX_STREAMS_PER_TENANT} streams"
+            )
+    assert await db[STREAMS_COLLECTION].count_documents({"tenant": "acme"}) == (
+        MAX_STREAMS_PER_TENANT
+    )
+    slots = await db[STREAMS_COLLECTION].distinct("slot", {"tenant": "acme"})
+    assert sorted(slots) == list(range(MAX_STREAMS_PER_TENANT))
+    assert len(await trail(sset)) == 2
