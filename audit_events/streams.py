@@ -569,6 +569,8 @@ def audited_settings(doc: dict[str, Any]) -> dict[str, Any]:
         if key in view:
             out[key] = view[key]
     out["url"] = redacted_url(out.get("url"))
+    filters = out.get("filters") or {}  # as they act: a list left out is empty
+    out["filters"] = {k: filters.get(k) or [] for k in ("actions", "outcomes")}
     out["secret_set"] = view["secret_set"]
     return out
 

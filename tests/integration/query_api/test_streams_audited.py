@@ -103,7 +103,7 @@ async def test_each_destination_change_is_one_event_without_secrets(
         "old": f"{HOOK}?token=REDACTED&format=json&sig=REDACTED",
         "new": HOOK + "/v2",
     }
-    assert renamed_ev["changes"]["filters"]["new"]["actions"] == ["user.*"]
+    assert renamed_ev["changes"]["filters"]["new"] == {"actions": ["user.*"], "outcomes": []}
     assert paused_ev["changes"] == {"enabled": {"old": True, "new": False}}
     assert rotated_ev["metadata"]["changed"] == ["secret"]
     assert rotated_ev["metadata"]["secret_rotated"] is True

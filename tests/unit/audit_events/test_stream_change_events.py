@@ -80,3 +80,22 @@ def test_an_update_event_names_a_rotation_never_the_secret() -> None:
     text = orjson.dumps(event).decode()
     assert "whsec" not in text and "t0p" not in text and "t1p" not in text
     assert update_event(before, dict(before), actor="alice", service="s") is None
+
+
+def test_filters_that_act_the_same_are_no_change() -> None:
+    box = StreamSecrets(generate_key())
+    body = StreamCreate(kind="syslog", name="n", url="syslog+tls://logs.example:6514")
+    before = new_stream_document(
+        "acme", body, head_seq=0, by="x", stream_id="st_1", now=datetime.now(UTC), box=box
+    )
+    assert before["filters"] is None
+    same = {**before, "filters": {"actions": []}}
+    assert update_event(before, same, actor="a", service="s") is None
+    narrowed = {**before, "filters": {"actions": ["user.*"]}}
+    event = update_event(before, narrowed, actor="a", service="s")
+    assert event is not None and event["changes"] == {
+        "filters": {
+            "old": {"actions": [], "outcomes": []},
+            "new": {"actions": ["user.*"], "outcomes": []},
+        }
+    }
