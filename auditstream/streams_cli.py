@@ -154,8 +154,12 @@ def _line(v: dict[str, Any]) -> str:
 
 @click.group("streams")
 def streams() -> None:
-    """Manage log-stream destinations (webhook, Splunk HEC, Datadog, syslog over TLS;
-    docs/streams.md)."""
+    """Manage log-stream destinations (webhook, Splunk HEC, Datadog, syslog over TLS, S3;
+    docs/streams.md).
+
+    add, update, delete and redrive publish each change as the tenant's audit event
+    (stream.destination.*, actor cli:<user>; never a secret) and exit 1 if Kafka did
+    not take it (the change is saved). A tenant has at most 20 destinations."""
 
 
 @streams.command("list")
