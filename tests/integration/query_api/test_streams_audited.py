@@ -17,6 +17,7 @@ from quart.typing import TestClientProtocol as Client
 
 from audit_events.settings import AuditSettings
 from audit_events.streams import MAX_STREAMS_PER_TENANT
+from tests.helpers import eventually
 from tests.integration.stream_processor.test_archive import topic_records
 
 pytestmark = pytest.mark.integration
@@ -191,3 +192,29 @@ async def test_concurrent_destination_changes_each_publish_their_own_event(
     # each old is the name some other change left: r, then the seven news but the last
     olds = sorted(e["changes"]["name"]["old"] for e in updates)
     assert len(set(olds)) == n_put and "r" in olds and set(olds) - {"r"} < set(news), (olds, news)
+
+
+async def test_a_destinations_changes_are_its_history(
+    client: Client,
+    auth: Callable[..., dict[str, str]],
+    processors: Callable[..., Any],
+) -> None:
+    """With the processor storing the trail, the destination is a target like any other:
+    ``GET /v1/targets/stream_destination/{id}/history`` is its timeline with the diffs."""
+    processors()
+    admin = auth(scopes=ADMIN)
+    sid = (await create(client, admin))["id"]
+    renamed = await client.put(f"/v1/streams/{sid}", json={"name": "siem-2"}, headers=admin)
+    assert renamed.status_code == 200
+    assert (await client.delete(f"/v1/streams/{sid}", headers=admin)).status_code == 204
+
+    async def timeline() -> list[dict[str, Any]] | None:
+        r = await client.get(f"/v1/targets/stream_destination/{sid}/history", headers=admin)
+        assert r.status_code == 200, await r.get_data(as_text=True)
+        data: list[dict[str, Any]] = (await r.get_json())["data"]
+        return data if len(data) == 3 else None
+
+    events = await eventually(timeline, 60, what="the destination's three changes stored")
+    assert [e["action"] for e in events] == [PREFIX + a for a in ("created", "updated", "deleted")]
+    assert events[1]["changes"] == {"name": {"old": "siem", "new": "siem-2"}}
+    assert SECRET not in orjson.dumps(events).decode()
