@@ -120,13 +120,16 @@ def _control(
 
 
 async def _wait_applied(
-    tenant: str, event_id: str, control_id: str | None
+    tenant: str, event_id: str, control_id: str | None, before: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The event once the control event is applied (``control_id``: the correction;
     None: the erasure); None (answer 202: it is in Kafka) after ``WAIT_SECONDS`` or
-    when the store is away. Looks again when the processor announces a stored batch."""
+    when the store is away. Looks again when the processor announces a stored batch.
+    ``before`` (the event as read before the change): its scopes are invalidated too."""
     try:
-        return await current_store().wait_applied(tenant, event_id, control_id, WAIT_SECONDS)
+        return await current_store().wait_applied(
+            tenant, event_id, control_id, WAIT_SECONDS, before
+        )
     except StoreUnavailable as exc:
         current_app.logger.warning("?wait=true could not confirm the change: %s", exc)
         return None
@@ -180,7 +183,7 @@ async def correct_event(event_id: str) -> Response:
     )
     await _publish(control)
     if wait:
-        doc = await _wait_applied(tenant, event_id, control.id)
+        doc = await _wait_applied(tenant, event_id, control.id, target)
         if doc is not None:
             return Response(orjson.dumps(document_to_api(doc)), content_type="application/json")
     return _accepted(control, event_id)
@@ -198,6 +201,6 @@ async def erase_event(event_id: str) -> Response:
         return Response(status=204)  # a second erasure is a no-op
     control = _control(g.principal, tenant, ERASED_ACTION, event_id, reason)
     await _publish(control)
-    if wait and await _wait_applied(tenant, event_id, None):
+    if wait and await _wait_applied(tenant, event_id, None, target):
         return Response(status=204)
     return _accepted(control, event_id)

@@ -219,7 +219,10 @@ def create_app(
         state.services, state.cache, state.publisher = services, services.cache, services.publisher
         services.cache.on_load = metrics.cache_loads.inc
         state.store = MongoEventStore(
-            services.events, exports=services.exports, waits=services.waits
+            services.events,
+            exports=services.exports,
+            waits=services.waits,
+            settle=services.cache.settle,  # a wait's answer is seen by the next reads
         )
 
     @app.after_serving

@@ -39,6 +39,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from audit_events.cache_keys import (
+    BUMP_SCRIPT,
+    generation_keys,
     generation_ttl_seconds,
     new_generation,
     query_key,
@@ -196,6 +198,29 @@ class ReadCache:
         """Close the hit script's own connections (the client is its owner's to close)."""
         if self._hits is not None:
             await self._hits.aclose()
+
+    async def settle(self, documents: list[dict[str, Any]]) -> None:
+        """Bump the generations of every scope ``documents`` touch (as the processor's
+        step 9 does), before a ``?wait=true`` request answers that they are stored.
+
+        The processor bumps only after its checkpoint and dead letters, so a wait
+        that saw the documents in MongoDB would otherwise answer while every page
+        cached before the write is still served (a read after a 201 missing the
+        event, or an erased payload read after a 204). A value cached under a
+        generation this bump passed was read before the bump; one cached under a
+        newer generation was read after it, i.e. after the write. Best effort, like
+        the processor's: a failure is logged (its own bump follows).
+        """
+        keys = generation_keys(self.namespace, documents)
+        if self._redis is None or not keys:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.eval(BUMP_SCRIPT, 1, key, self._generation_ttl, new_generation())
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("could not invalidate the cache before answering a wait: %s", exc)
 
     def tenant_scope(self, tenant: str) -> list[str]:
         """The generation keys of a read of the tenant's events."""

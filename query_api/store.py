@@ -111,9 +111,17 @@ class EventStore(Protocol):
         """Every rule of every masking version the tenant ever had (empty: none)."""
 
     async def wait_applied(
-        self, tenant: str, event_id: str, control_id: str | None, seconds: float
+        self,
+        tenant: str,
+        event_id: str,
+        control_id: str | None,
+        seconds: float,
+        before: Document | None = None,
     ) -> Document | None:
-        """The event once correction ``control_id`` (None: the erasure) is applied."""
+        """The event once correction ``control_id`` (None: the erasure) is applied.
+
+        ``before``: the event as read before the change (an erasure removes its
+        targets, a correction may change them: their histories are settled too)."""
 
     async def checkpoints(self, tenant: str) -> list[Document]:
         """``tenant``'s signed checkpoints as stored, by seq."""
@@ -152,8 +160,12 @@ class MongoEventStore:
         *,
         exports: AsyncCollection[Document] | None = None,
         waits: StoredWaits | None = None,
+        settle: Callable[[list[Document]], Awaitable[None]] | None = None,
     ) -> None:
         self.events = events
+        # Awaited with the documents a wait found before it answers (ReadCache.settle:
+        # the reads that follow the answer must not be served pages cached before).
+        self._settle = settle
         # Exports read one long cursor from a client bounded per round trip
         # (Services.exports), not by timeoutMS, which would cut a long export off.
         self._exports = exports if exports is not None else events
@@ -209,16 +221,26 @@ class MongoEventStore:
         # is not reported as stored; another tenant's events are never seen.
         keys = {event_key(tenant, eid): (tenant, eid) for tenant, eid in wanted}
         query: Document = {"_id": {"$in": sorted(keys)}}
-        fields: Document = {"search": 0} if masked else {"content_hash": 1}
+        scopes = dict.fromkeys(("tenant", "action", "targets"), 1)  # ReadCache.settle's
+        fields: Document = {"search": 0} if masked else {"content_hash": 1, **scopes}
+        seen: list[Document] = []
 
         async def stored() -> bool:
             found = {d["_id"]: d async for d in self.events.find(query, fields)}
+            seen[:] = found.values()
             return len(found) == len(keys) and all(
                 _stored_as_sent(doc, wanted[keys[k]], (masked or {}).get(keys[k]))
                 for k, doc in found.items()
             )
 
-        return await self._wait({tenant for tenant, _ in wanted}, stored, seconds)
+        done = await self._wait({tenant for tenant, _ in wanted}, stored, seconds)
+        if done:
+            await self._settled(seen)
+        return done
+
+    async def _settled(self, documents: list[Document]) -> None:
+        if self._settle is not None:
+            await self._settle(documents)
 
     async def masking_rules(self, tenant: str) -> list[MaskingRule]:
         try:
@@ -230,7 +252,12 @@ class MongoEventStore:
             raise StoreUnavailable(str(exc)) from exc
 
     async def wait_applied(
-        self, tenant: str, event_id: str, control_id: str | None, seconds: float
+        self,
+        tenant: str,
+        event_id: str,
+        control_id: str | None,
+        seconds: float,
+        before: Document | None = None,
     ) -> Document | None:
         key = event_key(tenant, event_id)
         where: Document = {"_id": key, "tenant": tenant}
@@ -247,7 +274,10 @@ class MongoEventStore:
                 found.append(doc)
             return doc is not None
 
-        return found[-1] if await self._wait({tenant}, applied, seconds) else None
+        if not await self._wait({tenant}, applied, seconds):
+            return None
+        await self._settled([*([before] if before else []), found[-1]])
+        return found[-1]
 
     async def checkpoints(self, tenant: str) -> list[Document]:
         coll = self.events.database[CHECKPOINTS_COLLECTION]
@@ -371,7 +401,12 @@ class MemoryEventStore:
         return list(self.rules.get(tenant, []))
 
     async def wait_applied(
-        self, tenant: str, event_id: str, control_id: str | None, seconds: float
+        self,
+        tenant: str,
+        event_id: str,
+        control_id: str | None,
+        seconds: float,
+        before: Document | None = None,
     ) -> Document | None:
         key = event_key(tenant, event_id)
         if await self._wait(lambda: _applied(self.documents.get(key), control_id), seconds):

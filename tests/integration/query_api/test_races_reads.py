@@ -1,0 +1,97 @@
+"""Readers racing writers: what a client reads right after a ``?wait=true`` answer.
+
+The processor stores a batch (MongoDB), applies its control events, publishes its
+checkpoint and only then bumps the cache generations (stream_processor/pipeline.py,
+steps 4-9). A ``?wait=true`` request that looks at the store inside that gap (its
+fallback look, or a wake-up by an earlier batch's announcement while the next
+batch is being written) used to answer 201/200/204 while every page cached before
+the write was still served: the client's next read missed its own event, or showed
+an erased payload. These tests hold the processor's bump back (they write the
+store as the processor does and bump later) to make that gap certain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from audit_events.codec import content_hash, event_to_document
+from audit_events.settings import AuditSettings
+from audit_events.storage import event_key
+from tests.helpers import LiveApi, Store, bearer, make_event
+
+pytestmark = pytest.mark.integration
+
+
+def _ids(resp: httpx.Response) -> list[str]:
+    assert resp.status_code == 200, resp.text
+    return [e["id"] for e in resp.json()["data"]]
+
+
+async def _store_without_bump(db: Store, n: int) -> None:
+    """Step 4 of the processor only: the event is in MongoDB, its generations not bumped."""
+    event = make_event(n)
+    doc = {**event_to_document(event, datetime.now(UTC)), "content_hash": content_hash(event)}
+    await db.events.insert_one(doc)
+
+
+async def test_a_201_of_wait_true_is_seen_by_the_next_reads_before_the_processors_bump(
+    http: httpx.AsyncClient, db: Store, settings: AuditSettings, live: LiveApi
+) -> None:
+    auth = bearer(settings)
+    live.services.waits.fallback_seconds = 0.05  # type: ignore[union-attr]
+    await db.put([make_event(1)])
+    reads = [
+        "/v1/events",
+        "/v1/events?action=invoice.create",
+        "/v1/events/acme-000004",
+        "/v1/targets/invoice/4/history",
+    ]
+    for url in reads:  # cached before the write: a list, a filter, a 404, a history
+        await http.get(url, headers=auth)
+        again = await http.get(url, headers=auth)
+        assert again.headers.get("X-Cache", "hit") == "hit"  # a 404 says nothing
+    post = asyncio.create_task(
+        http.post("/v1/events?wait=true", json=make_event(4).model_dump(mode="json"), headers=auth)
+    )
+    await _store_without_bump(db, 4)
+    answer = await post
+    assert answer.status_code == 201, answer.text
+    assert _ids(await http.get(reads[0], headers=auth)) == ["acme-000004", "acme-000001"]
+    assert _ids(await http.get(reads[1], headers=auth)) == ["acme-000004", "acme-000001"]
+    assert (await http.get(reads[2], headers=auth)).status_code == 200
+    history = (await http.get(reads[3], headers=auth)).json()
+    assert [e["id"] for e in history["data"]] == ["acme-000004"]
+
+
+async def test_an_erasure_answered_204_is_never_read_with_its_payload(
+    http: httpx.AsyncClient, db: Store, settings: AuditSettings, live: LiveApi
+) -> None:
+    auth = bearer(settings)
+    admin = bearer(settings, scopes="events:read events:admin")
+    live.services.waits.fallback_seconds = 0.05  # type: ignore[union-attr]
+    await db.put([make_event(1)])
+    for _ in range(2):
+        one = await http.get("/v1/events/acme-000001", headers=auth)
+        history = await http.get("/v1/targets/invoice/1/history", headers=auth)
+    assert (one.headers["X-Cache"], one.json()["description"]) == ("hit", "event number 1")
+    assert (history.headers["X-Cache"], _ids(history)) == ("hit", ["acme-000001"])
+    erase = asyncio.create_task(
+        http.delete("/v1/events/acme-000001?wait=true&reason=gdpr", headers=admin)
+    )
+    await asyncio.sleep(0.2)  # published; the processor applies it (step 6), bumps later
+    erased: dict[str, Any] = {"at": datetime.now(UTC), "by": "admin", "reason": "gdpr"}
+    await db.events.update_one(
+        {"_id": event_key("acme", "acme-000001")},
+        {"$set": {"erased": erased}, "$unset": {"description": "", "targets": ""}},
+    )
+    assert (await erase).status_code == 204
+    after = await http.get("/v1/events/acme-000001", headers=auth)
+    assert after.status_code == 410, after.text
+    page = await http.get("/v1/events", headers=auth)
+    assert _ids(page) == []
+    assert _ids(await http.get("/v1/targets/invoice/1/history", headers=auth)) == []
