@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from audit_events.chain import CONTROL_ACTIONS, event_fields
+from audit_events.codec import canonical_json
 from audit_events.stream_secrets import SECRET_FIELDS, SecretKeyError, StreamSecrets
 
 STREAMS_COLLECTION = "streams"
@@ -609,9 +610,30 @@ def destination_event(
         "actor": {"id": actor, "type": "admin"},
         "targets": [{"type": DESTINATION_TARGET, "id": doc["_id"], "name": doc["name"]}],
         "source": {"service": service},
-        "changes": changes or {},
-        "metadata": metadata or {},
+        "changes": {
+            key: {side: _fitting(key, value) for side, value in change.items()}
+            for key, change in (changes or {}).items()
+        },
+        "metadata": {key: _fitting(key, value) for key, value in (metadata or {}).items()},
     }
+
+
+# A setting larger than this (32 Datadog tags of 2,500 characters, 100 long action
+# filters) is shown by its digest: the event must fit the metadata limit (64 KiB)
+# and the event size (MAX_EVENT_BYTES), else the saved change could not be audited.
+MAX_AUDITED_SETTING_BYTES = 16 * 1024
+
+
+def _fitting(key: str, value: Any) -> Any:
+    """``value`` of the audited setting ``key`` as the event shows it: itself, or
+    ``{"sha256", "bytes"}`` of its canonical JSON when larger than
+    MAX_AUDITED_SETTING_BYTES (two values differ exactly when their digests do)."""
+    if key not in _AUDITED_FIELDS:
+        return value
+    raw = canonical_json(value)
+    if len(raw) <= MAX_AUDITED_SETTING_BYTES:
+        return value
+    return {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
 
 
 def update_event(
