@@ -88,7 +88,8 @@ def test_the_archive_holds_every_stored_event_after_ctrl_c_under_load(tmp_path: 
         took = re.search(r"stopping archiver … stopped \(([\d.]+)s\)", stop)
         assert took, stop
         # it reads up to what the topics held at its stop, not for 10 s more of load
-        assert float(took.group(1)) < 5.0, stop
+        # (the old drain took its whole 10 s; 1.3 s measured; margin for a loaded CI)
+        assert float(took.group(1)) < 9.0, stop
         archived = set()
         reader = ArchiveReader(data_dir / "archive")
         for partition in reader.partitions("audit.events"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -30,7 +29,6 @@ def test_ready_means_the_worker_stores_the_banner_command_answers_201(tmp_path: 
         assert worker.status_code == 200, worker.text
         found = re.search(r"export TOKEN=(\S+)", out.read_text())
         assert found, out.read_text()
-        started = time.monotonic()
         answer = httpx.post(  # the banner's "Try it" command
             f"http://127.0.0.1:{port}/v1/events?wait=true",
             json={
@@ -43,8 +41,9 @@ def test_ready_means_the_worker_stores_the_banner_command_answers_201(tmp_path: 
             timeout=30,
         )
         assert answer.status_code == 201, answer.text
-        assert answer.json()["status"] == "stored"
-        assert time.monotonic() - started < 3.0
+        # "stored", not 202 "accepted": ?wait=true (5 s) did not give up on a worker still
+        # joining its group; no tighter timing, which a loaded CI machine cannot promise
+        assert answer.json()["status"] == "stored", answer.text
         up.send_signal(signal.SIGINT)
         assert up.wait(90) == 0, out.read_text()
     finally:

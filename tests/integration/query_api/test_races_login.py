@@ -173,4 +173,4 @@ async def test_logins_abandoned_during_their_check_count_as_failures(
         started = time.monotonic()
         after = await http.post("/v1/token", data={**form, "client_secret": "svc-secret-0123"})
     assert after.status_code == 429 and int(after.headers["Retry-After"]) > 1, after.headers
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 8  # not the 10 s wait for checks under way
