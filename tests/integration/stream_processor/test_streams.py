@@ -1103,18 +1103,25 @@ async def test_a_destination_deleted_while_its_batch_fails_leaves_no_dead_letter
     rec = receivers(secrets=[SECRET], status=503, delay=0.5)
     st = await create(sapi, token, url=rec.url, batch_size=10)
     await seed(db, "acme", 1, 10)
-    worker(sset.model_copy(update={"streams_dead_letter_after_seconds": 0.0}))
+    streamer = worker(sset.model_copy(update={"streams_dead_letter_after_seconds": 0.0}))
     await eventually(lambda: _in_flight(rec), 30, what="the batch being sent")
     gone = await sapi.test_client().delete(f"/v1/streams/{st['id']}", headers=headers(token))
     assert gone.status_code == 204
 
-    async def no_dead_letters() -> bool:
-        await asyncio.sleep(0.2)
-        return rec.in_flight == 0 and (
-            await db[STREAM_DEAD_LETTERS_COLLECTION].count_documents({"stream_id": st["id"]}) == 0
+    async def dead_lettered() -> bool:  # the worker inserted its dead letter (after the DELETE)
+        count = streamer.metrics.registry.get_sample_value(
+            "auditstream_stream_events_dead_lettered_total",
+            {"stream": st["id"], "tenant": "acme", "kind": "webhook"},
         )
+        return bool(count)
 
-    await asyncio.sleep(1.0)  # the send ends (0.5 s) and the worker dead-letters it
+    async def no_dead_letters() -> bool:
+        found = await db[STREAM_DEAD_LETTERS_COLLECTION].count_documents({"stream_id": st["id"]})
+        return found == 0
+
+    # wait for the condition, not for time: on a loaded machine a fixed sleep let the
+    # check pass before the worker had dead-lettered anything
+    await eventually(dead_lettered, 30, what="the failed batch dead-lettered")
     await eventually(no_dead_letters, 10, what="no dead letters of the deleted destination")
 
 
