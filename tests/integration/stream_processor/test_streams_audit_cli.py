@@ -25,24 +25,14 @@ from audit_events.streams import (
     new_stream_document,
 )
 from audit_events.topic_admin import ensure_topics
+from tests.integration.query_api.test_streams_audited import trail
 from tests.integration.stream_processor import test_streams as base
-from tests.integration.stream_processor.test_archive import topic_records
 from tests.integration.stream_processor.test_streams import SECRET, _cli, seed
 
 pytestmark = pytest.mark.integration
 PREFIX = "stream.destination."
 # the log-stream tests' fixtures: loopback receivers behind TLS, private hosts allowed
 tls, sset, db, receivers = base.tls, base.sset, base.db, base.receivers
-
-
-async def trail(settings: AuditSettings) -> list[dict[str, Any]]:
-    records = await topic_records(settings)
-    events = [
-        orjson.loads(value)
-        for (topic, _, _), (_, value, *_) in sorted(records.items())
-        if topic == settings.topic_events
-    ]
-    return [e for e in events if str(e.get("action", "")).startswith(PREFIX)]
 
 
 def add_args(url: str, name: str = "cli") -> tuple[str, ...]:
