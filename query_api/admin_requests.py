@@ -75,8 +75,19 @@ async def publish_change(
 
 async def publish_event(fields: dict[str, Any]) -> bool:
     """Publish the audit event ``fields`` of an admin's saved change (as
-    :func:`publish_change`); False when the log is unavailable."""
-    event = AuditEvent.model_validate(fields)
+    :func:`publish_change`); False when the log is unavailable, or when no valid
+    event can say it (an actor id over 256 characters: an external issuer's token
+    subject): the change is saved, and a 500 would make the client retry it."""
+    try:
+        event = AuditEvent.model_validate(fields)
+    except ValidationError as exc:
+        log.error(
+            "%s of %s saved, but it makes no valid audit event: %s",
+            fields.get("action"),
+            fields.get("tenant"),
+            exc,
+        )
+        return False
     tenant, action = event.tenant, event.action
     try:
         await current_publisher().publish([(partition_key(tenant), encode_event(event))])

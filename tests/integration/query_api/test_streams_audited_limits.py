@@ -12,6 +12,7 @@ import pytest
 from quart.typing import TestClientProtocol as Client
 
 from audit_events.settings import AuditSettings
+from query_api.auth import mint_token
 from tests.integration.query_api.test_streams_audited import ADMIN, trail
 
 pytestmark = pytest.mark.integration
@@ -68,3 +69,20 @@ async def test_changes_of_large_destinations_answer_saved_and_audited(
 def tags_new_sha(updated: dict[str, Any]) -> str:
     digest: str = updated["changes"]["tags"]["new"]["sha256"]
     return digest
+
+
+async def test_a_change_by_a_subject_no_event_can_name_is_saved_not_500(
+    client: Client, settings: AuditSettings
+) -> None:
+    """An admin token whose subject is longer than an actor id may be (256 characters:
+    an external issuer's): the change is saved and answered with ``audited: false``,
+    not 500 after it was saved (a client would retry a change already made)."""
+    token = mint_token(settings, subject="s" * 300, tenant="acme", scopes=ADMIN.split())
+    admin = {"Authorization": f"Bearer {token}"}
+    body = {"kind": "webhook", "name": "w", "url": "https://127.0.0.1:9/h", "secret": "s" * 16}
+    made = await client.post("/v1/streams", json=body, headers=admin)
+    assert made.status_code == 201, await made.get_data(as_text=True)
+    assert (await made.get_json())["audited"] is False
+    retention = await client.put("/v1/retention", json={"days": 400}, headers=admin)
+    assert retention.status_code == 200, await retention.get_data(as_text=True)
+    assert (await retention.get_json())["audited"] is False
