@@ -4,6 +4,7 @@ with problem+json errors, the JSON answer, and the audit event of a change."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, TypeVar
 
@@ -73,11 +74,27 @@ async def publish_change(
     )
 
 
+MAX_ACTOR_ID = 256  # audit_events.schema.Name
+
+
+def fitting_actor_id(subject: str) -> str:
+    """``subject`` as an actor id: itself, or when longer than MAX_ACTOR_ID characters
+    its first 180 and ``…sha256=<hex of all of it>`` (one subject, one id)."""
+    if len(subject) <= MAX_ACTOR_ID:
+        return subject
+    digest = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{subject[:180]}…sha256={digest}"
+
+
 async def publish_event(fields: dict[str, Any]) -> bool:
     """Publish the audit event ``fields`` of an admin's saved change (as
     :func:`publish_change`); False when the log is unavailable, or when no valid
-    event can say it (an actor id over 256 characters: an external issuer's token
-    subject): the change is saved, and a 500 would make the client retry it."""
+    event can say it: the change is saved, and a 500 would make the client retry it.
+    A token subject longer than an actor id may be (an external issuer's) is named
+    by :func:`fitting_actor_id`."""
+    actor = fields.get("actor")
+    if isinstance(actor, dict) and isinstance(actor.get("id"), str):
+        fields = {**fields, "actor": {**actor, "id": fitting_actor_id(actor["id"])}}
     try:
         event = AuditEvent.model_validate(fields)
     except ValidationError as exc:
