@@ -22,7 +22,13 @@ import pytest
 from audit_events.codec import content_hash, event_to_document
 from audit_events.settings import AuditSettings
 from audit_events.storage import event_key
-from tests.helpers import LiveApi, Store, bearer, make_event
+from tests.helpers import (
+    LiveApi,
+    Store,
+    bearer,
+    make_event,
+    serve_api,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +46,11 @@ async def _store_without_bump(db: Store, n: int) -> None:
 
 
 async def test_a_201_of_wait_true_is_seen_by_the_next_reads_before_the_processors_bump(
-    http: httpx.AsyncClient, db: Store, settings: AuditSettings, live: LiveApi
+    http: httpx.AsyncClient,
+    db: Store,
+    settings: AuditSettings,
+    live: LiveApi,
+    request: pytest.FixtureRequest,
 ) -> None:
     auth = bearer(settings)
     live.services.waits.fallback_seconds = 0.05  # type: ignore[union-attr]
@@ -51,7 +61,10 @@ async def test_a_201_of_wait_true_is_seen_by_the_next_reads_before_the_processor
         "/v1/events/acme-000004",
         "/v1/targets/invoice/4/history",
     ]
-    for url in reads:  # cached before the write: a list, a filter, a 404, a history
+    other = serve_api(settings)
+    request.addfinalizer(other.stop)
+    for url in [*reads, *(other.url + r for r in reads)]:
+        # cached before the write, on both processes: a list, a filter, a 404, a history
         await http.get(url, headers=auth)
         again = await http.get(url, headers=auth)
         assert again.headers.get("X-Cache", "hit") == "hit"  # a 404 says nothing
@@ -61,11 +74,11 @@ async def test_a_201_of_wait_true_is_seen_by_the_next_reads_before_the_processor
     await _store_without_bump(db, 4)
     answer = await post
     assert answer.status_code == 201, answer.text
-    assert _ids(await http.get(reads[0], headers=auth)) == ["acme-000004", "acme-000001"]
-    assert _ids(await http.get(reads[1], headers=auth)) == ["acme-000004", "acme-000001"]
-    assert (await http.get(reads[2], headers=auth)).status_code == 200
-    history = (await http.get(reads[3], headers=auth)).json()
-    assert [e["id"] for e in history["data"]] == ["acme-000004"]
+    for base in ("", other.url):  # this API process, and another one on the same Redis
+        assert _ids(await http.get(base + reads[0], headers=auth)) == ["acme-000004", "acme-000001"]
+        assert _ids(await http.get(base + reads[1], headers=auth)) == ["acme-000004", "acme-000001"]
+        assert (await http.get(base + reads[2], headers=auth)).status_code == 200
+        assert _ids(await http.get(base + reads[3], headers=auth)) == ["acme-000004"]
 
 
 async def test_an_erasure_answered_204_is_never_read_with_its_payload(
