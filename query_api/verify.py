@@ -39,6 +39,7 @@ from audit_events.chain import (
 )
 from audit_events.codec import _parse_time
 from audit_events.connections import kafka_client_options
+from audit_events.kafka_records import UNREADABLE_BATCH_HEADER, tolerate_undecodable_header_names
 from audit_events.retention import marker_view, purge_marker
 from audit_events.settings import AuditSettings
 from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
@@ -60,6 +61,9 @@ async def kafka_checkpoints(
     """Every checkpoint on the checkpoints topic, or None when Kafka is unreachable."""
     if not settings.kafka_bootstrap:
         return None
+    # a batch aiokafka cannot parse (any producer may write the topic) is one record
+    # marked unreadable, skipped below, instead of an error out of every fetch
+    tolerate_undecodable_header_names()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
@@ -88,6 +92,8 @@ async def kafka_checkpoints(
             fetched = await consumer.getmany(timeout_ms=300)
             for messages in fetched.values():
                 for message in messages:
+                    if any(name == UNREADABLE_BATCH_HEADER for name, _ in message.headers or ()):
+                        continue
                     with contextlib.suppress(orjson.JSONDecodeError, TypeError):
                         checkpoint = orjson.loads(message.value)
                         if isinstance(checkpoint, dict):  # any producer may write the topic
