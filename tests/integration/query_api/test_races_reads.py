@@ -108,3 +108,32 @@ async def test_an_erasure_answered_204_is_never_read_with_its_payload(
     page = await http.get("/v1/events", headers=auth)
     assert _ids(page) == []
     assert _ids(await http.get("/v1/targets/invoice/1/history", headers=auth)) == []
+
+
+async def test_concurrent_readers_of_two_tenants_never_share_a_cached_answer(
+    http: httpx.AsyncClient, db: Store, settings: AuditSettings, live: LiveApi
+) -> None:
+    """Same filter, same page, same event id in two tenants, read at once (cold, so
+    the loads race), by single-tenant tokens and by one token for both (?tenant=)."""
+    await db.put(
+        [make_event(n, tenant=t, id=f"e-{n}") for t in ("acme", "globex") for n in range(3)]
+    )
+    await db.put([make_event(9, tenant="acme", id="e-9", description="acme only")])
+    both = bearer(settings, ["acme", "globex"])
+    reads = []
+    for tenant in ("acme", "globex"):
+        for auth, extra in ((bearer(settings, tenant), ""), (both, f"tenant={tenant}&")):
+            for path in ("/v1/events?{}limit=2", "/v1/events/e-1?{}", "/v1/events/e-9?{}"):
+                reads.append((tenant, path, path.format(extra), auth))
+    answers = await asyncio.gather(
+        *(http.get(url, headers=auth) for _, _, url, auth in reads for _ in range(4))
+    )
+    assert len(answers) == 4 * len(reads) == 48
+    for i, answer in enumerate(answers):
+        tenant, path, _, _ = reads[i // 4]
+        if "e-9" in path:
+            assert answer.status_code == (200 if tenant == "acme" else 404), (tenant, path)
+            continue
+        body = answer.json()
+        docs = body["data"] if "limit" in path else [body]
+        assert {d["tenant"] for d in docs} == {tenant}, (tenant, path)
