@@ -132,7 +132,9 @@ def test_sigkill_of_up_takes_its_children_and_up_starts_again(tmp_path: Path) ->
         up.kill()
         up.wait(10)
         started = time.monotonic()
-        assert _wait_gone(children, 10) == [], "orphans of a SIGKILLed up"
+        # the watchdog stops them as Ctrl-C does (API, drain, worker, ..., Kafka): 5 s
+        # idle here, more on a loaded CI machine; orphans are the failure, not time
+        assert _wait_gone(children, 60) == [], "orphans of a SIGKILLed up"
         took = time.monotonic() - started
         print(f"children gone {took:.1f}s after SIGKILL of up")
 
