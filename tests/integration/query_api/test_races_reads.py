@@ -13,7 +13,9 @@ store as the processor does and bump later) to make that gap certain.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import json
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -21,8 +23,10 @@ import pytest
 
 from audit_events.codec import content_hash, event_to_document
 from audit_events.settings import AuditSettings
-from audit_events.storage import event_key
+from audit_events.storage import CHAIN_INDEX, event_key
+from query_api import listing
 from tests.helpers import (
+    T0,
     LiveApi,
     Store,
     bearer,
@@ -137,3 +141,55 @@ async def test_concurrent_readers_of_two_tenants_never_share_a_cached_answer(
         body = answer.json()
         docs = body["data"] if "limit" in path else [body]
         assert {d["tenant"] for d in docs} == {tenant}, (tenant, path)
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+async def test_an_export_streamed_during_ingestion_has_each_event_once(
+    http: httpx.AsyncClient,
+    db: Store,
+    settings: AuditSettings,
+    live: LiveApi,
+    monkeypatch: pytest.MonkeyPatch,
+    order: str,
+) -> None:
+    """NDJSON export in windows cut along the chain (SecantusDB's path; on MongoDB one
+    range) while events keep arriving at times inside the exported range: valid lines,
+    no event twice, every event stored before the export began in it."""
+    monkeypatch.setattr(listing, "WINDOW_EVENTS", 40)  # ~40 events a window: 10 windows
+    events = [make_event(n, occurred_at=T0 + timedelta(seconds=n // 2)) for n in range(400)]
+    docs = [
+        {**event_to_document(e, datetime.now(UTC)), "content_hash": content_hash(e), "seq": i + 1}
+        for i, e in enumerate(events)
+    ]
+    await db.events.create_index(CHAIN_INDEX[1], name=CHAIN_INDEX[0])
+    await db.events.insert_many(docs)
+    before = {e.id for e in events}
+    stop = asyncio.Event()
+
+    async def arrive() -> int:
+        rng, n = random.Random(11), 0
+        while not stop.is_set():
+            when = T0 + timedelta(seconds=rng.randrange(200), milliseconds=rng.choice([0, 500]))
+            await db.put([make_event(1000 + n, id=f"new-{n:04d}", occurred_at=when)])
+            n += 1
+            await asyncio.sleep(0.02)  # 50 events/s
+        return n
+
+    writer = asyncio.create_task(arrive())
+    lines = []
+    async with http.stream(
+        "GET", f"/v1/events/export?format=ndjson&order={order}", headers=bearer(settings)
+    ) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            if line:
+                lines.append(json.loads(line))
+            await asyncio.sleep(0.0005)  # a slow client: writes land mid-export
+    stop.set()
+    arrived = await writer
+    ids = [d["id"] for d in lines]
+    assert len(ids) == len(set(ids)), "an event exported twice"
+    assert before <= set(ids)
+    keys = [(datetime.fromisoformat(d["occurred_at"]), d["id"]) for d in lines]
+    assert keys == sorted(keys, reverse=order == "desc")
+    assert arrived > 0
