@@ -15,15 +15,9 @@ from aiokafka.record import memory_records
 
 from audit_events.settings import AuditSettings
 from tests.helpers import bearer
+from tests.integration.stream_processor.test_hostile_producers import _RawName
 
 pytestmark = pytest.mark.integration
-
-
-class _RawName(str):
-    """A header name whose wire bytes are not UTF-8 (the Kafka protocol says they are)."""
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return b"\xff\xfe-not-utf-8"
 
 
 async def test_a_checkpoint_record_with_a_header_name_not_utf8_never_makes_verify_500(
