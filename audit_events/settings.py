@@ -99,6 +99,15 @@ class AuditSettings(BaseSettings):
         description="Longest a processor fetch waits for new events (Faust's own is 1500).",
     )
     max_event_bytes: int = Field(256 * 1024, ge=1024, le=8 * 1024 * 1024)
+    tenant_keys_only: bool = Field(
+        True,
+        description=(
+            "Dead-letter a record whose Kafka key is not its event's tenant (the partition"
+            " key: a tenant's events on two partitions chain in the reader's order, which"
+            " replay does not reproduce). false stores them as before the check: for a"
+            " topic written earlier by producers that did not key by tenant."
+        ),
+    )
     max_metadata_bytes: int = Field(64 * 1024, ge=256)
     max_metadata_depth: int = Field(8, ge=1, le=64)
     write_retry_seconds: float = Field(

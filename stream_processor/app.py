@@ -215,6 +215,7 @@ def create_app(
             checkpoint=steps.checkpoint,
             limits=limits_from(settings),
             max_event_bytes=settings.max_event_bytes,
+            tenant_keys_only=settings.tenant_keys_only,
             retry=RetryPolicy(give_up_after=settings.write_retry_seconds),
             metrics=metrics,
             check=ControlGate(keys),  # only the API's signed control events pass

@@ -41,13 +41,17 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | str:
+def decode(
+    record: Record, limits: Limits, max_bytes: int, *, tenant_keys_only: bool = True
+) -> dict[str, Any] | str:
     """Return the document to store for ``record``, or the reason it is rejected.
 
-    Never raises (except on interpreter exits such as ``KeyboardInterrupt``).
+    ``tenant_keys_only`` (``TENANT_KEYS_ONLY``): a record whose key is not its
+    event's tenant is rejected. Never raises (except on interpreter exits such as
+    ``KeyboardInterrupt``).
     """
     try:
-        return _decode(record, limits, max_bytes)
+        return _decode(record, limits, max_bytes, tenant_keys_only)
     except Exception as exc:  # unforeseen: a reason for the DLQ, not a crash loop
         log.warning("record %s/%s@%s: unexpected decode error", *_where(record), exc_info=True)
         reason = f"cannot be processed: {type(exc).__name__}: {exc}"
@@ -58,7 +62,9 @@ def _where(record: Record) -> tuple[object, object, object]:
     return (record.topic, record.partition, record.offset)
 
 
-def _decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | str:
+def _decode(
+    record: Record, limits: Limits, max_bytes: int, tenant_keys_only: bool
+) -> dict[str, Any] | str:
     unreadable = unreadable_batch_reason(record)
     if unreadable is not None:  # the consumer could not parse its batch (records.py)
         return unreadable
@@ -85,7 +91,7 @@ def _decode(record: Record, limits: Limits, max_bytes: int) -> dict[str, Any] | 
         if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
             return "not a JSON object"
         return f"invalid event: {describe_validation_error(exc)}"[:MAX_REASON_CHARS]
-    if record.key != partition_key(event.tenant):
+    if tenant_keys_only and record.key != partition_key(event.tenant):
         # The key places the record: another key (or none) puts a tenant's events on
         # two partitions, whose order is the reader's (replay reads one after the other),
         # so the chain's seqs would not be the log's. Every producer here keys by tenant.
@@ -134,6 +140,8 @@ def decode_batch(
     limits: Limits,
     max_bytes: int,
     check: Callable[[dict[str, Any]], str | None] | None = None,
+    *,
+    tenant_keys_only: bool = True,
 ) -> Batch:
     """Split ``records`` into documents to store and rejects for the DLQ.
 
@@ -146,7 +154,7 @@ def decode_batch(
     """
     batch = Batch(records=records)
     for record in records:
-        result = decode(record, limits, max_bytes)
+        result = decode(record, limits, max_bytes, tenant_keys_only=tenant_keys_only)
         if not isinstance(result, str) and check is not None:
             result = _checked(check, record, result)
         if isinstance(result, str):

@@ -188,18 +188,29 @@ class RecordMasker:
     events, records the processor dead-letters) keeps its bytes exactly.
     """
 
-    def __init__(self, rules: RuleCache, topic: str, limits: Limits, max_bytes: int) -> None:
+    def __init__(
+        self,
+        rules: RuleCache,
+        topic: str,
+        limits: Limits,
+        max_bytes: int,
+        *,
+        tenant_keys_only: bool = True,
+    ) -> None:
         self._rules = rules
         self._topic = topic
         self._limits = limits
         self._max_bytes = max_bytes
+        self._tenant_keys_only = tenant_keys_only
 
     async def __call__(self, records: list[Record]) -> list[Record]:
         decoded: list[tuple[Record, dict[str, Any] | None]] = []
         for record in records:
             doc = None
             if record.topic == self._topic:
-                result = decode(record, self._limits, self._max_bytes)
+                result = decode(
+                    record, self._limits, self._max_bytes, tenant_keys_only=self._tenant_keys_only
+                )
                 doc = None if isinstance(result, str) else result
             decoded.append((record, doc))
         docs = [doc for _, doc in decoded if doc is not None]
@@ -252,6 +263,7 @@ def record_masker(database: Any, settings: Any) -> RecordMasker:
         settings.topic_events,
         limits_from(settings),
         settings.max_event_bytes,
+        tenant_keys_only=settings.tenant_keys_only,
     )
 
 

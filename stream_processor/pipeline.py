@@ -72,6 +72,7 @@ class BatchProcessor:
         checkpoint: Step | None = None,
         limits: Limits,
         max_event_bytes: int,
+        tenant_keys_only: bool = True,
         retry: RetryPolicy,
         metrics: ProcessorMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -87,6 +88,7 @@ class BatchProcessor:
         self._dead_letters = dead_letters
         self._limits = limits
         self._max_event_bytes = max_event_bytes
+        self._tenant_keys_only = tenant_keys_only
         self._retry = retry
         self._metrics = metrics or ProcessorMetrics()
         self._clock = clock
@@ -94,7 +96,13 @@ class BatchProcessor:
 
     async def process(self, records: list[Record]) -> Batch:
         """Store ``records``; returns the batch once its offsets may be committed."""
-        batch = decode_batch(records, self._limits, self._max_event_bytes, self._check)  # 2
+        batch = decode_batch(  # 2
+            records,
+            self._limits,
+            self._max_event_bytes,
+            self._check,
+            tenant_keys_only=self._tenant_keys_only,
+        )
         m = self._metrics
         m.batch_size.observe(len(records))
         await self._with_retry("dead-letter", self._send_rejects, batch)  # 3

@@ -264,7 +264,13 @@ class Replayer:
 
     def _decode(self, records: list[Record]) -> Batch:
         """Decode (forged control events are skipped, as the live run dead-lettered them)."""
-        return decode_batch(records, self._limits, self._settings.max_event_bytes, self._gate)
+        return decode_batch(
+            records,
+            self._limits,
+            self._settings.max_event_bytes,
+            self._gate,
+            tenant_keys_only=self._settings.tenant_keys_only,
+        )
 
     async def _apply(self, records: list[Record], steps: _Steps, result: ReplayResult) -> Batch:
         """Decode, write, apply control events; count."""

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from audit_events.schema import AuditEvent, Limits
+from audit_events.settings import AuditSettings
 from stream_processor.decode import decode
 from stream_processor.records import Record
 
@@ -126,6 +127,17 @@ def test_a_record_keyed_other_than_its_tenant_is_a_reason(key: bytes | None) -> 
     assert isinstance(result, str) and result.startswith("record key "), result
     assert "is not the tenant 'acme'" in result
     assert not isinstance(decode(rec(orjson.dumps(ev()), key=b"acme"), LIMITS, MAX_BYTES), str)
+    # TENANT_KEYS_ONLY=false: a topic written before the check (producers that did not
+    # key by tenant) is stored and replayed as it was
+    kept = decode(rec(orjson.dumps(ev()), key=key), LIMITS, MAX_BYTES, tenant_keys_only=False)
+    assert isinstance(kept, dict) and kept["tenant"] == "acme", kept
+
+
+def test_tenant_keys_only_is_a_setting_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUDITSTREAM_TENANT_KEYS_ONLY", raising=False)
+    assert AuditSettings().tenant_keys_only is True
+    monkeypatch.setenv("AUDITSTREAM_TENANT_KEYS_ONLY", "false")
+    assert AuditSettings().tenant_keys_only is False
 
 
 class _RawName(str):
