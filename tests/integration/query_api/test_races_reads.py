@@ -30,6 +30,7 @@ from tests.helpers import (
     LiveApi,
     Store,
     bearer,
+    eventually,
     make_event,
     serve_api,
 )
@@ -100,7 +101,13 @@ async def test_an_erasure_answered_204_is_never_read_with_its_payload(
     erase = asyncio.create_task(
         http.delete("/v1/events/acme-000001?wait=true&reason=gdpr", headers=admin)
     )
-    await asyncio.sleep(0.2)  # published; the processor applies it (step 6), bumps later
+    waits = live.services.waits
+    assert waits is not None
+
+    async def waiting() -> bool:  # read, published, and waiting: the processor may apply it
+        return "acme" in waits._waiters  # the API's own loop (another thread) registers it
+
+    await eventually(waiting, 30, 0.01, what="the DELETE waits for its erasure")
     erased: dict[str, Any] = {"at": datetime.now(UTC), "by": "admin", "reason": "gdpr"}
     await db.events.update_one(
         {"_id": event_key("acme", "acme-000001")},
