@@ -11,6 +11,10 @@ read without joining the group; the end of each partition is the *true* end
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_processor.replay import true_end_offsets
@@ -62,3 +66,40 @@ class LagReader:
             done = committed if committed is not None and committed >= 0 else 0
             total += max(0, end - done)
         return total
+
+
+async def lag_readings(
+    bootstrap: str, group: str, topic: str, every: float = 0.5
+) -> AsyncGenerator[tuple[int | None, str], None]:
+    """``(lag, why)`` every ``every`` s until the lag is 0 (then that reading ends it).
+
+    The lag counts the events on the topic when the first reading was taken
+    (:meth:`LagReader.ends`). ``lag`` is None, with ``why``, while Kafka does not
+    answer; the reader is then opened afresh. Use it inside ``contextlib.aclosing``
+    when the caller may stop early (its clients are closed then).
+    """
+    reader: LagReader | None = None
+    target: dict[int, int] | None = None  # what Kafka held when the drain began
+    try:
+        while True:
+            try:
+                if reader is None:
+                    reader = LagReader(bootstrap, group, topic)
+                    await reader.__aenter__()
+                if target is None:
+                    target = await reader.ends()
+                lag, why = await reader.lag(target), ""
+            except Exception as exc:  # Kafka unreachable: keep trying, say so
+                lag, why = None, f"cannot read the lag yet ({exc.__class__.__name__}: {exc})"
+                if reader is not None:  # start afresh next time
+                    with contextlib.suppress(Exception):
+                        await reader.__aexit__(None, None, None)
+                    reader = None
+            yield lag, why
+            if lag == 0:
+                return
+            await asyncio.sleep(every)
+    finally:
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await reader.__aexit__(None, None, None)

@@ -587,32 +587,18 @@ def _drain(
     """
     import asyncio
 
-    from auditstream.drain import LagReader
+    from auditstream.drain import lag_readings
 
     async def run() -> bool:
         t = time.monotonic()
         last_report = 0.0
         lag: int | None = None
-        reader: LagReader | None = None
-        target: dict[int, int] | None = None  # the topic's end when the drain began
-        try:
-            while not signals.forced:
+        group, topic = settings.processor_group, settings.topic_events
+        async with contextlib.aclosing(lag_readings(bootstrap, group, topic)) as readings:
+            async for lag, why in readings:
+                if signals.forced:
+                    break
                 supervisor.check()
-                try:
-                    if reader is None:
-                        reader = LagReader(
-                            bootstrap, settings.processor_group, settings.topic_events
-                        )
-                        await reader.__aenter__()
-                    if target is None:
-                        target = await reader.ends()
-                    lag, why = await reader.lag(target), ""
-                except Exception as exc:  # Kafka unreachable: keep trying, say so
-                    lag, why = None, f"cannot read the lag yet ({exc.__class__.__name__}: {exc})"
-                    if reader is not None:  # start afresh next time
-                        with contextlib.suppress(Exception):
-                            await reader.__aexit__(None, None, None)
-                        reader = None
                 if lag == 0:
                     click.echo(
                         f"  • drained: every accepted event is stored ({time.monotonic() - t:.1f}s)"
@@ -626,11 +612,6 @@ def _drain(
                         f"  • draining: {what}; the worker keeps storing "
                         "(Ctrl-C again to stop now and lose them)"
                     )
-                await asyncio.sleep(0.5)
-        finally:
-            if reader is not None:
-                with contextlib.suppress(Exception):
-                    await reader.__aexit__(None, None, None)
         click.secho(
             f"  ! stopped before draining: {lag if lag is not None else 'an unknown number of'} "
             "accepted events were not stored and are lost with the in-memory Kafka",

@@ -250,30 +250,14 @@ def drain_lag(
     """
     import asyncio
 
-    from auditstream.drain import LagReader
+    from auditstream.drain import lag_readings
 
     async def run() -> str:
         started = time.monotonic()
         best: int | None = None
         progress = started
-        lag: int | None = None
-        reader: LagReader | None = None
-        target: dict[int, int] | None = None  # what Kafka held when the drain began
-        try:
-            while True:
-                try:
-                    if reader is None:
-                        reader = LagReader(bootstrap, group, topic)
-                        await reader.__aenter__()
-                    if target is None:
-                        target = await reader.ends()
-                    lag = await reader.lag(target)
-                except Exception:  # Kafka not answering: try afresh
-                    lag = None
-                    if reader is not None:
-                        with contextlib.suppress(Exception):
-                            await reader.__aexit__(None, None, None)
-                        reader = None
+        async with contextlib.aclosing(lag_readings(bootstrap, group, topic)) as readings:
+            async for lag, _ in readings:
                 now = time.monotonic()
                 if lag == 0:
                     return (
@@ -293,11 +277,7 @@ def drain_lag(
                         f"gave up draining after {stall:.0f}s without progress: {lost} "
                         "accepted events were not stored and are lost with the in-memory Kafka"
                     )
-                await asyncio.sleep(0.5)
-        finally:
-            if reader is not None:
-                with contextlib.suppress(Exception):
-                    await reader.__aexit__(None, None, None)
+        raise AssertionError("unreachable: the readings end at lag 0")
 
     return asyncio.run(run())
 
