@@ -33,7 +33,8 @@ from audit_events.ids import uuid7
 
 SCHEMA_VERSION = 1
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+MAX_NAME_CHARS = 256  # an id or name (of an actor, a target, a source)
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
 Text = Annotated[str, StringConstraints(max_length=1024)]
 EventId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")]
 Tenant = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")]

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from quart import Response, g, request
 
 from audit_events.codec import encode_event
-from audit_events.schema import AuditEvent, parse_json
+from audit_events.schema import MAX_NAME_CHARS, AuditEvent, parse_json
 from audit_events.topics import partition_key
 from query_api.auth import read_tenant
 from query_api.problems import Problem
@@ -74,13 +74,10 @@ async def publish_change(
     )
 
 
-MAX_ACTOR_ID = 256  # audit_events.schema.Name
-
-
 def fitting_actor_id(subject: str) -> str:
-    """``subject`` as an actor id: itself, or when longer than MAX_ACTOR_ID characters
+    """``subject`` as an actor id: itself, or when longer than MAX_NAME_CHARS characters
     its first 180 and ``…sha256=<hex of all of it>`` (one subject, one id)."""
-    if len(subject) <= MAX_ACTOR_ID:
+    if len(subject) <= MAX_NAME_CHARS:
         return subject
     digest = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{subject[:180]}…sha256={digest}"
