@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,7 +26,40 @@ class EmbeddedError(RuntimeError):
     """A development server could not be found or started."""
 
 
+#: Where :func:`free_port` looks first: below Linux's default ephemeral range
+#: (32768-60999), which the kernel hands to outgoing connections, and clear of
+#: ``auditstream up``'s own ports (9192, 27117, 6479, 8080, 9108-9110, + offsets).
+_PORT_POOL = (12000, 26999)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A port nothing listens on, chosen outside the kernel's ephemeral range.
+
+    ``bind(0)`` would pick from the ephemeral range, the one the kernel also gives
+    outgoing connections: a client socket could take the port between this check
+    and the server's bind, or while a test restarts a server on its old port.
+    Random ports below that range avoid both; ``bind(0)`` remains the fallback
+    when that range is exhausted or the ephemeral range starts too low.
+    """
+    lo_eph, _ = _ephemeral_range()
+    lo, hi = _PORT_POOL[0], min(_PORT_POOL[1], lo_eph - 1)
+    rng = random.SystemRandom()
+    for _ in range(64 if hi > lo else 0):
+        port = rng.randint(lo, hi)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

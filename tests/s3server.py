@@ -9,24 +9,18 @@ Credentials are checked for shape only; any key pair works.
 from __future__ import annotations
 
 import logging
-import socket
 import uuid
 
 from audit_events.objectstore import S3Location
+from auditstream.embedded import free_port
 
 ACCESS_KEY = "AKIAAUDITSTREAMTEST"
 SECRET_KEY = "test-secret-key-that-must-never-be-logged"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class MotoS3:
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self._server: object | None = None
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
 

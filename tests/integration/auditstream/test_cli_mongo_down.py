@@ -6,28 +6,22 @@ pymongo's default 30 s, and say so in one line rather than a traceback.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from audit_events.settings import AuditSettings
+from auditstream.embedded import free_port
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("command", ["reindex-search", "migrate-ids", "verify"])
 def test_an_unreachable_mongodb_is_one_line_within_the_timeout(
     settings: AuditSettings, command: str
 ) -> None:
-    uri = f"mongodb://127.0.0.1:{_closed_port()}/?directConnection=true"
+    uri = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
     started = time.monotonic()
     done = run_cli(
         settings, command, AUDITSTREAM_MONGO_URI=uri, AUDITSTREAM_MONGO_TIMEOUT_MS="1000"

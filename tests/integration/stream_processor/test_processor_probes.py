@@ -4,7 +4,6 @@ ready once it joined the group and its store answers; other paths are 404."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,17 +12,11 @@ from typing import Any
 
 import pytest
 
+from auditstream.embedded import free_port
 from tests.conftest import ProcessorProcess
 from tests.helpers import eventually_sync
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _get(url: str) -> tuple[int, dict[str, Any]]:
@@ -40,7 +33,7 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
 def test_a_real_worker_is_live_ready_and_answers_404_elsewhere(
     processors: Callable[..., ProcessorProcess],
 ) -> None:
-    port = _free_port()
+    port = free_port()
     worker = processors(
         AUDITSTREAM_PROCESSOR_METRICS_PORT=str(port), AUDITSTREAM_PROCESSOR_LIVENESS_SECONDS="3"
     )
