@@ -70,10 +70,15 @@ def test_values_stay_literals() -> None:
     assert f["actor.id"] == {"$eq": '{"$gt": ""}'}
     assert f["targets"] == {"$elemMatch": {"id": {"$eq": "$where"}}}
     assert f["source.service"] == {"$eq": "a.b"}
-    assert f["search"] == {"$all": ["ne", "invoice", "42"]}
+    either = [
+        {"search": {"$all": ["ne", "invoice", "42"]}},
+        {"search": {"$in": ["a:$ne Invoice-42", "t:$ne Invoice-42"]}},
+    ]
+    assert {"erased": {"$exists": False}, "$or": either} in f["$and"]
     assert f["action"] == {"$regex": "^invoice\\."}
     operators = {k for k in leaves(f) if k.startswith("$")}
-    assert operators <= {"$eq", "$elemMatch", "$all", "$regex", "$exists", "$and", "$or"}
+    allowed = {"$eq", "$elemMatch", "$all", "$in", "$regex", "$exists", "$and", "$or"}
+    assert operators <= allowed
 
 
 def test_cursor_round_trip_and_keyset_clause() -> None:

@@ -1,0 +1,189 @@
+"""``q`` matches actor and target ids WHOLE (issue 18, the store's cost per event):
+the words of ids are not indexed, a ``q`` equal to an actor id or a target id (as
+typed, trimmed) finds its events through the exact ``a:``/``t:`` tokens, and ``q``'s
+words still match action, description and names. Every ``q`` read is an index range;
+the windowed read (SecantusDB) answers the pages the plain ``mongo_filter`` query does,
+on documents stored now and on documents stored with the id words of earlier versions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import IndexModel
+
+from audit_events.codec import event_to_document
+from audit_events.settings import AuditSettings
+from audit_events.storage import EVENT_INDEXES
+from query_api.listing import index_equality, range_filters, read_page, windows
+from query_api.query import parse_list_query, search_words, sort_spec
+from tests.helpers import T0, Store, bearer, make_event
+from tests.integration.query_api.test_listing_store import support_args, walk
+
+pytestmark = pytest.mark.integration
+
+TARGET = "INV-2024/77"  # an id with no name: only its tokens name it
+ACTOR = "svc:Billing-42"
+
+
+def _events() -> list[Any]:
+    out = []
+    for n in range(40):
+        fields: dict[str, Any] = {"occurred_at": T0 + timedelta(seconds=n // 2)}
+        if n % 5 == 0:
+            fields["targets"] = [{"type": "invoice", "id": TARGET}]
+        if n % 7 == 0:
+            fields["actor"] = {"id": ACTOR, "type": "service"}  # no name
+        if n % 9 == 0:
+            fields["description"] = f"paid {TARGET} by card"  # the words, not the id
+        out.append(make_event(n, **fields))
+    return out
+
+
+def _old_document(event: Any) -> dict[str, Any]:
+    """``event`` as the version before stored it: the words of its ids too."""
+    doc = event_to_document(event, T0)
+    ids = [event.actor.id] + [t.id for t in event.targets]
+    words = {w for i in ids for w in "".join(c if c.isalnum() else " " for c in i.lower()).split()}
+    doc["search"] = sorted(set(doc["search"]) | words)
+    return doc
+
+
+async def seed(db: Store, old: bool = False) -> list[Any]:
+    await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
+    events = _events()
+    if old:  # half of them stored by the version before (with id words)
+        await db.put(events[1::2])
+        await db.events.insert_many([_old_document(e) for e in events[0::2]])
+    else:
+        await db.put(events)
+    await db.events.update_one({"_id": "acme/acme-000010"}, {"$set": {"erased": {"by": "x"}}})
+    return events
+
+
+def _ids(events: list[Any], keep: Any) -> list[str]:
+    return [f"acme/{e.id}" for e in events if keep(e) and e.id != "acme-000010"]
+
+
+def _has_target(e: Any) -> bool:
+    return any(t.id == TARGET for t in e.targets)
+
+
+async def _listed(db: Store, q: str, order: str = "asc") -> list[str]:
+    pages = await walk(db, {"q": q, "order": order, "limit": "4"}, windowed=True)
+    return [i for page in pages for i in page]
+
+
+async def test_a_q_equal_to_a_target_id_with_no_name_finds_it(db: Store) -> None:
+    events = await seed(db)
+    want = _ids(events, lambda e: _has_target(e) or "paid" in (e.description or ""))
+    assert await _listed(db, TARGET) == sorted(want)
+    assert await _listed(db, f"  {TARGET} ") == sorted(want)  # trimmed
+    assert await _listed(db, TARGET, "desc") == sorted(want, reverse=True)
+
+
+async def test_a_q_equal_to_an_actor_id_finds_its_events(db: Store) -> None:
+    events = await seed(db)
+    assert await _listed(db, ACTOR) == sorted(_ids(events, lambda e: e.actor.id == ACTOR))
+    assert await _listed(db, f"{ACTOR}\t") == sorted(_ids(events, lambda e: e.actor.id == ACTOR))
+
+
+async def test_q_by_fragments_of_ids_no_longer_matches(db: Store) -> None:
+    """The documented change: an id is matched whole (its words are not indexed);
+    the words of action, description and names still match, all of them required,
+    in any case."""
+    events = await seed(db)
+    assert await _listed(db, "billing") == []  # a fragment of the actor id
+    assert await _listed(db, "2024") == sorted(_ids(events, lambda e: "paid" in str(e.description)))
+    assert await _listed(db, "inv 2024 77") == await _listed(db, "PAID inv-2024/77 card")
+    assert await _listed(db, "svc:billing-42") == []  # ids are exact: case matters
+    assert await _listed(db, "Alice bob") == sorted(_ids(events, lambda e: e.actor.name))
+    assert await _listed(db, "alice nobody") == []
+
+
+async def test_documents_stored_with_id_words_still_answer_q(db: Store) -> None:
+    """Stored events keep the words of the version that stored them until
+    ``auditstream reindex-search`` rewrites them: whole ids and words find both kinds;
+    a fragment of an id still finds the old ones only."""
+    events = await seed(db, old=True)
+    want = _ids(events, lambda e: _has_target(e) or "paid" in (e.description or ""))
+    assert await _listed(db, TARGET) == sorted(want)
+    assert await _listed(db, ACTOR) == sorted(_ids(events, lambda e: e.actor.id == ACTOR))
+    old = {f"acme/{e.id}" for e in events[0::2]}
+    fragment = _ids(events, lambda e: e.actor.id == ACTOR and f"acme/{e.id}" in old)
+    assert await _listed(db, "billing") == sorted(fragment) and fragment
+
+
+Q_CASES = [
+    {"q": TARGET},
+    {"q": ACTOR},
+    {"q": "alice"},
+    {"q": "number"},
+    {"q": "paid card"},
+    {"q": TARGET, "actor": "bob"},
+    {"q": TARGET, "include_erased": "true"},
+    {"q": ACTOR, "since": "2026-01-01T00:00:03Z", "until": "2026-01-01T00:00:15Z"},
+]
+
+
+@pytest.mark.parametrize("old", [False, True])
+async def test_q_pages_equal_the_plain_query(db: Store, old: bool) -> None:
+    await seed(db, old=old)
+    for case in Q_CASES:
+        for order in ("desc", "asc"):
+            params = {**case, "order": order, "limit": "3"}
+            expected = await walk(db, dict(params), windowed=False)
+            got = await walk(db, dict(params), windowed=True)
+            assert got == expected and got[0], params
+
+
+async def test_an_erased_event_never_matches_q(db: Store) -> None:
+    """A tombstone keeps the tokens of what erasure keeps (an erased correction's
+    target), never a word: ``q`` does not find it, even with include_erased."""
+    await seed(db)
+    doc = await db.events.find_one({"_id": "acme/acme-000010"})
+    assert doc is not None
+    await db.events.update_one(
+        {"_id": doc["_id"]}, {"$set": {"search": ["*", "c:x.y", f"t:{TARGET}", f"a:{ACTOR}"]}}
+    )
+    query = parse_list_query(support_args({"q": TARGET, "limit": "100"}))
+    docs = await read_page(db.events, "acme", query, include_erased=True)
+    assert docs and doc["_id"] not in {d["_id"] for d in docs}
+
+
+async def test_every_q_read_plans_an_index_range(db: Store) -> None:
+    """A ``q`` reads the ranges of its first word and of its two id tokens in
+    tenant_search_time: on MongoDB one ``$in`` of three points (merged in order by
+    the server), on SecantusDB three queries (its planner takes one operator field
+    after the equalities), each an index range, never the collection."""
+    await seed(db)
+    for q in (TARGET, "alice", "paid card", "!!x"):
+        for order in ("desc", "asc"):
+            query = parse_list_query(support_args({"q": q, "order": order}))
+            first = next(windows(query, datetime.now(UTC)))
+            whole = q.strip()
+            values = [search_words(q)[0], f"a:{whole}", f"t:{whole}"]
+            assert index_equality(query) == {"search": {"$in": values}}
+            filters = range_filters("acme", query, first, split=True)
+            assert [f["search"] for f in filters] == values
+            for where in filters:
+                assert where.get("occurred_at", {}) == first
+                plan = await db.events.find(where).sort(sort_spec(order)).explain()
+                winning = str(plan["queryPlanner"]["winningPlan"])
+                assert "COLLSCAN" not in winning, (q, order, plan)
+                assert "'indexName': 'tenant_search_time'" in winning, (q, order, plan)
+
+
+async def test_the_api_finds_a_target_by_its_whole_id(
+    http: httpx.AsyncClient, db: Store, settings: AuditSettings
+) -> None:
+    events = await seed(db)
+    resp = await http.get(
+        "/v1/events", params={"q": TARGET, "limit": "100"}, headers=bearer(settings)
+    )
+    assert resp.status_code == 200, resp.text
+    got = [f"acme/{e['id']}" for e in resp.json()["data"]]
+    want = _ids(events, lambda e: _has_target(e) or "paid" in (e.description or ""))
+    assert got == sorted(want, reverse=True)
