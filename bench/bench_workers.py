@@ -69,6 +69,10 @@ async def hammer(
                 start = time.perf_counter()
                 writer.write(request)
                 status_line = await reader.readline()
+                if not status_line:  # Hypercorn closes after keep_alive_max_requests (1,000)
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    continue
                 length, cache = 0, "-"
                 while (line := await reader.readline()) not in (b"\r\n", b""):
                     name, _, value = line.decode("latin-1").partition(":")

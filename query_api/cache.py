@@ -47,6 +47,7 @@ from audit_events.cache_keys import (
     target_generation,
     tenant_generation,
 )
+from query_api.deadlines import Deadlines
 
 log = logging.getLogger("auditstream.api.cache")
 
@@ -88,8 +89,9 @@ class HitConnections:
     wait timeout, the retry wrapper, a ``wait_for`` task per send and a timeout
     per read. Here a hit takes an idle connection of its own (made with the
     pool's connection settings: URL, credentials, TLS), sends the command and
-    reads the reply under one ``asyncio.timeout`` of ``timeout`` seconds (the
-    client's socket timeout), and puts the connection back. At most ``size``
+    reads the reply within ``timeout`` seconds (the client's socket timeout; a
+    :class:`~query_api.deadlines.Deadline`, checked every 50 ms: no timer per
+    round trip), and puts the connection back. At most ``size``
     are open; a hit that finds them all busy waits up to ``wait_seconds`` for one
     (the pool's own wait), then fails like a Redis error (the read bypasses the
     cache). A connection that failed or was interrupted mid-command is dropped.
@@ -102,11 +104,21 @@ class HitConnections:
         self._kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._idle: list[AbstractConnection] = []
         self._slots = asyncio.Semaphore(size)
+        self._deadlines = Deadlines(tick=0.05)
+        self._packer = self._new()  # never connected: encodes commands
         self.timeout = timeout
         self.wait_seconds = wait_seconds
 
+    def pack(self, *args: str | int | bytes) -> list[bytes]:
+        """``args`` as the command :meth:`call` sends (for :meth:`call_packed`)."""
+        return [b"".join(self._packer.pack_command(*args))]
+
     async def call(self, *args: str | int | bytes) -> object:
-        """One command's reply; raises ``RedisError`` or ``OSError`` (a timeout).
+        """One command's reply; raises ``RedisError`` or ``OSError`` (a timeout)."""
+        return await self.call_packed(self.pack(*args))
+
+    async def call_packed(self, command: list[bytes]) -> object:
+        """The reply to a command :meth:`pack` encoded; raises as :meth:`call`.
 
         A reused connection that turns out closed (Redis restarted, or dropped
         idle clients) is retried once on a new connection, and the other idle
@@ -120,22 +132,22 @@ class HitConnections:
             await self._slots.acquire()  # free: no suspension
         try:
             if not self._idle:
-                return await self._once(self._new(), args)
+                return await self._once(self._new(), command)
             try:
-                return await self._once(self._idle.pop(), args)
+                return await self._once(self._idle.pop(), command)
             except RedisConnectionError:
                 await self.aclose()
-                return await self._once(self._new(), args)
+                return await self._once(self._new(), command)
         finally:
             self._slots.release()
 
     def _new(self) -> AbstractConnection:
         return self._pool.connection_class(**self._kwargs)  # connects on its first command
 
-    async def _once(self, conn: AbstractConnection, args: tuple[str | int | bytes, ...]) -> object:
+    async def _once(self, conn: AbstractConnection, command: list[bytes]) -> object:
         try:
-            async with asyncio.timeout(self.timeout):
-                await conn.send_command(*args)
+            async with self._deadlines.after(self.timeout):
+                await conn.send_packed_command(command)
                 reply = await conn.read_response()
         except ResponseError:  # a whole error reply: the connection is fine
             self._idle.append(conn)
@@ -180,6 +192,9 @@ class ReadCache:
         self._ttl = ttl_seconds
         self._generation_ttl = generation_ttl_seconds(ttl_seconds)
         self._hit_script = redis.register_script(HIT_SCRIPT) if redis is not None else None
+        # A read's hit command by (kind, tenant, generation keys..., query): its key's
+        # text around the generations, and the EVALSHA as sent (built once, not per hit).
+        self._hit_commands: dict[tuple[str, ...], tuple[str, str, list[bytes] | None]] = {}
         self._release_script = redis.register_script(RELEASE_SCRIPT) if redis is not None else None
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
         self._redis_down_until = 0.0
@@ -280,20 +295,13 @@ class ReadCache:
         the value (the rare path).
         """
         assert self._hit_script is not None
-        key = query_key(self.namespace, kind, tenant, [_SPLIT], normalized_query)
-        head, _, tail = key.rpartition(str(_SPLIT))
+        head, tail, command = self._hit_command(kind, tenant, generation_keys, normalized_query)
         # EVALSHA directly: redis-py's Script.__call__ cost ~3 % of a hit (an isinstance
         # check against a Protocol class on every call).
         try:
             if self._hits is not None:
-                reply: Any = await self._hits.call(
-                    "EVALSHA",
-                    self._hit_script.sha,
-                    len(generation_keys),
-                    *generation_keys,
-                    head,
-                    tail,
-                )
+                assert command is not None
+                reply: Any = await self._hits.call_packed(command)
             else:
                 reply = await self._redis.evalsha(  # type: ignore[union-attr]
                     self._hit_script.sha, len(generation_keys), *generation_keys, head, tail
@@ -306,6 +314,29 @@ class ReadCache:
         value = reply[n] if len(reply) > n else None
         ttl_ms = int(reply[n + 1]) if len(reply) > n + 1 else None
         return [int(v) for v in reply[:n]], value, True, ttl_ms
+
+    HIT_COMMANDS_MAX = 4096
+
+    def _hit_command(
+        self, kind: str, tenant: str, generation_keys: list[str], normalized_query: str
+    ) -> tuple[str, str, list[bytes] | None]:
+        """The hit key's text before and after the generations, and the hit's EVALSHA
+        as :class:`HitConnections` sends it (None without them); kept per read."""
+        memo = (kind, tenant, normalized_query, *generation_keys)
+        found = self._hit_commands.get(memo)
+        if found is None:
+            assert self._hit_script is not None
+            key = query_key(self.namespace, kind, tenant, [_SPLIT], normalized_query)
+            head, _, tail = key.rpartition(str(_SPLIT))
+            command = None
+            if self._hits is not None:
+                n = len(generation_keys)
+                sha = self._hit_script.sha
+                command = self._hits.pack("EVALSHA", sha, n, *generation_keys, head, tail)
+            if len(self._hit_commands) >= self.HIT_COMMANDS_MAX:
+                self._hit_commands.clear()
+            found = self._hit_commands[memo] = (head, tail, command)
+        return found
 
     async def _generations(self, keys: list[str]) -> list[int]:
         """The scopes' current generations; a missing counter is created first.

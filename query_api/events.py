@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from audit_events.topics import partition_key
 from query_api.auth import Principal, read_tenant, require_scope
 from query_api.problems import Problem
 from query_api.publisher import PublishFailed
-from query_api.query import EventFilters, page_body, parse_list_query, single_values
+from query_api.query import EventFilters, ListQuery, page_body, parse_list_query, single_values
 from query_api.read_audit import audit_read, is_read_event, read_events_scope
 from query_api.retention import purged_problem
 from query_api.state import current_cache, current_publisher, current_settings, current_store
@@ -186,6 +187,43 @@ async def _wait_confirmed(events: list[AuditEvent]) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class ListRead:
+    """What a ``GET /v1/events`` query string asks for, parsed and checked."""
+
+    query: ListQuery
+    include_erased: bool
+    tenant: str | None  # ?tenant=
+    key: str  # the cache key's query part
+    page: dict[str, Any]  # the read audit's page
+
+
+# Query strings seen, parsed (issue 18: a cached hit repeats its query string; the
+# parse is a function of the string alone). Refused strings are not kept.
+_LIST_READS: dict[bytes, ListRead] = {}
+LIST_READS_MAX = 1024
+
+
+def list_read(query_string: bytes) -> ListRead:
+    """The list request of the current request, whose query string is ``query_string``."""
+    found = _LIST_READS.get(query_string)
+    if found is not None:
+        return found
+    args = request.args
+    query = parse_list_query(args, extra_allowed=("include_erased",))
+    include_erased = args.get("include_erased", "false")
+    if include_erased not in ("true", "false"):
+        raise Problem(400, "include_erased must be true or false")
+    erased = include_erased == "true"
+    key = query.normalized() + ("|erased" if erased else "")
+    page = {"limit": query.limit, "order": query.order, "cursor": query.cursor is not None}
+    found = ListRead(query, erased, args.get("tenant"), key, page)
+    if len(_LIST_READS) >= LIST_READS_MAX:
+        _LIST_READS.clear()
+    _LIST_READS[query_string] = found
+    return found
+
+
 @bp.get("/v1/events")
 @document_querystring(ListFilters)
 @document_response(EventPage)
@@ -196,22 +234,18 @@ async def list_events() -> Response:
     ``include_erased=true`` keeps erased events in place as tombstones (``erased``:
     who, when, why; no payload), as the viewer shows them.
     """
-    query = parse_list_query(request.args, extra_allowed=("include_erased",))
-    include_erased = request.args.get("include_erased", "false")
-    if include_erased not in ("true", "false"):
-        raise Problem(400, "include_erased must be true or false")
-    tenant = read_tenant(g.principal, request.args.get("tenant"))
+    read = list_read(request.query_string)
+    query, erased = read.query, read.include_erased
+    tenant = read_tenant(g.principal, read.tenant)
     store, cache = current_store(), current_cache()
 
     async def load() -> bytes:
-        docs = await store.list_page(tenant, query, include_erased == "true")
+        docs = await store.list_page(tenant, query, erased)
         return orjson.dumps(page_body(docs, query.limit))
 
-    key = query.normalized() + ("|erased" if include_erased == "true" else "")
     scope = cache.tenant_scope(tenant) + read_events_scope(cache, tenant, query.filters)
-    body, state = await cache.get_or_load("list", tenant, scope, key, load)
-    page = {"limit": query.limit, "order": query.order, "cursor": query.cursor is not None}
-    erased = include_erased == "true"
+    body, state = await cache.get_or_load("list", tenant, scope, read.key, load)
+    page = dict(read.page)
     audit_read("list", tenant, query.filters, body=body, page=page, include_erased=erased)
     return _json(body, headers={"X-Cache": state})
 

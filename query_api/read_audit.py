@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -90,6 +91,7 @@ DRAIN_SECONDS = 5.0
 LINGER_SECONDS = 0.2  # off the request path: an event waits this long to share a batch
 UNSIGNED_LOG_SECONDS = 60.0
 NAME_MAX = 256
+COUNTED_BODIES = 32  # answers whose event count is kept (count_in)
 
 
 def selects_only_read_events(filters: Mapping[str, str]) -> bool:
@@ -135,9 +137,15 @@ class ReadRecord:
     body: bytes | None = None
 
 
+@functools.lru_cache(maxsize=COUNTED_BODIES)
 def count_in(body: bytes) -> int:
     """The events a cached JSON answer holds: its ``data`` page, or an ``as_of``
-    state's ``events_applied``."""
+    state's ``events_applied``.
+
+    Kept for the last :data:`COUNTED_BODIES` answers, by their bytes: every hit
+    of a hot cached page is the same bytes, hashed (~15 µs for 78 KB) instead of
+    parsed again (~300 µs; issue 18).
+    """
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
