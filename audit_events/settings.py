@@ -98,6 +98,15 @@ class AuditSettings(BaseSettings):
         le=30_000,
         description="Longest a processor fetch waits for new events (Faust's own is 1500).",
     )
+    kafka_fetch_active_wait_ms: int = Field(
+        50,
+        ge=1,
+        le=30_000,
+        description=(
+            "The processor's fetch wait while ?wait=true events arrive, on a broker that"
+            " holds empty fetches (Tansu); KAFKA_FETCH_MAX_WAIT_MS 5 s after the last."
+        ),
+    )
     max_event_bytes: int = Field(256 * 1024, ge=1024, le=8 * 1024 * 1024)
     tenant_keys_only: bool = Field(
         True,

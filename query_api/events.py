@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from quart_schema import document_querystring, document_request, document_respon
 from audit_events.chain import RESERVED_ACTION_PREFIX
 from audit_events.codec import canonical_json, content_hash, document_to_api, encode_event
 from audit_events.masking import Masker, MaskingRule, mask_event
+from audit_events.notify import WAIT_HEADER
 from audit_events.schema import AuditEvent, limits_from, parse_json
 from audit_events.settings import AuditSettings
 from audit_events.topics import partition_key
@@ -24,9 +26,11 @@ from query_api.read_audit import audit_read, is_read_event, read_events_scope
 from query_api.retention import purged_problem
 from query_api.state import current_cache, current_publisher, current_settings, current_store
 from query_api.store import Masked, StoreUnavailable
+from query_api.stored_waits import Expectation
 
 bp = Blueprint("events", __name__)
 WAIT_SECONDS = 5.0
+WAITED = [(WAIT_HEADER, b"1")]  # the Kafka header of a ?wait=true request's events
 
 
 class EventBatch(BaseModel):
@@ -149,39 +153,60 @@ async def create_events() -> Response:
         if len(encode_event(event)) > settings.max_event_bytes:
             raise Problem(413, f"event {event.id} exceeds {settings.max_event_bytes} bytes")
     messages = [(partition_key(e.tenant), encode_event(e)) for e in events]
-    try:
-        await current_publisher().publish(messages)
-    except PublishFailed as exc:
-        raise Problem(
-            503,
-            f"event log unavailable, nothing to lose: retry the request ({exc})",
-            headers={"Retry-After": "5"},
-        ) from None
-    ids = [e.id for e in events]
-    if wait and await _wait_confirmed(events):
-        return _json({"ids": ids, "status": "stored"}, 201)
+    wanted = {(e.tenant, e.id): content_hash(e) for e in events} if wait else {}
+    # Registered before the publish: the processor's announcement of these events
+    # cannot come before it (query_api/stored_waits.py).
+    registered = current_store().expect_stored(wanted) if wait else contextlib.nullcontext()
+    with registered as expected:
+        try:  # a waited event's header shortens the worker's fetch wait (Tansu)
+            await current_publisher().publish(messages, headers=WAITED if wait else None)
+        except PublishFailed as exc:
+            raise Problem(
+                503,
+                f"event log unavailable, nothing to lose: retry the request ({exc})",
+                headers={"Retry-After": "5"},
+            ) from None
+        ids = [e.id for e in events]
+        if wait and await _wait_confirmed(events, wanted, expected):
+            return _json({"ids": ids, "status": "stored"}, 201)
     headers = {"Location": f"/v1/events/{ids[0]}"} if wait else None
     return _json({"ids": ids, "status": "accepted"}, 202, headers)
 
 
-async def _wait_confirmed(events: list[AuditEvent]) -> bool:
+async def _wait_confirmed(
+    events: list[AuditEvent], wanted: dict[tuple[str, str], str], expected: Expectation | None
+) -> bool:
     """True once every event is stored, within ``WAIT_SECONDS``; False otherwise.
 
-    Looked up by (tenant, id) and compared by content hash (``EventStore.wait_stored``).
-    The events are in Kafka already: an unconfirmable wait answers 202, not 5xx.
+    Confirmed by the processor's announcement naming every (tenant, id) with its
+    content hash, else looked up by (tenant, id) and compared by content hash
+    (``EventStore.wait_stored``). The events are in Kafka already: an
+    unconfirmable wait answers 202, not 5xx.
     """
-    wanted = {(e.tenant, e.id): content_hash(e) for e in events}
     store = current_store()
-    try:
-        masked: dict[tuple[str, str], Masked] = {}
+
+    async def masked() -> dict[tuple[str, str], Masked]:
+        # Only when a stored hash differs from the sent one: a tenant with masking rules
+        found: dict[tuple[str, str], Masked] = {}
         for tenant in {e.tenant for e in events}:
             rules = await store.masking_rules(tenant)
             if rules:  # stored masked: compare with every path it ever masked redacted
                 redact = Masker([MaskingRule(path=r.path, action="redact") for r in rules], None)
                 for e in events:
                     if e.tenant == tenant:
-                        masked[(e.tenant, e.id)] = (redact, content_hash(mask_event(e, redact)))
-        return await store.wait_stored(wanted, WAIT_SECONDS, masked or None)
+                        found[(e.tenant, e.id)] = (redact, content_hash(mask_event(e, redact)))
+        return found
+
+    sent = [
+        {
+            "tenant": e.tenant,
+            "action": e.action,
+            "targets": [{"type": t.type, "id": t.id} for t in e.targets],
+        }
+        for e in events
+    ]
+    try:
+        return await store.wait_stored(wanted, WAIT_SECONDS, masked, expected=expected, sent=sent)
     except StoreUnavailable as exc:
         current_app.logger.warning("?wait=true could not confirm storage: %s", exc)
         return False

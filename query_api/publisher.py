@@ -47,8 +47,15 @@ class Publisher:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def publish(self, messages: list[tuple[bytes, bytes]], timeout: float = 10.0) -> None:
-        """Send ``(key, value)`` messages and wait until all are acknowledged.
+    async def publish(
+        self,
+        messages: list[tuple[bytes, bytes]],
+        timeout: float = 10.0,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Send ``(key, value)`` messages (each with ``headers``) and wait until all
+        are acknowledged.
 
         Raises :class:`PublishFailed` if any was not; since event ids are
         idempotency keys, the client retries the whole request safely.
@@ -56,8 +63,9 @@ class Publisher:
         if self._producer is None:
             raise PublishFailed("producer not started")
         try:
+            topic = self._settings.topic_events
             futures = [
-                await self._producer.send(self._settings.topic_events, value=v, key=k)
+                await self._producer.send(topic, value=v, key=k, headers=headers)
                 for k, v in messages
             ]
             await asyncio.wait_for(asyncio.gather(*futures), timeout)

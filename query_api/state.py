@@ -27,8 +27,14 @@ EXTENSION = "auditstream"
 
 
 class EventPublisher(Protocol):
-    async def publish(self, messages: list[tuple[bytes, bytes]], timeout: float = 10.0) -> None:
-        """Publish ``(key, value)`` records; raises ``PublishFailed``."""
+    async def publish(
+        self,
+        messages: list[tuple[bytes, bytes]],
+        timeout: float = 10.0,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Publish ``(key, value)`` records, each with ``headers``; raises ``PublishFailed``."""
 
 
 @dataclass

@@ -25,7 +25,9 @@ Documents are returned as stored (``document_to_api`` makes the API view).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -39,9 +41,10 @@ from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
 from query_api.asof import AsOfFolder
 from query_api.listing import matcher, read_all, read_page
 from query_api.query import MAX_LIMIT, ListQuery, mongo_filter
-from query_api.stored_waits import StoredWaits
+from query_api.stored_waits import Confirmed, Expectation, StoredWaits
 
 Masked = tuple[Masker, str]  # (redact every masked path, the sent event's hash so redacted)
+MaskedLoader = Callable[[], Awaitable[Mapping[tuple[str, str], Masked] | None]]
 
 
 def _stored_as_sent(doc: Document, digest: str, masked: Masked | None) -> bool:
@@ -93,17 +96,30 @@ class EventStore(Protocol):
     ) -> AsyncIterator[Document]:
         """Every matching document in the query's order, read in batches."""
 
+    def expect_stored(
+        self, wanted: Mapping[tuple[str, str], str]
+    ) -> AbstractContextManager[Expectation | None]:
+        """Register for the processor's announcements of ``wanted``; entered *before*
+        the events are published, its value goes to :meth:`wait_stored`."""
+
     async def wait_stored(
         self,
         wanted: Mapping[tuple[str, str], str],
         seconds: float,
-        masked: Mapping[tuple[str, str], Masked] | None = None,
+        masked: MaskedLoader | None = None,
+        *,
+        expected: Expectation | None = None,
+        sent: list[Document] | None = None,
     ) -> bool:
         """True once every ``{(tenant, id): content hash}`` is stored with that hash.
 
-        ``masked``: for events of tenants with masking rules, the stored document
-        may differ in the masked paths: it counts as stored when its content hash,
-        with those paths redacted, is the expected :class:`Masked` hash.
+        ``masked``: loads, for events of tenants with masking rules, what to
+        compare instead (awaited only when a stored document's hash differs): the
+        stored document may differ in the masked paths, and counts as stored when
+        its content hash, with those paths redacted, is the expected
+        :class:`Masked` hash. ``expected`` (from :meth:`expect_stored`) and
+        ``sent`` (the events as published: tenant, action, targets) let the
+        processor's announcement confirm them without a look at the store.
         False after ``seconds``, or when the store is away (logged by the caller).
         """
 
@@ -210,11 +226,19 @@ class MongoEventStore:
         except PyMongoError as exc:
             raise StoreUnavailable(str(exc)) from exc
 
+    def expect_stored(
+        self, wanted: Mapping[tuple[str, str], str]
+    ) -> AbstractContextManager[Expectation | None]:
+        return self._waits.expect(wanted)
+
     async def wait_stored(
         self,
         wanted: Mapping[tuple[str, str], str],
         seconds: float,
-        masked: Mapping[tuple[str, str], Masked] | None = None,
+        masked: MaskedLoader | None = None,
+        *,
+        expected: Expectation | None = None,
+        sent: list[Document] | None = None,
     ) -> bool:
         # Looked up by (tenant, id) and compared by content hash: an id its tenant
         # already used for another content is dead-lettered, never stored, so it
@@ -222,21 +246,48 @@ class MongoEventStore:
         keys = {event_key(tenant, eid): (tenant, eid) for tenant, eid in wanted}
         query: Document = {"_id": {"$in": sorted(keys)}}
         scopes = dict.fromkeys(("tenant", "action", "targets"), 1)  # ReadCache.settle's
-        fields: Document = {"search": 0} if masked else {"content_hash": 1, **scopes}
+        narrow: Document = {"content_hash": 1, **scopes}
         seen: list[Document] = []
+        # Masking rules are read only when a stored hash differs from the sent one.
+        rules: dict[str, Any] = {"loaded": masked is None, "masked": None}
 
         async def stored() -> bool:
+            whole = rules["masked"] is not None  # redacting needs the whole document
+            fields = {"search": 0} if whole else narrow
             found = {d["_id"]: d async for d in self.events.find(query, fields)}
             seen[:] = found.values()
-            return len(found) == len(keys) and all(
-                _stored_as_sent(doc, wanted[keys[k]], (masked or {}).get(keys[k]))
-                for k, doc in found.items()
-            )
+            if len(found) != len(keys):
+                return False
+            compare = rules["masked"] or {}
+            if all(
+                _stored_as_sent(d, wanted[keys[k]], compare.get(keys[k])) for k, d in found.items()
+            ):
+                return True
+            if rules["loaded"]:
+                return False
+            assert masked is not None
+            rules["loaded"], rules["masked"] = True, (await masked()) or None
+            return rules["masked"] is not None and await stored()
 
-        done = await self._wait({tenant for tenant, _ in wanted}, stored, seconds)
-        if done:
-            await self._settled(seen)
-        return done
+        tenants = {tenant for tenant, _ in wanted}
+        try:
+            with pymongo.timeout(seconds):
+                if expected is None:
+                    how = (
+                        Confirmed.LOOKED
+                        if await self._waits.wait_until(tenants, stored, seconds)
+                        else None
+                    )
+                else:
+                    how = await self._waits.wait_expected(expected, stored, seconds)
+        except PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if how is None:
+            return False
+        # What the next reads must not be served from before: the stored documents
+        # the look found, or (announced) the events as sent, whose scopes they share.
+        await self._settled(seen if how is Confirmed.LOOKED or sent is None else sent)
+        return True
 
     async def _settled(self, documents: list[Document]) -> None:
         if self._settle is not None:
@@ -382,16 +433,26 @@ class MemoryEventStore:
                 return done()
         return True
 
+    def expect_stored(
+        self, wanted: Mapping[tuple[str, str], str]
+    ) -> AbstractContextManager[Expectation | None]:
+        return contextlib.nullcontext(None)  # put() wakes every wait
+
     async def wait_stored(
         self,
         wanted: Mapping[tuple[str, str], str],
         seconds: float,
-        masked: Mapping[tuple[str, str], Masked] | None = None,
+        masked: MaskedLoader | None = None,
+        *,
+        expected: Expectation | None = None,
+        sent: list[Document] | None = None,
     ) -> bool:
+        compare = (await masked() if masked is not None else None) or {}
+
         def stored() -> bool:
             return all(
                 (doc := self.documents.get(event_key(*key))) is not None
-                and _stored_as_sent(doc, digest, (masked or {}).get(key))
+                and _stored_as_sent(doc, digest, compare.get(key))
                 for key, digest in wanted.items()
             )
 

@@ -46,7 +46,7 @@ from stream_processor.control import ControlGate
 from stream_processor.flush import FlushPolicy
 from stream_processor.health import WorkerProbes
 from stream_processor.invalidate import Invalidate
-from stream_processor.kafka import app_class
+from stream_processor.kafka import FetchWait, app_class, awaited
 from stream_processor.masking import masked_write
 from stream_processor.metrics import ProcessorMetrics
 from stream_processor.pipeline import BatchFailed, BatchProcessor
@@ -133,7 +133,9 @@ def create_app(
     settings.require("kafka_bootstrap", "mongo_uri", "redis_url")
     metrics = metrics or ProcessorMetrics()
     policy = FlushPolicy(settings.batch_max_events, settings.batch_max_ms)
-    app = app_class(settings.kafka_fetch_max_wait_ms)(
+    # Tansu: a short fetch wait while ?wait=true events arrive, else the long one (kafka.py)
+    fetch_wait = FetchWait(settings.kafka_fetch_active_wait_ms, settings.kafka_fetch_max_wait_ms)
+    app = app_class(fetch_wait)(
         settings.processor_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -255,6 +257,11 @@ def create_app(
 
     app.timer(interval=idle_period(settings.checkpoint_every_seconds))(idle_checkpoints)
 
+    async def fetch_wait_tick() -> None:
+        fetch_wait.tick()  # idle for FetchWait.idle_after seconds: the long wait again
+
+    app.timer(interval=1.0)(fetch_wait_tick)
+
     @app.agent(events)
     async def ingest(stream: Any) -> None:
         # One actor (no concurrency>1); parallelism comes from partitions/workers.
@@ -276,7 +283,10 @@ def create_app(
         task = asyncio.ensure_future(_run_or_exit(loop))
         try:
             async for event in stream.events():
-                await queue.put(_record(event))
+                record = _record(event)
+                if record.headers and awaited(record):
+                    fetch_wait.awaited()  # a ?wait=true request's event: fetch promptly
+                await queue.put(record)
         finally:
             task.cancel()
 

@@ -23,13 +23,19 @@ from audit_events.cache_keys import (
     generation_ttl_seconds,
     new_generation,
 )
-from audit_events.notify import stored_channel
+from audit_events.notify import stored_channel, stored_message
 from stream_processor.records import Record
 
 
 class Invalidator(Protocol):
-    async def bump(self, documents: list[dict[str, Any]]) -> None:
-        """Bump the cache generation of every scope ``documents`` touch."""
+    async def bump(
+        self, documents: list[dict[str, Any]], stored: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Bump the cache generation of every scope ``documents`` touch.
+
+        ``stored``: the documents the batch stored (all but its conflicts), named
+        in the announcement to ``?wait=true`` requests; None names no event.
+        """
 
 
 class DeadLetters(Protocol):
@@ -51,16 +57,23 @@ class RedisInvalidator:
         self._ttl = generation_ttl_seconds(cache_ttl_seconds)
         self._namespace = namespace  # audit_events.cache_keys.cache_namespace(settings)
 
-    async def bump(self, documents: list[dict[str, Any]]) -> None:
+    async def bump(
+        self, documents: list[dict[str, Any]], stored: list[dict[str, Any]] | None = None
+    ) -> None:
         keys = generation_keys(self._namespace, documents)
         if not keys:
             return
+        by_tenant: dict[str, list[dict[str, Any]]] = {doc["tenant"]: [] for doc in documents}
+        for doc in stored or ():
+            by_tenant.setdefault(doc["tenant"], []).append(doc)
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.eval(BUMP_SCRIPT, 1, key, self._ttl, new_generation())
-            # ?wait=true requests wake on this (audit_events/notify.py), same round trip
-            for tenant in sorted({doc["tenant"] for doc in documents}):
-                pipe.publish(stored_channel(tenant), tenant)
+            # ?wait=true requests wake on this (audit_events/notify.py), same round trip,
+            # after the bumps: the events it names are stored, their scopes bumped
+            for tenant in sorted(by_tenant):
+                named = by_tenant[tenant] if stored is not None else None
+                pipe.publish(stored_channel(tenant), stored_message(named))
             await pipe.execute()
 
 

@@ -74,7 +74,13 @@ class Publisher:
         self.published: list[tuple[bytes, bytes]] = []
         self.then: Callable[[list[AuditEvent]], None] | None = None
 
-    async def publish(self, messages: list[tuple[bytes, bytes]], timeout: float = 10.0) -> None:
+    async def publish(
+        self,
+        messages: list[tuple[bytes, bytes]],
+        timeout: float = 10.0,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.published += messages
         if self.then is not None:
             batch = [AuditEvent.model_validate_json(value) for _, value in messages]

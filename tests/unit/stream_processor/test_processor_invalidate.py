@@ -18,7 +18,9 @@ class Invalidator:
         self.fail = fail
         self.calls: list[list[str]] = []
 
-    async def bump(self, documents: list[dict[str, Any]]) -> None:
+    async def bump(
+        self, documents: list[dict[str, Any]], stored: list[dict[str, Any]] | None = None
+    ) -> None:
         if self.fail:
             raise ConnectionError("redis down")
         self.calls.append([d["id"] for d in documents])

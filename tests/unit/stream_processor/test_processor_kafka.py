@@ -1,11 +1,16 @@
-"""The processor's Faust transport takes the consumer's fetch wait from settings."""
+"""The processor's Faust transport takes the consumer's fetch wait from settings;
+on a broker that holds empty fetches it is short only while records arrive that a
+``?wait=true`` request waits for (their header says so)."""
 
 from __future__ import annotations
 
 import pytest
 
+from audit_events.notify import WAIT_HEADER
 from audit_events.settings import AuditSettings
 from stream_processor.app import create_app
+from stream_processor.kafka import FetchWait, awaited
+from stream_processor.records import Record
 
 pytestmark = pytest.mark.unit
 
@@ -32,3 +37,43 @@ async def test_worker_consumer_waits_at_most_the_configured_fetch_wait() -> None
 
 def test_fetch_wait_defaults_to_250_ms() -> None:
     assert AuditSettings().kafka_fetch_max_wait_ms == 250
+
+
+class Fetcher:
+    _fetch_max_wait_ms = 0
+
+
+class Consumer:
+    _fetch_max_wait_ms = 0
+    _fetcher: Fetcher | None = None
+
+
+def test_fetch_wait_is_short_while_waited_records_arrive_and_long_once_idle() -> None:
+    now = [100.0]
+    wait = FetchWait(50, 250, clock=lambda: now[0])
+    consumer = wait.consumer = Consumer()
+    wait.apply()
+    assert consumer._fetch_max_wait_ms == 250  # built idle: start() gives it to its Fetcher
+    consumer._fetcher = fetcher = Fetcher()  # started
+    wait.awaited()
+    assert (consumer._fetch_max_wait_ms, fetcher._fetch_max_wait_ms) == (50, 50)
+    now[0] += wait.idle_after - 0.1
+    wait.tick()
+    assert fetcher._fetch_max_wait_ms == 50, "records came within idle_after"
+    now[0] += 0.2
+    wait.tick()
+    assert fetcher._fetch_max_wait_ms == 250
+    wait.awaited()
+    assert fetcher._fetch_max_wait_ms == 50
+
+
+def test_worker_consumer_starts_with_the_idle_wait_and_defaults() -> None:
+    assert AuditSettings().kafka_fetch_active_wait_ms == 50
+    assert FetchWait(300, 250).active_ms == 250, "never longer than the idle wait"
+
+
+def test_a_record_is_awaited_when_its_header_says_so() -> None:
+    plain = Record("events", 0, 1, 0, b"acme", b"{}")
+    assert not awaited(plain)
+    assert awaited(Record("events", 0, 1, 0, b"acme", b"{}", ((WAIT_HEADER, b"1"),)))
+    assert not awaited(Record("events", 0, 1, 0, b"acme", b"{}", (("other", b"1"),)))

@@ -86,7 +86,9 @@ class Invalidator:
         self.fail = fail
         self.bumped: list[list[str]] = []
 
-    async def bump(self, documents: list[dict[str, Any]]) -> None:
+    async def bump(
+        self, documents: list[dict[str, Any]], stored: list[dict[str, Any]] | None = None
+    ) -> None:
         if self.fail:
             raise ConnectionError("redis down")
         self.bumped.append(generation_keys("test", documents))
@@ -481,7 +483,9 @@ async def test_steps_run_in_order_and_control_targets_are_invalidated_with_the_b
             await super().send(record, reason)
 
     class Bump(Invalidator):
-        async def bump(self, documents: list[dict[str, Any]]) -> None:
+        async def bump(
+            self, documents: list[dict[str, Any]], stored: list[dict[str, Any]] | None = None
+        ) -> None:
             order.append("invalidate")
             await invalidator.bump(documents)
 
