@@ -54,21 +54,26 @@ log = logging.getLogger("auditstream.api.cache")
 Loader = Callable[[], Awaitable[bytes]]
 
 # A hit in one round trip: the scopes' generations (MGET), then the value under
-# the key they name, built as query_key() builds it (ARGV: the key's text before
-# and after the generations). A missing counter returns fewer values than keys
-# and reads nothing; a hit also returns the value's remaining TTL (ms), for the
-# early refresh. Single-instance Redis (the key is not declared in KEYS).
+# the key they name, built as query_key() builds it (ARGV[1], ARGV[2]: the key's
+# text before and after the generations). The reply:
+# - 1 when that key is ARGV[4] (the value the caller holds, ReadCache._held) and
+#   has more than ARGV[3] ms of its TTL left: the value is not sent again;
+# - else, for a hit, the generations, the value and its remaining TTL (ms);
+# - a miss: the generations; a missing counter: fewer values than keys.
+# Single-instance Redis (the key is not declared in KEYS).
 HIT_SCRIPT = """
 local gens = redis.call('MGET', unpack(KEYS))
 for i = 1, #KEYS do
   if not gens[i] then return {} end
 end
 local key = ARGV[1] .. table.concat(gens, '.') .. ARGV[2]
+local ttl = redis.call('PTTL', key)
+if ttl == -2 then return gens end
+if key == ARGV[4] and (ttl < 0 or ttl >= tonumber(ARGV[3])) then return 1 end
 local value = redis.call('GET', key)
-if value then
-  gens[#KEYS + 1] = value
-  gens[#KEYS + 2] = redis.call('PTTL', key)
-end
+if not value then return gens end
+gens[#KEYS + 1] = value
+gens[#KEYS + 2] = ttl
 return gens
 """
 # Release a single-flight lock only if it is still ours (it may have expired and
@@ -191,10 +196,18 @@ class ReadCache:
         self.namespace = namespace
         self._ttl = ttl_seconds
         self._generation_ttl = generation_ttl_seconds(ttl_seconds)
+        # A hit with less than this left (ms) reloads the entry in the background.
+        self._refresh_ms = int(ttl_seconds * 1000 * self.refresh_fraction)
         self._hit_script = redis.register_script(HIT_SCRIPT) if redis is not None else None
-        # A read's hit command by (kind, tenant, generation keys..., query): its key's
+        # A read's hit command by (kind, tenant, query, generation keys...): its key's
         # text around the generations, and the EVALSHA as sent (built once, not per hit).
         self._hit_commands: dict[tuple[str, ...], tuple[str, str, list[bytes] | None]] = {}
+        # Values this process holds, by the same read: (key, value, until, command
+        # naming the key). The script answers 1 instead of the value while the
+        # key is still the read's current one (same generations) and has TTL left;
+        # a value is held no longer than its Redis entry had left when it came.
+        self._held: dict[tuple[str, ...], tuple[str, bytes, float, list[bytes] | None]] = {}
+        self._held_bytes = 0
         self._release_script = redis.register_script(RELEASE_SCRIPT) if redis is not None else None
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
         self._redis_down_until = 0.0
@@ -265,6 +278,7 @@ class ReadCache:
                 kind, tenant, generation_keys, normalized_query
             )
             if not looked:
+                assert gens is not None
                 cached = await self._redis.get(
                     query_key(self.namespace, kind, tenant, gens, normalized_query)
                 )
@@ -274,65 +288,130 @@ class ReadCache:
             return await self._bypass(kind, tenant, normalized_query, loader)
         if cached is not None:
             self.hits += 1
-            if ttl_ms is not None and 0 <= ttl_ms < self._ttl * 1000 * self.refresh_fraction:
+            if ttl_ms is not None and 0 <= ttl_ms < self._refresh_ms:
                 # Early refresh: a hot entry is reloaded in the background before it
                 # expires (single-flight), so no reader waits on an expired hot key.
+                assert gens is not None
                 self.refreshes += 1
+                # Read the reloaded value once it is stored, not the copy held now.
+                self._drop_held((kind, tenant, normalized_query, *generation_keys))
                 key = query_key(self.namespace, kind, tenant, gens, normalized_query)
                 self._flight(key, loader, store=True, refresh=True)
             return cached if isinstance(cached, bytes) else cached.encode(), "hit"
         self.misses += 1
+        assert gens is not None  # a miss answers the generations
         key = query_key(self.namespace, kind, tenant, gens, normalized_query)  # a hit needs none
         return await asyncio.shield(self._flight(key, loader, store=True)), "miss"
 
     async def _read(
         self, kind: str, tenant: str, generation_keys: list[str], normalized_query: str
-    ) -> tuple[list[int], bytes | str | None, bool, int | None]:
+    ) -> tuple[list[int] | None, bytes | str | None, bool, int | None]:
         """The generations, the cached value, whether it was looked up, its TTL (ms).
+
+        A plain hit answers the value alone: generations and TTL ``None`` (a hit
+        needs neither); a hit due for the early refresh answers all four.
 
         One round trip (:data:`HIT_SCRIPT`). When a counter is missing the
         script reads nothing, :meth:`_generations` creates it and the caller GETs
         the value (the rare path).
         """
         assert self._hit_script is not None
-        head, tail, command = self._hit_command(kind, tenant, generation_keys, normalized_query)
+        memo = (kind, tenant, normalized_query, *generation_keys)
+        head, tail, command = self._hit_command(memo, generation_keys)
+        held = self._held.get(memo)
+        now = time.monotonic()
+        if held is not None and held[2] <= now:
+            self._drop_held(memo)
+            held = None
+        holding = held[0] if held is not None else ""
         # EVALSHA directly: redis-py's Script.__call__ cost ~3 % of a hit (an isinstance
         # check against a Protocol class on every call).
         try:
             if self._hits is not None:
-                assert command is not None
-                reply: Any = await self._hits.call_packed(command)
+                sent = held[3] if held is not None else command
+                assert sent is not None
+                reply: Any = await self._hits.call_packed(sent)
             else:
                 reply = await self._redis.evalsha(  # type: ignore[union-attr]
-                    self._hit_script.sha, len(generation_keys), *generation_keys, head, tail
+                    self._hit_script.sha,
+                    len(generation_keys),
+                    *generation_keys,
+                    head,
+                    tail,
+                    self._refresh_ms,
+                    holding,
                 )
         except NoScriptError:  # a restarted or other server: the wrapper loads it
-            reply = await self._hit_script(keys=generation_keys, args=[head, tail])
+            reply = await self._hit_script(
+                keys=generation_keys, args=[head, tail, self._refresh_ms, holding]
+            )
+        if held is not None:
+            if reply == 1:  # a hit of the value held
+                return None, held[1], True, None
+            self._drop_held(memo)  # not current (a miss stores anew, maybe under its key)
         n = len(generation_keys)
         if len(reply) < n:  # a counter is missing
             return await self._generations(generation_keys), None, False, None
-        value = reply[n] if len(reply) > n else None
-        ttl_ms = int(reply[n + 1]) if len(reply) > n + 1 else None
-        return [int(v) for v in reply[:n]], value, True, ttl_ms
+        gens = [int(v) for v in reply[:n]]
+        if len(reply) < n + 2:  # a miss
+            return gens, None, True, None
+        value, ttl_ms = reply[n], int(reply[n + 1])
+        if isinstance(value, str):
+            value = value.encode()
+        self._hold(memo, head + ".".join(map(str, gens)) + tail, value, ttl_ms, now)
+        return gens, value, True, ttl_ms
+
+    HELD_BYTES = 32 * 1024 * 1024  # values held at most (bytes), the oldest dropped first
+    HELD_MAX = 4096  # and at most this many
+
+    def _hold(self, memo: tuple[str, ...], key: str, value: bytes, ttl_ms: int, now: float) -> None:
+        """Hold ``value``, the entry ``key`` with ``ttl_ms`` left (-1: none), for ``memo``."""
+        self._drop_held(memo)
+        if len(value) > self.HELD_BYTES // 8:
+            return
+        left = ttl_ms / 1000 if ttl_ms >= 0 else float(self._ttl)
+        command = None
+        if self._hits is not None:
+            assert self._hit_script is not None
+            keys = list(memo[3:])
+            head, tail, _ = self._hit_command(memo, keys)
+            sha = self._hit_script.sha
+            command = self._hits.pack(
+                "EVALSHA", sha, len(keys), *keys, head, tail, self._refresh_ms, key
+            )
+        while self._held and (
+            self._held_bytes + len(value) > self.HELD_BYTES or len(self._held) >= self.HELD_MAX
+        ):
+            self._drop_held(next(iter(self._held)))  # the oldest
+        self._held[memo] = (key, value, now + left, command)
+        self._held_bytes += len(value)
+
+    def _drop_held(self, memo: tuple[str, ...]) -> None:
+        held = self._held.pop(memo, None)
+        if held is not None:
+            self._held_bytes -= len(held[1])
 
     HIT_COMMANDS_MAX = 4096
 
     def _hit_command(
-        self, kind: str, tenant: str, generation_keys: list[str], normalized_query: str
+        self, memo: tuple[str, ...], generation_keys: list[str]
     ) -> tuple[str, str, list[bytes] | None]:
         """The hit key's text before and after the generations, and the hit's EVALSHA
-        as :class:`HitConnections` sends it (None without them); kept per read."""
-        memo = (kind, tenant, normalized_query, *generation_keys)
+        holding no value as :class:`HitConnections` sends it (None without them),
+        of the read ``memo`` (kind, tenant, query, generation keys...); kept per read."""
         found = self._hit_commands.get(memo)
         if found is None:
             assert self._hit_script is not None
+            kind, tenant, normalized_query = memo[:3]
             key = query_key(self.namespace, kind, tenant, [_SPLIT], normalized_query)
             head, _, tail = key.rpartition(str(_SPLIT))
             command = None
             if self._hits is not None:
                 n = len(generation_keys)
                 sha = self._hit_script.sha
-                command = self._hits.pack("EVALSHA", sha, n, *generation_keys, head, tail)
+                command = self._hits.pack(
+                    "EVALSHA", sha, n, *generation_keys, head, tail, self._refresh_ms, ""
+                )
             if len(self._hit_commands) >= self.HIT_COMMANDS_MAX:
                 self._hit_commands.clear()
             found = self._hit_commands[memo] = (head, tail, command)

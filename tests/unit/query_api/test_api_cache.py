@@ -42,7 +42,7 @@ class FakeRedis:
 
             return release
 
-        async def run(keys: list[str], args: list[str]) -> list[Any]:
+        async def run(keys: list[str], args: list[Any]) -> Any:
             self._check()
             await asyncio.sleep(0)
             gens = [self.data.get(k) for k in keys]
@@ -50,7 +50,11 @@ class FakeRedis:
                 return []
             key = args[0] + ".".join(g.decode() for g in gens if g is not None) + args[1]
             value = self.data.get(key)
-            return gens + ([value] if value is not None else [])
+            if value is None:
+                return gens
+            if key == args[3]:  # the caller holds it (no TTLs here: never due for refresh)
+                return 1
+            return [*gens, value, -1]
 
         run.sha = "hit"  # type: ignore[attr-defined]
         self.scripts = {"hit": run}
