@@ -18,7 +18,8 @@ from audit_events.codec import event_to_document
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENT_INDEXES
 from query_api.listing import index_equality, range_filters, read_page, windows
-from query_api.query import parse_list_query, search_words, sort_spec
+from query_api.query import mongo_filter, parse_list_query, search_words, sort_spec
+from query_api.store import MongoEventStore
 from tests.helpers import T0, Store, bearer, make_event
 from tests.integration.query_api.test_listing_store import support_args, walk
 
@@ -187,3 +188,18 @@ async def test_the_api_finds_a_target_by_its_whole_id(
     got = [f"acme/{e['id']}" for e in resp.json()["data"]]
     want = _ids(events, lambda e: _has_target(e) or "paid" in (e.description or ""))
     assert got == sorted(want, reverse=True)
+
+
+@pytest.mark.parametrize("old", [False, True])
+async def test_an_export_by_q_holds_what_the_plain_query_finds(db: Store, old: bool) -> None:
+    """Exports read without a page limit (``read_all``, bounded windows on SecantusDB):
+    a ``q`` there reads the same three ranges and answers what ``mongo_filter`` does."""
+    await seed(db, old=old)
+    store = MongoEventStore(db.events)
+    for q in (TARGET, ACTOR, "paid card", "billing"):
+        for order in ("desc", "asc"):
+            query = parse_list_query(support_args({"q": q, "order": order}))
+            exported = [d["_id"] async for d in store.export("acme", query, False)]
+            plain = db.events.find(mongo_filter("acme", query)).sort(sort_spec(order))
+            assert exported == [d["_id"] async for d in plain], (q, order)
+            assert exported or (q == "billing" and not old), (q, order)
