@@ -147,7 +147,9 @@ def start_api(
     older commit unpacked with ``git archive``, to measure before and after in one run.
     """
     settings = settings.model_copy(update={"api_port": free_port()})
-    extra = {"PYTHONPATH": tree} if tree else {}
+    # PYTHONSAFEPATH: without it ``python -m`` puts the working directory (this
+    # tree) before PYTHONPATH, and the "before" API silently ran this tree's code.
+    extra = {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else {}
     env = child_env(settings, SECRET, AUDITSTREAM_API_WORKERS=str(workers), **extra)
     log = workdir / f"api-{workers}{'-before' if tree else ''}.log"
     return spawn(env, log, "api"), settings.api_port
