@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 
 from audit_events.settings import AuditSettings
 from audit_events.topic_admin import prepare_topics
-from query_api.app import create_app
+from query_api.app import GC_FREEZE, create_app
 from query_api.health import MULTIPROC_ENV, metrics_registry, multiprocess_registry
 
 Scope = dict[str, Any]
@@ -76,6 +76,7 @@ def serve_api(settings: AuditSettings) -> None:
 def _serve_one(settings: AuditSettings, *, worker: bool, parent: int | None = None) -> None:
     """One API process; ``worker``: one of several (the parent serves the metrics port)."""
     app = create_app(settings)
+    app.config[GC_FREEZE] = True  # one app in this process: query_api/app.py
     config = Config()
     config.bind = [f"{settings.api_host}:{settings.api_port}"]
     config.accesslog = None

@@ -8,12 +8,15 @@
   ``Logger.makeRecord`` builds, and ``SecondFormatter`` formats as the default
   formatter;
 - a list query string parsed once answers every tenant its own page;
-- a hot page's event count (read auditing) is parsed once, not on every hit.
+- a hot page's event count (read auditing) is parsed once, not on every hit;
+- the objects startup made are frozen out of the collector's scans where one app
+  is served per process, and only there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +31,13 @@ from quart import Response
 from audit_events.codec import event_to_document
 from audit_events.schema import AuditEvent
 from audit_events.settings import AuditSettings
-from query_api.app import AccessRecords, DeadlineHTTPConnection, SecondFormatter, create_app
+from query_api.app import (
+    GC_FREEZE,
+    AccessRecords,
+    DeadlineHTTPConnection,
+    SecondFormatter,
+    create_app,
+)
 from query_api.auth import mint_token
 from query_api.deadlines import Deadlines
 from query_api.read_audit import count_in
@@ -182,3 +191,17 @@ def test_a_hot_pages_event_count_is_parsed_once() -> None:
     assert count_in.cache_info().misses == 1
     assert count_in(orjson.dumps({"events_applied": 4})) == 4
     assert count_in(b"not json") == 0
+
+
+async def test_startup_objects_are_frozen_only_when_asked() -> None:
+    gc.unfreeze()
+    try:
+        app = create_app(settings(), store=MemoryEventStore())
+        async with app.test_app():
+            assert gc.get_freeze_count() == 0  # a test process: never frozen
+        app = create_app(settings(), store=MemoryEventStore())
+        app.config[GC_FREEZE] = True  # as auditstream api sets it
+        async with app.test_app():
+            assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
