@@ -96,19 +96,16 @@ def _tokens(action: object, actor: object, targets: object) -> list[str]:
 
 def search_terms(event: AuditEvent) -> list[str]:
     """The stored ``search`` array: the normalised words of the ``q`` filter (no
-    ``$text`` index needed) — action, description, actor and target names — then the
-    index tokens: :data:`ALL_TOKEN`, the exact action, the actor id and each target id
-    (:func:`action_token`, :func:`actor_token`, :func:`target_token`).
-
-    Ids give no words: ``q`` matches an actor or target id whole, through its token
-    (query_api/query.py ``q_tokens``), not by its fragments (issue 18: each word is one
-    more index entry per event, the store's cost)."""
+    ``$text`` index needed) — action, description, actor and target ids and names —
+    then the index tokens: :data:`ALL_TOKEN`, the exact action, the actor id and
+    each target id (:func:`action_token`, :func:`actor_token`, :func:`target_token`)."""
     parts: list[str] = [event.action, *event.action.split(".")]
     if event.description:
         parts.append(event.description)
-    if event.actor and event.actor.name:
-        parts.append(event.actor.name)
-    parts += [t.name for t in event.targets if t.name]
+    if event.actor:
+        parts += [event.actor.id, event.actor.name or ""]
+    for t in event.targets:
+        parts += [t.id, t.name or ""]
     actor = {"id": event.actor.id} if event.actor else None
     return _words(parts) + _tokens(event.action, actor, [{"id": t.id} for t in event.targets])
 
@@ -133,8 +130,8 @@ def document_search_terms(doc: dict[str, Any]) -> list[str]:
     for item in ([actor] if isinstance(actor, dict) else []) + (
         targets if isinstance(targets, list) else []
     ):
-        if isinstance(item, dict) and isinstance(item.get("name"), str):
-            parts.append(item["name"])
+        if isinstance(item, dict):
+            parts += [v for v in (item.get("id"), item.get("name")) if isinstance(v, str)]
     return _words(parts) + tokens
 
 

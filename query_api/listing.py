@@ -1,9 +1,8 @@
 """One page of ``GET /v1/events`` read through a bounded index range.
 
-The store is asked only what an index answers: the tenant, one indexed
-equality (actor, exact action, target, every event; for ``q`` its first word or
-its whole id, three values) and an ``occurred_at`` range, sorted by
-``(occurred_at, _id)``. Every other clause —
+The store is asked only what an index answers: the tenant, at most one indexed
+equality (actor, exact action, target, or one search word) and an
+``occurred_at`` range, sorted by ``(occurred_at, _id)``. Every other clause —
 erased, the other filters, the keyset cursor's tie-break — is checked here,
 after the index range, by :func:`matcher` (the same semantics as
 :func:`query_api.query.mongo_filter`).
@@ -23,14 +22,14 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from audit_events.retention import PURGES_COLLECTION
 from audit_events.storage import CHAIN_INDEX
 from audit_events.store_adapter import StoreCapabilities, capabilities_of, chain_head
-from query_api.query import ListQuery, index_tokens, q_tokens, search_words, sort_spec
+from query_api.query import ListQuery, index_token, search_words, sort_spec
 
 FIRST_WINDOW = timedelta(seconds=60)
 GROWTH = 4
@@ -66,65 +65,12 @@ def _field(doc: dict[str, Any], path: str) -> Any:
 
 
 def index_equality(query: ListQuery) -> dict[str, Any]:
-    """The indexed equality the store filters on (besides the tenant): one value of
-    the ``search`` array, or for ``q`` an ``$in`` of three (its first word and its
-    two id tokens), :func:`query_api.query.index_tokens` (the only index of
+    """The one indexed equality the store filters on (besides the tenant): one value
+    of the ``search`` array, :func:`query_api.query.index_token` (the only index of
     ``EVENT_INDEXES``, audit_events/storage.py: SecantusDB scans the collection when
     a query names a field its index lacks). Every filter is checked again by
     :func:`matcher`."""
-    values = index_tokens(query)
-    return {"search": values[0] if len(values) == 1 else {"$in": values}}
-
-
-def range_filters(
-    tenant: str, query: ListQuery, time_range: dict[str, Any], split: bool
-) -> list[dict[str, Any]]:
-    """The store queries of one ``occurred_at`` range: ``tenant``,
-    :func:`index_equality` and the range. ``split`` (SecantusDB, whose planner
-    takes one operator field after the equalities: ``$in`` and a range would scan
-    the collection): one query per value of a ``q``'s ``$in`` instead, each an
-    index range; :func:`_find_sorted` merges them."""
-    where: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
-    if time_range:
-        where["occurred_at"] = time_range
-    values = where["search"].get("$in") if isinstance(where["search"], dict) else None
-    if not split or values is None:
-        return [where]
-    return [{**where, "search": value} for value in values]
-
-
-def _order_key(doc: dict[str, Any]) -> tuple[datetime, str]:
-    when = doc.get("occurred_at")
-    return (_utc(when) if isinstance(when, datetime) else datetime.min.replace(tzinfo=UTC)), str(
-        doc["_id"]
-    )
-
-
-async def _find_sorted(
-    collection: Any,
-    filters: list[dict[str, Any]],
-    order: str,
-    projection: dict[str, Any] | None = None,
-    batch_size: int = 101,
-) -> AsyncGenerator[dict[str, Any], None]:
-    """The documents of ``filters`` in ``order`` by ``(occurred_at, _id)``, each once:
-    one query streamed, or several (:func:`range_filters` split; bounded ranges)
-    read whole and merged."""
-    if len(filters) == 1:
-        cursor = collection.find(filters[0], projection).sort(sort_spec(order))
-        cursor = cursor.batch_size(batch_size)
-        try:
-            async for doc in cursor:
-                yield doc
-        finally:
-            await cursor.close()
-        return
-    found: dict[Any, dict[str, Any]] = {}
-    for where in filters:
-        async for doc in collection.find(where, projection).sort(sort_spec(order)):
-            found.setdefault(doc["_id"], doc)
-    for doc in sorted(found.values(), key=_order_key, reverse=order == "desc"):
-        yield doc
+    return {"search": index_token(query)}
 
 
 def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]], bool]:
@@ -145,7 +91,6 @@ def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]]
     prefix = re.compile("^" + re.escape(action[:-1])) if action and action.endswith(".*") else None
     target = {k: f["target_" + k] for k in ("type", "id") if "target_" + k in f}
     words = search_words(f["q"]) if "q" in f else []
-    ids = q_tokens(f["q"]) if "q" in f else []
     since = datetime.fromisoformat(f["since"]) if "since" in f else None
     until = datetime.fromisoformat(f["until"]) if "until" in f else None
     cursor = query.cursor
@@ -175,9 +120,7 @@ def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]]
                 return False
         if words:
             search = doc.get("search")
-            if not isinstance(search, list) or "erased" in doc:
-                return False
-            if not all(w in search for w in words) and not any(t in search for t in ids):
+            if not isinstance(search, list) or not all(w in search for w in words):
                 return False
         when = doc.get("occurred_at")
         if not isinstance(when, datetime):
@@ -329,21 +272,22 @@ async def read_page(
     given) in bounded :func:`windows`; otherwise the plain keyset query, one
     range (:func:`keyset_range`) walked in order until the page is full."""
     caps = caps or await capabilities_of(collection)
-    split = caps.materialises_before_limit
+    base: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
     match = matcher(query, include_erased)
     want = query.limit + 1
     docs: list[dict[str, Any]] = []
     if not caps.materialises_before_limit:
-        filters = range_filters(tenant, query, keyset_range(query), split)
-        walk = _find_sorted(collection, filters, query.order, batch_size=max(want, 101))
+        time_range = keyset_range(query)
+        where = {**base, "occurred_at": time_range} if time_range else base
+        cursor = collection.find(where).sort(sort_spec(query.order)).batch_size(max(want, 101))
         try:
-            async for doc in walk:
+            async for doc in cursor:
                 if match(doc):
                     docs.append(doc)
                     if len(docs) >= want:
                         break
         finally:
-            await walk.aclose()
+            await cursor.close()
         return docs
     seen: set[Any] = set()
     oldest = None
@@ -352,12 +296,11 @@ async def read_page(
     ranges = windows(query, datetime.now(UTC), _NEWEST.get(tenant), oldest)
     time_range = next(ranges)
     while True:
-        window = _find_sorted(
-            collection, range_filters(tenant, query, time_range, split), query.order
-        )
+        where = {**base, "occurred_at": time_range} if time_range else base
+        cursor = collection.find(where).sort(sort_spec(query.order))
         found = 0
         try:
-            async for doc in window:
+            async for doc in cursor:
                 if doc["_id"] in seen or not match(doc):
                     continue
                 seen.add(doc["_id"])
@@ -367,7 +310,7 @@ async def read_page(
                 if len(docs) >= want:
                     return docs
         finally:
-            await window.aclose()
+            await cursor.close()
         # Wide enough for the rest of the page at this window's density (x1.25).
         factor = 0.0 if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
         try:
@@ -498,20 +441,19 @@ async def read_all(
     ``WINDOW_EVENTS`` events each, so no round trip fetches the whole range.
     Otherwise (MongoDB, or no chain to sample) one range read in order."""
     cuts: list[datetime] = []
-    split = False
-    if bounded or "q" in query.filters:
+    if bounded:
         caps = caps or await capabilities_of(collection)
-        split = caps.materialises_before_limit
-        if bounded and caps.materialises_before_limit:
+        if caps.materialises_before_limit:
             cuts = await _sampled_cuts(collection, tenant, caps)
+    base: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
     match = matcher(query, include_erased)
     fields = dict(projection) if projection is not None else None
     for lo, hi in time_windows(query, cuts):
         time_range: dict[str, Any] = _at_or_after(lo) if lo is not None else {}
         if hi is not None:
             time_range["$lt"] = hi
-        filters = range_filters(tenant, query, time_range, split)
-        cursor = _find_sorted(collection, filters, query.order, fields, batch_size)
+        where = {**base, "occurred_at": time_range} if time_range else base
+        cursor = collection.find(where, fields).sort(sort_spec(query.order)).batch_size(batch_size)
         try:
             async for doc in cursor:
                 when = doc.get("occurred_at")
@@ -520,4 +462,4 @@ async def read_all(
                 if match(doc):
                     yield doc
         finally:
-            await cursor.aclose()
+            await cursor.close()

@@ -58,9 +58,7 @@ class ObjectFilters(BaseModel):
     since: str | None = Field(None, description="RFC 3339, inclusive")
     until: str | None = Field(None, description="RFC 3339, exclusive")
     q: str | None = Field(
-        None,
-        description="Words of the description, action, actor and target names (all of them,"
-        " any case); or an actor or target id, whole and exact",
+        None, description="Words in description, action, actor and target ids and names"
     )
     tenant: str | None = Field(None, description="Required for multi-tenant tokens")
 
@@ -169,31 +167,22 @@ def search_words(text: str) -> list[str]:
     return "".join(c if c.isalnum() else " " for c in text.lower()).split()
 
 
-def q_tokens(text: str) -> list[str]:
-    """The tokens a ``q`` equal to an actor id or a target id (trimmed, exact) finds:
-    ids give no words (audit_events/codec.py ``search_terms``), so ``q`` matches an
-    event when every word of it is one of the event's words, or when it is the
-    event's actor id or one of its target ids, whole."""
-    whole = text.strip()
-    return [actor_token(whole), target_token(whole)]
-
-
-def index_tokens(query: ListQuery) -> list[str]:
-    """The ``search`` values whose index ranges (``tenant_search_time``) hold every
-    event ``query`` can match (audit_events/storage.py): the target id, else the
-    actor, else the exact action, else the first word of ``q`` and its two id tokens
-    (:func:`q_tokens`; three ranges), else :data:`~audit_events.codec.ALL_TOKEN`.
-    The other filters are checked after the range (query_api/listing.py ``matcher``)."""
+def index_token(query: ListQuery) -> str:
+    """The one ``search`` value whose index range (``tenant_search_time``) holds
+    every event ``query`` can match (audit_events/storage.py): the target id, else
+    the actor, else the exact action, else the first word of ``q``, else
+    :data:`~audit_events.codec.ALL_TOKEN`. The other filters are checked after
+    the range (query_api/listing.py ``matcher``)."""
     f = query.filters
     if "target_id" in f:
-        return [target_token(f["target_id"])]
+        return target_token(f["target_id"])
     if "actor" in f:
-        return [actor_token(f["actor"])]
+        return actor_token(f["actor"])
     if "action" in f and not f["action"].endswith(".*"):
-        return [action_token(f["action"])]
+        return action_token(f["action"])
     if "q" in f:
-        return [search_words(f["q"])[0], *q_tokens(f["q"])]
-    return [ALL_TOKEN]
+        return search_words(f["q"])[0]
+    return ALL_TOKEN
 
 
 def mongo_filter(tenant: str, query: ListQuery) -> dict[str, Any]:
@@ -229,12 +218,11 @@ def mongo_filter(tenant: str, query: ListQuery) -> dict[str, Any]:
         time_range["$gte"] = datetime.fromisoformat(f["since"])
     if "until" in f:
         time_range["$lt"] = datetime.fromisoformat(f["until"])
-    clauses: list[dict[str, Any]] = []
     if "q" in f:
-        # Every word, or the whole actor / target id; never a tombstone (it has no
-        # words, but may keep an erased correction's target token).
-        either = [{"search": {"$all": search_words(f["q"])}}, {"search": {"$in": q_tokens(f["q"])}}]
-        clauses.append({"erased": {"$exists": False}, "$or": either})
+        words = search_words(f["q"])
+        if words:
+            out["search"] = {"$all": words}
+    clauses: list[dict[str, Any]] = []
     if time_range:
         clauses.append({"occurred_at": time_range})
     if query.cursor:

@@ -1,9 +1,9 @@
-"""``q`` matches actor and target ids WHOLE (issue 18, the store's cost per event):
-the words of ids are not indexed, a ``q`` equal to an actor id or a target id (as
-typed, trimmed) finds its events through the exact ``a:``/``t:`` tokens, and ``q``'s
-words still match action, description and names. Every ``q`` read is an index range;
-the windowed read (SecantusDB) answers the pages the plain ``mongo_filter`` query does,
-on documents stored now and on documents stored with the id words of earlier versions."""
+"""``q`` finds an actor id or a target id typed whole (trimmed), a target with no
+name included, and its words match action, description and names, all required, in
+any case; a ``q`` read is an index range and the windowed read (SecantusDB) answers
+the pages the plain ``mongo_filter`` query does (lists and exports). Guards for any
+change of the ``search`` words (issue 18 measured dropping the words of ids: not
+shipped, docs/operations.md "Index changes")."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import httpx
 import pytest
 from pymongo import IndexModel
 
-from audit_events.codec import event_to_document
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENT_INDEXES
-from query_api.listing import index_equality, range_filters, read_page, windows
+from query_api.listing import index_equality, read_page, windows
 from query_api.query import mongo_filter, parse_list_query, search_words, sort_spec
 from query_api.store import MongoEventStore
 from tests.helpers import T0, Store, bearer, make_event
@@ -43,23 +42,10 @@ def _events() -> list[Any]:
     return out
 
 
-def _old_document(event: Any) -> dict[str, Any]:
-    """``event`` as the version before stored it: the words of its ids too."""
-    doc = event_to_document(event, T0)
-    ids = [event.actor.id] + [t.id for t in event.targets]
-    words = {w for i in ids for w in "".join(c if c.isalnum() else " " for c in i.lower()).split()}
-    doc["search"] = sorted(set(doc["search"]) | words)
-    return doc
-
-
-async def seed(db: Store, old: bool = False) -> list[Any]:
+async def seed(db: Store) -> list[Any]:
     await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
     events = _events()
-    if old:  # half of them stored by the version before (with id words)
-        await db.put(events[1::2])
-        await db.events.insert_many([_old_document(e) for e in events[0::2]])
-    else:
-        await db.put(events)
+    await db.put(events)
     await db.events.update_one({"_id": "acme/acme-000010"}, {"$set": {"erased": {"by": "x"}}})
     return events
 
@@ -91,30 +77,13 @@ async def test_a_q_equal_to_an_actor_id_finds_its_events(db: Store) -> None:
     assert await _listed(db, f"{ACTOR}\t") == sorted(_ids(events, lambda e: e.actor.id == ACTOR))
 
 
-async def test_q_by_fragments_of_ids_no_longer_matches(db: Store) -> None:
-    """The documented change: an id is matched whole (its words are not indexed);
-    the words of action, description and names still match, all of them required,
-    in any case."""
+async def test_q_words_match_names_action_and_description(db: Store) -> None:
     events = await seed(db)
-    assert await _listed(db, "billing") == []  # a fragment of the actor id
-    assert await _listed(db, "2024") == sorted(_ids(events, lambda e: "paid" in str(e.description)))
-    assert await _listed(db, "inv 2024 77") == await _listed(db, "PAID inv-2024/77 card")
-    assert await _listed(db, "svc:billing-42") == []  # ids are exact: case matters
+    paid = sorted(_ids(events, lambda e: "paid" in str(e.description)))
+    assert await _listed(db, "PAID card") == paid
     assert await _listed(db, "Alice bob") == sorted(_ids(events, lambda e: e.actor.name))
-    assert await _listed(db, "alice nobody") == []
-
-
-async def test_documents_stored_with_id_words_still_answer_q(db: Store) -> None:
-    """Stored events keep the words of the version that stored them until
-    ``auditstream reindex-search`` rewrites them: whole ids and words find both kinds;
-    a fragment of an id still finds the old ones only."""
-    events = await seed(db, old=True)
-    want = _ids(events, lambda e: _has_target(e) or "paid" in (e.description or ""))
-    assert await _listed(db, TARGET) == sorted(want)
-    assert await _listed(db, ACTOR) == sorted(_ids(events, lambda e: e.actor.id == ACTOR))
-    old = {f"acme/{e.id}" for e in events[0::2]}
-    fragment = _ids(events, lambda e: e.actor.id == ACTOR and f"acme/{e.id}" in old)
-    assert await _listed(db, "billing") == sorted(fragment) and fragment
+    assert await _listed(db, "alice nobody") == []  # every word is required
+    assert await _listed(db, "login") == sorted(_ids(events, lambda e: e.action == "user.login"))
 
 
 Q_CASES = [
@@ -129,9 +98,8 @@ Q_CASES = [
 ]
 
 
-@pytest.mark.parametrize("old", [False, True])
-async def test_q_pages_equal_the_plain_query(db: Store, old: bool) -> None:
-    await seed(db, old=old)
+async def test_q_pages_equal_the_plain_query(db: Store) -> None:
+    await seed(db)
     for case in Q_CASES:
         for order in ("desc", "asc"):
             params = {**case, "order": order, "limit": "3"}
@@ -155,26 +123,21 @@ async def test_an_erased_event_never_matches_q(db: Store) -> None:
 
 
 async def test_every_q_read_plans_an_index_range(db: Store) -> None:
-    """A ``q`` reads the ranges of its first word and of its two id tokens in
-    tenant_search_time: on MongoDB one ``$in`` of three points (merged in order by
-    the server), on SecantusDB three queries (its planner takes one operator field
-    after the equalities), each an index range, never the collection."""
+    """A ``q`` reads the range of its first word in tenant_search_time, never the
+    collection, in both orders."""
     await seed(db)
     for q in (TARGET, "alice", "paid card", "!!x"):
         for order in ("desc", "asc"):
             query = parse_list_query(support_args({"q": q, "order": order}))
+            where: dict[str, Any] = {"tenant": "acme", **index_equality(query)}
+            assert where["search"] == search_words(q)[0]
             first = next(windows(query, datetime.now(UTC)))
-            whole = q.strip()
-            values = [search_words(q)[0], f"a:{whole}", f"t:{whole}"]
-            assert index_equality(query) == {"search": {"$in": values}}
-            filters = range_filters("acme", query, first, split=True)
-            assert [f["search"] for f in filters] == values
-            for where in filters:
-                assert where.get("occurred_at", {}) == first
-                plan = await db.events.find(where).sort(sort_spec(order)).explain()
-                winning = str(plan["queryPlanner"]["winningPlan"])
-                assert "COLLSCAN" not in winning, (q, order, plan)
-                assert "'indexName': 'tenant_search_time'" in winning, (q, order, plan)
+            if first:
+                where["occurred_at"] = first
+            plan = await db.events.find(where).sort(sort_spec(order)).explain()
+            winning = str(plan["queryPlanner"]["winningPlan"])
+            assert "COLLSCAN" not in winning, (q, order, plan)
+            assert "'indexName': 'tenant_search_time'" in winning, (q, order, plan)
 
 
 async def test_the_api_finds_a_target_by_its_whole_id(
@@ -190,11 +153,10 @@ async def test_the_api_finds_a_target_by_its_whole_id(
     assert got == sorted(want, reverse=True)
 
 
-@pytest.mark.parametrize("old", [False, True])
-async def test_an_export_by_q_holds_what_the_plain_query_finds(db: Store, old: bool) -> None:
+async def test_an_export_by_q_holds_what_the_plain_query_finds(db: Store) -> None:
     """Exports read without a page limit (``read_all``, bounded windows on SecantusDB):
-    a ``q`` there reads the same three ranges and answers what ``mongo_filter`` does."""
-    await seed(db, old=old)
+    a ``q`` there answers what ``mongo_filter`` does."""
+    await seed(db)
     store = MongoEventStore(db.events)
     for q in (TARGET, ACTOR, "paid card", "billing"):
         for order in ("desc", "asc"):
@@ -202,4 +164,4 @@ async def test_an_export_by_q_holds_what_the_plain_query_finds(db: Store, old: b
             exported = [d["_id"] async for d in store.export("acme", query, False)]
             plain = db.events.find(mongo_filter("acme", query)).sort(sort_spec(order))
             assert exported == [d["_id"] async for d in plain], (q, order)
-            assert exported or (q == "billing" and not old), (q, order)
+            assert exported, (q, order)
