@@ -18,9 +18,9 @@ request with the header ``audit_events.notify.WAIT_HEADER`` —, and
 ``KAFKA_FETCH_MAX_WAIT_MS`` (250 ms) once none came for ``FetchWait.idle_after``
 seconds. The short wait is not for every record: each fetch costs Tansu and the
 worker CPU whether it finds records or not (idle, the whole stack's polls took
-1.8 % of a core at 250 ms, 5.7 % at 50 ms, 12 % at 25 ms), and at a steady
-100 events/s of 202s it cut the batches from ~12 events to 2-3, which tripled
-the worker's CPU per event (docs/processor.md, Latency). A broker whose
+1.8 % of a core at 250 ms, 5.7 % at 50 ms, 12 % at 25 ms), and at ~90 plain
+events/s it cut the batches from 8.4 events to 1.9 and tripled the worker's CPU
+per event (docs/processor.md, Latency). A broker whose
 capabilities say it answers empty fetches promptly gets Faust's own transport.
 """
 
