@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,6 +71,25 @@ def index_equality(query: ListQuery) -> dict[str, Any]:
     a query names a field its index lacks). Every filter is checked again by
     :func:`matcher`."""
     return {"search": index_token(query)}
+
+
+#: The fields :func:`matcher` reads: a projection that keeps them serves any filter.
+MATCHED_FIELDS: dict[str, int] = dict.fromkeys(
+    (
+        "_id",
+        "occurred_at",
+        "erased",
+        "action",
+        "actor.id",
+        "actor.type",
+        "outcome",
+        "crud",
+        "source.service",
+        "targets",
+        "search",
+    ),
+    1,
+)
 
 
 def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]], bool]:
@@ -428,7 +447,7 @@ async def read_all(
     *,
     bounded: bool = False,
     caps: StoreCapabilities | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Every matching document in ``query.order``, for reads without a page limit
     (exports, the ``as_of`` fold): index ranges within the query's own ``since`` /
     ``until``, sorted by ``(occurred_at, _id)``; the other clauses are checked

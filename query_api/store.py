@@ -39,8 +39,8 @@ from audit_events.chain import document_content_hash
 from audit_events.masking import MASKING_COLLECTION, Masker, MaskingRule
 from audit_events.storage import CHECKPOINTS_COLLECTION, event_key
 from query_api.asof import AsOfFolder
-from query_api.listing import matcher, read_all, read_page
-from query_api.query import MAX_LIMIT, ListQuery, mongo_filter
+from query_api.listing import MATCHED_FIELDS, matcher, read_all, read_page
+from query_api.query import MAX_LIMIT, ListQuery
 from query_api.stored_waits import Confirmed, Expectation, StoredWaits
 
 Masked = tuple[Masker, str]  # (redact every masked path, the sent event's hash so redacted)
@@ -353,15 +353,17 @@ class MongoEventStore:
     async def times(
         self, tenant: str, query: ListQuery, include_erased: bool, limit: int
     ) -> list[datetime]:
-        # A projection-only scan filtered by the store (the matcher would need
-        # every document whole); bounded by ``limit``.
-        where = mongo_filter(tenant, query)
-        if include_erased:
-            where.pop("erased", None)
-        cursor = self.events.find(where, {"occurred_at": 1, "_id": 0}).limit(limit)
-        return [
-            d["occurred_at"] async for d in cursor if isinstance(d.get("occurred_at"), datetime)
-        ]
+        # The list's index range (read_all: no ``erased`` clause, which made the
+        # store scan the collection), only the fields the matcher reads; bounded
+        # by ``limit``.
+        found: list[datetime] = []
+        docs = read_all(self.events, tenant, query, include_erased, MATCHED_FIELDS)
+        async with contextlib.aclosing(docs):
+            async for doc in docs:
+                found.append(doc["occurred_at"])
+                if len(found) >= limit:
+                    break
+        return found
 
 
 class MemoryEventStore:

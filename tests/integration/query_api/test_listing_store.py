@@ -189,7 +189,9 @@ class _Finds(monitoring.CommandListener):
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name == "find":
-            self.finds.append({"filter": event.command["filter"], "sort": event.command["sort"]})
+            self.finds.append(
+                {"filter": event.command["filter"], "sort": event.command.get("sort", {})}
+            )
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
 
@@ -221,6 +223,11 @@ async def test_history_exports_and_the_as_of_fold_read_an_index_range(
         since = parse_list_query(support_args({"since": "2026-01-01T00:00:10Z", "order": "asc"}))
         exported_since = [d["_id"] async for d in store.export("acme", since, True)]
         state = await store.state_as_of("acme", "invoice", "3", T0 + timedelta(days=1))
+        # GET /v1/histogram's scan, with and without the erased events.
+        by_actor = parse_list_query(support_args({"actor": "bob"}))
+        times = await store.times("acme", by_actor, False, 10_000)
+        times_erased = await store.times("acme", since, True, 10_000)
+        capped = await store.times("acme", since, True, 3)
     finally:
         await client.close()
 
@@ -238,6 +245,16 @@ async def test_history_exports_and_the_as_of_fold_read_an_index_range(
     # The fold applies the successful events only (query_api/asof.py).
     applied = await plain({**target, "outcome": "success", "order": "asc"})
     assert state["events_applied"] == len(applied) and len(applied) < len(page)
+
+    async def plain_times(params: dict[str, str], include_erased: bool = False) -> list[datetime]:
+        where = mongo_filter("acme", parse_list_query(support_args(params)))
+        if include_erased:
+            where.pop("erased")
+        return sorted([d["occurred_at"] async for d in db.events.find(where)])
+
+    assert sorted(times) == await plain_times({"actor": "bob"}) and times
+    assert sorted(times_erased) == await plain_times({"since": "2026-01-01T00:00:10Z"}, True)
+    assert len(capped) == 3
     assert finds.finds and all("erased" not in str(f["filter"]) for f in finds.finds)
     for find in finds.finds:
         plan = await db.events.find(find["filter"]).sort(list(find["sort"].items())).explain()
