@@ -118,7 +118,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         stack.stop()
     if not args.skip_targets:
         print("4. issue 18 targets (each script on its own servers) …", flush=True)
-        results["targets"] = run_targets(quick=args.target_sizes == "quick")
+        results["targets"] = run_targets(
+            quick=args.target_sizes == "quick", skip=frozenset(args.targets_skip)
+        )
         results.pop("targets_note", None)
     return results
 
@@ -129,7 +131,7 @@ def targets_only(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = json.loads(previous.read_text()) if previous.exists() else {}
     results.setdefault("machine", machine())
     quick = args.target_sizes != "full"
-    results["targets"] = run_targets(quick=quick)
+    results["targets"] = run_targets(quick=quick, skip=frozenset(args.targets_skip))
     results["targets_note"] = (
         f"This step alone (`--targets-only`, {'quick' if quick else 'full'} sizes) on "
         f"{machine()['date']}; the sections above and the ingestion rows come from the "
@@ -178,6 +180,14 @@ def parse() -> argparse.Namespace:
         "--target-sizes full, ~10 min); merge into results.json",
     )
     p.add_argument("--skip-targets", action="store_true", help="leave out step 4")
+    p.add_argument(
+        "--targets-skip",
+        nargs="+",
+        default=[],
+        metavar="SCRIPT",
+        help="step 4 without these scripts (e.g. bench_growth.py): their files in "
+        "bench/results/targets/ from an earlier run are reported as they are",
+    )
     p.add_argument(
         "--target-sizes",
         choices=["quick", "full"],

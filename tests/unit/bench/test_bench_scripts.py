@@ -42,3 +42,12 @@ def test_targets_table_says_not_run_when_a_script_wrote_nothing(tmp_path: Path) 
     assert rows["store CPU per 1,000 events vs before"]["met"] is None
     text = "\n".join(targets.markdown(list(rows.values())))
     assert "| not run |" in text and "| met |" in text
+
+
+def test_skipped_target_scripts_keep_their_earlier_files(tmp_path: Path) -> None:
+    targets = load("targets")
+    (tmp_path / "growth.csv").write_text("kept")
+    ran = targets.run_targets(out=tmp_path, quick=True, skip=frozenset(targets.SCRIPTS))
+    assert {v["rc"] for v in ran.values()} == {None} and set(ran) == set(targets.SCRIPTS)
+    assert (tmp_path / "growth.csv").read_text() == "kept"
+    assert "(not run: earlier results)" in "\n".join(targets.markdown([], ran))
