@@ -164,6 +164,7 @@ def windows(
     now: datetime,
     newest: datetime | None = None,
     oldest: datetime | None = None,
+    first: timedelta = FIRST_WINDOW,
 ) -> Generator[dict[str, Any], float, None]:
     """The ``occurred_at`` ranges to read, in page order, as MongoDB range operators.
 
@@ -176,12 +177,14 @@ def windows(
     Ascending with no start (no cursor, no ``since``), ``oldest`` (a hint: a time
     near the tenant's oldest events) anchors the windows: the first one is
     everything below it, the next ones start there; without it, one open range.
+    ``first``: the first window's width (:func:`first_window`: narrower for a dense
+    tenant), also the base after a jump.
     """
     f = query.filters
     since = datetime.fromisoformat(f["since"]) if "since" in f else None
     until = datetime.fromisoformat(f["until"]) if "until" in f else None
     at = query.cursor[0] if query.cursor else None
-    width = FIRST_WINDOW
+    width = first
     if query.order == "desc":
         # The first window's upper end: the cursor (inclusive; its tie-break is
         # checked by the matcher), else ``until`` (exclusive), else open.
@@ -200,11 +203,11 @@ def windows(
             if since is not None and lower <= since:
                 break
             factor = yield {**upper, **_at_or_after(lower)}
-            # After a jump the events found lie in its last FIRST_WINDOW: the base.
-            base = FIRST_WINDOW if jumped else width
+            # After a jump the events found lie in its last first: the base.
+            base = first if jumped else width
             upper, edge, width, jumped = {"$lt": lower}, lower, base * (factor or GROWTH), False
             if factor == 0 and newest is not None and newest < edge:
-                width = max(width, edge - newest + FIRST_WINDOW)
+                width = max(width, edge - newest + first)
                 newest, jumped = None, True
         yield {**upper, **(_at_or_after(since) if since else {})}
         return
@@ -218,7 +221,7 @@ def windows(
         # Everything below the hint, then windows from it: the two tile the range.
         factor = yield {"$lt": oldest}
         lower_op, start = _at_or_after(oldest), oldest
-        width = FIRST_WINDOW * (factor or GROWTH)
+        width = first * (factor or GROWTH)
     if start is None:  # ascending from the tenant's first event: one open range
         yield {"$lt": until} if until else {}
         return
@@ -239,6 +242,48 @@ def windows(
 # correct (it only sizes a window); bounded.
 _NEWEST: dict[str, datetime] = {}
 _NEWEST_MAX = 10_000
+
+
+# Index entries per second of ``occurred_at`` the last bounded window of a
+# (tenant, index value) held (this process): sizes the next read's first window
+# so a dense tenant's holds about a page, not a minute of events (a store that
+# materialises before limit reads them all). A hint only; bounded.
+_DENSITY: dict[tuple[str, str], float] = {}
+#: The narrowest first window (a dense tenant's).
+MIN_FIRST_WINDOW = timedelta(seconds=1)
+
+
+def first_window(key: tuple[str, str], want: int) -> timedelta:
+    """The first window's width: about ``2 x want`` entries at the density last seen
+    for ``key`` (tenant, index value), between ``MIN_FIRST_WINDOW`` and ``FIRST_WINDOW``."""
+    density = _DENSITY.get(key)
+    if not density:
+        return FIRST_WINDOW
+    return max(MIN_FIRST_WINDOW, min(FIRST_WINDOW, timedelta(seconds=2 * want / density)))
+
+
+def _measured(
+    key: tuple[str, str],
+    time_range: dict[str, Any],
+    now: datetime,
+    n: int,
+    reached: datetime | None = None,
+    desc: bool = True,
+) -> None:
+    """Remember the density of a window whose read returned ``n`` index entries:
+    all of it, or (``reached``: the last entry's time, the page full) up to there."""
+    lower = next((v for k, v in time_range.items() if k in ("$gt", "$gte")), None)
+    upper = next((v for k, v in time_range.items() if k in ("$lt", "$lte")), now)
+    if reached is not None:
+        lower, upper = (reached, upper) if desc else (lower, reached)
+    if not (isinstance(lower, datetime) and isinstance(upper, datetime)) or not n:
+        return
+    seconds = (_utc(upper) - _utc(lower)).total_seconds()
+    if seconds <= 0:
+        return
+    if key not in _DENSITY and len(_DENSITY) >= _NEWEST_MAX:
+        del _DENSITY[next(iter(_DENSITY))]
+    _DENSITY[key] = n / seconds
 
 
 def _saw(tenant: str, when: Any) -> None:
@@ -312,14 +357,18 @@ async def read_page(
     oldest = None
     if query.order == "asc" and query.cursor is None and "since" not in query.filters:
         oldest = await _oldest_hint(collection, tenant, caps)
-    ranges = windows(query, datetime.now(UTC), _NEWEST.get(tenant), oldest)
+    key = (tenant, str(base["search"]))
+    now = datetime.now(UTC)
+    first = first_window(key, want)
+    ranges = windows(query, now, _NEWEST.get(tenant), oldest, first)
     time_range = next(ranges)
     while True:
         where = {**base, "occurred_at": time_range} if time_range else base
         cursor = collection.find(where).sort(sort_spec(query.order))
-        found = 0
+        found = returned = 0
         try:
             async for doc in cursor:
+                returned += 1
                 if doc["_id"] in seen or not match(doc):
                     continue
                 seen.add(doc["_id"])
@@ -327,9 +376,13 @@ async def read_page(
                 _saw(tenant, doc["occurred_at"])
                 found += 1
                 if len(docs) >= want:
+                    when = doc["occurred_at"]
+                    if isinstance(when, datetime):
+                        _measured(key, time_range, now, returned, when, query.order == "desc")
                     return docs
         finally:
             await cursor.close()
+        _measured(key, time_range, now, returned)
         # Wide enough for the rest of the page at this window's density (x1.25).
         factor = 0.0 if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
         try:

@@ -260,3 +260,40 @@ async def test_history_exports_and_the_as_of_fold_read_an_index_range(
         plan = await db.events.find(find["filter"]).sort(list(find["sort"].items())).explain()
         winning = str(plan["queryPlanner"]["winningPlan"])
         assert "COLLSCAN" not in winning and "IXSCAN" in winning, (find, plan)
+
+
+async def test_a_dense_tenants_first_window_holds_about_a_page(
+    db: Store, settings: AuditSettings
+) -> None:
+    """A tenant storing ~100 events a second: after one read, the next uncached first
+    page reads a window sized by the density seen, not a minute of events (which the
+    store materialises whole before the limit)."""
+    await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
+    newest = datetime.now(UTC) - timedelta(seconds=1)
+    await db.put(
+        [
+            make_event(n, tenant="dense", occurred_at=newest - timedelta(milliseconds=10 * n))
+            for n in range(3000)
+        ]
+    )
+    finds = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, tz_aware=True, event_listeners=[finds]
+    )
+    try:
+        coll = client[settings.mongo_db][EVENTS_COLLECTION]
+        find = coll.find(mongo_filter("dense", _q({"limit": "50"}))).sort(sort_spec("desc"))
+        plain = [d["_id"] for d in await find.limit(51).to_list()]
+        first = [d["_id"] for d in await read_page(coll, "dense", _q({"limit": "50"}), False)]
+        finds.finds.clear()
+        again = [d["_id"] for d in await read_page(coll, "dense", _q({"limit": "50"}), False)]
+    finally:
+        await client.close()
+    assert first == again == plain and len(again) == 51
+    ranges = [f["filter"]["occurred_at"] for f in finds.finds]
+    lower = next(v for k, v in ranges[0].items() if k.startswith("$g"))
+    assert datetime.now(UTC) - lower < timedelta(seconds=10), ranges  # was 60 s: 6,000 events
+
+
+def _q(params: dict[str, str]) -> Any:
+    return parse_list_query(support_args(params))
