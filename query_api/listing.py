@@ -265,15 +265,16 @@ def first_window(key: tuple[str, str], want: int) -> timedelta:
 def _measured(
     key: tuple[str, str],
     time_range: dict[str, Any],
-    now: datetime,
     n: int,
+    newest: datetime | None,
     reached: datetime | None = None,
     desc: bool = True,
 ) -> None:
     """Remember the density of a window whose read returned ``n`` index entries:
-    all of it, or (``reached``: the last entry's time, the page full) up to there."""
+    all of it, or (``reached``: the last entry's time, the page full) up to there.
+    An open upper end counts up to ``newest``, the newest entry returned."""
     lower = next((v for k, v in time_range.items() if k in ("$gt", "$gte")), None)
-    upper = next((v for k, v in time_range.items() if k in ("$lt", "$lte")), now)
+    upper = next((v for k, v in time_range.items() if k in ("$lt", "$lte")), newest)
     if reached is not None:
         lower, upper = (reached, upper) if desc else (lower, reached)
     if not (isinstance(lower, datetime) and isinstance(upper, datetime)) or not n:
@@ -366,9 +367,13 @@ async def read_page(
         where = {**base, "occurred_at": time_range} if time_range else base
         cursor = collection.find(where).sort(sort_spec(query.order))
         found = returned = 0
+        top: datetime | None = None  # the newest entry returned
         try:
             async for doc in cursor:
                 returned += 1
+                when = doc.get("occurred_at")
+                if isinstance(when, datetime) and (top is None or when > top):
+                    top = when
                 if doc["_id"] in seen or not match(doc):
                     continue
                 seen.add(doc["_id"])
@@ -376,13 +381,12 @@ async def read_page(
                 _saw(tenant, doc["occurred_at"])
                 found += 1
                 if len(docs) >= want:
-                    when = doc["occurred_at"]
                     if isinstance(when, datetime):
-                        _measured(key, time_range, now, returned, when, query.order == "desc")
+                        _measured(key, time_range, returned, top, when, query.order == "desc")
                     return docs
         finally:
             await cursor.close()
-        _measured(key, time_range, now, returned)
+        _measured(key, time_range, returned, top)
         # Wide enough for the rest of the page at this window's density (x1.25).
         factor = 0.0 if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
         try:
