@@ -203,7 +203,7 @@ def windows(
             if since is not None and lower <= since:
                 break
             factor = yield {**upper, **_at_or_after(lower)}
-            # After a jump the events found lie in its last first: the base.
+            # After a jump the events found lie in its last ``first``: the base.
             base = first if jumped else width
             upper, edge, width, jumped = {"$lt": lower}, lower, base * (factor or GROWTH), False
             if factor == 0 and newest is not None and newest < edge:
@@ -282,9 +282,14 @@ def _measured(
     seconds = (_utc(upper) - _utc(lower)).total_seconds()
     if seconds <= 0:
         return
-    if key not in _DENSITY and len(_DENSITY) >= _NEWEST_MAX:
-        del _DENSITY[next(iter(_DENSITY))]
-    _DENSITY[key] = n / seconds
+    _bounded_set(_DENSITY, key, n / seconds)
+
+
+def _bounded_set(hints: dict[Any, Any], key: Any, value: Any) -> None:
+    """``hints[key] = value``, the oldest key dropped at ``_NEWEST_MAX`` keys."""
+    if key not in hints and len(hints) >= _NEWEST_MAX:
+        del hints[next(iter(hints))]
+    hints[key] = value
 
 
 def _saw(tenant: str, when: Any) -> None:
@@ -293,9 +298,7 @@ def _saw(tenant: str, when: Any) -> None:
     when = _utc(when)
     known = _NEWEST.get(tenant)
     if known is None or when > known:
-        if known is None and len(_NEWEST) >= _NEWEST_MAX:
-            del _NEWEST[next(iter(_NEWEST))]
-        _NEWEST[tenant] = when
+        _bounded_set(_NEWEST, tenant, when)
 
 
 def keyset_range(query: ListQuery) -> dict[str, Any]:
@@ -359,9 +362,8 @@ async def read_page(
     if query.order == "asc" and query.cursor is None and "since" not in query.filters:
         oldest = await _oldest_hint(collection, tenant, caps)
     key = (tenant, str(base["search"]))
-    now = datetime.now(UTC)
     first = first_window(key, want)
-    ranges = windows(query, now, _NEWEST.get(tenant), oldest, first)
+    ranges = windows(query, datetime.now(UTC), _NEWEST.get(tenant), oldest, first)
     time_range = next(ranges)
     while True:
         where = {**base, "occurred_at": time_range} if time_range else base
