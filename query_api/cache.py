@@ -370,15 +370,9 @@ class ReadCache:
         if len(value) > self.HELD_BYTES // 8:
             return
         left = ttl_ms / 1000 if ttl_ms >= 0 else float(self._ttl)
-        command = None
-        if self._hits is not None:
-            assert self._hit_script is not None
-            keys = list(memo[3:])
-            head, tail, _ = self._hit_command(memo, keys)
-            sha = self._hit_script.sha
-            command = self._hits.pack(
-                "EVALSHA", sha, len(keys), *keys, head, tail, self._refresh_ms, key
-            )
+        keys = list(memo[3:])
+        head, tail, _ = self._hit_command(memo, keys)
+        command = self._pack_hit(keys, head, tail, key)
         while self._held and (
             self._held_bytes + len(value) > self.HELD_BYTES or len(self._held) >= self.HELD_MAX
         ):
@@ -393,6 +387,17 @@ class ReadCache:
 
     HIT_COMMANDS_MAX = 4096
 
+    def _pack_hit(self, keys: list[str], head: str, tail: str, holding: str) -> list[bytes] | None:
+        """The hit script's EVALSHA as :class:`HitConnections` sends it, ``holding``
+        the key of the value held ("" none); None without those connections."""
+        if self._hits is None:
+            return None
+        assert self._hit_script is not None
+        sha = self._hit_script.sha
+        return self._hits.pack(
+            "EVALSHA", sha, len(keys), *keys, head, tail, self._refresh_ms, holding
+        )
+
     def _hit_command(
         self, memo: tuple[str, ...], generation_keys: list[str]
     ) -> tuple[str, str, list[bytes] | None]:
@@ -405,13 +410,7 @@ class ReadCache:
             kind, tenant, normalized_query = memo[:3]
             key = query_key(self.namespace, kind, tenant, [_SPLIT], normalized_query)
             head, _, tail = key.rpartition(str(_SPLIT))
-            command = None
-            if self._hits is not None:
-                n = len(generation_keys)
-                sha = self._hit_script.sha
-                command = self._hits.pack(
-                    "EVALSHA", sha, n, *generation_keys, head, tail, self._refresh_ms, ""
-                )
+            command = self._pack_hit(generation_keys, head, tail, "")
             if len(self._hit_commands) >= self.HIT_COMMANDS_MAX:
                 self._hit_commands.clear()
             found = self._hit_commands[memo] = (head, tail, command)
