@@ -333,12 +333,15 @@ async def read_page(
     query: ListQuery,
     include_erased: bool,
     caps: StoreCapabilities | None = None,
+    projection: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Up to ``query.limit + 1`` matching documents in page order.
 
     On a store that materialises before ``limit`` (``caps``, detected when not
     given) in bounded :func:`windows`; otherwise the plain keyset query, one
-    range (:func:`keyset_range`) walked in order until the page is full."""
+    range (:func:`keyset_range`) walked in order until the page is full.
+    ``projection`` must keep the fields :func:`matcher` reads (``MATCHED_FIELDS``)."""
+    fields = dict(projection) if projection is not None else None
     caps = caps or await capabilities_of(collection)
     base: dict[str, Any] = {"tenant": tenant, **index_equality(query)}
     match = matcher(query, include_erased)
@@ -347,7 +350,8 @@ async def read_page(
     if not caps.materialises_before_limit:
         time_range = keyset_range(query)
         where = {**base, "occurred_at": time_range} if time_range else base
-        cursor = collection.find(where).sort(sort_spec(query.order)).batch_size(max(want, 101))
+        cursor = collection.find(where, fields).sort(sort_spec(query.order))
+        cursor = cursor.batch_size(max(want, 101))
         try:
             async for doc in cursor:
                 if match(doc):
@@ -367,7 +371,7 @@ async def read_page(
     time_range = next(ranges)
     while True:
         where = {**base, "occurred_at": time_range} if time_range else base
-        cursor = collection.find(where).sort(sort_spec(query.order))
+        cursor = collection.find(where, fields).sort(sort_spec(query.order))
         found = returned = 0
         top: datetime | None = None  # the newest entry returned
         try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -66,6 +66,10 @@ def _stored_as_sent(doc: Document, digest: str, masked: Masked | None) -> bool:
 FOLD_FIELDS = ("id", "occurred_at", "changes", "crud", "outcome", "targets", "erased")
 FOLD_BATCH = 500
 EXPORT_BATCH = 1000
+#: ``/v1/suggestions`` reads this many of the tenant's newest events (not erased):
+#: its cost stays the same however many events the tenant holds; a value seen only
+#: in older events is not offered (typing it whole still searches for it).
+SUGGESTION_EVENTS = 2000
 
 Document = dict[str, Any]
 
@@ -145,14 +149,34 @@ class EventStore(Protocol):
     async def tenants(self) -> list[str]:
         """Every tenant with stored events, sorted."""
 
-    async def distinct_values(self, tenant: str, path: str, limit: int) -> list[str]:
-        """Up to ``limit`` distinct string values of ``path`` (e.g. ``targets.type``)
-        among ``tenant``'s events, sorted."""
+    async def suggestions(
+        self, tenant: str, paths: Sequence[str], limit: int
+    ) -> dict[str, list[str]]:
+        """Per path of ``paths`` (e.g. ``targets.type``), up to ``limit`` distinct
+        string values among ``tenant``'s newest :data:`SUGGESTION_EVENTS` events
+        that are not erased, sorted."""
 
     async def times(
         self, tenant: str, query: ListQuery, include_erased: bool, limit: int
     ) -> list[datetime]:
         """``occurred_at`` of up to ``limit`` matching events, any order."""
+
+
+def distinct_strings(
+    docs: Iterable[Document], paths: Sequence[str], limit: int
+) -> dict[str, list[str]]:
+    """Per path (``field`` or ``field.sub``; a list of objects counts each item),
+    the first ``limit`` of the distinct string values ``docs`` hold, sorted."""
+    found: dict[str, set[str]] = {path: set() for path in paths}
+    for doc in docs:
+        for path, values in found.items():
+            head, _, rest = path.partition(".")
+            items = doc.get(head)
+            for item in items if isinstance(items, list) else [items]:
+                value = item.get(rest) if rest and isinstance(item, dict) else item
+                if isinstance(value, str):
+                    values.add(value)
+    return {path: sorted(values)[:limit] for path, values in found.items()}
 
 
 def _applied(doc: Document | None, control_id: str | None) -> bool:
@@ -341,14 +365,24 @@ class MongoEventStore:
         found = await self.events.distinct("tenant")
         return sorted(t for t in found if isinstance(t, str))
 
-    async def distinct_values(self, tenant: str, path: str, limit: int) -> list[str]:
-        pipeline: list[Document] = [{"$match": {"tenant": tenant}}]
-        if path.startswith("targets."):
-            pipeline.append({"$unwind": "$targets"})
-        pipeline += [{"$group": {"_id": f"${path}"}}, {"$limit": 10 * limit}]
-        cursor = await self.events.aggregate(pipeline)
-        found = [d["_id"] async for d in cursor]
-        return sorted(v for v in found if isinstance(v, str))[:limit]
+    async def suggestions(
+        self, tenant: str, paths: Sequence[str], limit: int
+    ) -> dict[str, list[str]]:
+        # The list's own pages, newest first (index ranges; bounded windows on a
+        # store that materialises before limit), only the fields needed.
+        fields = dict(MATCHED_FIELDS)  # no path under one it keeps (MongoDB: a collision)
+        fields.update((p, 1) for p in paths if p.partition(".")[0] not in fields)
+        newest: list[Document] = []
+        cursor: tuple[datetime, str] | None = None
+        while len(newest) < SUGGESTION_EVENTS:
+            size = min(MAX_LIMIT, SUGGESTION_EVENTS - len(newest))
+            query = ListQuery({}, "desc", size, cursor)
+            docs = await read_page(self.events, tenant, query, False, projection=fields)
+            newest += docs[:size]
+            if len(docs) <= size:
+                break
+            cursor = (docs[size - 1]["occurred_at"], docs[size - 1]["_id"])
+        return distinct_strings(newest, paths, limit)
 
     async def times(
         self, tenant: str, query: ListQuery, include_erased: bool, limit: int
@@ -485,18 +519,11 @@ class MemoryEventStore:
     async def tenants(self) -> list[str]:
         return sorted({d["tenant"] for d in self.documents.values()})
 
-    async def distinct_values(self, tenant: str, path: str, limit: int) -> list[str]:
-        head, _, rest = path.partition(".")
-        values: set[str] = set()
-        for doc in self.documents.values():
-            if doc.get("tenant") != tenant:
-                continue
-            items = doc.get(head)
-            for item in items if isinstance(items, list) else [items]:
-                value = item.get(rest) if rest and isinstance(item, dict) else item
-                if isinstance(value, str):
-                    values.add(value)
-        return sorted(values)[:limit]
+    async def suggestions(
+        self, tenant: str, paths: Sequence[str], limit: int
+    ) -> dict[str, list[str]]:
+        newest = self._matching(tenant, ListQuery({}, "desc", MAX_LIMIT, None), False)
+        return distinct_strings(newest[:SUGGESTION_EVENTS], paths, limit)
 
     async def times(
         self, tenant: str, query: ListQuery, include_erased: bool, limit: int
