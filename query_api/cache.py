@@ -86,6 +86,32 @@ LOCK_SUFFIX = ":loading"
 _SPLIT = 7_373_737_373_737_373_737  # a generation no counter has, to split query_key()'s text
 
 
+class _Queued:
+    """A :meth:`HitConnections.call_shared` command not sent yet, and its reply."""
+
+    __slots__ = ("joined", "reply")
+
+    def __init__(self, reply: asyncio.Future[object]) -> None:
+        self.reply = reply
+        self.joined = False
+
+    def settle(self, task: asyncio.Task[object]) -> None:
+        """Pass the round trip's outcome on to every caller."""
+        if task.cancelled():
+            self.reply.cancel()
+        elif (error := task.exception()) is not None:
+            self.reply.set_exception(error)
+        else:
+            self.reply.set_result(task.result())
+        # Retrieved here: callers that all went away leave no "never retrieved" warning.
+        self.reply.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class HitConnections:
     """Redis connections kept for the hit script: one command per cached hit.
 
@@ -111,6 +137,7 @@ class HitConnections:
         self._slots = asyncio.Semaphore(size)
         self._deadlines = Deadlines(tick=0.05)
         self._packer = self._new()  # never connected: encodes commands
+        self._queued: dict[bytes, _Queued] = {}  # call_shared's commands not sent yet
         self.timeout = timeout
         self.wait_seconds = wait_seconds
 
@@ -145,6 +172,37 @@ class HitConnections:
                 return await self._once(self._new(), command)
         finally:
             self._slots.release()
+
+    async def call_shared(self, command: list[bytes]) -> object:
+        """As :meth:`call_packed`, one round trip for the callers of the same
+        ``command`` in one event-loop iteration.
+
+        The first caller lets the loop run once before it sends; whoever asks
+        the same meanwhile joins and gets the same reply (or error). The command
+        is sent after every caller it answers asked: none is answered by a
+        Redis state older than its own call (a read after a write still sees
+        the write's bump). Concurrent hits of one page thus cost Redis one
+        script run and the process one send and one read instead of one each
+        (issue 18). A caller alone costs one loop iteration more; a caller
+        that goes away does not cancel the round trip of those who joined it.
+        """
+        key = command[0]
+        queued = self._queued.get(key)
+        if queued is not None:
+            queued.joined = True
+            return await asyncio.shield(queued.reply)
+        loop = asyncio.get_running_loop()
+        queued = self._queued[key] = _Queued(loop.create_future())
+        try:
+            await asyncio.sleep(0)  # the callers of this loop iteration join
+        finally:
+            del self._queued[key]
+            if queued.joined:  # their round trip, whatever happens to this caller
+                task = loop.create_task(self.call_packed(command))
+                task.add_done_callback(queued.settle)
+        if not queued.joined:
+            return await self.call_packed(command)
+        return await asyncio.shield(queued.reply)
 
     def _new(self) -> AbstractConnection:
         return self._pool.connection_class(**self._kwargs)  # connects on its first command
@@ -330,7 +388,7 @@ class ReadCache:
             if self._hits is not None:
                 sent = held[3] if held is not None else command
                 assert sent is not None
-                reply: Any = await self._hits.call_packed(sent)
+                reply: Any = await self._hits.call_shared(sent)
             else:
                 reply = await self._redis.evalsha(  # type: ignore[union-attr]
                     self._hit_script.sha,
