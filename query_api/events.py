@@ -197,16 +197,8 @@ async def _wait_confirmed(
                         found[(e.tenant, e.id)] = (redact, content_hash(mask_event(e, redact)))
         return found
 
-    sent = [
-        {
-            "tenant": e.tenant,
-            "action": e.action,
-            "targets": [{"type": t.type, "id": t.id} for t in e.targets],
-        }
-        for e in events
-    ]
     try:
-        return await store.wait_stored(wanted, WAIT_SECONDS, masked, expected=expected, sent=sent)
+        return await store.wait_stored(wanted, WAIT_SECONDS, masked, expected=expected)
     except StoreUnavailable as exc:
         current_app.logger.warning("?wait=true could not confirm storage: %s", exc)
         return False

@@ -113,7 +113,6 @@ class EventStore(Protocol):
         masked: MaskedLoader | None = None,
         *,
         expected: Expectation | None = None,
-        sent: list[Document] | None = None,
     ) -> bool:
         """True once every ``{(tenant, id): content hash}`` is stored with that hash.
 
@@ -121,9 +120,9 @@ class EventStore(Protocol):
         compare instead (awaited only when a stored document's hash differs): the
         stored document may differ in the masked paths, and counts as stored when
         its content hash, with those paths redacted, is the expected
-        :class:`Masked` hash. ``expected`` (from :meth:`expect_stored`) and
-        ``sent`` (the events as published: tenant, action, targets) let the
-        processor's announcement confirm them without a look at the store.
+        :class:`Masked` hash. ``expected`` (from :meth:`expect_stored`) lets the
+        processor's announcement confirm them without a look at the store (and
+        without a settle of the cache: the announcement follows the bumps).
         False after ``seconds``, or when the store is away (logged by the caller).
         """
 
@@ -262,7 +261,6 @@ class MongoEventStore:
         masked: MaskedLoader | None = None,
         *,
         expected: Expectation | None = None,
-        sent: list[Document] | None = None,
     ) -> bool:
         # Looked up by (tenant, id) and compared by content hash: an id its tenant
         # already used for another content is dead-lettered, never stored, so it
@@ -308,9 +306,15 @@ class MongoEventStore:
             raise StoreUnavailable(str(exc)) from exc
         if how is None:
             return False
+        if how is Confirmed.ANNOUNCED:
+            # Settled already: the processor announces a batch's events in the round
+            # trip that bumped the generations of their scopes, after the bumps
+            # (stream_processor/sinks.py), and names an event only with the hash it
+            # was sent with, i.e. with the scopes a settle would bump.
+            return True
         # What the next reads must not be served from before: the stored documents
-        # the look found, or (announced) the events as sent, whose scopes they share.
-        await self._settled(seen if how is Confirmed.LOOKED or sent is None else sent)
+        # the look found (the processor may not have bumped their scopes yet).
+        await self._settled(seen)
         return True
 
     async def _settled(self, documents: list[Document]) -> None:
@@ -481,7 +485,6 @@ class MemoryEventStore:
         masked: MaskedLoader | None = None,
         *,
         expected: Expectation | None = None,
-        sent: list[Document] | None = None,
     ) -> bool:
         compare = (await masked() if masked is not None else None) or {}
 

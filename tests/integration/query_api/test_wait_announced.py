@@ -17,6 +17,8 @@ from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStart
 
 from audit_events.settings import AuditSettings
 from query_api.app import create_app
+from query_api.state import api_state
+from query_api.store import MongoEventStore
 from tests.conftest import ProcessorProcess
 from tests.helpers import LiveApi, QueryCounter, bearer, eventually, make_event
 
@@ -72,6 +74,17 @@ async def test_a_waited_event_is_answered_from_the_announcement_without_reading_
         waits = live.services.waits
         assert waits is not None and waits.subscribed
         waits.fallback_seconds = 60.0  # no fallback look: only announcements answer
+        for _ in range(2):  # a page cached before the writes: the next read must miss it
+            cached = await http.get("/v1/events?limit=10", headers=auth)
+        assert cached.headers["X-Cache"] == "hit"
+        store = api_state(live.app).store
+        assert isinstance(store, MongoEventStore)
+        settled: list[list[dict[str, object]]] = []
+
+        async def settle(documents: list[dict[str, object]]) -> None:
+            settled.append(documents)
+
+        store._settle = settle
         reads.finds.clear()
         answers = []
         for n in (1, 2):
@@ -84,7 +97,11 @@ async def test_a_waited_event_is_answered_from_the_announcement_without_reading_
         finds = dict(reads.finds)
         assert answers == [(201, "stored")] * 3
         assert finds == {}, "confirmed by the announcements alone"
-        # read your writes: the next read has them (the cache was settled before the 201)
+        # and without a settle of the cache: the announcement follows the processor's
+        # bump of the events' scopes (one Redis round trip less per request)
+        assert settled == []
+        # read your writes: the next read has them (the page cached before was passed)
         page = await http.get("/v1/events?limit=10", headers=auth)
+        assert page.headers["X-Cache"] == "miss"
         ids = [e["id"] for e in page.json()["data"]]
         assert {"acme-000001", "acme-000002", "acme-000003", "acme-000004"} <= set(ids)
