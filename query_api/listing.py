@@ -246,20 +246,25 @@ _NEWEST_MAX = 10_000
 
 # Index entries per second of ``occurred_at`` the last bounded window of a
 # (tenant, index value) held (this process): sizes the next read's first window
-# so a dense tenant's holds about a page, not a minute of events (a store that
-# materialises before limit reads them all). A hint only; bounded.
+# so it holds about two pages: a dense tenant's not a minute of events (a store that
+# materialises before limit reads them all), a sparse key's (a rare actor) its page
+# in one round trip. A hint only; bounded.
 _DENSITY: dict[tuple[str, str], float] = {}
-#: The narrowest first window (a dense tenant's).
+#: The narrowest first window (a dense tenant's) and the widest (a sparse key's: a
+#: rare actor, a quiet tenant), once a read measured the key's density.
 MIN_FIRST_WINDOW = timedelta(seconds=1)
+MAX_FIRST_WINDOW = timedelta(days=1)
 
 
 def first_window(key: tuple[str, str], want: int) -> timedelta:
     """The first window's width: about ``2 x want`` entries at the density last seen
-    for ``key`` (tenant, index value), between ``MIN_FIRST_WINDOW`` and ``FIRST_WINDOW``."""
+    for ``key`` (tenant, index value), between ``MIN_FIRST_WINDOW`` and
+    ``MAX_FIRST_WINDOW``; ``FIRST_WINDOW`` before any read measured it."""
     density = _DENSITY.get(key)
     if not density:
         return FIRST_WINDOW
-    return max(MIN_FIRST_WINDOW, min(FIRST_WINDOW, timedelta(seconds=2 * want / density)))
+    width = timedelta(seconds=2 * want / density)
+    return max(MIN_FIRST_WINDOW, min(MAX_FIRST_WINDOW, width))
 
 
 def _measured(

@@ -298,3 +298,39 @@ async def test_a_dense_tenants_first_window_holds_about_a_page(
 
 def _q(params: dict[str, str]) -> Any:
     return parse_list_query(support_args(params))
+
+
+async def test_a_sparse_keys_first_window_holds_its_page(
+    db: Store, settings: AuditSettings
+) -> None:
+    """An actor with one event every 100 s: after one read, the next uncached first
+    page of that actor reads one window sized by the density seen (about two pages),
+    not a minute and then wider ones (two or more round trips each time)."""
+    await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
+    newest = datetime.now(UTC) - timedelta(seconds=30)
+    events = [
+        make_event(n, tenant="sparse", occurred_at=newest - timedelta(seconds=2 * n))
+        for n in range(3000)
+    ]
+    for n in range(0, 3000, 50):  # one event in 50: the rare actor's
+        events[n] = make_event(
+            n, tenant="sparse", occurred_at=events[n].occurred_at, actor={"id": "rare"}
+        )
+    await db.put(events)
+    finds = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, tz_aware=True, event_listeners=[finds]
+    )
+    query = _q({"limit": "20", "actor": "rare"})
+    try:
+        coll = client[settings.mongo_db][EVENTS_COLLECTION]
+        find = coll.find(mongo_filter("sparse", query)).sort(sort_spec("desc"))
+        plain = [d["_id"] for d in await find.limit(21).to_list()]
+        first = [d["_id"] for d in await read_page(coll, "sparse", query, False)]
+        finds.finds.clear()
+        again = [d["_id"] for d in await read_page(coll, "sparse", query, False)]
+    finally:
+        await client.close()
+    assert first == again == plain and len(again) == 21
+    assert len(finds.finds) == 1, finds.finds  # one window (was: 60 s, then wider)
+    assert await db.events.count_documents(finds.finds[0]["filter"]) <= 120
