@@ -1,7 +1,7 @@
 """Cached hit per API process and with AUDITSTREAM_API_WORKERS=2, beside the floor (issue 18).
 
     .venv/bin/python bench/bench_workers.py [--clients 16] [--seconds 8] [--events 2000]
-        [--rounds 5] [--before DIR]
+        [--rounds 5] [--quiet 0.2] [--retries 2] [--client-normal] [--before DIR]
 
 One run, one embedded stack (Tansu, SecantusDB, redis-server), every server
 started once and left idle while another is measured:
@@ -21,6 +21,23 @@ pre-built request), far cheaper per request than the servers, so on this 2-core
 machine it leaves the servers most of the CPU. Besides req/s it reads the
 servers' CPU time (``/proc``, the process and its children): CPU ms per request
 is the per-process cost, independent of how many cores the run got.
+Each run also says where the two cores went (``cores``: the server and each of
+its children, the load client, Redis, the machine's busy and idle time, and
+``elsewhere``, what other processes took): the client takes ~0.15-0.25 cores,
+Redis < 0.1. The machine is shared (other benchmarks, test runs): a run during
+which other processes took more than ``--quiet`` cores is repeated, up to
+``--retries`` times, the least disturbed attempt kept. A neighbour's load costs
+the two-worker run most (it needs both cores; contended, its CPU per request
+rose from ~0.5 to 0.7-0.9 ms while the one-process floor's barely moved).
+The load client runs under ``SCHED_BATCH`` (``--client-normal``: not): the
+same client for every server, but a client woken by an answer no longer
+preempts the server process that sent it (with two workers, the client and
+Redis on two cores, a worker was preempted ~1.5 times per request under the
+normal policy, ~0.7 under SCHED_BATCH, and its CPU per request rose with it;
+the one-process floor, which leaves the client the other core, is unchanged).
+It approximates a client on other cores, what the capacity targets are about.
+Besides the ratios of the medians, ``by_round`` gives each round's ratios (the
+floor and the API measured in the same round) and ``paired_medians`` theirs.
 Targets (issue 18): hit >= 0.9x the floor per process, >= 1.6x with two
 (``two_workers_capacity_vs_floor``: 2 x floor CPU / 2-worker CPU per request,
 what two workers serve on two free cores against the one-process floor).
@@ -41,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_api import SECRET, TENANT, cpu_seconds, seed
+from bench_api import SECRET, TENANT, TICK, cpu_seconds, seed
 from bench_floor import FLOOR_APP
 from common import child_env, spawn, stack_settings, wait_ready
 
@@ -100,16 +117,91 @@ async def hammer(
     }
 
 
-async def measure(
-    name: str, pid: int, port: int, path: str, headers: dict[str, str], args: argparse.Namespace
+def _own_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` alone (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return sorted(int(c) for t in tasks for c in (t / "children").read_text().split())
+    except OSError:
+        return []
+
+
+def _machine() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks[:8]) - idle) / TICK, idle / TICK
+
+
+def cpu_snapshot(pid: int, stack: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of the server ``pid`` and each of its children, of this
+    process (the load client), of the ``stack`` servers (Redis, ...) and of the machine."""
+    snap = {"server": _own_cpu(pid), "client": _own_cpu(os.getpid())}
+    for i, child in enumerate(_children(pid)):
+        snap[f"server child {i}"] = _own_cpu(child)
+    snap.update({name: _own_cpu(p) for name, p in stack.items()})
+    snap["machine busy"], snap["machine idle"] = _machine()
+    return snap
+
+
+async def measure_once(
+    name: str,
+    pid: int,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    stack: dict[str, int],
 ) -> dict[str, Any]:
     await hammer(port, path, headers, args.clients, 1.0)  # warm-up
     cpu0 = cpu_seconds(pid)
+    snap0, wall0 = cpu_snapshot(pid, stack), time.perf_counter()
     row = await hammer(port, path, headers, args.clients, args.seconds)
     cpu = cpu_seconds(pid) - cpu0
+    snap1, wall = cpu_snapshot(pid, stack), time.perf_counter() - wall0
     row = {"run": name, **row, "server_cpu_ms_per_request": round(cpu * 1000 / row["requests"], 3)}
-    print(json.dumps(row), flush=True)
+    # Where the two cores went during the run, in cores (CPU seconds / wall seconds);
+    # "elsewhere": the machine's busy time that none of this run's processes spent
+    # (other benchmarks and test runs on the shared machine, kernel threads).
+    cores = {k: (snap1[k] - snap0.get(k, 0.0)) / wall for k in snap1}
+    own = sum(v for k, v in cores.items() if not k.startswith("machine "))
+    cores["elsewhere"] = max(0.0, cores["machine busy"] - own)
+    row["cores"] = {k: round(v, 2) for k, v in cores.items()}
     return row
+
+
+async def measure(
+    name: str,
+    pid: int,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    stack: dict[str, int],
+) -> dict[str, Any]:
+    """One measured run of ``name``; repeated (``--retries`` times at most) while
+    other processes took more than ``--quiet`` cores of the machine during it,
+    the least disturbed attempt kept: the capacity asked is on free cores, and
+    the two-worker run, which needs both, suffers most from a neighbour's load."""
+    best: dict[str, Any] | None = None
+    for attempt in range(args.retries + 1):
+        row = await measure_once(name, pid, port, path, headers, args, stack)
+        row["attempt"] = attempt
+        print(json.dumps(row), flush=True)
+        if best is None or row["cores"]["elsewhere"] < best["cores"]["elsewhere"]:
+            best = row
+        if row["cores"]["elsewhere"] <= args.quiet:
+            break
+    assert best is not None
+    return best
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -189,12 +281,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         targets[FLOOR] = (floor_proc.pid, floor_port, "/v1/events", {})
         # Interleaved rounds (the machine is shared): each round measures every
         # target once, in an order that rotates; medians over the rounds.
+        if args.client_batch:  # after every server started: they would inherit it
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        stack = {s.name.split()[0]: s.proc.pid for s in servers if s.proc is not None}
         names = list(targets)
         for round_ in range(args.rounds):
             for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 pid, port, target, headers = targets[name]
-                rows[name].append(await measure(name, pid, port, target, headers, args))
+                rows[name].append(await measure(name, pid, port, target, headers, args, stack))
     finally:
         for proc in procs:
             stop(proc)
@@ -203,6 +298,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         name: {
             "rps": median(rs, "rps"),
             "server_cpu_ms_per_request": median(rs, "server_cpu_ms_per_request"),
+            # cores taken by the load client and by other processes during the runs
+            "client_cores": round(statistics.median(r["cores"]["client"] for r in rs), 2),
+            "elsewhere_cores": round(statistics.median(r["cores"]["elsewhere"] for r in rs), 2),
         }
         for name, rs in rows.items()
     }
@@ -211,8 +309,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     floor_cpu = summary[FLOOR]["server_cpu_ms_per_request"]
     one_cpu = summary[names[0]]["server_cpu_ms_per_request"]
     two_cpu = summary[names[1]]["server_cpu_ms_per_request"]
+    # The same ratios round by round (the floor and the API measured in the same
+    # round, minutes apart at most), and their medians.
+    paired = {
+        label: [
+            round(factor * f["server_cpu_ms_per_request"] / a["server_cpu_ms_per_request"], 2)
+            for f, a in zip(rows[FLOOR], rows[name], strict=True)
+        ]
+        for label, name, factor in (
+            ("floor_vs_one_worker_cpu_per_request", names[0], 1),
+            ("two_workers_capacity_vs_floor", names[1], 2),
+        )
+    }
     return {
         "clients": args.clients,
+        "quiet_cores": args.quiet,
+        "client_policy": "SCHED_BATCH" if args.client_batch else "SCHED_OTHER",
+        "retries": args.retries,
         "seconds": args.seconds,
         "rounds": args.rounds,
         "page_bytes": size,
@@ -226,6 +339,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "floor_vs_two_workers_cpu_per_request": round(floor_cpu / two_cpu, 2),
         # What two workers can serve on two free cores against the one-process floor.
         "two_workers_capacity_vs_floor": round(2 * floor_cpu / two_cpu, 2),
+        "by_round": paired,
+        "paired_medians": {k: statistics.median(v) for k, v in paired.items()},
         "before": {  # the --before tree's API, same rounds
             name.removesuffix(", before"): {
                 "floor_vs_cpu_per_request": round(
@@ -255,6 +370,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.2,
+        help="a run during which other processes took more cores than this is repeated",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run")
+    parser.add_argument(
+        "--client-normal",
+        dest="client_batch",
+        action="store_false",
+        help="run the load client under the normal policy, not SCHED_BATCH",
+    )
     parser.add_argument("--before", help="also measure the API of this source tree (PYTHONPATH)")
     args = parser.parse_args()
     report = asyncio.run(run(args))
@@ -266,7 +394,8 @@ def main() -> None:
         " floor CPU/request / API CPU/request:"
         f" 1 worker {report['floor_vs_one_worker_cpu_per_request']},"
         f" 2 workers {report['floor_vs_two_workers_cpu_per_request']}"
-        f" (2 workers' capacity / floor: {report['two_workers_capacity_vs_floor']})"
+        f" (2 workers' capacity / floor: {report['two_workers_capacity_vs_floor']};"
+        f" round by round {report['by_round']['two_workers_capacity_vs_floor']})"
     )
 
 
