@@ -257,14 +257,19 @@ MAX_FIRST_WINDOW = timedelta(days=1)
 
 
 def first_window(key: tuple[str, str], want: int) -> timedelta:
-    """The first window's width: about ``2 x want`` entries at the density last seen
-    for ``key`` (tenant, index value), between ``MIN_FIRST_WINDOW`` and
-    ``MAX_FIRST_WINDOW``; ``FIRST_WINDOW`` before any read measured it."""
+    """The first window's width at the density last seen for ``key`` (tenant, index
+    value): ``FIRST_WINDOW`` while that holds ``want`` to ``2 x want`` entries (and
+    before any read measured it); else about ``2 x want`` entries (a dense key), or
+    ``1.5 x want`` (a sparse one), from ``MIN_FIRST_WINDOW`` to ``MAX_FIRST_WINDOW``."""
     density = _DENSITY.get(key)
     if not density:
         return FIRST_WINDOW
-    width = timedelta(seconds=2 * want / density)
-    return max(MIN_FIRST_WINDOW, min(MAX_FIRST_WINDOW, width))
+    expected = density * FIRST_WINDOW.total_seconds()
+    if expected > 2 * want:
+        return max(MIN_FIRST_WINDOW, timedelta(seconds=2 * want / density))
+    if expected < want:
+        return min(MAX_FIRST_WINDOW, timedelta(seconds=1.5 * want / density))
+    return FIRST_WINDOW
 
 
 def _measured(
