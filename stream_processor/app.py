@@ -279,6 +279,7 @@ def create_app(
             heartbeat=probes.heartbeat if probes is not None else None,
             backlog=consumer_backlog(app),  # flush at once when caught up
             on_flush=metrics.batch_wait.observe,
+            commit_every=fetch_wait.commit_every,  # fewer commits of small batches
         )
         task = asyncio.ensure_future(_run_or_exit(loop))
         try:

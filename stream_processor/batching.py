@@ -72,10 +72,15 @@ class BatchLoop:
         heartbeat: Heartbeat | None = None,
         backlog: Backlog | None = None,
         on_flush: Callable[[float], None] | None = None,
+        commit_every: Callable[[], float] | None = None,
     ) -> None:
         """``backlog`` None: never known caught up, a partial batch waits out T ms.
 
         ``on_flush(seconds)`` gets how long each flushed batch waited since its start.
+        ``commit_every()``: seconds a stored batch's offsets may wait for the next
+        commit (0 or None: committed after each batch). Several small batches then
+        share one commit, at the first flush after that time or, idle, when it ends;
+        a crash before it only redelivers stored events (the sink is idempotent).
         """
         self._queue = queue
         self._policy = policy
@@ -88,6 +93,8 @@ class BatchLoop:
         self._heartbeat = heartbeat
         self._backlog = backlog
         self._on_flush = on_flush
+        self._commit_every = commit_every
+        self._last_commit = -float("inf")  # when the last commit was made (clock)
         self.pending: list[Record] = []
         # Per partition, the offset after the last record taken (the backlog probe's input).
         self.positions: Offsets = {}
@@ -128,13 +135,20 @@ class BatchLoop:
             self._on_batch(batch)
         if self._before_commit is not None:
             self._before_commit(batch)  # fault injection in tests: the crash window
-        await self._commit()
+        if not self._deferred():
+            await self._commit()
         if self._heartbeat is not None:
             self._heartbeat.flush_done()
+
+    def _deferred(self) -> float:
+        """Seconds the uncommitted offsets may still wait (``commit_every``); 0: commit now."""
+        every = self._commit_every() if self._commit_every is not None else 0.0
+        return max(0.0, self._last_commit + every - self._clock()) if every > 0 else 0.0
 
     async def _commit(self) -> None:
         if not self.uncommitted:
             return
+        self._last_commit = self._clock()
         offsets = dict(self.uncommitted)
         if await self._committer.commit(offsets):
             for tp, offset in offsets.items():
@@ -168,7 +182,7 @@ class BatchLoop:
         self._queued_since = None  # the queue ran dry: the next record arrives now
         timeout = self._policy.wait_time(self._clock(), self.batch_started)
         if self.uncommitted:
-            retry = self.COMMIT_RETRY_SECONDS
+            retry = self._deferred() or self.COMMIT_RETRY_SECONDS
             timeout = retry if timeout is None else min(timeout, retry)
         if self._heartbeat is not None:
             tick = self.TICK_SECONDS

@@ -48,6 +48,10 @@ class FetchWait:
     """
 
     idle_after = 5.0  # seconds without a waited record before the wait grows back
+    # While active, a stored batch's offsets wait up to this long for one commit
+    # shared with the next batches (BatchLoop commit_every): the short fetch wait
+    # makes small batches, and each commit is a round trip to the broker.
+    active_commit_seconds = 0.5
 
     def __init__(
         self, active_ms: int, idle_ms: int, *, clock: Callable[[], float] = time.monotonic
@@ -61,6 +65,10 @@ class FetchWait:
     @property
     def current_ms(self) -> int:
         return self.active_ms if self.active else self.idle_ms
+
+    def commit_every(self) -> float:
+        """Seconds a stored batch's offsets may wait for a shared commit (0: none)."""
+        return self.active_commit_seconds if self.active else 0.0
 
     def awaited(self) -> None:
         """A record arrived that a ``?wait=true`` request waits for."""

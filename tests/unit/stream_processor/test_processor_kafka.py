@@ -55,14 +55,16 @@ def test_fetch_wait_is_short_while_waited_records_arrive_and_long_once_idle() ->
     wait.apply()
     assert consumer._fetch_max_wait_ms == 250  # built idle: start() gives it to its Fetcher
     consumer._fetcher = fetcher = Fetcher()  # started
+    assert wait.commit_every() == 0.0  # idle: every batch commits at once
     wait.awaited()
     assert (consumer._fetch_max_wait_ms, fetcher._fetch_max_wait_ms) == (50, 50)
+    assert wait.commit_every() == wait.active_commit_seconds  # small batches share commits
     now[0] += wait.idle_after - 0.1
     wait.tick()
     assert fetcher._fetch_max_wait_ms == 50, "records came within idle_after"
     now[0] += 0.2
     wait.tick()
-    assert fetcher._fetch_max_wait_ms == 250
+    assert fetcher._fetch_max_wait_ms == 250 and wait.commit_every() == 0.0
     wait.awaited()
     assert fetcher._fetch_max_wait_ms == 50
 

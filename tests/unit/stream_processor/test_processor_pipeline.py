@@ -325,6 +325,45 @@ async def test_batch_never_exceeds_max_events_and_commits_per_partition() -> Non
     assert committer.commits[-1] == {(TOPIC, 0): 5, (TOPIC, 1): 4}
 
 
+async def test_small_batches_share_a_commit_while_commit_every_says_so() -> None:
+    clock, store, committer = Clock(), MemoryStore(), Committer()
+    queue: asyncio.Queue[Record] = asyncio.Queue()
+    every = {"seconds": 0.5}  # e.g. FetchWait.commit_every while waited records arrive
+    loop = BatchLoop(
+        queue,
+        FlushPolicy(1, 200),
+        processor(store, clock),
+        committer,
+        clock=clock,
+        commit_every=lambda: every["seconds"],
+    )
+    for i in range(3):
+        queue.put_nowait(rec(i))
+        await loop.step()
+        await loop.step()
+        clock.now += 0.1
+    # the first batch commits; the next two are stored, their offsets wait
+    assert store.ids() == ["e-0-0", "e-0-1", "e-0-2"]
+    assert committer.commits == [{(TOPIC, 0): 1}] and loop.uncommitted == {(TOPIC, 0): 3}
+    clock.now = 100.5  # 0.5 s after the first commit: the next flush commits all
+    queue.put_nowait(rec(3))
+    await loop.step()
+    await loop.step()
+    assert committer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 4}] and loop.uncommitted == {}
+    queue.put_nowait(rec(4))
+    await loop.step()
+    await loop.step()  # deferred again; idle, the loop commits once the time is up
+    assert loop.uncommitted == {(TOPIC, 0): 5}
+    clock.now = 100.9
+    await asyncio.wait_for(loop.step(), 5)  # waits (really) for the remaining 0.1 s
+    assert committer.commits[-1] == {(TOPIC, 0): 5} and loop.uncommitted == {}
+    every["seconds"] = 0.0  # no longer: every batch commits at once again
+    queue.put_nowait(rec(5))
+    await loop.step()
+    await loop.step()
+    assert committer.commits[-1] == {(TOPIC, 0): 6}
+
+
 async def test_a_refused_commit_is_retried_with_the_next_one() -> None:
     clock, store, committer = Clock(), MemoryStore(), Committer(accept=False)
     failures: list[int] = []
