@@ -40,6 +40,12 @@ async def cache(
         await redis.aclose()
 
 
+async def primed(cache_: ReadCache, args: Any, loader: Any, page: bytes) -> None:
+    """Cache ``page`` (a miss) and wait out the load's single-flight grace."""
+    assert await cache_.get_or_load(*args, loader) == (page, "miss")
+    await asyncio.sleep(cache_.grace_seconds + 0.1)
+
+
 async def test_hits_in_one_loop_iteration_share_one_round_trip(
     cache: tuple[ReadCache, Redis, list[Any]], unique: str
 ) -> None:
@@ -50,8 +56,7 @@ async def test_hits_in_one_loop_iteration_share_one_round_trip(
     async def loader() -> bytes:
         return b"page"
 
-    assert await cache_.get_or_load(*args, loader) == (b"page", "miss")
-    await asyncio.sleep(cache_.grace_seconds + 0.1)  # the load's single-flight grace ends
+    await primed(cache_, args, loader, b"page")
     sent.clear()
     results = await asyncio.gather(*(cache_.get_or_load(*args, loader) for _ in range(10)))
     assert set(results) == {(b"page", "hit")} and cache_.hits >= 10
@@ -74,8 +79,7 @@ async def test_a_hit_after_the_send_does_not_join_it_and_sees_a_bump(
     async def loader() -> bytes:
         return next(pages)
 
-    assert await cache_.get_or_load(*args, loader) == (b"old", "miss")
-    await asyncio.sleep(cache_.grace_seconds + 0.1)
+    await primed(cache_, args, loader, b"old")
     sent.clear()
     first = asyncio.ensure_future(cache_.get_or_load(*args, loader))
     for _ in range(100):  # until the first hit's command is sent
@@ -99,8 +103,7 @@ async def test_a_caller_that_goes_away_leaves_the_round_trip_to_those_who_joined
     async def loader() -> bytes:
         return b"page"
 
-    assert await cache_.get_or_load(*args, loader) == (b"page", "miss")
-    await asyncio.sleep(cache_.grace_seconds + 0.1)
+    await primed(cache_, args, loader, b"page")
     sent.clear()
     first = asyncio.ensure_future(cache_.get_or_load(*args, loader))
     others = [asyncio.ensure_future(cache_.get_or_load(*args, loader)) for _ in range(3)]
