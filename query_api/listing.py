@@ -174,9 +174,10 @@ def windows(
     last window was empty: descending, the next one then reaches down to
     ``newest`` (the tenant's newest event seen so far, a hint), so a tenant
     whose events lie far below the start skips the gap in one window.
-    Ascending with no start (no cursor, no ``since``), ``oldest`` (a hint: a time
-    near the tenant's oldest events) anchors the windows: the first one is
-    everything below it, the next ones start there; without it, one open range.
+    Ascending without a cursor, ``oldest`` (a hint: a time near the tenant's oldest
+    events) anchors the windows when there is no ``since`` or it lies below the
+    hint: the first one is everything below it (from ``since``), the next ones
+    start there; with no start and no hint, one open range.
     ``first``: the first window's width (:func:`first_window`: narrower for a dense
     tenant), also the base after a jump.
     """
@@ -217,9 +218,15 @@ def windows(
         lower_op, start = _at_or_after(at), at
     elif since is not None:
         lower_op, start = _at_or_after(since), since
-    if start is None and oldest is not None and (until is None or oldest < until):
-        # Everything below the hint, then windows from it: the two tile the range.
-        factor = yield {"$lt": oldest}
+    if (
+        oldest is not None
+        and (start is None or (at is None and start < oldest))
+        and (until is None or oldest < until)
+    ):
+        # Everything below the hint (from ``since``, if any), then windows from it:
+        # the two tile the range, and a ``since`` far below the events costs no
+        # window that crosses the gap.
+        factor = yield {**lower_op, "$lt": oldest}
         lower_op, start = _at_or_after(oldest), oldest
         width = first * (factor or GROWTH)
     if start is None:  # ascending from the tenant's first event: one open range
@@ -272,27 +279,17 @@ def first_window(key: tuple[str, str], want: int) -> timedelta:
     return FIRST_WINDOW
 
 
-def _measured(
-    key: tuple[str, str],
-    time_range: dict[str, Any],
-    n: int,
-    newest: datetime | None,
-    reached: datetime | None = None,
-    desc: bool = True,
-) -> None:
-    """Remember the density of a window whose read returned ``n`` index entries:
-    all of it, or (``reached``: the last entry's time, the page full) up to there.
-    An open upper end counts up to ``newest``, the newest entry returned."""
-    lower = next((v for k, v in time_range.items() if k in ("$gt", "$gte")), None)
-    upper = next((v for k, v in time_range.items() if k in ("$lt", "$lte")), newest)
-    if reached is not None:
-        lower, upper = (reached, upper) if desc else (lower, reached)
-    if not (isinstance(lower, datetime) and isinstance(upper, datetime)) or not n:
+def _measured(key: tuple[str, str], n: int, low: datetime | None, high: datetime | None) -> None:
+    """Remember the density of the ``n`` index entries a window returned, from the
+    oldest (``low``) to the newest (``high``): over the entries' own span, not the
+    window's, so a window that crossed a gap (the jump to the tenant's events, a
+    ``since``/``until`` years away) does not record the gap as a sparse key."""
+    if n < 2 or low is None or high is None:
         return
-    seconds = (_utc(upper) - _utc(lower)).total_seconds()
+    seconds = (_utc(high) - _utc(low)).total_seconds()
     if seconds <= 0:
         return
-    _bounded_set(_DENSITY, key, n / seconds)
+    _bounded_set(_DENSITY, key, (n - 1) / seconds)
 
 
 def _bounded_set(hints: dict[Any, Any], key: Any, value: Any) -> None:
@@ -372,24 +369,31 @@ async def read_page(
             await cursor.close()
         return docs
     seen: set[Any] = set()
-    oldest = None
-    if query.order == "asc" and query.cursor is None and "since" not in query.filters:
-        oldest = await _oldest_hint(collection, tenant, caps)
+    oldest, newest = None, _NEWEST.get(tenant)
+    if (query.order == "asc" and query.cursor is None) or (
+        query.order == "desc" and newest is None
+    ):
+        oldest, head = await _chain_hints(collection, tenant, caps)
+        newest = newest or head
+        if query.order == "desc":
+            oldest = None
     key = (tenant, str(base["search"]))
     first = first_window(key, want)
-    ranges = windows(query, datetime.now(UTC), _NEWEST.get(tenant), oldest, first)
+    ranges = windows(query, datetime.now(UTC), newest, oldest, first)
     time_range = next(ranges)
     while True:
         where = {**base, "occurred_at": time_range} if time_range else base
         cursor = collection.find(where, fields).sort(sort_spec(query.order))
         found = returned = 0
-        top: datetime | None = None  # the newest entry returned
+        low: datetime | None = None  # the oldest and newest entries returned
+        high: datetime | None = None
         try:
             async for doc in cursor:
                 returned += 1
                 when = doc.get("occurred_at")
-                if isinstance(when, datetime) and (top is None or when > top):
-                    top = when
+                if isinstance(when, datetime):
+                    low = when if low is None or when < low else low
+                    high = when if high is None or when > high else high
                 if doc["_id"] in seen or not match(doc):
                     continue
                 seen.add(doc["_id"])
@@ -397,12 +401,11 @@ async def read_page(
                 _saw(tenant, doc["occurred_at"])
                 found += 1
                 if len(docs) >= want:
-                    if isinstance(when, datetime):
-                        _measured(key, time_range, returned, top, when, query.order == "desc")
+                    _measured(key, returned, low, high)
                     return docs
         finally:
             await cursor.close()
-        _measured(key, time_range, returned, top)
+        _measured(key, returned, low, high)
         # Wide enough for the rest of the page at this window's density (x1.25).
         factor = 0.0 if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
         try:
@@ -460,15 +463,18 @@ async def _sampled_cuts(collection: Any, tenant: str, caps: StoreCapabilities) -
     return boundaries(await _sampled_times(collection, tenant, caps))
 
 
-async def _sampled_times(collection: Any, tenant: str, caps: StoreCapabilities) -> list[datetime]:
+async def _sampled_times(
+    collection: Any,
+    tenant: str,
+    caps: StoreCapabilities,
+    head: dict[str, Any] | None = None,
+) -> list[datetime]:
     """``occurred_at`` of events sampled evenly along ``tenant``'s chain
-    (:func:`sample_seqs`): ``O(log n)`` point lookups for the head, one ``$in``
-    query on the chain index for the samples. Empty when the collection has no
-    chain index (each probe would scan) or the chain fits one window."""
-    names = {ix.get("name") async for ix in await collection.list_indexes()}
-    if CHAIN_INDEX[0] not in names:
-        return []
-    head = await chain_head(collection, tenant, {"seq": 1}, caps)
+    (:func:`sample_seqs`): ``O(log n)`` point lookups for the head (unless given:
+    :func:`_head`), one ``$in`` query on the chain index for the samples. Empty when
+    the collection has no chain index (each probe would scan) or the chain fits one
+    window."""
+    head = head or await _head(collection, tenant, caps)
     if head is None or not isinstance(head.get("seq"), int):
         return []
     marker = await collection.database[PURGES_COLLECTION].find_one(
@@ -484,30 +490,46 @@ async def _sampled_times(collection: Any, tenant: str, caps: StoreCapabilities) 
     return [d["occurred_at"] async for d in found if isinstance(d.get("occurred_at"), datetime)]
 
 
-# Per (database, tenant): (expiry, the oldest sampled occurred_at or None), this
-# process. A hint only (it places the first ascending window), so it may be stale.
-_OLDEST: dict[tuple[str, str], tuple[float, datetime | None]] = {}
-OLDEST_TTL = 300.0
+async def _head(collection: Any, tenant: str, caps: StoreCapabilities) -> dict[str, Any] | None:
+    """``tenant``'s chain head (its ``seq`` and ``occurred_at``), None when the
+    collection has no chain index (a probe would scan) or the tenant no event."""
+    names = {ix.get("name") async for ix in await collection.list_indexes()}
+    if CHAIN_INDEX[0] not in names:
+        return None
+    return await chain_head(collection, tenant, {"seq": 1, "occurred_at": 1}, caps)
 
 
-async def _oldest_hint(collection: Any, tenant: str, caps: StoreCapabilities) -> datetime | None:
-    """The oldest of the times :func:`_sampled_cuts` samples along ``tenant``'s chain
-    (about ``WINDOW_EVENTS / OVERSAMPLE`` events lie below it), cached; None when
-    there is nothing to sample (a small tenant: one open range is cheap)."""
+# Per (database, tenant): (expiry, oldest hint, newest hint), this process. Hints
+# only (they place windows, never bound them), so they may be stale.
+_CHAIN_HINTS: dict[tuple[str, str], tuple[float, datetime | None, datetime | None]] = {}
+HINTS_TTL = 300.0
+
+
+async def _chain_hints(
+    collection: Any, tenant: str, caps: StoreCapabilities
+) -> tuple[datetime | None, datetime | None]:
+    """Where ``tenant``'s events lie, cached for ``HINTS_TTL``: the oldest of the
+    times :func:`_sampled_times` samples along its chain (about ``WINDOW_EVENTS /
+    OVERSAMPLE`` events lie below it; None for a small tenant, where one open range
+    is cheap) and the chain head's ``occurred_at`` (a recent event: the first
+    read's jump target after an empty window, before the process has seen one)."""
     database = getattr(getattr(collection, "database", None), "name", None)
     if not isinstance(database, str):
-        return None
+        return None, None
     key = (database, tenant)
     now = time.monotonic()
-    cached = _OLDEST.get(key)
+    cached = _CHAIN_HINTS.get(key)
     if cached is not None and cached[0] > now:
-        return cached[1]
-    times = await _sampled_times(collection, tenant, caps)
-    hint = min(times) if times else None
-    if len(_OLDEST) >= _NEWEST_MAX:
-        _OLDEST.clear()
-    _OLDEST[key] = (now + OLDEST_TTL, hint)
-    return hint
+        return cached[1], cached[2]
+    head = await _head(collection, tenant, caps)
+    times = await _sampled_times(collection, tenant, caps, head) if head else []
+    oldest = min(times) if times else None
+    newest = head.get("occurred_at") if head else None
+    newest = _utc(newest) if isinstance(newest, datetime) else None
+    if len(_CHAIN_HINTS) >= _NEWEST_MAX:
+        _CHAIN_HINTS.clear()
+    _CHAIN_HINTS[key] = (now + HINTS_TTL, oldest, newest)
+    return oldest, newest
 
 
 async def read_all(

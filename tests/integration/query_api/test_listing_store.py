@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, IndexModel, monitoring
 
+from audit_events.codec import event_to_document
 from audit_events.settings import AuditSettings
 from audit_events.storage import EVENT_INDEXES, EVENTS_COLLECTION
+from audit_events.store_adapter import SECANTUSDB, ensure_chain_index
 from query_api.listing import index_equality, read_page, windows
 from query_api.query import encode_cursor, mongo_filter, parse_list_query, sort_spec
 from query_api.store import MongoEventStore
@@ -334,3 +336,66 @@ async def test_a_sparse_keys_first_window_holds_its_page(
     assert first == again == plain and len(again) == 21
     assert len(finds.finds) == 1, finds.finds  # one window (was: 60 s, then wider)
     assert await db.events.count_documents(finds.finds[0]["filter"]) <= 120
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"until": "2031-01-01T00:00:00Z"},  # newest first, from years after the events
+        {"since": "2019-01-01T00:00:00Z", "order": "asc"},  # oldest first, from years before
+    ],
+    ids=["desc-until-after", "asc-since-before"],
+)
+async def test_a_page_bounded_far_from_the_events_reads_about_a_page(
+    db: Store, settings: AuditSettings, params: dict[str, str]
+) -> None:
+    """A page whose own time bound lies years away from the tenant's events (the
+    viewer's "until" after the newest, "since" before the oldest): the first read and
+    every one after it read windows of about a page, not the whole tenant (was: the
+    window that crossed the gap held every event, and its density, measured over the
+    gap, made every later first window a day wide)."""
+    tenant = "far-" + params.get("order", "desc")
+    await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
+    await ensure_chain_index(db.events, SECANTUSDB)
+    newest = datetime.now(UTC) - timedelta(seconds=30)
+    count = 3000
+    await db.events.insert_many(
+        [
+            {
+                **event_to_document(
+                    make_event(n, tenant=tenant, occurred_at=newest - timedelta(seconds=n)),
+                    newest,
+                ),
+                "seq": count - n,  # the chain's order is the events' order
+            }
+            for n in range(count)
+        ]
+    )
+    query = _q({"limit": "50", **params})
+    finds = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, tz_aware=True, event_listeners=[finds]
+    )
+    try:
+        coll = client[settings.mongo_db][EVENTS_COLLECTION]
+        order = params.get("order", "desc")
+        plain = [
+            d["_id"]
+            for d in await coll.find(mongo_filter(tenant, query))
+            .sort(sort_spec(order))
+            .limit(51)
+            .to_list()
+        ]
+        reads = []
+        for _ in range(3):
+            finds.finds.clear()
+            page = [d["_id"] for d in await read_page(coll, tenant, query, False)]
+            reads.append((page, list(finds.finds)))
+    finally:
+        await client.close()
+    for page, windows_read in reads:
+        assert page == plain and len(page) == 51
+        for find in windows_read:
+            if "search" in find["filter"]:  # a window (not a chain-head probe)
+                held = await db.events.count_documents(find["filter"])
+                assert held <= 600, (held, windows_read)
