@@ -369,14 +369,15 @@ async def read_page(
             await cursor.close()
         return docs
     seen: set[Any] = set()
-    oldest, newest = None, _NEWEST.get(tenant)
-    if (query.order == "asc" and query.cursor is None) or (
-        query.order == "desc" and newest is None
-    ):
-        oldest, head = await _chain_hints(collection, tenant, caps)
-        newest = newest or head
-        if query.order == "desc":
-            oldest = None
+    oldest = None
+    if query.order == "asc" and query.cursor is None:
+        oldest = await _oldest_hint(collection, tenant, caps)
+    elif query.order == "desc" and tenant not in _NEWEST:
+        # This process has seen no event of the tenant: the chain head (a recent
+        # one) is the jump's target after an empty first window.
+        head = await _head(collection, tenant, caps)
+        _saw(tenant, head.get("occurred_at") if head else None)
+    newest = _NEWEST.get(tenant)
     key = (tenant, str(base["search"]))
     first = first_window(key, want)
     ranges = windows(query, datetime.now(UTC), newest, oldest, first)
@@ -463,18 +464,12 @@ async def _sampled_cuts(collection: Any, tenant: str, caps: StoreCapabilities) -
     return boundaries(await _sampled_times(collection, tenant, caps))
 
 
-async def _sampled_times(
-    collection: Any,
-    tenant: str,
-    caps: StoreCapabilities,
-    head: dict[str, Any] | None = None,
-) -> list[datetime]:
+async def _sampled_times(collection: Any, tenant: str, caps: StoreCapabilities) -> list[datetime]:
     """``occurred_at`` of events sampled evenly along ``tenant``'s chain
-    (:func:`sample_seqs`): ``O(log n)`` point lookups for the head (unless given:
-    :func:`_head`), one ``$in`` query on the chain index for the samples. Empty when
-    the collection has no chain index (each probe would scan) or the chain fits one
-    window."""
-    head = head or await _head(collection, tenant, caps)
+    (:func:`sample_seqs`): ``O(log n)`` point lookups for the head (:func:`_head`),
+    one ``$in`` query on the chain index for the samples. Empty when the collection
+    has no chain index (each probe would scan) or the chain fits one window."""
+    head = await _head(collection, tenant, caps)
     if head is None or not isinstance(head.get("seq"), int):
         return []
     marker = await collection.database[PURGES_COLLECTION].find_one(
@@ -499,37 +494,30 @@ async def _head(collection: Any, tenant: str, caps: StoreCapabilities) -> dict[s
     return await chain_head(collection, tenant, {"seq": 1, "occurred_at": 1}, caps)
 
 
-# Per (database, tenant): (expiry, oldest hint, newest hint), this process. Hints
-# only (they place windows, never bound them), so they may be stale.
-_CHAIN_HINTS: dict[tuple[str, str], tuple[float, datetime | None, datetime | None]] = {}
-HINTS_TTL = 300.0
+# Per (database, tenant): (expiry, the oldest sampled occurred_at or None), this
+# process. A hint only (it places the first ascending window), so it may be stale.
+_OLDEST: dict[tuple[str, str], tuple[float, datetime | None]] = {}
+OLDEST_TTL = 300.0
 
 
-async def _chain_hints(
-    collection: Any, tenant: str, caps: StoreCapabilities
-) -> tuple[datetime | None, datetime | None]:
-    """Where ``tenant``'s events lie, cached for ``HINTS_TTL``: the oldest of the
-    times :func:`_sampled_times` samples along its chain (about ``WINDOW_EVENTS /
-    OVERSAMPLE`` events lie below it; None for a small tenant, where one open range
-    is cheap) and the chain head's ``occurred_at`` (a recent event: the first
-    read's jump target after an empty window, before the process has seen one)."""
+async def _oldest_hint(collection: Any, tenant: str, caps: StoreCapabilities) -> datetime | None:
+    """The oldest of the times :func:`_sampled_cuts` samples along ``tenant``'s chain
+    (about ``WINDOW_EVENTS / OVERSAMPLE`` events lie below it), cached; None when
+    there is nothing to sample (a small tenant: one open range is cheap)."""
     database = getattr(getattr(collection, "database", None), "name", None)
     if not isinstance(database, str):
-        return None, None
+        return None
     key = (database, tenant)
     now = time.monotonic()
-    cached = _CHAIN_HINTS.get(key)
+    cached = _OLDEST.get(key)
     if cached is not None and cached[0] > now:
-        return cached[1], cached[2]
-    head = await _head(collection, tenant, caps)
-    times = await _sampled_times(collection, tenant, caps, head) if head else []
-    oldest = min(times) if times else None
-    newest = head.get("occurred_at") if head else None
-    newest = _utc(newest) if isinstance(newest, datetime) else None
-    if len(_CHAIN_HINTS) >= _NEWEST_MAX:
-        _CHAIN_HINTS.clear()
-    _CHAIN_HINTS[key] = (now + HINTS_TTL, oldest, newest)
-    return oldest, newest
+        return cached[1]
+    times = await _sampled_times(collection, tenant, caps)
+    hint = min(times) if times else None
+    if len(_OLDEST) >= _NEWEST_MAX:
+        _OLDEST.clear()
+    _OLDEST[key] = (now + OLDEST_TTL, hint)
+    return hint
 
 
 async def read_all(

@@ -119,7 +119,7 @@ async def test_windowed_and_plain_pages_are_identical(
         assert windowed == plain, params
         assert sum(len(ids) for ids, _ in plain) > 0 or "actor" in case, params
     if order == "asc":
-        hint = listing._CHAIN_HINTS[(db.events.database.name, "acme")][1]
+        hint = listing._OLDEST[(db.events.database.name, "acme")][1]
         assert hint is not None  # the windows were anchored at a sampled time
 
 

@@ -124,6 +124,9 @@ class _OneRange:
     def batch_size(self, n: int) -> _OneRange:
         return self
 
+    async def list_indexes(self) -> _OneRange:
+        return self  # no index at all: no chain head to probe
+
     def __aiter__(self) -> _OneRange:
         return self
 
