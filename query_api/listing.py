@@ -19,10 +19,11 @@ one last open-ended range). The keyset cursor is unchanged.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -162,7 +163,7 @@ def matcher(query: ListQuery, include_erased: bool) -> Callable[[dict[str, Any]]
 def windows(
     query: ListQuery,
     now: datetime,
-    newest: datetime | None = None,
+    hints: Sequence[datetime] = (),
     oldest: datetime | None = None,
     first: timedelta = FIRST_WINDOW,
 ) -> Generator[dict[str, Any], float, None]:
@@ -171,21 +172,26 @@ def windows(
     A generator without I/O: ``send(factor)`` makes the next window ``factor``
     times wider than the last (``next()``: ``GROWTH``). Past ``MAX_WIDTH`` (or
     the calendar's edge) the last range is open-ended. ``send(0)`` says the
-    last window was empty: descending, the next one then reaches down to
-    ``newest`` (the tenant's newest event seen so far, a hint), so a tenant
-    whose events lie far below the start skips the gap in one window.
+    last window held nothing for the page: the next one then also reaches the
+    nearest of ``hints`` beyond it (times where the tenant has events, ascending:
+    the newest one seen, the chain's head, times sampled along the chain; read
+    when that window is made, so the caller may fill the list after an empty
+    window), so a page that starts in a gap (a night, ``until`` years after the
+    data) crosses it in one window instead of windows growing across it until one
+    spans the events on the other side.
     Ascending without a cursor, ``oldest`` (a hint: a time near the tenant's oldest
     events) anchors the windows when there is no ``since`` or it lies below the
     hint: the first one is everything below it (from ``since``), the next ones
     start there; with no start and no hint, one open range.
     ``first``: the first window's width (:func:`first_window`: narrower for a dense
-    tenant), also the base after a jump.
+    tenant), also the base after a jump that found events.
     """
     f = query.filters
     since = datetime.fromisoformat(f["since"]) if "since" in f else None
     until = datetime.fromisoformat(f["until"]) if "until" in f else None
     at = query.cursor[0] if query.cursor else None
     width = first
+    jumped = False
     if query.order == "desc":
         # The first window's upper end: the cursor (inclusive; its tie-break is
         # checked by the matcher), else ``until`` (exclusive), else open.
@@ -195,7 +201,6 @@ def windows(
             upper, edge = {"$lte": at}, at
         elif until is not None:
             upper, edge = {"$lt": until}, until
-        jumped = False
         while width <= MAX_WIDTH:
             try:
                 lower = edge - width
@@ -204,12 +209,12 @@ def windows(
             if since is not None and lower <= since:
                 break
             factor = yield {**upper, **_at_or_after(lower)}
-            # After a jump the events found lie in its last ``first``: the base.
-            base = first if jumped else width
+            # After a jump that found events, they lie in its last ``first``: the base.
+            base = first if jumped and factor else width
             upper, edge, width, jumped = {"$lt": lower}, lower, base * (factor or GROWTH), False
-            if factor == 0 and newest is not None and newest < edge:
-                width = max(width, edge - newest + first)
-                newest, jumped = None, True
+            i = bisect.bisect_left(hints, edge)  # the newest hint below the edge
+            if factor == 0 and i:
+                width, jumped = max(width, edge - hints[i - 1] + first), True
         yield {**upper, **(_at_or_after(since) if since else {})}
         return
     lower_op: dict[str, Any] = {}
@@ -240,7 +245,16 @@ def windows(
         if until is not None and higher >= until:
             break
         factor = yield {**lower_op, "$lt": higher}
-        lower_op, start, width = _at_or_after(higher), higher, width * (factor or GROWTH)
+        base = first if jumped and factor else width
+        lower_op, start, width, jumped = (
+            _at_or_after(higher),
+            higher,
+            base * (factor or GROWTH),
+            False,
+        )
+        i = bisect.bisect_left(hints, start)  # the oldest hint at or above the start
+        if factor == 0 and i < len(hints):
+            width, jumped = max(width, hints[i] - start + first), True
     yield {**lower_op, **({"$lt": until} if until else {})}
 
 
@@ -372,15 +386,13 @@ async def read_page(
     oldest = None
     if query.order == "asc" and query.cursor is None:
         oldest = await _oldest_hint(collection, tenant, caps)
-    elif query.order == "desc" and tenant not in _NEWEST:
-        # This process has seen no event of the tenant: the chain head (a recent
-        # one) is the jump's target after an empty first window.
-        head = await _head(collection, tenant, caps)
-        _saw(tenant, head.get("occurred_at") if head else None)
-    newest = _NEWEST.get(tenant)
+    # Where the tenant has events: the newest this process has seen, and after the
+    # first empty window the chain's head and samples (:func:`windows` jumps there).
+    hints = [_NEWEST[tenant]] if tenant in _NEWEST else []
+    located = False
     key = (tenant, str(base["search"]))
     first = first_window(key, want)
-    ranges = windows(query, datetime.now(UTC), newest, oldest, first)
+    ranges = windows(query, datetime.now(UTC), hints, oldest, first)
     time_range = next(ranges)
     while True:
         where = {**base, "occurred_at": time_range} if time_range else base
@@ -407,6 +419,9 @@ async def read_page(
         finally:
             await cursor.close()
         _measured(key, returned, low, high)
+        if not found and not located:
+            hints[:] = sorted({*hints, *await _chain_times(collection, tenant, caps)})
+            located = True
         # Wide enough for the rest of the page at this window's density (x1.25).
         factor = 0.0 if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
         try:
@@ -469,7 +484,13 @@ async def _sampled_times(collection: Any, tenant: str, caps: StoreCapabilities) 
     (:func:`sample_seqs`): ``O(log n)`` point lookups for the head (:func:`_head`),
     one ``$in`` query on the chain index for the samples. Empty when the collection
     has no chain index (each probe would scan) or the chain fits one window."""
-    head = await _head(collection, tenant, caps)
+    return await _samples_below(collection, tenant, await _head(collection, tenant, caps))
+
+
+async def _samples_below(
+    collection: Any, tenant: str, head: dict[str, Any] | None
+) -> list[datetime]:
+    """:func:`_sampled_times` from ``tenant``'s chain ``head``."""
     if head is None or not isinstance(head.get("seq"), int):
         return []
     marker = await collection.database[PURGES_COLLECTION].find_one(
@@ -494,30 +515,48 @@ async def _head(collection: Any, tenant: str, caps: StoreCapabilities) -> dict[s
     return await chain_head(collection, tenant, {"seq": 1, "occurred_at": 1}, caps)
 
 
-# Per (database, tenant): (expiry, the oldest sampled occurred_at or None), this
-# process. A hint only (it places the first ascending window), so it may be stale.
-_OLDEST: dict[tuple[str, str], tuple[float, datetime | None]] = {}
-OLDEST_TTL = 300.0
+# Per (database, tenant): (expiry, the times sampled along its chain, the chain
+# head's time or None), this process. Hints only (they place windows), so they
+# may be stale.
+_CHAIN_TIMES: dict[tuple[str, str], tuple[float, list[datetime], datetime | None]] = {}
+CHAIN_TIMES_TTL = 300.0
+
+
+async def _chain_samples(
+    collection: Any, tenant: str, caps: StoreCapabilities
+) -> tuple[list[datetime], datetime | None]:
+    """``tenant``'s sampled times (:func:`_sampled_times`, ascending) and its chain
+    head's ``occurred_at``, cached for ``CHAIN_TIMES_TTL``."""
+    database = getattr(getattr(collection, "database", None), "name", None)
+    if not isinstance(database, str):
+        return [], None
+    key = (database, tenant)
+    now = time.monotonic()
+    cached = _CHAIN_TIMES.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1], cached[2]
+    head = await _head(collection, tenant, caps)
+    samples = sorted(_utc(t) for t in await _samples_below(collection, tenant, head))
+    at = head.get("occurred_at") if head else None
+    head_time = _utc(at) if isinstance(at, datetime) else None
+    if len(_CHAIN_TIMES) >= _NEWEST_MAX:
+        _CHAIN_TIMES.clear()
+    _CHAIN_TIMES[key] = (now + CHAIN_TIMES_TTL, samples, head_time)
+    return samples, head_time
+
+
+async def _chain_times(collection: Any, tenant: str, caps: StoreCapabilities) -> list[datetime]:
+    """Times where ``tenant`` has events: its sampled times and its chain head's."""
+    samples, head = await _chain_samples(collection, tenant, caps)
+    return [*samples, head] if head is not None else samples
 
 
 async def _oldest_hint(collection: Any, tenant: str, caps: StoreCapabilities) -> datetime | None:
-    """The oldest of the times :func:`_sampled_cuts` samples along ``tenant``'s chain
-    (about ``WINDOW_EVENTS / OVERSAMPLE`` events lie below it), cached; None when
-    there is nothing to sample (a small tenant: one open range is cheap)."""
-    database = getattr(getattr(collection, "database", None), "name", None)
-    if not isinstance(database, str):
-        return None
-    key = (database, tenant)
-    now = time.monotonic()
-    cached = _OLDEST.get(key)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    times = await _sampled_times(collection, tenant, caps)
-    hint = min(times) if times else None
-    if len(_OLDEST) >= _NEWEST_MAX:
-        _OLDEST.clear()
-    _OLDEST[key] = (now + OLDEST_TTL, hint)
-    return hint
+    """The oldest of the times sampled along ``tenant``'s chain (about
+    ``WINDOW_EVENTS / OVERSAMPLE`` events lie below it), cached; None when there is
+    nothing to sample (a small tenant: one open range is cheap)."""
+    samples, _ = await _chain_samples(collection, tenant, caps)
+    return samples[0] if samples else None
 
 
 async def read_all(

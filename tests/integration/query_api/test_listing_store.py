@@ -399,3 +399,55 @@ async def test_a_page_bounded_far_from_the_events_reads_about_a_page(
             if "search" in find["filter"]:  # a window (not a chain-head probe)
                 held = await db.events.count_documents(find["filter"])
                 assert held <= 600, (held, windows_read)
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+async def test_a_page_that_starts_in_a_quiet_period_reads_about_a_page(
+    db: Store, settings: AuditSettings, order: str
+) -> None:
+    """A tenant busy for an hour two days ago and in the last hour, quiet between (a
+    night, a weekend): a page that starts in the quiet gap (``until`` in it, newest
+    first; ``since`` in it, oldest first) reads windows of about a page, the first
+    time and after (was: windows growing 4x across the gap until one spanned the
+    whole other busy hour, every event of it materialised)."""
+    tenant = "quiet-" + order
+    await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
+    await ensure_chain_index(db.events, SECANTUSDB)
+    recent = datetime.now(UTC) - timedelta(seconds=30)
+    earlier = recent - timedelta(days=2)
+    count = 3000  # per busy hour, one a second
+    times = [earlier - timedelta(seconds=n) for n in range(count)][::-1]
+    times += [recent - timedelta(seconds=n) for n in range(count)][::-1]
+    await db.events.insert_many(
+        [
+            {
+                **event_to_document(make_event(n, tenant=tenant, occurred_at=t), recent),
+                "seq": n + 1,  # the chain's order is the events' order
+            }
+            for n, t in enumerate(times)
+        ]
+    )
+    gap = earlier + timedelta(hours=12)
+    params = {"until": gap.isoformat()} if order == "desc" else {"since": gap.isoformat()}
+    query = _q({"limit": "50", "order": order, **params})
+    finds = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, tz_aware=True, event_listeners=[finds]
+    )
+    try:
+        coll = client[settings.mongo_db][EVENTS_COLLECTION]
+        find = coll.find(mongo_filter(tenant, query)).sort(sort_spec(order))
+        plain = [d["_id"] for d in await find.limit(51).to_list()]
+        reads = []
+        for _ in range(2):
+            finds.finds.clear()
+            page = [d["_id"] for d in await read_page(coll, tenant, query, False)]
+            reads.append((page, list(finds.finds)))
+    finally:
+        await client.close()
+    for page, windows_read in reads:
+        assert page == plain and len(page) == 51
+        for find in windows_read:
+            if "search" in find["filter"]:  # a window (not a probe of the chain)
+                held = await db.events.count_documents(find["filter"])
+                assert held <= 600, (held, windows_read)

@@ -72,23 +72,41 @@ def test_asc_without_a_start_is_one_open_range() -> None:
 
 def test_after_an_empty_window_the_next_reaches_the_newest_seen_event() -> None:
     newest = NOW - timedelta(days=200)
-    gen = windows(q(), NOW, newest)
+    gen = windows(q(), NOW, [newest])
     next(gen)
     second = gen.send(0.0)  # the first window was empty
     assert second["$gt"] < newest - FIRST_WINDOW + timedelta(seconds=1)
     assert second["$gt"] > newest - 2 * FIRST_WINDOW
-    third = gen.send(0.0)  # the hint is used once: then plain growth
+    third = gen.send(0.0)  # no hint below it: plain growth
     assert third["$lt"] == second["$gt"] + timedelta(milliseconds=1)
 
 
 def test_after_the_jump_widening_starts_from_the_data_not_the_gap() -> None:
     newest = NOW - timedelta(days=200)
-    gen = windows(q(), NOW, newest)
+    gen = windows(q(), NOW, [newest])
     next(gen)
     jump = gen.send(0.0)
     after = gen.send(2.0)  # the jump held half a page: twice its populated part
     lower = jump["$gt"] + timedelta(milliseconds=1)
     assert after["$gt"] + timedelta(milliseconds=1) == lower - 2 * FIRST_WINDOW
+
+
+def test_empty_windows_reach_the_nearest_hint_beyond_them_both_ways() -> None:
+    older, newer = NOW - timedelta(days=300), NOW - timedelta(days=200)
+    ms = timedelta(milliseconds=1)
+    gen = windows(q(), NOW, [older, newer])
+    first = next(gen)
+    jump = gen.send(0.0)  # empty: down to the newest hint below it
+    assert jump["$lt"] == first["$gt"] + ms and jump["$gt"] == newer - FIRST_WINDOW - ms
+    again = gen.send(0.0)  # that was empty too: on past the next hint, still widening
+    assert again["$lt"] == jump["$gt"] + ms and again["$gt"] < older - FIRST_WINDOW
+    since = NOW - timedelta(days=400)
+    gen = windows(q(order="asc", since=since.isoformat()), NOW, [older, newer])
+    start = next(gen)
+    up = gen.send(0.0)  # empty: up to the oldest hint above it
+    assert up["$gt"] == start["$lt"] - ms and up["$lt"] == older + FIRST_WINDOW
+    after = gen.send(2.0)  # it held half a page: from the data, not the gap
+    assert after["$gt"] == up["$lt"] - ms and after["$lt"] == up["$lt"] + 2 * FIRST_WINDOW
 
 
 # --- the store-capability seam and the export windows ---------------------------
