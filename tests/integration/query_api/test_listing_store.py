@@ -338,6 +338,51 @@ async def test_a_sparse_keys_first_window_holds_its_page(
     assert await db.events.count_documents(finds.finds[0]["filter"]) <= 120
 
 
+async def seed_chain(db: Store, tenant: str, times: list[datetime]) -> None:
+    """Events of ``tenant`` at ``times`` (ascending) stored as the processor stores
+    them: seq 1.. in that order, the events and chain indexes."""
+    await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
+    await ensure_chain_index(db.events, SECANTUSDB)
+    await db.events.insert_many(
+        [
+            {
+                **event_to_document(make_event(n, tenant=tenant, occurred_at=t), times[-1]),
+                "seq": n + 1,
+            }
+            for n, t in enumerate(times)
+        ]
+    )
+
+
+async def assert_reads_about_a_page(
+    db: Store, settings: AuditSettings, tenant: str, params: dict[str, str], reads: int
+) -> None:
+    """``reads`` uncached first pages (limit 50) of ``params`` in a row: each the plain
+    query's page, each window of each read holding at most 600 index entries."""
+    query = _q({"limit": "50", **params})
+    finds = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongo_uri, tz_aware=True, event_listeners=[finds]
+    )
+    try:
+        coll = client[settings.mongo_db][EVENTS_COLLECTION]
+        find = coll.find(mongo_filter(tenant, query)).sort(sort_spec(query.order))
+        plain = [d["_id"] for d in await find.limit(51).to_list()]
+        done = []
+        for _ in range(reads):
+            finds.finds.clear()
+            page = [d["_id"] for d in await read_page(coll, tenant, query, False)]
+            done.append((page, list(finds.finds)))
+    finally:
+        await client.close()
+    for page, windows_read in done:
+        assert page == plain and len(page) == 51
+        for window in windows_read:
+            if "search" in window["filter"]:  # a window (not a probe of the chain)
+                held = await db.events.count_documents(window["filter"])
+                assert held <= 600, (held, windows_read)
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -355,50 +400,9 @@ async def test_a_page_bounded_far_from_the_events_reads_about_a_page(
     window that crossed the gap held every event, and its density, measured over the
     gap, made every later first window a day wide)."""
     tenant = "far-" + params.get("order", "desc")
-    await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
-    await ensure_chain_index(db.events, SECANTUSDB)
     newest = datetime.now(UTC) - timedelta(seconds=30)
-    count = 3000
-    await db.events.insert_many(
-        [
-            {
-                **event_to_document(
-                    make_event(n, tenant=tenant, occurred_at=newest - timedelta(seconds=n)),
-                    newest,
-                ),
-                "seq": count - n,  # the chain's order is the events' order
-            }
-            for n in range(count)
-        ]
-    )
-    query = _q({"limit": "50", **params})
-    finds = _Finds()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongo_uri, tz_aware=True, event_listeners=[finds]
-    )
-    try:
-        coll = client[settings.mongo_db][EVENTS_COLLECTION]
-        order = params.get("order", "desc")
-        plain = [
-            d["_id"]
-            for d in await coll.find(mongo_filter(tenant, query))
-            .sort(sort_spec(order))
-            .limit(51)
-            .to_list()
-        ]
-        reads = []
-        for _ in range(3):
-            finds.finds.clear()
-            page = [d["_id"] for d in await read_page(coll, tenant, query, False)]
-            reads.append((page, list(finds.finds)))
-    finally:
-        await client.close()
-    for page, windows_read in reads:
-        assert page == plain and len(page) == 51
-        for find in windows_read:
-            if "search" in find["filter"]:  # a window (not a chain-head probe)
-                held = await db.events.count_documents(find["filter"])
-                assert held <= 600, (held, windows_read)
+    await seed_chain(db, tenant, [newest - timedelta(seconds=n) for n in range(3000)][::-1])
+    await assert_reads_about_a_page(db, settings, tenant, params, reads=3)
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
@@ -411,43 +415,11 @@ async def test_a_page_that_starts_in_a_quiet_period_reads_about_a_page(
     time and after (was: windows growing 4x across the gap until one spanned the
     whole other busy hour, every event of it materialised)."""
     tenant = "quiet-" + order
-    await db.events.create_indexes([IndexModel(k, name=n) for n, k in EVENT_INDEXES])
-    await ensure_chain_index(db.events, SECANTUSDB)
     recent = datetime.now(UTC) - timedelta(seconds=30)
     earlier = recent - timedelta(days=2)
-    count = 3000  # per busy hour, one a second
-    times = [earlier - timedelta(seconds=n) for n in range(count)][::-1]
-    times += [recent - timedelta(seconds=n) for n in range(count)][::-1]
-    await db.events.insert_many(
-        [
-            {
-                **event_to_document(make_event(n, tenant=tenant, occurred_at=t), recent),
-                "seq": n + 1,  # the chain's order is the events' order
-            }
-            for n, t in enumerate(times)
-        ]
-    )
-    gap = earlier + timedelta(hours=12)
-    params = {"until": gap.isoformat()} if order == "desc" else {"since": gap.isoformat()}
-    query = _q({"limit": "50", "order": order, **params})
-    finds = _Finds()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongo_uri, tz_aware=True, event_listeners=[finds]
-    )
-    try:
-        coll = client[settings.mongo_db][EVENTS_COLLECTION]
-        find = coll.find(mongo_filter(tenant, query)).sort(sort_spec(order))
-        plain = [d["_id"] for d in await find.limit(51).to_list()]
-        reads = []
-        for _ in range(2):
-            finds.finds.clear()
-            page = [d["_id"] for d in await read_page(coll, tenant, query, False)]
-            reads.append((page, list(finds.finds)))
-    finally:
-        await client.close()
-    for page, windows_read in reads:
-        assert page == plain and len(page) == 51
-        for find in windows_read:
-            if "search" in find["filter"]:  # a window (not a probe of the chain)
-                held = await db.events.count_documents(find["filter"])
-                assert held <= 600, (held, windows_read)
+    times = [earlier - timedelta(seconds=n) for n in range(3000)][::-1]  # one a second
+    times += [recent - timedelta(seconds=n) for n in range(3000)][::-1]
+    await seed_chain(db, tenant, times)
+    gap = (earlier + timedelta(hours=12)).isoformat()
+    params = {"until": gap} if order == "desc" else {"since": gap}
+    await assert_reads_about_a_page(db, settings, tenant, {"order": order, **params}, reads=2)
