@@ -420,7 +420,10 @@ async def read_page(
             await cursor.close()
         _measured(key, returned, low, high)
         if not found and not located:
-            hints[:] = sorted({*hints, *await _chain_times(collection, tenant, caps)})
+            known = hints[:]  # the newest seen, if any
+            hints[:] = await _chain_times(collection, tenant, caps)  # a sorted copy
+            for when in known:
+                bisect.insort(hints, when)
             located = True
         # Wide enough for the rest of the page at this window's density (x1.25).
         factor = 0.0 if not found else min(64.0, max(2.0, 1.25 * (want - len(docs)) / found))
@@ -515,21 +518,21 @@ async def _head(collection: Any, tenant: str, caps: StoreCapabilities) -> dict[s
     return await chain_head(collection, tenant, {"seq": 1, "occurred_at": 1}, caps)
 
 
-# Per (database, tenant): (expiry, the times sampled along its chain, the chain
-# head's time or None), this process. Hints only (they place windows), so they
-# may be stale.
-_CHAIN_TIMES: dict[tuple[str, str], tuple[float, list[datetime], datetime | None]] = {}
+# Per (database, tenant): (expiry, the times sampled along its chain, those and the
+# chain head's time), both ascending, this process. Hints only (they place
+# windows), so they may be stale.
+_CHAIN_TIMES: dict[tuple[str, str], tuple[float, list[datetime], list[datetime]]] = {}
 CHAIN_TIMES_TTL = 300.0
 
 
 async def _chain_samples(
     collection: Any, tenant: str, caps: StoreCapabilities
-) -> tuple[list[datetime], datetime | None]:
-    """``tenant``'s sampled times (:func:`_sampled_times`, ascending) and its chain
-    head's ``occurred_at``, cached for ``CHAIN_TIMES_TTL``."""
+) -> tuple[list[datetime], list[datetime]]:
+    """``tenant``'s sampled times (:func:`_sampled_times`) and the same with its
+    chain head's ``occurred_at``, both ascending, cached for ``CHAIN_TIMES_TTL``."""
     database = getattr(getattr(collection, "database", None), "name", None)
     if not isinstance(database, str):
-        return [], None
+        return [], []
     key = (database, tenant)
     now = time.monotonic()
     cached = _CHAIN_TIMES.get(key)
@@ -537,18 +540,20 @@ async def _chain_samples(
         return cached[1], cached[2]
     head = await _head(collection, tenant, caps)
     samples = sorted(_utc(t) for t in await _samples_below(collection, tenant, head))
+    times = samples[:]
     at = head.get("occurred_at") if head else None
-    head_time = _utc(at) if isinstance(at, datetime) else None
+    if isinstance(at, datetime):
+        bisect.insort(times, _utc(at))
     if len(_CHAIN_TIMES) >= _NEWEST_MAX:
         _CHAIN_TIMES.clear()
-    _CHAIN_TIMES[key] = (now + CHAIN_TIMES_TTL, samples, head_time)
-    return samples, head_time
+    _CHAIN_TIMES[key] = (now + CHAIN_TIMES_TTL, samples, times)
+    return samples, times
 
 
 async def _chain_times(collection: Any, tenant: str, caps: StoreCapabilities) -> list[datetime]:
-    """Times where ``tenant`` has events: its sampled times and its chain head's."""
-    samples, head = await _chain_samples(collection, tenant, caps)
-    return [*samples, head] if head is not None else samples
+    """Times where ``tenant`` has events, ascending (a copy): its sampled times and
+    its chain head's."""
+    return list((await _chain_samples(collection, tenant, caps))[1])
 
 
 async def _oldest_hint(collection: Any, tenant: str, caps: StoreCapabilities) -> datetime | None:
