@@ -10,11 +10,13 @@ after the index range, by :func:`matcher` (the same semantics as
 MongoDB walks ``(tenant[, field], occurred_at, _id)`` in order and stops when
 the page is full. SecantusDB (the development store) materialises every index
 match of a query before it sorts and applies ``limit``, so the range is
-*bounded*: a window of ``FIRST_WINDOW`` next to the page's start, then
-disjoint windows ``GROWTH`` times wider (or as wide as the last window's
-density says the rest of the page needs), until the page is full, the query's
-own time bound is reached, or a window would be wider than ``MAX_WIDTH`` (then
-one last open-ended range). The keyset cursor is unchanged.
+*bounded*: a window next to the page's start (``FIRST_WINDOW``, or sized by the
+density the last read measured: :func:`first_window`), then disjoint windows
+``GROWTH`` times wider (or as wide as the last window's density says the rest of
+the page needs; after an empty one, reaching the nearest time where the tenant
+has events), until the page is full, the query's own time bound is reached, or a
+window would be wider than ``MAX_WIDTH`` (then one last open-ended range). The
+keyset cursor is unchanged.
 """
 
 from __future__ import annotations
