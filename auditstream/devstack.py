@@ -15,11 +15,27 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from audit_events.settings import AuditSettings, settings_env
-from auditstream.embedded import Server, kafka_server, mongo_server, redis_server, stop_all
+from auditstream.embedded import (
+    EmbeddedError,
+    Server,
+    kafka_server,
+    mongo_server,
+    port_answers,
+    redis_server,
+    stop_all,
+)
+
+#: Each role's server on a fresh port (``DevStack.start`` takes another one).
+_SERVERS: dict[str, Callable[[Path], Server]] = {
+    "kafka": kafka_server,
+    "mongodb": mongo_server,
+    "redis": redis_server,
+}
 
 
 class DevStack:
@@ -52,8 +68,18 @@ class DevStack:
         return {s.role: s for s in self.servers}
 
     def start(self) -> None:
-        for server in self.servers:
-            server.start()
+        """Start every server. One whose fresh port another process took before its
+        bind (another test worker's stack starting at the same moment: something
+        answers there, not it) is started again on another port, twice at most."""
+        for i, server in enumerate(self.servers):
+            for attempt in range(3):
+                try:
+                    server.start()
+                    break
+                except EmbeddedError:
+                    if attempt == 2 or not port_answers(server.port):
+                        raise
+                    server = self.servers[i] = _SERVERS[server.role](self.workdir)
 
     def stop(self) -> None:
         """Stop every server (in reverse start order); safe after a partial start."""

@@ -65,17 +65,75 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_answers(port: int) -> bool:
+    """Whether something accepts connections on ``127.0.0.1:port``."""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until something answers on ``port``; with ``proc``, something of ``proc``'s
+    process group (where the system says which process listens: Linux's ``/proc``),
+    and fail as soon as ``proc`` exits. Another process answering on the port (it
+    took the port between :func:`free_port` and ``proc``'s bind) is not ``proc``
+    being ready: ``proc`` will fail to bind."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise EmbeddedError(f"process exited with status {proc.returncode}")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if port_answers(port) and (proc is None or _group_listens(proc.pid, port) is not False):
+            return
         time.sleep(0.05)
-    raise EmbeddedError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
+    raise EmbeddedError(f"nothing of its own listening on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on TCP ``port`` (``/proc/net/tcp``, ``tcp6``);
+    None where there is no ``/proc`` to ask."""
+    inodes: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])  # 0A: LISTEN
+    return inodes if readable else None
+
+
+def _group_listens(pgid: int, port: int) -> bool | None:
+    """Whether a process of group ``pgid`` holds a socket listening on ``port``;
+    None when the system does not say (no ``/proc``)."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    sockets = {f"socket:[{inode}]" for inode in inodes}
+    for pid in _group_pids(pgid):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                        return True
+    return False
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` (``/proc/<pid>/stat``'s fifth field)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(entry))
+    return pids
 
 
 @dataclass
