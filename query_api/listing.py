@@ -181,10 +181,10 @@ def windows(
     window), so a page that starts in a gap (a night, ``until`` years after the
     data) crosses it in one window instead of windows growing across it until one
     spans the events on the other side.
-    Ascending without a cursor, ``oldest`` (a hint: a time near the tenant's oldest
-    events) anchors the windows when there is no ``since`` or it lies below the
-    hint: the first one is everything below it (from ``since``), the next ones
-    start there; with no start and no hint, one open range.
+    Ascending with no start (no cursor, no ``since``), ``oldest`` (a hint: a time
+    near the tenant's oldest events) anchors the windows: the first one is
+    everything below it, the next ones start there; without it, one open range.
+    (A ``since`` far below the events is a gap like any other: the jump crosses it.)
     ``first``: the first window's width (:func:`first_window`: narrower for a dense
     tenant), also the base after a jump that found events.
     """
@@ -225,15 +225,9 @@ def windows(
         lower_op, start = _at_or_after(at), at
     elif since is not None:
         lower_op, start = _at_or_after(since), since
-    if (
-        oldest is not None
-        and (start is None or (at is None and start < oldest))
-        and (until is None or oldest < until)
-    ):
-        # Everything below the hint (from ``since``, if any), then windows from it:
-        # the two tile the range, and a ``since`` far below the events costs no
-        # window that crosses the gap.
-        factor = yield {**lower_op, "$lt": oldest}
+    if start is None and oldest is not None and (until is None or oldest < until):
+        # Everything below the hint, then windows from it: the two tile the range.
+        factor = yield {"$lt": oldest}
         lower_op, start = _at_or_after(oldest), oldest
         width = first * (factor or GROWTH)
     if start is None:  # ascending from the tenant's first event: one open range
@@ -386,7 +380,7 @@ async def read_page(
         return docs
     seen: set[Any] = set()
     oldest = None
-    if query.order == "asc" and query.cursor is None:
+    if query.order == "asc" and query.cursor is None and "since" not in query.filters:
         oldest = await _oldest_hint(collection, tenant, caps)
     # Where the tenant has events: the newest this process has seen, and after the
     # first empty window the chain's head and samples (:func:`windows` jumps there).
@@ -520,21 +514,21 @@ async def _head(collection: Any, tenant: str, caps: StoreCapabilities) -> dict[s
     return await chain_head(collection, tenant, {"seq": 1, "occurred_at": 1}, caps)
 
 
-# Per (database, tenant): (expiry, the times sampled along its chain, those and the
-# chain head's time), both ascending, this process. Hints only (they place
-# windows), so they may be stale.
-_CHAIN_TIMES: dict[tuple[str, str], tuple[float, list[datetime], list[datetime]]] = {}
+# Per (database, tenant): (expiry, the times sampled along its chain, ascending,
+# the chain head's time or None), this process. Hints only (they place windows),
+# so they may be stale.
+_CHAIN_TIMES: dict[tuple[str, str], tuple[float, list[datetime], datetime | None]] = {}
 CHAIN_TIMES_TTL = 300.0
 
 
 async def _chain_samples(
     collection: Any, tenant: str, caps: StoreCapabilities
-) -> tuple[list[datetime], list[datetime]]:
-    """``tenant``'s sampled times (:func:`_sampled_times`) and the same with its
-    chain head's ``occurred_at``, both ascending, cached for ``CHAIN_TIMES_TTL``."""
+) -> tuple[list[datetime], datetime | None]:
+    """``tenant``'s sampled times (:func:`_sampled_times`, ascending) and its chain
+    head's ``occurred_at``, cached for ``CHAIN_TIMES_TTL``."""
     database = getattr(getattr(collection, "database", None), "name", None)
     if not isinstance(database, str):
-        return [], []
+        return [], None
     key = (database, tenant)
     now = time.monotonic()
     cached = _CHAIN_TIMES.get(key)
@@ -542,20 +536,22 @@ async def _chain_samples(
         return cached[1], cached[2]
     head = await _head(collection, tenant, caps)
     samples = sorted(_utc(t) for t in await _samples_below(collection, tenant, head))
-    times = samples[:]
     at = head.get("occurred_at") if head else None
-    if isinstance(at, datetime):
-        bisect.insort(times, _utc(at))
+    head_time = _utc(at) if isinstance(at, datetime) else None
     if len(_CHAIN_TIMES) >= _NEWEST_MAX:
         _CHAIN_TIMES.clear()
-    _CHAIN_TIMES[key] = (now + CHAIN_TIMES_TTL, samples, times)
-    return samples, times
+    _CHAIN_TIMES[key] = (now + CHAIN_TIMES_TTL, samples, head_time)
+    return samples, head_time
 
 
 async def _chain_times(collection: Any, tenant: str, caps: StoreCapabilities) -> list[datetime]:
-    """Times where ``tenant`` has events, ascending (a copy): its sampled times and
-    its chain head's."""
-    return list((await _chain_samples(collection, tenant, caps))[1])
+    """Times where ``tenant`` has events, ascending (a new list): its sampled times
+    and its chain head's."""
+    samples, head = await _chain_samples(collection, tenant, caps)
+    times = list(samples)
+    if head is not None:
+        bisect.insort(times, head)
+    return times
 
 
 async def _oldest_hint(collection: Any, tenant: str, caps: StoreCapabilities) -> datetime | None:

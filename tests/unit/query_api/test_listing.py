@@ -202,15 +202,3 @@ def test_asc_without_a_start_is_anchored_at_the_oldest_hint() -> None:
     assert list(windows(q(order="asc", until=until.isoformat()), NOW, oldest=oldest)) == [
         {"$lt": until}
     ]
-
-
-def test_asc_from_a_since_below_the_oldest_hint_reads_up_to_the_hint_first() -> None:
-    oldest = datetime(2025, 3, 7, tzinfo=UTC)
-    since = datetime(2019, 1, 1, tzinfo=UTC)
-    gen = windows(q(order="asc", since=since.isoformat()), NOW, oldest=oldest)
-    assert next(gen) == {"$gt": since - timedelta(milliseconds=1), "$lt": oldest}
-    second = gen.send(0.0)  # then from the hint upward, not from since
-    assert second["$gt"] == oldest - timedelta(milliseconds=1)
-    later = oldest + timedelta(days=1)  # a since above the hint: windows from it
-    first = next(windows(q(order="asc", since=later.isoformat()), NOW, oldest=oldest))
-    assert first == {"$gt": later - timedelta(milliseconds=1), "$lt": later + FIRST_WINDOW}
